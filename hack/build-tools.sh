@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Builds the local control plane (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, etcd, kwok, kwokctl) from the Go module proxy at the
+# versions pinned in hack/versions.env. Binaries are stripped, built with
+# -trimpath, and cached outside the repository under
+#   ${BLOGSITE_TOOLS_CACHE:-~/.cache/blogsite-operator}/bin/<tool>-<version>/
+# so a second run only checks that they exist. Prints the bin directory of
+# each tool, one per line, in the form NAME=PATH (for `make` and tests).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "${here}/versions.env"
+
+cache="${BLOGSITE_TOOLS_CACHE:-${HOME}/.cache/blogsite-operator}"
+jobs="${BUILD_JOBS:-2}"
+export GOFLAGS="-mod=mod"
+export CGO_ENABLED=0
+log() { echo "[build-tools] $*" >&2; }
+
+timed() {  # timed NAME CMD...: runs CMD and logs how long it took
+  local name=$1 start=$SECONDS; shift
+  "$@"
+  log "${name} built in $((SECONDS - start))s"
+}
+
+build_kubernetes() {
+  local out="${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
+  if [[ -x "${out}/kube-apiserver" && -x "${out}/kube-controller-manager" \
+     && -x "${out}/kube-scheduler" && -x "${out}/kubectl" ]]; then return; fi
+  local src="${cache}/src/kubernetes-${KUBERNETES_VERSION}"
+  mkdir -p "${src}" "${out}.tmp"
+  (
+    cd "${src}"
+    # k8s.io/kubernetes replaces its staging modules with ./staging/...; a
+    # dependency's replaces are ignored, so pin each to its published tag.
+    go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" >/dev/null
+    local upstream
+    upstream="$(go env GOMODCACHE)/k8s.io/kubernetes@${KUBERNETES_VERSION}/go.mod"
+    {
+      echo "module blogsite-operator.local/kubernetes-build"
+      echo
+      grep -E '^go ' "${upstream}"
+      echo
+      echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
+      echo
+      echo "replace ("
+      sed -nE "s#^\s*(k8s.io/[a-z0-9-]+) => ./staging/src/.*#\t\1 => \1 ${KUBE_STAGING_VERSION}#p" "${upstream}"
+      echo ")"
+    } > go.mod
+    cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    go mod tidy -e >/dev/null 2>&1 || true
+    local major minor
+    major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
+    minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
+    local ld="-s -w"
+    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      ld+=" -X ${pkg}.gitVersion=${KUBERNETES_VERSION} -X ${pkg}.gitMajor=${major}"
+      ld+=" -X ${pkg}.gitMinor=${minor} -X ${pkg}.gitTreeState=clean"
+      ld+=" -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
+    done
+    go build -p "${jobs}" -trimpath -ldflags "${ld}" -o "${out}.tmp/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubectl
+  )
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+}
+
+build_etcd() {
+  local out="${cache}/bin/etcd-${ETCD_VERSION}"
+  if [[ -x "${out}/etcd" ]]; then return; fi
+  local src="${cache}/src/etcd-${ETCD_VERSION}"
+  mkdir -p "${src}" "${out}.tmp"
+  (
+    cd "${src}"
+    # go.etcd.io/etcd/server/v3 is a main package but has replace directives,
+    # so `go install` refuses it; a wrapper module builds it as a dependency.
+    printf 'module blogsite-operator.local/etcd-build\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "${ETCD_VERSION}" > go.mod
+    printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go
+    go mod tidy -e >/dev/null 2>&1 || true
+    go build -p "${jobs}" -trimpath -ldflags "-s -w" -o "${out}.tmp/etcd" go.etcd.io/etcd/server/v3
+  )
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+}
+
+build_kwok() {
+  local out="${cache}/bin/kwok-${KWOK_VERSION}"
+  if [[ -x "${out}/kwok" && -x "${out}/kwokctl" ]]; then return; fi
+  mkdir -p "${out}.tmp"
+  local ld="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
+  ld+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION}"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "${ld}" \
+    "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" \
+    "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+}
+
+want="${*:-kubernetes etcd kwok}"
+for tool in ${want}; do
+  case "${tool}" in
+    kubernetes) timed kubernetes build_kubernetes ;;
+    etcd) timed etcd build_etcd ;;
+    kwok) timed kwok build_kwok ;;
+    *) log "unknown tool ${tool}"; exit 2 ;;
+  esac
+done
+echo "KUBERNETES_BIN=${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
+echo "ETCD_BIN=${cache}/bin/etcd-${ETCD_VERSION}"
+echo "KWOK_BIN=${cache}/bin/kwok-${KWOK_VERSION}"

@@ -1,0 +1,1 @@
+"""blogsite-operator: runs a blog and its domains from one BlogSite resource."""

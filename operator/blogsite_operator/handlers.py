@@ -1,0 +1,162 @@
+"""Thin kopf wiring: watch events in, `reconcile_site` out.
+
+Only `on.event` and nothing that persists state: kopf writes no annotations,
+finalizers or `status.kopf` onto BlogSites or their children, so an idle
+operator makes no API writes. Events for one BlogSite are coalesced (a burst
+of child updates runs one reconcile) and failures are retried with backoff,
+since `on.event` handlers are not retried by kopf itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+
+from blogsite_operator import kube, models
+from blogsite_operator.reconcile import reconcile_site
+from blogsite_operator.render.site import MANAGED_BY
+from blogsite_operator.settings import OperatorSettings
+
+logger = logging.getLogger("blogsite_operator")
+
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class EndlessBackoffs:
+    """Watch-stream error backoffs that never run out (see DESIGN.md).
+
+    kopf's default sequence ends after ~a minute, and a watcher that runs
+    out of backoffs dies without being respawned: the operator goes blind.
+    """
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain((1, 1, 2, 3, 5, 8), itertools.repeat(10.0))
+
+
+class SiteQueue:
+    """Serialises and coalesces reconciles per BlogSite; retries failures."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.pending: set[tuple[str, str]] = set()
+        self.failures: dict[tuple[str, str], int] = {}
+        self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self._api: kube.Api | None = None
+
+    @property
+    def api(self) -> kube.Api:
+        if self._api is None:
+            self._api = kube.Api(kube.api_client(pool_size=self.settings.workers))
+        return self._api
+
+    async def trigger(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        if key in self.pending:
+            return  # a reconcile is already queued and will see the latest state
+        self.pending.add(key)
+        lock = self.locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            self.pending.discard(key)
+            await self._run(key)
+
+    async def _run(self, key: tuple[str, str]) -> None:
+        namespace, name = key
+        retry = self.retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
+        try:
+            site = await asyncio.to_thread(self.api.get, models.KIND, namespace, name)
+            if site is None or site["metadata"].get("deletionTimestamp"):
+                self.forget(key)
+                return
+            outcome = await asyncio.to_thread(reconcile_site, self.api, site, self.settings.render)
+        except Exception:
+            attempt = self.failures.get(key, 0)
+            self.failures[key] = attempt + 1
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            logger.exception("reconcile of %s/%s failed; retrying in %.0fs", namespace, name, delay)
+            loop = asyncio.get_running_loop()
+            self.retries[key] = loop.call_later(
+                delay, lambda: asyncio.ensure_future(self.trigger(namespace, name))
+            )
+            return
+        self.failures.pop(key, None)
+        if outcome.applied or outcome.status_written or outcome.conflicts:
+            logger.info(
+                "reconciled %s/%s: applied %s; status %s%s",
+                namespace,
+                name,
+                ", ".join(outcome.applied) or "nothing",
+                "updated" if outcome.status_written else "unchanged",
+                f"; conflicts: {', '.join(outcome.conflicts)}" if outcome.conflicts else "",
+            )
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self.failures.pop(key, None)
+        retry = self.retries.pop(key, None)
+        if retry is not None:
+            retry.cancel()
+        if key not in self.pending:
+            self.locks.pop(key, None)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> SiteQueue:
+    """Register the handlers on `registry`; returns the queue for tests."""
+    queue = SiteQueue(settings)
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are written by kube.Api
+        settings.networking.error_backoffs = EndlessBackoffs()
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        settings.execution.max_workers = queue.settings.workers
+        for plural in ("deployments", "services"):  # filtered by the API server
+            settings.watching.label_selectors[plural] = CHILD_SELECTOR
+
+    @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL, registry=registry)
+    async def blogsite_event(
+        type: str,  # noqa: A002 - kopf passes the event type under this name
+        namespace: str | None,
+        name: str,
+        **_: Any,
+    ) -> None:
+        if namespace is None:
+            return
+        if type == "DELETED":
+            queue.forget((namespace, name))
+            return
+        await queue.trigger(namespace, name)
+
+    async def child_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
+        if namespace is None:
+            return
+        for ref in body.metadata.get("ownerReferences") or []:
+            if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
+                models.GROUP
+            ):
+                await queue.trigger(namespace, ref["name"])
+
+    kopf.on.event(
+        "apps",
+        "v1",
+        "deployments",
+        registry=registry,
+        labels={"app.kubernetes.io/managed-by": MANAGED_BY},
+    )(child_event)
+    kopf.on.event(
+        "", "v1", "services", registry=registry, labels={"app.kubernetes.io/managed-by": MANAGED_BY}
+    )(child_event)
+
+    @kopf.on.probe(id="alive", registry=registry)
+    def alive(**_: Any) -> bool:
+        return True
+
+    return queue

@@ -1,0 +1,159 @@
+"""The only module that talks to the Kubernetes API.
+
+Objects travel as plain dicts (camelCase, exactly as the API serves them):
+responses are read with `_preload_content=False` and decoded as JSON, which is
+cheaper than the client's model classes and keeps renderers and the API
+speaking the same shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import secrets
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from blogsite_operator import models
+from blogsite_operator.render.site import FIELD_MANAGER
+
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
+MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
+
+_client_lock = threading.Lock()
+_api_client: client.ApiClient | None = None
+
+
+def load_config(kubeconfig: str | None = None) -> None:
+    """In-cluster config when running in a pod, else the kubeconfig."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+
+
+def api_client(pool_size: int = 16) -> client.ApiClient:
+    """One shared ApiClient, its connection pool sized to the worker threads."""
+    global _api_client  # noqa: PLW0603 - one client per process, created lazily
+    with _client_lock:
+        if _api_client is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = pool_size
+            _api_client = client.ApiClient(configuration)
+        return _api_client
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None) -> str:
+        prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{prefix}/namespaces/{namespace}/{self.plural}"
+        return f"{path}/{name}" if name else path
+
+
+KINDS: dict[str, Kind] = {
+    "Deployment": Kind("apps/v1", "deployments"),
+    "Service": Kind("v1", "services"),
+    "ConfigMap": Kind("v1", "configmaps"),
+    "Secret": Kind("v1", "secrets"),
+    "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
+}
+
+
+class Api:
+    """Thin, synchronous access to the few endpoints the operator needs."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self._api = api or api_client()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self._api.call_api(method, url, header_params=headers, body=body)
+        response.read()  # type: ignore[no-untyped-call]
+        text = response.data.decode("utf-8") if response.data else ""
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        data: dict[str, Any] = json.loads(text) if text else {}
+        return data
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The live object, or None when it does not exist."""
+        try:
+            return self._call("GET", KINDS[kind].path(namespace, name))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager."""
+        metadata = obj["metadata"]
+        return self._call(
+            "PATCH",
+            KINDS[obj["kind"]].path(metadata["namespace"], metadata["name"]),
+            body=obj,
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            content_type=APPLY_CONTENT_TYPE,
+        )
+
+    def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        path = KINDS[models.KIND].path(namespace, name) + "/status"
+        self._call("PATCH", path, body={"status": status}, content_type=MERGE_PATCH_CONTENT_TYPE)
+
+    def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the BlogSite, shown by `kubectl describe`."""
+        metadata = site["metadata"]
+        now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{metadata['name']}.{secrets.token_hex(8)}",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": site.get("apiVersion", f"{models.GROUP}/{models.VERSION}"),
+                "kind": models.KIND,
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": FIELD_MANAGER,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._call("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", body=event)

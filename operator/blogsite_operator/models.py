@@ -1,0 +1,605 @@
+"""The BlogSite API as pydantic models: the single source of the CRD schema.
+
+`blogsite_operator.crd` turns these models into the CustomResourceDefinition
+(OpenAPI schema plus CEL rules), so the API server enforces at admission what
+the operator assumes here. Each constraint is written once, in `Field(...)` or
+in a `cel(...)` rule next to the field it guards.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "blog.daedalus.dev"
+VERSION = "v1alpha1"
+KIND = "BlogSite"
+PLURAL = "blogsites"
+SINGULAR = "blogsite"
+SHORT_NAMES = ("blog",)
+
+MAX_NAMES = 100
+MAX_HOSTNAME_LENGTH = 253
+
+# RFC 1123 hostname, lowercase (what the API server and ACME CAs compare).
+# RE2-compatible: the same pattern runs in CEL at admission and here.
+HOSTNAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest].
+IMAGE_PATTERN = (
+    r"^([a-zA-Z0-9]([-a-zA-Z0-9.]*[a-zA-Z0-9])?(:[0-9]{1,5})?/)?"
+    r"[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+IMAGE_PINNED_PATTERN = r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[a-f0-9]{64})$"
+IMAGE_LATEST_PATTERN = r":latest$"
+# An absolute URL path for probes: no spaces, quotes, braces or semicolons,
+# because it ends up in nginx.conf and in probe definitions.
+HTTP_PATH_PATTERN = r"^/[A-Za-z0-9._~!$&'()*+,=:@%/?-]*$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+# Kubernetes annotation key: optional DNS-subdomain prefix, then a name.
+ANNOTATION_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # noqa: S105 - a name pattern
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL rule for `x-kubernetes-validations` (message names what is wrong)."""
+    validation = {"rule": rule, "message": message}
+    if field_path is not None:
+        validation["fieldPath"] = field_path
+    return validation
+
+
+def schema_extra(*rules: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """JSON-schema additions for a model or field: CEL rules plus raw keywords."""
+    result: dict[str, Any] = dict(extra)
+    if rules:
+        result["x-kubernetes-validations"] = list(rules)
+    return result
+
+
+class Model(BaseModel):
+    """Frozen, camelCase on the wire, and strict about unknown fields."""
+
+    model_config = ConfigDict(
+        frozen=True,
+        populate_by_name=True,
+        alias_generator=to_camel,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+
+def cel_string(value: str) -> str:
+    """A CEL double-quoted string literal holding `value` exactly."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _must_match(pattern: str, message: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.search(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def _must_not_match(pattern: str, message: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if compiled.search(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+def text_field(pattern: str, message: str, *, max_length: int, min_length: int = 1) -> Any:
+    """Length limits plus a CEL rule for a string checked by `pattern`.
+
+    CEL rather than OpenAPI `pattern` so the API server's rejection says what
+    is wrong in words instead of quoting a regular expression at the user.
+    Pair it with `_must_match(pattern, message)` so Python checks the same.
+    """
+    return Field(
+        min_length=min_length,
+        max_length=max_length,
+        json_schema_extra=schema_extra(cel(f"self.matches({cel_string(pattern)})", message)),
+    )
+
+
+HOSTNAME_MESSAGE = (
+    "must be a lowercase RFC 1123 hostname such as blog.example.com "
+    "(letters, digits, '-' and '.'; no wildcards, no trailing dot)"
+)
+IMAGE_MESSAGE = "must be an image reference such as ghcr.io/example/daedalus:1.2.3"
+IMAGE_PINNED_MESSAGE = (
+    "must carry a tag or a digest (e.g. :1.2.3 or @sha256:...), so every rollout is a "
+    "deliberate version"
+)
+IMAGE_LATEST_MESSAGE = (
+    "must not use the ':latest' tag: pin a version or digest so a revert has something "
+    "to go back to"
+)
+
+Hostname = Annotated[
+    str,
+    text_field(HOSTNAME_PATTERN, HOSTNAME_MESSAGE, max_length=MAX_HOSTNAME_LENGTH),
+    _must_match(HOSTNAME_PATTERN, HOSTNAME_MESSAGE),
+]
+
+ImageRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=512,
+        json_schema_extra=schema_extra(
+            cel(f"self.matches({cel_string(IMAGE_PATTERN)})", IMAGE_MESSAGE),
+            cel(f"self.matches({cel_string(IMAGE_PINNED_PATTERN)})", IMAGE_PINNED_MESSAGE),
+            cel(f"!self.matches({cel_string(IMAGE_LATEST_PATTERN)})", IMAGE_LATEST_MESSAGE),
+        ),
+    ),
+    _must_match(IMAGE_PATTERN, IMAGE_MESSAGE),
+    _must_match(IMAGE_PINNED_PATTERN, IMAGE_PINNED_MESSAGE),
+    _must_not_match(IMAGE_LATEST_PATTERN, IMAGE_LATEST_MESSAGE),
+]
+
+HTTP_PATH_MESSAGE = (
+    "must be an absolute URL path such as /healthz (no spaces, quotes, braces, semicolons "
+    "or backslashes)"
+)
+HttpPath = Annotated[
+    str,
+    text_field(HTTP_PATH_PATTERN, HTTP_PATH_MESSAGE, max_length=1024),
+    _must_match(HTTP_PATH_PATTERN, HTTP_PATH_MESSAGE),
+]
+
+# Same grammar as resource.Quantity; CEL's isQuantity is the authority at admission.
+QUANTITY_PATTERN = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]i?|Ki)?$"
+Quantity = Annotated[
+    str,
+    Field(
+        max_length=64,
+        json_schema_extra=schema_extra(
+            cel("isQuantity(self)", "must be a Kubernetes quantity such as 100m, 0.5 or 256Mi"),
+        ),
+    ),
+    _must_match(QUANTITY_PATTERN, "must be a Kubernetes quantity such as 100m, 0.5 or 256Mi"),
+]
+
+SECRET_NAME_MESSAGE = "must be a valid Secret name (lowercase letters, digits, '-' and '.')"  # noqa: S105
+SecretName = Annotated[
+    str,
+    text_field(SECRET_NAME_PATTERN, SECRET_NAME_MESSAGE, max_length=253),
+    _must_match(SECRET_NAME_PATTERN, SECRET_NAME_MESSAGE),
+]
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"  # noqa: S105
+SECRET_KEY_MESSAGE = "must be a Secret key (letters, digits, '-', '_' and '.')"  # noqa: S105
+SecretKey = Annotated[
+    str,
+    text_field(SECRET_KEY_PATTERN, SECRET_KEY_MESSAGE, max_length=253),
+    _must_match(SECRET_KEY_PATTERN, SECRET_KEY_MESSAGE),
+]
+ENV_NAME_MESSAGE = (
+    "must be an environment variable name (letters, digits, '_', '-' and '.'; not starting "
+    "with a digit)"
+)
+EnvName = Annotated[
+    str,
+    text_field(ENV_NAME_PATTERN, ENV_NAME_MESSAGE, max_length=256),
+    _must_match(ENV_NAME_PATTERN, ENV_NAME_MESSAGE),
+]
+EMAIL_MESSAGE = "must be an email address such as ops@example.com"
+Email = Annotated[
+    str,
+    text_field(EMAIL_PATTERN, EMAIL_MESSAGE, max_length=254),
+    _must_match(EMAIL_PATTERN, EMAIL_MESSAGE),
+]
+PROFILE_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+PROFILE_MESSAGE = "must be an ACME profile name (lowercase letters, digits, '.', '_' and '-')"
+ProfileName = Annotated[
+    str,
+    text_field(PROFILE_PATTERN, PROFILE_MESSAGE, max_length=64),
+    _must_match(PROFILE_PATTERN, PROFILE_MESSAGE),
+]
+
+
+class HttpPolicy(StrEnum):
+    """What the frontend does with plain-HTTP requests for `domains`."""
+
+    SERVE = "serve"
+    REDIRECT = "redirect"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class KeyAlgorithm(StrEnum):
+    ECDSA_P256 = "ECDSAP256"
+    RSA_2048 = "RSA2048"
+    RSA_4096 = "RSA4096"
+
+
+class HealthCheck(Model):
+    """How Kubernetes decides a daedalus pod is alive and ready for traffic."""
+
+    path: HttpPath = Field(default="/", description="HTTP path probed on the daedalus port.")
+    initial_delay_seconds: int = Field(
+        default=0, ge=0, le=600, description="Seconds to wait after start before probing."
+    )
+    period_seconds: int = Field(default=10, ge=1, le=300, description="Seconds between probes.")
+    timeout_seconds: int = Field(
+        default=2, ge=1, le=60, description="Seconds before a probe times out."
+    )
+    failure_threshold: int = Field(
+        default=3, ge=1, le=30, description="Consecutive failures before a pod counts as unhealthy."
+    )
+
+
+class SecretKeyRef(Model):
+    """A key of a Secret in the BlogSite's namespace."""
+
+    name: SecretName = Field(description="Name of the Secret.")
+    key: SecretKey = Field(description="Key inside the Secret.")
+
+
+class EnvVar(Model):
+    """An environment variable for daedalus: a literal value or a Secret key."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "has(self.value) != has(self.secretKeyRef)",
+                "set exactly one of value or secretKeyRef",
+            ),
+        ),
+    )
+
+    name: EnvName = Field(description="Variable name.")
+    value: str | None = Field(default=None, max_length=32768, description="Literal value.")
+    secret_key_ref: SecretKeyRef | None = Field(
+        default=None, description="Take the value from a Secret key instead of a literal."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> EnvVar:
+        if (self.value is None) == (self.secret_key_ref is None):
+            raise ValueError("set exactly one of value or secretKeyRef")
+        return self
+
+
+class ResourceList(Model):
+    cpu: Quantity | None = Field(default=None, description="CPU, e.g. 100m.")
+    memory: Quantity | None = Field(default=None, description="Memory, e.g. 128Mi.")
+
+
+class Resources(Model):
+    """Compute requests and limits; omitted values get the operator's defaults."""
+
+    requests: ResourceList | None = Field(default=None, description="Guaranteed resources.")
+    limits: ResourceList | None = Field(default=None, description="Resource caps.")
+
+
+class Daedalus(Model):
+    """The blog binary: its image, how it listens and how it is health-checked."""
+
+    image: ImageRef = Field(
+        description="Container image with a tag or digest, e.g. ghcr.io/example/daedalus:3f2c1a9. "
+        "':latest' is refused."
+    )
+    port: int = Field(default=8080, ge=1, le=65535, description="TCP port daedalus listens on.")
+    replicas: int = Field(default=2, ge=1, le=50, description="Number of daedalus pods.")
+    health_check: HealthCheck = Field(
+        default_factory=HealthCheck, description="Readiness and liveness probe settings."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Environment variables for daedalus.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    resources: Resources | None = Field(
+        default=None, description="CPU and memory requests and limits for each daedalus pod."
+    )
+
+
+class FrontendService(Model):
+    """The Service in front of the nginx frontend (ports 80 and 443)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "!has(self.loadBalancerSourceRanges) || size(self.loadBalancerSourceRanges) == 0 "
+                "|| self.type == 'LoadBalancer'",
+                "loadBalancerSourceRanges applies only to type LoadBalancer",
+                field_path=".loadBalancerSourceRanges",
+            ),
+        ),
+    )
+
+    type: ServiceType = Field(
+        default=ServiceType.LOAD_BALANCER,
+        description="Service type: ClusterIP, NodePort or LoadBalancer.",
+    )
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict,
+        max_length=64,
+        description="Annotations for the Service, e.g. for a cloud load balancer.",
+        json_schema_extra=schema_extra(
+            cel(
+                "self.all(k, size(k) <= 253 && k.matches("
+                + cel_string(ANNOTATION_KEY_PATTERN)
+                + "))",
+                "annotation keys must be valid Kubernetes annotation keys, "
+                "e.g. example.com/setting",
+            ),
+        ),
+    )
+    load_balancer_source_ranges: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Client CIDRs allowed to reach a LoadBalancer Service.",
+        json_schema_extra=schema_extra(
+            cel("self.all(r, isCIDR(r))", "every entry must be a CIDR such as 203.0.113.0/24"),
+        ),
+    )
+
+
+class Frontend(Model):
+    """nginx: TLS termination, plain-HTTP policy, redirects, proxy to daedalus."""
+
+    image: ImageRef | None = Field(
+        default=None, description="nginx image; omitted: the operator's default nginx image."
+    )
+    replicas: int = Field(default=2, ge=1, le=50, description="Number of nginx pods.")
+    http: HttpPolicy = Field(
+        default=HttpPolicy.SERVE,
+        description="Plain HTTP on port 80: 'serve' proxies it to daedalus, "
+        "'redirect' sends a 301 to HTTPS (only when TLS is configured).",
+    )
+    service: FrontendService = Field(
+        default_factory=FrontendService, description="The frontend Service."
+    )
+    resources: Resources | None = Field(
+        default=None, description="CPU and memory requests and limits for each nginx pod."
+    )
+
+
+class ExternalAccountBinding(Model):
+    """ACME External Account Binding, for CAs that require one."""
+
+    key_id: str = Field(min_length=1, max_length=256, description="EAB key identifier from the CA.")
+    hmac_key_secret_ref: SecretKeyRef = Field(
+        description="Secret key holding the base64url HMAC key from the CA."
+    )
+
+
+class Acme(Model):
+    """Let the operator obtain and renew the certificate over ACME (HTTP-01)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "self.server in ['letsencrypt', 'letsencrypt-staging'] || "
+                "(isURL(self.server) && url(self.server).getScheme() == 'https')",
+                "server must be 'letsencrypt', 'letsencrypt-staging' or an https:// "
+                "ACME directory URL",
+                field_path=".server",
+            ),
+        ),
+    )
+
+    server: str = Field(
+        default="letsencrypt-staging",
+        max_length=1024,
+        description="ACME server: 'letsencrypt', 'letsencrypt-staging' or a directory URL.",
+    )
+    email: Email = Field(description="Contact address for the ACME account (expiry notices).")
+    key_algorithm: KeyAlgorithm = Field(
+        default=KeyAlgorithm.ECDSA_P256,
+        description="Certificate key type: ECDSAP256 (default), RSA2048 or RSA4096.",
+    )
+    profile: ProfileName | None = Field(
+        default=None, description="ACME certificate profile to request, if the CA offers profiles."
+    )
+    renew_before_seconds: int | None = Field(
+        default=None,
+        ge=3600,
+        le=90 * 24 * 3600,
+        description="Renew this long before expiry instead of following the CA's renewal info.",
+    )
+    external_account_binding: ExternalAccountBinding | None = Field(
+        default=None, description="External Account Binding, when the CA requires one."
+    )
+    ca_bundle_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="PEM CA bundle to trust for a private ACME server."
+    )
+
+
+class Tls(Model):
+    """HTTPS settings: either ACME, or a certificate you provide in a Secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "has(self.acme) != has(self.secretName)",
+                "set exactly one of tls.acme (the operator obtains the certificate) "
+                "or tls.secretName (bring your own kubernetes.io/tls Secret)",
+            ),
+        ),
+    )
+
+    acme: Acme | None = Field(
+        default=None, description="Obtain and renew the certificate over ACME."
+    )
+    secret_name: SecretName | None = Field(
+        default=None,
+        description="An existing kubernetes.io/tls Secret to serve instead of ACME.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> Tls:
+        if (self.acme is None) == (self.secret_name is None):
+            raise ValueError("set exactly one of tls.acme or tls.secretName")
+        return self
+
+
+class Rollout(Model):
+    """How the operator judges a rollout and whether it reverts a failed one."""
+
+    auto_revert: bool = Field(
+        default=True, description="Put the last known-good version back when a rollout fails."
+    )
+    max_restarts: int = Field(
+        default=3, ge=1, le=100, description="Container restarts in a new pod that mark it failed."
+    )
+    ready_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="Seconds a new pod may stay not Ready before the rollout counts as failed.",
+    )
+
+
+class BlogSiteSpec(Model):
+    """A blog and its domains. The first domain is the primary one."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "!has(self.redirectDomains) || self.redirectDomains.all(d, !(d in self.domains))",
+                "a name may appear in domains or in redirectDomains, not both",
+                field_path=".redirectDomains",
+            ),
+            cel(
+                f"size(self.domains) + (has(self.redirectDomains) ? size(self.redirectDomains) : 0)"
+                f" <= {MAX_NAMES}",
+                f"domains and redirectDomains together may hold at most {MAX_NAMES} names "
+                "(the limit of one certificate)",
+            ),
+            cel(
+                "!has(self.frontend) || !has(self.frontend.http) "
+                "|| self.frontend.http != 'redirect'"
+                " || has(self.tls)",
+                "frontend.http 'redirect' needs tls: without a certificate there is no HTTPS "
+                "to redirect to",
+                field_path=".frontend.http",
+            ),
+        ),
+    )
+
+    domains: list[Hostname] = Field(
+        min_length=1,
+        max_length=MAX_NAMES,
+        description="Names the blog is served on; the first is the primary domain.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    redirect_domains: list[Hostname] = Field(
+        default_factory=list,
+        max_length=MAX_NAMES,
+        description="Names that answer with a 301 to the primary domain (also on the certificate).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    daedalus: Daedalus = Field(description="The blog binary.")
+    frontend: Frontend = Field(default_factory=Frontend, description="The nginx frontend.")
+    tls: Tls | None = Field(
+        default=None,
+        description="HTTPS settings; omitted: the site is served over plain HTTP only.",
+    )
+    rollout: Rollout = Field(
+        default_factory=Rollout, description="Rollout health and revert policy."
+    )
+
+    @model_validator(mode="after")
+    def _names_are_consistent(self) -> BlogSiteSpec:
+        all_names = [*self.domains, *self.redirect_domains]
+        if len(all_names) > MAX_NAMES:
+            raise ValueError(f"at most {MAX_NAMES} names in domains and redirectDomains together")
+        duplicates = sorted({n for n in all_names if all_names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"names listed more than once: {', '.join(duplicates)}")
+        if self.frontend.http == HttpPolicy.REDIRECT and self.tls is None:
+            raise ValueError("frontend.http 'redirect' needs tls")
+        return self
+
+    @property
+    def primary_domain(self) -> str:
+        return self.domains[0]
+
+
+class Condition(Model):
+    """A status condition in the shape of metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready.")
+    status: str = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last transition.")
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339)."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed for."
+    )
+
+
+class ComponentStatus(Model):
+    """What is running for one component (frontend, daedalus, cert-refresh)."""
+
+    image: str | None = Field(default=None, description="Image currently rolled out.")
+    replicas: int = Field(default=0, description="Desired replicas.")
+    ready_replicas: int = Field(default=0, description="Replicas passing readiness.")
+    available_replicas: int = Field(default=0, description="Replicas available to serve.")
+
+
+class CertificateStatus(Model):
+    """The certificate currently served."""
+
+    not_before: str | None = Field(default=None, description="Start of validity (RFC 3339).")
+    not_after: str | None = Field(default=None, description="End of validity (RFC 3339).")
+    renewal_time: str | None = Field(
+        default=None, description="When renewal is planned (RFC 3339)."
+    )
+    dns_names: list[str] = Field(default_factory=list, description="Names on the certificate.")
+
+
+class BlogSiteStatus(Model):
+    """Written only by the operator."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the operator last acted on."
+    )
+    primary_domain: str | None = Field(default=None, description="The primary domain.")
+    url: str | None = Field(default=None, description="The site's URL.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready and the conditions that explain it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    components: dict[str, ComponentStatus] = Field(
+        default_factory=dict, description="Per component: frontend, daedalus, cert-refresh."
+    )
+    certificate: CertificateStatus | None = Field(
+        default=None, description="The certificate being served, when TLS is configured."
+    )
+
+
+def parse_spec(spec: Any) -> BlogSiteSpec:
+    """Validate a raw `spec` mapping (from the API or a file) into the model."""
+    return BlogSiteSpec.model_validate(dict(spec or {}))
+
+
+def is_hostname(value: str) -> bool:
+    return len(value) <= MAX_HOSTNAME_LENGTH and re.fullmatch(HOSTNAME_PATTERN, value) is not None

@@ -1,0 +1,1 @@
+"""Pure decisions: live facts in, a verdict with reason and message out."""
