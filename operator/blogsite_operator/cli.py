@@ -71,6 +71,9 @@ def run_command(args: argparse.Namespace) -> int:
         "json": kopf.LogFormat.JSON,
     }[args.log_format or settings.log_format]
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    if not args.verbose:
+        # kopf reports every event handler's success at INFO; keep its warnings.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube.load_config(args.kubeconfig)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)
@@ -134,10 +137,11 @@ def challenge_server_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     args = build_parser().parse_args(argv)
+    if args.command != "run":  # `run` logs through kopf's own configuration
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     try:
         return int(args.func(args))
     except CliError as error:

@@ -129,6 +129,15 @@ def custom_resource_definition() -> dict[str, Any]:
                             "nginx frontend, daedalus, ACME certificates and health-gated "
                             "rollouts.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                models.cel(
+                                    f"size(self.metadata.name) <= {models.MAX_SITE_NAME_LENGTH}"
+                                    " && self.metadata.name.matches("
+                                    + models.cel_string(models.SITE_NAME_PATTERN)
+                                    + ")",
+                                    models.SITE_NAME_MESSAGE,
+                                )
+                            ],
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -155,6 +155,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         "", "v1", "services", registry=registry, labels={"app.kubernetes.io/managed-by": MANAGED_BY}
     )(child_event)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as the kubernetes client (in-cluster or kubeconfig).
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.probe(id="alive", registry=registry)
     def alive(**_: Any) -> bool:
         return True

@@ -23,6 +23,14 @@ SINGULAR = "blogsite"
 SHORT_NAMES = ("blog",)
 
 MAX_NAMES = 100
+# Child names append "-cert-refresh" (13 characters) and must stay DNS-1035
+# labels of at most 63 characters, as Service names require.
+MAX_SITE_NAME_LENGTH = 50
+SITE_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+SITE_NAME_MESSAGE = (
+    f"a BlogSite name must be at most {MAX_SITE_NAME_LENGTH} characters of lowercase letters, "
+    "digits and '-', starting with a letter (its objects are named <name>-cert-refresh etc.)"
+)
 MAX_HOSTNAME_LENGTH = 253
 
 # RFC 1123 hostname, lowercase (what the API server and ACME CAs compare).

@@ -66,7 +66,8 @@ def is_subset(desired: Any, live: Any) -> bool:
     """
     if isinstance(desired, dict):
         return isinstance(live, dict) and all(
-            key in live and is_subset(value, live[key]) for key, value in desired.items()
+            is_subset(value, live[key]) if key in live else _is_omitted_empty(value)
+            for key, value in desired.items()
         )
     if isinstance(desired, list):
         return (
@@ -75,6 +76,11 @@ def is_subset(desired: Any, live: Any) -> bool:
             and all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
         )
     return bool(desired == live)
+
+
+def _is_omitted_empty(value: Any) -> bool:
+    """Go's `omitempty` drops zero values from API responses: absent means equal."""
+    return value in (0, False, "", None, [], {})
 
 
 def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -177,6 +183,8 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
         reconciled = Verdict(CONDITION_TRUE, "Applied", "all objects are as the spec describes")
 
     if spec is not None:
+        created: list[str] = []
+        updated: list[str] = []
         for desired in render_site(SiteRef(name, namespace, uid), spec, settings):
             kind, child = desired["kind"], desired["metadata"]["name"]
             live = api.get(kind, namespace, child)
@@ -187,8 +195,10 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
                 continue
             api.apply(desired)
             outcome.applied.append(f"{kind} {child}")
-            verb = "Created" if live is None else "Updated"
-            outcome.events.append(Event("Normal", verb, f"{verb} {kind} {child}"))
+            (created if live is None else updated).append(f"{kind} {child}")
+        for verb, objects in (("Created", created), ("Updated", updated)):
+            if objects:
+                outcome.events.append(Event("Normal", verb, f"{verb} {', '.join(objects)}"))
         if outcome.conflicts:
             reconciled = Verdict(
                 CONDITION_FALSE,

@@ -1,0 +1,226 @@
+"""A real cluster for the integration tests, one namespace per test.
+
+By default the session starts (or reuses) the local control plane of
+`hack/cluster.sh`: etcd, kube-apiserver, kube-controller-manager and
+kube-scheduler built from source, KWOK as the kubelet. BLOGSITE_TEST_KUBECONFIG
+points the tests at another cluster instead; `pytest --cluster=kind` creates a
+kind cluster through pytest-kind and installs KWOK into it (needs Docker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+HACK = ROOT / "hack"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.cluster)
+
+
+@dataclass
+class Kubectl:
+    """Real kubectl against the test cluster."""
+
+    binary: str
+    kubeconfig: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, "--kubeconfig", self.kubeconfig, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def apply(self, manifest: str | dict[str, Any], namespace: str) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        self.run("apply", "-n", namespace, "-f", "-", input=text)
+
+    def exists(self, kind: str, name: str, namespace: str) -> bool:
+        result = self.run("get", kind, name, "-n", namespace, "-o", "name", check=False)
+        return result.returncode == 0
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = ""
+) -> Any:
+    """Poll until `predicate` returns something truthy; fail with `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+def _kwok_cluster() -> Kubectl:
+    subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=900)
+    env = dict(
+        line.split("=", 1)
+        for line in subprocess.run(
+            [str(HACK / "cluster.sh"), "env"], check=True, capture_output=True, text=True
+        ).stdout.splitlines()
+        if "=" in line
+    )
+    return Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
+
+
+def _kind_cluster(request: pytest.FixtureRequest) -> Kubectl:
+    """kind + KWOK installed in-cluster, so the same KWOK stages apply.
+
+    Untested on machines without Docker (ours): written to run where it exists.
+    """
+    from pytest_kind import KindCluster  # noqa: PLC0415 - only with --cluster=kind
+
+    kind = KindCluster("blogsite-operator-tests")
+    kind.create()
+    request.addfinalizer(kind.delete)
+    kubectl = Kubectl(binary=shutil.which("kubectl") or "kubectl", kubeconfig=str(kind.kubeconfig_path))
+    kwok_version = (HACK / "versions.env").read_text(encoding="utf-8")
+    version = re.search(r"KWOK_VERSION=(\S+)", kwok_version)
+    assert version is not None
+    release = f"https://github.com/kubernetes-sigs/kwok/releases/download/{version.group(1)}"
+    kubectl.run("apply", "-f", f"{release}/kwok.yaml")
+    stages = [
+        doc
+        for doc in yaml.safe_load_all((HACK / "kwok" / "kwok.yaml").read_text(encoding="utf-8"))
+        if doc and doc.get("kind") == "Stage"
+    ]
+    kubectl.run("apply", "-f", "-", input=yaml.safe_dump_all(stages))
+    kubectl.run("wait", "--for=condition=Available", "-n", "kube-system", "deployment/kwok-controller", "--timeout=300s")
+    # Real nodes take no test pods: they all go to the KWOK node.
+    for node in kubectl.json("get", "nodes")["items"]:
+        kubectl.run("cordon", node["metadata"]["name"])
+    kubectl.run(
+        "apply",
+        "-f",
+        "-",
+        input=yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": "kwok-node-0",
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {"type": "kwok", "kubernetes.io/hostname": "kwok-node-0"},
+                },
+            }
+        ),
+    )
+    kubectl.run("wait", "--for=condition=Ready", "node/kwok-node-0", "--timeout=120s")
+    return kubectl
+
+
+@pytest.fixture(scope="session")
+def kubectl(request: pytest.FixtureRequest) -> Kubectl:
+    """The session's cluster, with the BlogSite CRD installed from crds/."""
+    external = os.environ.get("BLOGSITE_TEST_KUBECONFIG")
+    if external:
+        client = Kubectl(binary=shutil.which("kubectl") or "kubectl", kubeconfig=external)
+    elif request.config.getoption("--cluster") == "kind":
+        client = _kind_cluster(request)
+    else:
+        client = _kwok_cluster()
+    client.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "blogsite.yaml"))
+    client.run(
+        "wait", "--for=condition=Established", "crd/blogsites.blog.daedalus.dev", "--timeout=60s"
+    )
+    return client
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace per test, deleted afterwards."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
+    name = f"t-{slug}-{uuid.uuid4().hex[:5]}"
+    kubectl.run("create", "namespace", name)
+    wait_for(
+        lambda: kubectl.exists("serviceaccount", "default", name),
+        what=f"default ServiceAccount in {name}",
+    )
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@dataclass
+class OperatorProcess:
+    """`blogsite-operator run` as a real process, watching one namespace."""
+
+    kubectl: Kubectl
+    namespace: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": self.kubectl.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "blogsite_operator", "run", "-n", self.namespace, "--verbose"],
+            cwd=ROOT,
+            env={**env, "PYTHONPATH": str(ROOT / "operator")},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes would; returns the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise AssertionError("the operator did not stop within 30s of SIGTERM") from None
+        self.process = None
+        return code
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def operator_process(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    """A running operator; asserts at the end that it exited cleanly."""
+    handle = OperatorProcess(kubectl, namespace, tmp_path / "operator.log")
+    handle.start()
+    yield handle
+    if handle.process is not None:
+        code = handle.stop()
+        logs = handle.logs()
+        assert code == 0, f"operator exited with {code}:\n{logs[-5000:]}"
+        assert "Traceback" not in logs, logs[-5000:]

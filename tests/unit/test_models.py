@@ -1,0 +1,142 @@
+"""The models accept what the API accepts and refuse the same mistakes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+
+from blogsite_operator import models
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "domains": ["blog.example.com"],
+        "daedalus": {"image": "ghcr.io/example/daedalus:1.0"},
+    }
+    base.update(overrides)
+    return base
+
+
+class TestDefaults:
+    def test_minimal_spec_fills_defaults(self) -> None:
+        parsed = models.parse_spec(spec())
+        assert parsed.primary_domain == "blog.example.com"
+        assert parsed.redirect_domains == []
+        assert parsed.daedalus.port == 8080
+        assert parsed.daedalus.replicas == 2
+        assert parsed.daedalus.health_check.path == "/"
+        assert parsed.frontend.http == "serve"
+        assert parsed.frontend.service.type == "LoadBalancer"
+        assert parsed.tls is None
+        assert parsed.rollout.auto_revert is True
+
+    def test_models_are_frozen(self) -> None:
+        parsed = models.parse_spec(spec())
+        with pytest.raises(pydantic.ValidationError):
+            parsed.domains = ["other.example.com"]  # type: ignore[misc]
+
+
+class TestImages:
+    @pytest.mark.parametrize(
+        "image",
+        [
+            "ghcr.io/example/daedalus:3f2c1a9",
+            "daedalus:1",
+            "registry.local:5000/team/daedalus:v1.2.3-rc.1",
+            f"ghcr.io/example/daedalus@{DIGEST}",
+            f"ghcr.io/example/daedalus:1.0@{DIGEST}",
+            f"ghcr.io/example/daedalus:latest@{DIGEST}",
+        ],
+    )
+    def test_pinned_images_are_accepted(self, image: str) -> None:
+        assert models.parse_spec(spec(daedalus={"image": image})).daedalus.image == image
+
+    @pytest.mark.parametrize(
+        ("image", "message"),
+        [
+            ("ghcr.io/example/daedalus", "tag or a digest"),
+            ("registry.local:5000/daedalus", "tag or a digest"),
+            ("ghcr.io/example/daedalus:latest", "latest"),
+            ("Ghcr.io/Example/Daedalus:1", "image reference"),
+            ("daedalus:1 ; rm", "image reference"),
+        ],
+    )
+    def test_unpinned_or_malformed_images_are_refused(self, image: str, message: str) -> None:
+        with pytest.raises(pydantic.ValidationError, match=message):
+            models.parse_spec(spec(daedalus={"image": image}))
+
+
+class TestNames:
+    @pytest.mark.parametrize(
+        "name", ["Blog.example.com", "*.example.com", "blog.example.com.", "-a.com", "a_b.com", ""]
+    )
+    def test_bad_hostnames_are_refused(self, name: str) -> None:
+        with pytest.raises(pydantic.ValidationError):
+            models.parse_spec(spec(domains=[name]))
+
+    def test_a_name_in_both_lists_is_refused(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="more than once"):
+            models.parse_spec(spec(domains=["a.com"], redirectDomains=["a.com"]))
+
+    def test_at_most_100_names(self) -> None:
+        domains = [f"d{i}.example.com" for i in range(60)]
+        redirects = [f"r{i}.example.com" for i in range(41)]
+        with pytest.raises(pydantic.ValidationError, match="at most 100"):
+            models.parse_spec(spec(domains=domains, redirectDomains=redirects))
+        assert len(models.parse_spec(spec(domains=domains, redirectDomains=redirects[:40])).domains) == 60
+
+    def test_is_hostname(self) -> None:
+        assert models.is_hostname("a.b-c.example")
+        assert not models.is_hostname("a" * 64 + ".com")
+
+
+class TestTls:
+    def test_acme_or_secret_not_both(self) -> None:
+        tls = {"acme": {"email": "a@b.co"}, "secretName": "mine"}
+        with pytest.raises(pydantic.ValidationError, match="exactly one"):
+            models.parse_spec(spec(tls=tls))
+
+    def test_redirect_policy_needs_tls(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="needs tls"):
+            models.parse_spec(spec(frontend={"http": "redirect"}))
+        parsed = models.parse_spec(spec(frontend={"http": "redirect"}, tls={"secretName": "mine"}))
+        assert parsed.frontend.http == "redirect"
+
+
+class TestOtherFields:
+    def test_unknown_fields_are_refused(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="Extra inputs"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "imagePullPolicy": "Always"}))
+
+    @pytest.mark.parametrize("port", [0, 65536, -1])
+    def test_port_range(self, port: int) -> None:
+        with pytest.raises(pydantic.ValidationError):
+            models.parse_spec(spec(daedalus={"image": "d:1", "port": port}))
+
+    @pytest.mark.parametrize("path", ["healthz", "/a b", "/x;y", '/"q"', "/{x}"])
+    def test_health_paths_cannot_smuggle_config(self, path: str) -> None:
+        with pytest.raises(pydantic.ValidationError, match="absolute URL path"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "healthCheck": {"path": path}}))
+
+    def test_env_needs_exactly_one_source(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="exactly one"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "env": [{"name": "A"}]}))
+
+    @pytest.mark.parametrize("quantity", ["100m", "0.5", "1Gi", "128Mi", "2"])
+    def test_quantities(self, quantity: str) -> None:
+        resources = {"requests": {"cpu": quantity}}
+        parsed = models.parse_spec(spec(daedalus={"image": "d:1", "resources": resources}))
+        assert parsed.daedalus.resources is not None
+
+    def test_bad_quantity(self) -> None:
+        resources = {"limits": {"memory": "lots"}}
+        with pytest.raises(pydantic.ValidationError, match="quantity"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "resources": resources}))
+
+
+def test_cel_string_round_trips_quotes_and_backslashes() -> None:
+    assert models.cel_string("a'b\"c\\.d") == '"a\'b\\"c\\\\.d"'

@@ -1,0 +1,149 @@
+"""The reconcile pass against an in-memory API: what it writes, and when not."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from blogsite_operator.reconcile import is_subset, next_status, reconcile_site
+from blogsite_operator.policies.readiness import Verdict
+from blogsite_operator.render import RenderSettings
+from blogsite_operator.render.site import Component
+
+
+class MemoryApi:
+    """Stores applied objects as the API would return them (plus server fields)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.writes: list[str] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.status: dict[str, Any] | None = None
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        live = copy.deepcopy(obj)
+        live["metadata"]["resourceVersion"] = str(len(self.writes) + 1)
+        live["metadata"]["generation"] = 1
+        if obj["kind"] == "Deployment":
+            replicas = obj["spec"]["replicas"]
+            live["status"] = {
+                "observedGeneration": 1,
+                "availableReplicas": replicas,
+                "readyReplicas": replicas,
+                "updatedReplicas": replicas,
+            }
+            # The API server drops zero values (omitempty).
+            for c in live["spec"]["template"]["spec"]["containers"]:
+                for probe in ("readinessProbe", "livenessProbe"):
+                    if c.get(probe, {}).get("initialDelaySeconds") == 0:
+                        del c[probe]["initialDelaySeconds"]
+        self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = live
+        self.writes.append(f"apply {obj['kind']} {obj['metadata']['name']}")
+        return live
+
+    def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.writes.append("status")
+        self.status = status
+
+    def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        self.events.append((event_type, reason, message))
+
+
+def site(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "blog.daedalus.dev/v1alpha1",
+        "kind": "BlogSite",
+        "metadata": {"name": "blog", "namespace": "ns", "uid": "u1", "generation": 1},
+        "spec": {"domains": ["blog.example.com"], "daedalus": {"image": "d:1"}, **spec},
+    }
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+class TestIsSubset:
+    def test_server_added_fields_are_ignored(self) -> None:
+        assert is_subset({"a": 1, "b": {"c": [1, 2]}}, {"a": 1, "b": {"c": [1, 2], "d": 0}, "e": 1})
+
+    def test_changed_value_is_noticed(self) -> None:
+        assert not is_subset({"a": {"b": 1}}, {"a": {"b": 2}})
+
+    def test_list_length_matters(self) -> None:
+        assert not is_subset({"a": [1]}, {"a": [1, 2]})
+
+    @pytest.mark.parametrize("empty", [0, False, "", None, [], {}])
+    def test_omitted_zero_values_count_as_equal(self, empty: Any) -> None:
+        assert is_subset({"a": empty}, {})
+
+    def test_missing_nonzero_value_is_noticed(self) -> None:
+        assert not is_subset({"a": 1}, {})
+
+
+class TestReconcileSite:
+    def test_first_pass_creates_everything_and_reports_ready(self) -> None:
+        api = MemoryApi()
+        outcome = reconcile_site(api, site(), RenderSettings())
+        assert len(outcome.applied) == 6
+        assert api.status is not None
+        conditions = {c["type"]: c for c in api.status["conditions"]}
+        assert conditions["Ready"]["status"] == "True"
+        assert api.status["observedGeneration"] == 1
+        assert api.status["url"] == "http://blog.example.com/"
+        assert ("Normal", "Ready") in [(t, r) for t, r, _ in api.events]
+
+    def test_second_pass_writes_nothing(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        writes = len(api.writes)
+        outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert outcome.applied == []
+        assert not outcome.status_written
+        assert len(api.writes) == writes
+
+    def test_hand_edit_is_reverted(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        api.objects[("Deployment", "ns", "blog-daedalus")]["spec"]["replicas"] = 7
+        outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert outcome.applied == ["Deployment blog-daedalus"]
+
+    def test_object_owned_by_someone_else_is_left_alone_and_reported(self) -> None:
+        api = MemoryApi()
+        foreign = {"kind": "Service", "metadata": {"name": "blog-frontend", "namespace": "ns"}}
+        api.objects[("Service", "ns", "blog-frontend")] = foreign
+        outcome = reconcile_site(api, site(), RenderSettings())
+        assert outcome.conflicts == ["Service blog-frontend"]
+        assert api.objects[("Service", "ns", "blog-frontend")] is foreign
+        assert api.status is not None
+        ready = next(c for c in api.status["conditions"] if c["type"] == "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+        assert any(t == "Warning" and r == "NameConflict" for t, r, _ in api.events)
+
+    def test_invalid_spec_is_reported_not_applied(self) -> None:
+        api = MemoryApi()
+        outcome = reconcile_site(api, site(daedalus={"image": "d:latest"}), RenderSettings())
+        assert outcome.applied == []
+        assert api.status is not None
+        ready = next(c for c in api.status["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec"
+        assert "latest" in ready["message"]
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    verdicts = {Component.DAEDALUS: Verdict("True", "Available", "ok")}
+    common: dict[str, Any] = {
+        "spec": None,
+        "generation": 1,
+        "verdicts": verdicts,
+        "deployments": {},
+        "reconciled": Verdict("True", "Applied", "fine"),
+    }
+    first = next_status(previous={}, now="2026-01-01T00:00:00Z", **common)
+    second = next_status(previous=first, now="2026-01-02T00:00:00Z", **common)
+    assert first == second

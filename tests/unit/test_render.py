@@ -1,0 +1,186 @@
+"""Renderers: a BlogSite in, the objects the operator applies out. No cluster."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from blogsite_operator import models
+from blogsite_operator.render import RenderSettings, SiteRef, render_site
+
+SITE = SiteRef(name="lethain", namespace="blogs", uid="uid-1")
+
+
+def rendered(**overrides: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    raw: dict[str, Any] = {
+        "domains": ["lethain.com", "www.lethain.com"],
+        "redirectDomains": ["willarson.com"],
+        "daedalus": {"image": "ghcr.io/example/daedalus:3f2c1a9"},
+    }
+    raw.update(overrides)
+    objects = render_site(SITE, models.parse_spec(raw), RenderSettings())
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = obj["spec"]["template"]["spec"]["containers"][0]
+    return result
+
+
+class TestEveryObject:
+    def test_three_deployments_and_three_services(self) -> None:
+        assert sorted(rendered()) == [
+            ("Deployment", "lethain-cert-refresh"),
+            ("Deployment", "lethain-daedalus"),
+            ("Deployment", "lethain-frontend"),
+            ("Service", "lethain-cert-refresh"),
+            ("Service", "lethain-daedalus"),
+            ("Service", "lethain-frontend"),
+        ]
+
+    def test_owned_by_the_blogsite_as_controller(self) -> None:
+        for obj in rendered().values():
+            (ref,) = obj["metadata"]["ownerReferences"]
+            assert ref == {
+                "apiVersion": "blog.daedalus.dev/v1alpha1",
+                "kind": "BlogSite",
+                "name": "lethain",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+            assert obj["metadata"]["namespace"] == "blogs"
+
+    def test_recommended_labels(self) -> None:
+        for (_, name), obj in rendered().items():
+            labels = obj["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "blogsite"
+            assert labels["app.kubernetes.io/instance"] == "lethain"
+            assert labels["app.kubernetes.io/managed-by"] == "blogsite-operator"
+            assert name == f"lethain-{labels['app.kubernetes.io/component']}"
+
+    def test_rendering_is_deterministic(self) -> None:
+        assert rendered() == rendered()
+
+
+class TestDeployments:
+    def test_selectors_match_pod_labels_and_services(self) -> None:
+        objects = rendered()
+        for component in ("frontend", "daedalus", "cert-refresh"):
+            deployment = objects[("Deployment", f"lethain-{component}")]
+            service = objects[("Service", f"lethain-{component}")]
+            selector = deployment["spec"]["selector"]["matchLabels"]
+            pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert selector.items() <= pod_labels.items()
+            assert service["spec"]["selector"] == selector
+
+    def test_rollouts_never_drop_serving_pods(self) -> None:
+        for (kind, _), obj in rendered().items():
+            if kind == "Deployment":
+                assert obj["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+                assert obj["spec"]["revisionHistoryLimit"] >= 2
+
+    def test_containers_are_locked_down(self) -> None:
+        for (kind, _), obj in rendered().items():
+            if kind != "Deployment":
+                continue
+            context = container(obj)["securityContext"]
+            assert context["runAsNonRoot"] is True
+            assert context["readOnlyRootFilesystem"] is True
+            assert context["allowPrivilegeEscalation"] is False
+            assert context["capabilities"] == {"drop": ["ALL"]}
+            assert obj["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+class TestDaedalus:
+    def test_image_port_replicas_and_probes(self) -> None:
+        health = {"path": "/healthz", "periodSeconds": 7}
+        daedalus = {"image": "d:2", "port": 9000, "replicas": 3, "healthCheck": health}
+        deployment = rendered(daedalus=daedalus)[("Deployment", "lethain-daedalus")]
+        assert deployment["spec"]["replicas"] == 3
+        c = container(deployment)
+        assert c["image"] == "d:2"
+        assert c["ports"] == [{"name": "http", "containerPort": 9000, "protocol": "TCP"}]
+        for probe in (c["readinessProbe"], c["livenessProbe"]):
+            assert probe["httpGet"] == {"path": "/healthz", "port": "http"}
+            assert probe["periodSeconds"] == 7
+
+    def test_env_literal_and_secret(self) -> None:
+        env = [
+            {"name": "TITLE", "value": "Hello"},
+            {"name": "TOKEN", "secretKeyRef": {"name": "blog-secrets", "key": "token"}},
+        ]
+        c = container(rendered(daedalus={"image": "d:2", "env": env})[("Deployment", "lethain-daedalus")])
+        assert c["env"] == [
+            {"name": "TITLE", "value": "Hello"},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "blog-secrets", "key": "token"}}},
+        ]
+
+    def test_resources_override_defaults_field_by_field(self) -> None:
+        resources = {"limits": {"memory": "1Gi"}}
+        c = container(
+            rendered(daedalus={"image": "d:2", "resources": resources})[
+                ("Deployment", "lethain-daedalus")
+            ]
+        )
+        assert c["resources"]["limits"]["memory"] == "1Gi"
+        assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+
+    def test_service_is_cluster_internal(self) -> None:
+        service = rendered()[("Service", "lethain-daedalus")]
+        assert service["spec"]["type"] == "ClusterIP"
+
+
+class TestFrontend:
+    def test_defaults(self) -> None:
+        objects = rendered()
+        deployment = objects[("Deployment", "lethain-frontend")]
+        assert deployment["spec"]["replicas"] == 2
+        assert container(deployment)["image"] == RenderSettings().frontend_image
+        service = objects[("Service", "lethain-frontend")]
+        assert service["spec"]["type"] == "LoadBalancer"
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+            (80, "http"),
+            (443, "https"),
+        ]
+
+    def test_listens_on_unprivileged_ports(self) -> None:
+        ports = container(rendered()[("Deployment", "lethain-frontend")])["ports"]
+        assert all(p["containerPort"] >= 1024 for p in ports)
+
+    @pytest.mark.parametrize("service_type", ["ClusterIP", "NodePort", "LoadBalancer"])
+    def test_service_type(self, service_type: str) -> None:
+        frontend = {"service": {"type": service_type}}
+        assert rendered(frontend=frontend)[("Service", "lethain-frontend")]["spec"]["type"] == service_type
+
+    def test_service_annotations_and_source_ranges(self) -> None:
+        frontend = {
+            "service": {
+                "annotations": {"lb.example.com/class": "external"},
+                "loadBalancerSourceRanges": ["203.0.113.0/24"],
+            }
+        }
+        service = rendered(frontend=frontend)[("Service", "lethain-frontend")]
+        assert service["metadata"]["annotations"] == {"lb.example.com/class": "external"}
+        assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+
+    def test_image_override_and_operator_default(self) -> None:
+        objects = render_site(
+            SITE,
+            models.parse_spec({"domains": ["a.com"], "daedalus": {"image": "d:1"}}),
+            RenderSettings(frontend_image="nginx:1.29"),
+        )
+        frontend = next(o for o in objects if o["metadata"]["name"] == "lethain-frontend")
+        assert container(frontend)["image"] == "nginx:1.29"
+        custom = rendered(frontend={"image": "my/nginx:2"})[("Deployment", "lethain-frontend")]
+        assert container(custom)["image"] == "my/nginx:2"
+
+
+class TestCertRefresh:
+    def test_one_replica_of_this_projects_challenge_server(self) -> None:
+        deployment = rendered()[("Deployment", "lethain-cert-refresh")]
+        assert deployment["spec"]["replicas"] == 1
+        c = container(deployment)
+        assert c["image"] == RenderSettings().operator_image
+        assert c["args"][0] == "challenge-server"
