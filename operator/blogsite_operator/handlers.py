@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import kube, models
 from blogsite_operator.reconcile import reconcile_site
@@ -48,6 +49,7 @@ class SiteQueue:
         self.pending: set[tuple[str, str]] = set()
         self.failures: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        self.tasks: set[asyncio.Future[None]] = set()
         self._api: kube.Api | None = None
 
     @property
@@ -77,15 +79,14 @@ class SiteQueue:
                 self.forget(key)
                 return
             outcome = await asyncio.to_thread(reconcile_site, self.api, site, self.settings.render)
-        except Exception:
-            attempt = self.failures.get(key, 0)
-            self.failures[key] = attempt + 1
-            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-            logger.exception("reconcile of %s/%s failed; retrying in %.0fs", namespace, name, delay)
-            loop = asyncio.get_running_loop()
-            self.retries[key] = loop.call_later(
-                delay, lambda: asyncio.ensure_future(self.trigger(namespace, name))
-            )
+        except ApiException as error:
+            if error.status == 404:  # deleted while we worked: nothing left to do
+                self.forget(key)
+                return
+            self._schedule_retry(key, error)
+            return
+        except Exception as error:  # noqa: BLE001 - any failure is retried, never fatal
+            self._schedule_retry(key, error)
             return
         self.failures.pop(key, None)
         if outcome.applied or outcome.status_written or outcome.conflicts:
@@ -97,6 +98,28 @@ class SiteQueue:
                 "updated" if outcome.status_written else "unchanged",
                 f"; conflicts: {', '.join(outcome.conflicts)}" if outcome.conflicts else "",
             )
+
+    def _schedule_retry(self, key: tuple[str, str], error: Exception) -> None:
+        namespace, name = key
+        attempt = self.failures.get(key, 0)
+        self.failures[key] = attempt + 1
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        logger.error(
+            "reconcile of %s/%s failed (attempt %d); retrying in %.0fs: %s",
+            namespace,
+            name,
+            attempt + 1,
+            delay,
+            error,
+            exc_info=error if not isinstance(error, ApiException) else None,
+        )
+        loop = asyncio.get_running_loop()
+        self.retries[key] = loop.call_later(delay, self._spawn_trigger, namespace, name)
+
+    def _spawn_trigger(self, namespace: str, name: str) -> None:
+        task = asyncio.ensure_future(self.trigger(namespace, name))
+        self.tasks.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self.tasks.discard)
 
     def forget(self, key: tuple[str, str]) -> None:
         self.failures.pop(key, None)

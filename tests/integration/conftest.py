@@ -45,11 +45,11 @@ class Kubectl:
     env: dict[str, str] = field(default_factory=dict)
 
     def run(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [self.binary, "--kubeconfig", self.kubeconfig, *args],
-            input=input,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -64,7 +64,7 @@ class Kubectl:
 
     def apply(self, manifest: str | dict[str, Any], namespace: str) -> None:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
-        self.run("apply", "-n", namespace, "-f", "-", input=text)
+        self.run("apply", "-n", namespace, "-f", "-", stdin=text)
 
     def exists(self, kind: str, name: str, namespace: str) -> bool:
         result = self.run("get", kind, name, "-n", namespace, "-o", "name", check=False)
@@ -107,7 +107,9 @@ def _kind_cluster(request: pytest.FixtureRequest) -> Kubectl:
     kind = KindCluster("blogsite-operator-tests")
     kind.create()
     request.addfinalizer(kind.delete)
-    kubectl = Kubectl(binary=shutil.which("kubectl") or "kubectl", kubeconfig=str(kind.kubeconfig_path))
+    kubectl = Kubectl(
+        binary=shutil.which("kubectl") or "kubectl", kubeconfig=str(kind.kubeconfig_path)
+    )
     kwok_version = (HACK / "versions.env").read_text(encoding="utf-8")
     version = re.search(r"KWOK_VERSION=(\S+)", kwok_version)
     assert version is not None
@@ -118,8 +120,15 @@ def _kind_cluster(request: pytest.FixtureRequest) -> Kubectl:
         for doc in yaml.safe_load_all((HACK / "kwok" / "kwok.yaml").read_text(encoding="utf-8"))
         if doc and doc.get("kind") == "Stage"
     ]
-    kubectl.run("apply", "-f", "-", input=yaml.safe_dump_all(stages))
-    kubectl.run("wait", "--for=condition=Available", "-n", "kube-system", "deployment/kwok-controller", "--timeout=300s")
+    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(stages))
+    kubectl.run(
+        "wait",
+        "--for=condition=Available",
+        "-n",
+        "kube-system",
+        "deployment/kwok-controller",
+        "--timeout=300s",
+    )
     # Real nodes take no test pods: they all go to the KWOK node.
     for node in kubectl.json("get", "nodes")["items"]:
         kubectl.run("cordon", node["metadata"]["name"])
@@ -127,7 +136,7 @@ def _kind_cluster(request: pytest.FixtureRequest) -> Kubectl:
         "apply",
         "-f",
         "-",
-        input=yaml.safe_dump(
+        stdin=yaml.safe_dump(
             {
                 "apiVersion": "v1",
                 "kind": "Node",
@@ -153,7 +162,9 @@ def kubectl(request: pytest.FixtureRequest) -> Kubectl:
         client = _kind_cluster(request)
     else:
         client = _kwok_cluster()
-    client.run("apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "blogsite.yaml"))
+    client.run(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "blogsite.yaml")
+    )
     client.run(
         "wait", "--for=condition=Established", "crd/blogsites.blog.daedalus.dev", "--timeout=60s"
     )
@@ -212,9 +223,7 @@ class OperatorProcess:
 
 
 @pytest.fixture
-def operator_process(
-    kubectl: Kubectl, namespace: str, tmp_path: Path
-) -> Iterator[OperatorProcess]:
+def operator_process(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     """A running operator; asserts at the end that it exited cleanly."""
     handle = OperatorProcess(kubectl, namespace, tmp_path / "operator.log")
     handle.start()

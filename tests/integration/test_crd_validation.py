@@ -76,14 +76,22 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("trailing-dot", with_spec(domains=["blog.example.com."]), ["spec.domains[0]", "RFC 1123"]),
     ("underscore", with_spec(domains=["my_blog.example.com"]), ["spec.domains[0]", "RFC 1123"]),
     ("label-too-long", with_spec(domains=["a" * 64 + ".com"]), ["spec.domains[0]", "RFC 1123"]),
-    ("name-too-long", with_spec(domains=[("a" * 60 + ".") * 5 + "com"]), ["spec.domains[0]", "253"]),
+    (
+        "name-too-long",
+        with_spec(domains=[("a" * 60 + ".") * 5 + "com"]),
+        ["spec.domains[0]", "253"],
+    ),
     ("duplicate-domain", with_spec(domains=["a.com", "a.com"]), ["spec.domains[1]", "Duplicate"]),
     (
         "domain-also-redirect",
         with_spec(redirectDomains=["blog.example.com"]),
         ["spec.redirectDomains", "domains or in redirectDomains, not both"],
     ),
-    ("bad-redirect", with_spec(redirectDomains=["bad domain"]), ["spec.redirectDomains[0]", "RFC 1123"]),
+    (
+        "bad-redirect",
+        with_spec(redirectDomains=["bad domain"]),
+        ["spec.redirectDomains[0]", "RFC 1123"],
+    ),
     (
         "over-100-names",
         with_spec(
@@ -93,13 +101,37 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["at most 100 names"],
     ),
     ("no-image", with_daedalus(image=None), ["spec.daedalus.image", "Required"]),
-    ("untagged-image", with_daedalus(image="ghcr.io/example/daedalus"), ["spec.daedalus.image", "tag or a digest"]),
-    ("latest-image", with_daedalus(image="ghcr.io/example/daedalus:latest"), ["spec.daedalus.image", ":latest"]),
-    ("malformed-image", with_daedalus(image="daedalus:1 --privileged"), ["spec.daedalus.image", "image reference"]),
+    (
+        "untagged-image",
+        with_daedalus(image="ghcr.io/example/daedalus"),
+        ["spec.daedalus.image", "tag or a digest"],
+    ),
+    (
+        "latest-image",
+        with_daedalus(image="ghcr.io/example/daedalus:latest"),
+        ["spec.daedalus.image", ":latest"],
+    ),
+    (
+        "malformed-image",
+        with_daedalus(image="daedalus:1 --privileged"),
+        ["spec.daedalus.image", "image reference"],
+    ),
     ("port-zero", with_daedalus(port=0), ["spec.daedalus.port", "greater than or equal to 1"]),
-    ("port-too-big", with_daedalus(port=70000), ["spec.daedalus.port", "less than or equal to 65535"]),
-    ("replicas-zero", with_daedalus(replicas=0), ["spec.daedalus.replicas", "greater than or equal to 1"]),
-    ("replicas-too-many", with_daedalus(replicas=500), ["spec.daedalus.replicas", "less than or equal to 50"]),
+    (
+        "port-too-big",
+        with_daedalus(port=70000),
+        ["spec.daedalus.port", "less than or equal to 65535"],
+    ),
+    (
+        "replicas-zero",
+        with_daedalus(replicas=0),
+        ["spec.daedalus.replicas", "greater than or equal to 1"],
+    ),
+    (
+        "replicas-too-many",
+        with_daedalus(replicas=500),
+        ["spec.daedalus.replicas", "less than or equal to 50"],
+    ),
     ("port-as-string", with_daedalus(port="http"), ["spec.daedalus.port", "integer"]),
     (
         "relative-health-path",
@@ -111,8 +143,16 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         with_daedalus(healthCheck={"path": "/x; return 200"}),
         ["spec.daedalus.healthCheck.path", "absolute URL path"],
     ),
-    ("env-without-value", with_daedalus(env=[{"name": "A"}]), ["spec.daedalus.env[0]", "exactly one of value or secretKeyRef"]),
-    ("env-bad-name", with_daedalus(env=[{"name": "1A", "value": "x"}]), ["spec.daedalus.env[0].name", "environment variable name"]),
+    (
+        "env-without-value",
+        with_daedalus(env=[{"name": "A"}]),
+        ["spec.daedalus.env[0]", "exactly one of value or secretKeyRef"],
+    ),
+    (
+        "env-bad-name",
+        with_daedalus(env=[{"name": "1A", "value": "x"}]),
+        ["spec.daedalus.env[0].name", "environment variable name"],
+    ),
     (
         "env-duplicate",
         with_daedalus(env=[{"name": "A", "value": "x"}, {"name": "A", "value": "y"}]),
@@ -123,9 +163,17 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         with_daedalus(resources={"limits": {"memory": "lots"}}),
         ["spec.daedalus.resources.limits.memory", "quantity"],
     ),
-    ("bad-http-policy", with_frontend(http="sometimes"), ["spec.frontend.http", "Unsupported value"]),
+    (
+        "bad-http-policy",
+        with_frontend(http="sometimes"),
+        ["spec.frontend.http", "Unsupported value"],
+    ),
     ("redirect-without-tls", with_frontend(http="redirect"), ["spec.frontend.http", "needs tls"]),
-    ("bad-service-type", with_frontend(service={"type": "ExternalName"}), ["spec.frontend.service.type", "Unsupported value"]),
+    (
+        "bad-service-type",
+        with_frontend(service={"type": "ExternalName"}),
+        ["spec.frontend.service.type", "Unsupported value"],
+    ),
     (
         "bad-source-range",
         with_frontend(service={"loadBalancerSourceRanges": ["not-a-cidr"]}),
@@ -149,7 +197,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.tls", "exactly one of tls.acme"],
     ),
     ("acme-no-email", with_tls({"acme": {}}), ["spec.tls.acme.email", "Required"]),
-    ("acme-bad-email", with_tls({"acme": {"email": "nobody"}}), ["spec.tls.acme.email", "email address"]),
+    (
+        "acme-bad-email",
+        with_tls({"acme": {"email": "nobody"}}),
+        ["spec.tls.acme.email", "email address"],
+    ),
     (
         "acme-http-server",
         with_tls({"acme": {"email": "a@example.com", "server": "http://acme.example.com/dir"}}),
@@ -160,8 +212,16 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         with_tls({"acme": {"email": "a@example.com", "keyAlgorithm": "DSA"}}),
         ["spec.tls.acme.keyAlgorithm", "Unsupported value"],
     ),
-    ("bad-secret-name", with_tls({"secretName": "Not_Valid"}), ["spec.tls.secretName", "Secret name"]),
-    ("rollout-timeout", with_spec(rollout={"readyTimeoutSeconds": 1}), ["spec.rollout.readyTimeoutSeconds", "greater than or equal to 10"]),
+    (
+        "bad-secret-name",
+        with_tls({"secretName": "Not_Valid"}),
+        ["spec.tls.secretName", "Secret name"],
+    ),
+    (
+        "rollout-timeout",
+        with_spec(rollout={"readyTimeoutSeconds": 1}),
+        ["spec.rollout.readyTimeoutSeconds", "greater than or equal to 10"],
+    ),
     ("unknown-field", with_spec(colour="blue"), ['unknown field "spec.colour"']),
     ("site-name-too-long", named("a" * 51), ["at most 50 characters"]),
     ("site-name-digit", named("1blog"), ["starting with a letter"]),
@@ -176,7 +236,14 @@ def test_invalid_blogsite_is_rejected(
     if site.get("spec", {}).get("daedalus", {}).get("image", "") is None:
         del site["spec"]["daedalus"]["image"]
     result = kubectl.run(
-        "create", "--validate=strict", "-n", namespace, "-f", "-", input=yaml.safe_dump(site), check=False
+        "create",
+        "--validate=strict",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(site),
+        check=False,
     )
     assert result.returncode != 0, f"{case} was accepted"
     for text in expected:
@@ -192,12 +259,14 @@ def test_examples_are_accepted(kubectl: Kubectl, namespace: str) -> None:
     examples = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
     assert examples
     for example in examples:
-        result = kubectl.run("create", "--validate=strict", "-n", namespace, "-f", str(example), check=False)
+        result = kubectl.run(
+            "create", "--validate=strict", "-n", namespace, "-f", str(example), check=False
+        )
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
 
 
 def test_defaults_are_applied_by_the_api_server(kubectl: Kubectl, namespace: str) -> None:
-    kubectl.run("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(valid()))
+    kubectl.run("create", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(valid()))
     spec = kubectl.json("get", "blogsite", "site", "-n", namespace)["spec"]
     assert spec["daedalus"]["port"] == 8080
     assert spec["daedalus"]["replicas"] == 2

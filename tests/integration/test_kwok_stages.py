@@ -15,7 +15,11 @@ from tests.integration.conftest import Kubectl, wait_for
 
 
 def create_deployment(
-    kubectl: Kubectl, namespace: str, name: str, image: str, annotations: dict[str, str] | None = None
+    kubectl: Kubectl,
+    namespace: str,
+    name: str,
+    image: str,
+    annotations: dict[str, str] | None = None,
 ) -> None:
     kubectl.apply(
         {
@@ -66,10 +70,17 @@ def test_ordinary_pod_becomes_ready(kubectl: Kubectl, namespace: str) -> None:
 def test_never_ready(kubectl: Kubectl, namespace: str, select_by: str) -> None:
     image, annotations = "example.com/app:v2-kwok-never-ready", None
     if select_by == "annotation":
-        image, annotations = "example.com/app:v2", {"kwok.blogsite.daedalus.dev/behavior": "never-ready"}
+        image, annotations = (
+            "example.com/app:v2",
+            {"kwok.blogsite.daedalus.dev/behavior": "never-ready"},
+        )
     create_deployment(kubectl, namespace, "never", image, annotations)
     pod = wait_for(
-        lambda: (p := pod_of(kubectl, namespace, "never")) and p["status"].get("phase") == "Running" and p,
+        lambda: (
+            (p := pod_of(kubectl, namespace, "never"))
+            and p["status"].get("phase") == "Running"
+            and p
+        ),
         what="a Running pod",
     )
     assert ready(pod) == "False"
@@ -102,7 +113,9 @@ def test_crash_loop_with_growing_restart_count(kubectl: Kubectl, namespace: str)
 def test_image_pull_failure(kubectl: Kubectl, namespace: str) -> None:
     create_deployment(kubectl, namespace, "pull", "example.com/app:v4-kwok-image-pull-fail")
     pod = wait_for(
-        lambda: (p := pod_of(kubectl, namespace, "pull")) and container_status(p).get("state") and p,
+        lambda: (
+            (p := pod_of(kubectl, namespace, "pull")) and container_status(p).get("state") and p
+        ),
         what="a container status",
     )
     assert pod["status"]["phase"] == "Pending"

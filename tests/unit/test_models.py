@@ -87,7 +87,10 @@ class TestNames:
         redirects = [f"r{i}.example.com" for i in range(41)]
         with pytest.raises(pydantic.ValidationError, match="at most 100"):
             models.parse_spec(spec(domains=domains, redirectDomains=redirects))
-        assert len(models.parse_spec(spec(domains=domains, redirectDomains=redirects[:40])).domains) == 60
+        assert (
+            len(models.parse_spec(spec(domains=domains, redirectDomains=redirects[:40])).domains)
+            == 60
+        )
 
     def test_is_hostname(self) -> None:
         assert models.is_hostname("a.b-c.example")

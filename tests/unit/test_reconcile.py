@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from blogsite_operator.reconcile import is_subset, next_status, reconcile_site
 from blogsite_operator.policies.readiness import Verdict
+from blogsite_operator.reconcile import is_subset, next_status, reconcile_site
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import Component
 

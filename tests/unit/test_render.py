@@ -111,10 +111,15 @@ class TestDaedalus:
             {"name": "TITLE", "value": "Hello"},
             {"name": "TOKEN", "secretKeyRef": {"name": "blog-secrets", "key": "token"}},
         ]
-        c = container(rendered(daedalus={"image": "d:2", "env": env})[("Deployment", "lethain-daedalus")])
+        c = container(
+            rendered(daedalus={"image": "d:2", "env": env})[("Deployment", "lethain-daedalus")]
+        )
         assert c["env"] == [
             {"name": "TITLE", "value": "Hello"},
-            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "blog-secrets", "key": "token"}}},
+            {
+                "name": "TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "blog-secrets", "key": "token"}},
+            },
         ]
 
     def test_resources_override_defaults_field_by_field(self) -> None:
@@ -152,7 +157,10 @@ class TestFrontend:
     @pytest.mark.parametrize("service_type", ["ClusterIP", "NodePort", "LoadBalancer"])
     def test_service_type(self, service_type: str) -> None:
         frontend = {"service": {"type": service_type}}
-        assert rendered(frontend=frontend)[("Service", "lethain-frontend")]["spec"]["type"] == service_type
+        assert (
+            rendered(frontend=frontend)[("Service", "lethain-frontend")]["spec"]["type"]
+            == service_type
+        )
 
     def test_service_annotations_and_source_ranges(self) -> None:
         frontend = {

@@ -1,0 +1,184 @@
+"""The operator as a real process against the real control plane."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.integration.conftest import Kubectl, OperatorProcess, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "deploy" / "examples" / "blogsite.yaml"
+COMPONENTS = ("frontend", "daedalus", "cert-refresh")
+
+
+def children(kubectl: Kubectl, namespace: str) -> dict[str, dict[str, Any]]:
+    items = kubectl.json(
+        "get", "deployments,services", "-n", namespace, "-l", "app.kubernetes.io/instance=lethain"
+    )["items"]
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in items}
+
+
+def condition(site: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in site.get("status", {}).get("conditions", []):
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+def site_ready(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    site = kubectl.json("get", "blogsite", "lethain", "-n", namespace)
+    return site if condition(site, "Ready").get("status") == "True" else None
+
+
+def test_blogsite_becomes_ready_with_owned_children(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    site = wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+
+    objects = children(kubectl, namespace)
+    expected = {f"{k}/lethain-{c}" for k in ("Deployment", "Service") for c in COMPONENTS}
+    assert set(objects) == expected
+    for obj in objects.values():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref["kind"] == "BlogSite"
+        assert ref["uid"] == site["metadata"]["uid"]
+        assert ref["controller"] is True
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "blogsite-operator"
+        assert labels["app.kubernetes.io/name"] == "blogsite"
+
+    status = site["status"]
+    assert status["observedGeneration"] == site["metadata"]["generation"]
+    assert status["url"] == "http://lethain.com/"
+    assert status["components"]["daedalus"]["availableReplicas"] == 2
+    assert condition(site, "FrontendAvailable")["status"] == "True"
+    # The Deployments really are available, as KWOK reports them.
+    for component in COMPONENTS:
+        deployment = objects[f"Deployment/lethain-{component}"]
+        assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"]
+
+    table = kubectl.run("get", "blogsites", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PRIMARY", "READY", "CERT-EXPIRY", "IMAGE", "AGE"]
+    row = table[1].split()
+    assert row[:3] == ["lethain", "lethain.com", "True"]
+    assert "ghcr.io/example/daedalus:3f2c1a9" in row
+
+    events = kubectl.json(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lethain"
+    )["items"]
+    reasons = {e["reason"] for e in events}
+    assert {"Created", "Ready"} <= reasons
+
+
+def test_spec_change_propagates_and_drift_is_corrected(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+
+    site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    site["spec"]["daedalus"]["image"] = "ghcr.io/example/daedalus:4a5b6c7"
+    site["spec"]["daedalus"]["replicas"] = 3
+    kubectl.apply(site, namespace)
+
+    def daedalus_updated() -> bool:
+        deployment = kubectl.json("get", "deployment", "lethain-daedalus", "-n", namespace)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return bool(
+            container["image"] == "ghcr.io/example/daedalus:4a5b6c7"
+            and deployment["spec"]["replicas"] == 3
+        )
+
+    wait_for(daedalus_updated, timeout=30, what="the new image and replica count")
+
+    kubectl.run("delete", "service", "lethain-daedalus", "-n", namespace)
+    wait_for(
+        lambda: kubectl.exists("service", "lethain-daedalus", namespace),
+        timeout=30,
+        what="the deleted Service to be restored",
+    )
+    kubectl.run("scale", "deployment", "lethain-frontend", "--replicas=5", "-n", namespace)
+    wait_for(
+        lambda: (
+            kubectl.json("get", "deployment", "lethain-frontend", "-n", namespace)["spec"][
+                "replicas"
+            ]
+            == 2
+        ),
+        timeout=30,
+        what="the hand-scaled frontend to return to 2 replicas",
+    )
+
+
+def test_restart_touches_nothing_that_is_already_right(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    assert operator_process.stop() == 0
+
+    def versions() -> dict[str, str]:
+        objects = children(kubectl, namespace)
+        site = kubectl.json("get", "blogsite", "lethain", "-n", namespace)
+        return {
+            "BlogSite": site["metadata"]["resourceVersion"],
+            **{name: o["metadata"]["resourceVersion"] for name, o in objects.items()},
+        }
+
+    before = versions()
+    operator_process.start()
+    wait_for(lambda: "Initial authentication has finished" in operator_process.logs(), timeout=30)
+    # Give the restarted operator time to list and see every object once.
+    time.sleep(5)
+    assert versions() == before
+
+
+def test_deleting_the_blogsite_removes_its_children(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_for(lambda: len(children(kubectl, namespace)) == 6, timeout=60, what="six children")
+    kubectl.run("delete", "blogsite", "lethain", "-n", namespace, "--wait=true", "--timeout=60s")
+    # Garbage collection by the real kube-controller-manager.
+    wait_for(
+        lambda: children(kubectl, namespace) == {}, timeout=90, what="children to be collected"
+    )
+
+
+def test_name_taken_by_another_owner_is_reported_not_overwritten(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    foreign = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "lethain-daedalus", "labels": {"owner": "someone-else"}},
+        "spec": {"ports": [{"port": 1234}], "selector": {"app": "other"}},
+    }
+    kubectl.apply(foreign, namespace)
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+
+    def reported() -> dict[str, Any] | None:
+        site = kubectl.json("get", "blogsite", "lethain", "-n", namespace)
+        reconciled = condition(site, "Reconciled")
+        return site if reconciled.get("reason") == "NameConflict" else None
+
+    site = wait_for(reported, timeout=60, what="a NameConflict condition")
+    assert "Service lethain-daedalus" in condition(site, "Reconciled")["message"]
+    assert condition(site, "Ready")["status"] == "False"
+    service = kubectl.json("get", "service", "lethain-daedalus", "-n", namespace)
+    assert service["spec"]["ports"][0]["port"] == 1234
+    assert service["metadata"]["labels"] == {"owner": "someone-else"}
+    warnings = kubectl.json(
+        "get",
+        "events",
+        "-n",
+        namespace,
+        "--field-selector",
+        "involvedObject.name=lethain,type=Warning",
+    )["items"]
+    assert any(e["reason"] == "NameConflict" for e in warnings)
