@@ -28,6 +28,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack"
+# Tests get their own cluster, apart from the one `make run` uses, so an
+# operator running there never reconciles the tests' BlogSites.
+TEST_CLUSTER_ENV = {
+    **os.environ,
+    "BLOGSITE_CLUSTER": os.environ.get("BLOGSITE_TEST_CLUSTER", "blogsite-test"),
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -86,11 +92,15 @@ def wait_for(
 
 
 def _kwok_cluster() -> Kubectl:
-    subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=900)
+    subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=1800, env=TEST_CLUSTER_ENV)
     env = dict(
         line.split("=", 1)
         for line in subprocess.run(
-            [str(HACK / "cluster.sh"), "env"], check=True, capture_output=True, text=True
+            [str(HACK / "cluster.sh"), "env"],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=TEST_CLUSTER_ENV,
         ).stdout.splitlines()
         if "=" in line
     )

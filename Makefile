@@ -1,0 +1,69 @@
+# blogsite-operator. `make run` and `make test` are the two set-up commands;
+# everything they need is installed on the way.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+UV := .uv/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(BIN)/blogsite-operator: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+.PHONY: install
+install: $(BIN)/blogsite-operator ## create .venv with the locked dependencies
+
+.PHONY: tools
+tools: ## build the control plane binaries from the Go module proxy (cached)
+	hack/build-tools.sh >/dev/null
+
+.PHONY: lint
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check operator tests
+	$(BIN)/ruff format --check operator tests
+	$(BIN)/mypy
+	$(BIN)/mypy --strict tests
+
+.PHONY: crd
+crd: install ## regenerate crds/blogsite.yaml from the models
+	$(BIN)/blogsite-operator crd > crds/blogsite.yaml
+
+.PHONY: unit
+unit: install ## unit tests (no cluster)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: integration
+integration: install tools ## integration tests on the local control plane
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+.PHONY: test
+test: lint install tools ## lint, unit and integration tests: what CI runs
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+.PHONY: cluster-up
+cluster-up: ## start the local cluster (idempotent)
+	hack/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## delete the local cluster
+	hack/cluster.sh down
+
+.PHONY: kubeconfig
+kubeconfig: ## print the path of the local cluster's kubeconfig
+	@hack/cluster.sh kubeconfig
+
+.PHONY: run
+run: install ## run the operator (against the local cluster unless one is configured)
+	@hack/run.sh
