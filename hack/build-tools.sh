@@ -18,17 +18,16 @@ export GOFLAGS="-mod=mod"
 export CGO_ENABLED=0
 log() { echo "[build-tools] $*" >&2; }
 
-timed() {  # timed NAME CMD...: runs CMD and logs how long it took
-  local name=$1 start=$SECONDS; shift
-  "$@"
-  log "${name} built in $((SECONDS - start))s"
+built() {  # built NAME START: logs how long a fresh build took
+  log "$1 built in $((SECONDS - $2))s"
 }
 
 build_kubernetes() {
   local out="${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
   if [[ -x "${out}/kube-apiserver" && -x "${out}/kube-controller-manager" \
      && -x "${out}/kube-scheduler" && -x "${out}/kubectl" ]]; then return; fi
-  local src="${cache}/src/kubernetes-${KUBERNETES_VERSION}"
+  local start=${SECONDS} src="${cache}/src/kubernetes-${KUBERNETES_VERSION}"
+  log "building kubernetes ${KUBERNETES_VERSION} (several minutes)"
   mkdir -p "${src}" "${out}.tmp"
   (
     cd "${src}"
@@ -77,12 +76,14 @@ GO
       k8s.io/kubernetes/cmd/kubectl
   )
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "kubernetes ${KUBERNETES_VERSION}" "${start}"
 }
 
 build_etcd() {
   local out="${cache}/bin/etcd-${ETCD_VERSION}"
   if [[ -x "${out}/etcd" ]]; then return; fi
-  local src="${cache}/src/etcd-${ETCD_VERSION}"
+  local start=${SECONDS} src="${cache}/src/etcd-${ETCD_VERSION}"
+  log "building etcd ${ETCD_VERSION}"
   mkdir -p "${src}" "${out}.tmp"
   (
     cd "${src}"
@@ -94,11 +95,14 @@ build_etcd() {
     go build -p "${jobs}" -trimpath -ldflags "-s -w" -o "${out}.tmp/etcd" go.etcd.io/etcd/server/v3
   )
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "etcd ${ETCD_VERSION}" "${start}"
 }
 
 build_kwok() {
   local out="${cache}/bin/kwok-${KWOK_VERSION}"
   if [[ -x "${out}/kwok" && -x "${out}/kwokctl" ]]; then return; fi
+  local start=${SECONDS}
+  log "building kwok ${KWOK_VERSION}"
   mkdir -p "${out}.tmp"
   local ld="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   ld+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBERNETES_VERSION}"
@@ -106,14 +110,15 @@ build_kwok() {
     "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" \
     "sigs.k8s.io/kwok/cmd/kwokctl@${KWOK_VERSION}"
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "kwok ${KWOK_VERSION}" "${start}"
 }
 
 want="${*:-kubernetes etcd kwok}"
 for tool in ${want}; do
   case "${tool}" in
-    kubernetes) timed kubernetes build_kubernetes ;;
-    etcd) timed etcd build_etcd ;;
-    kwok) timed kwok build_kwok ;;
+    kubernetes) build_kubernetes ;;
+    etcd) build_etcd ;;
+    kwok) build_kwok ;;
     *) log "unknown tool ${tool}"; exit 2 ;;
   esac
 done

@@ -68,6 +68,7 @@ up() {
     "${kwokctl}" delete cluster --name "${name}" >&2 || true
   fi
   local start=${SECONDS}
+  # --kubeconfig "": leave ~/.kube/config alone (kwokctl would switch its context).
   "${kwokctl}" create cluster \
     --name "${name}" \
     --runtime binary \
@@ -78,6 +79,7 @@ up() {
     --etcd-binary "${ETCD_BIN}/etcd" \
     --config "${here}/kwok/kwok.yaml" \
     --quiet-pull \
+    --kubeconfig "" \
     --wait 3m >&2
   ensure_node
   log "cluster ${name} up in $((SECONDS - start))s; kubeconfig ${kubeconfig}"

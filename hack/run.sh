@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
 # `make run`: the operator in the foreground against a cluster.
-# Uses $KUBECONFIG (or ~/.kube/config) when it points at a cluster; otherwise
-# starts the local one (hack/cluster.sh up). Installs the CRD first.
+# Uses $KUBECONFIG (or ~/.kube/config) when it points at a reachable cluster;
+# otherwise starts the local one (hack/cluster.sh up). Installs the CRD first.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "${here}")"
 
-eval "$("${here}/cluster.sh" env 2>/dev/null || true)" || true
 configured="${KUBECONFIG:-}"
 if [[ -z "${configured}" && -f "${HOME}/.kube/config" ]]; then configured="${HOME}/.kube/config"; fi
-kubectl_bin="$(command -v kubectl || true)"
+# The kubectl built with the local control plane (built now if missing).
+kubectl_bin="$("${here}/cluster.sh" env | sed -n 's/^KUBECTL=//p')"
+mkdir -p "${root}/bin" && ln -sf "${kubectl_bin}" "${root}/bin/kubectl"
 
-if [[ -n "${configured}" ]] && ${kubectl_bin:-false} --kubeconfig "${configured}" get --raw /readyz >/dev/null 2>&1; then
+if [[ -n "${configured}" ]] && "${kubectl_bin}" --kubeconfig "${configured}" get --raw /readyz >/dev/null 2>&1; then
   export KUBECONFIG="${configured}"
   echo "[run] using the cluster of ${KUBECONFIG}" >&2
 else
+  [[ -n "${configured}" ]] && echo "[run] ${configured} does not reach a cluster; using the local one" >&2
   "${here}/cluster.sh" up
-  eval "$("${here}/cluster.sh" env)"
+  KUBECONFIG="$("${here}/cluster.sh" kubeconfig)"
   export KUBECONFIG
-  kubectl_bin="${KUBECTL}"
-  mkdir -p "${root}/bin" && ln -sf "${KUBECTL}" "${root}/bin/kubectl"
 fi
 
 "${kubectl_bin}" apply --server-side --force-conflicts -f "${root}/crds/blogsite.yaml" >/dev/null
@@ -31,7 +31,7 @@ cat >&2 <<MSG
   In another terminal:
 
     export KUBECONFIG=${KUBECONFIG}
-    alias kubectl=${kubectl_bin}
+    alias kubectl=${root}/bin/kubectl
     kubectl apply -f ${root}/deploy/examples/
     kubectl get blogsites -w          # or: kubectl describe blogsite lethain
 

@@ -16,15 +16,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack"
@@ -75,20 +76,6 @@ class Kubectl:
     def exists(self, kind: str, name: str, namespace: str) -> bool:
         result = self.run("get", kind, name, "-n", namespace, "-o", "name", check=False)
         return result.returncode == 0
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = ""
-) -> Any:
-    """Poll until `predicate` returns something truthy; fail with `what` otherwise."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
 
 
 def _kwok_cluster() -> Kubectl:

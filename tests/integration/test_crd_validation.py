@@ -270,3 +270,10 @@ def test_defaults_are_applied_by_the_api_server(kubectl: Kubectl, namespace: str
     spec = kubectl.json("get", "blogsite", "site", "-n", namespace)["spec"]
     assert spec["daedalus"]["port"] == 8080
     assert spec["daedalus"]["replicas"] == 2
+
+
+def test_kubectl_explain_describes_fields(kubectl: Kubectl) -> None:
+    result = kubectl.run("explain", "blogsite.spec.daedalus.image")
+    assert "':latest' is refused" in result.stdout
+    result = kubectl.run("explain", "blogsite.spec.tls")
+    assert "plain HTTP only" in result.stdout

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl, wait_for
+from tests.integration.conftest import Kubectl
+from tests.support import wait_for
 
 
 def create_deployment(

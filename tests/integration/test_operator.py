@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.conftest import Kubectl, OperatorProcess, wait_for
+from tests.integration.conftest import Kubectl, OperatorProcess
+from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "blogsite.yaml"

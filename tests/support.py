@@ -1,0 +1,21 @@
+"""Helpers shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = ""
+) -> Any:
+    """Poll until `predicate` returns something truthy; fail with `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
