@@ -66,6 +66,7 @@ KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("v1", "configmaps"),
     "Secret": Kind("v1", "secrets"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    "ReplicaSet": Kind("apps/v1", "replicasets"),
     models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
 }
 
@@ -112,6 +113,22 @@ class Api:
             if error.status == 404:
                 return None
             raise
+
+    def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        result = self._call(
+            "GET", KINDS[kind].path(namespace), query=[("labelSelector", label_selector)]
+        )
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete exactly the object we looked at (uid precondition); gone already is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
+        try:
+            self._call("DELETE", KINDS[kind].path(namespace, name), body=body)
+        except ApiException as error:
+            if error.status not in (404, 409):
+                raise
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager."""

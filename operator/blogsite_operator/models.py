@@ -384,6 +384,13 @@ class Frontend(Model):
     resources: Resources | None = Field(
         default=None, description="CPU and memory requests and limits for each nginx pod."
     )
+    extra_config: str | None = Field(
+        default=None,
+        max_length=16384,
+        description="Opt-in raw nginx directives added to the server blocks of `domains` (both "
+        "ports). Not interpreted by the operator: checked only by `nginx -t` before rollout. "
+        "Leave it out unless you need it.",
+    )
 
 
 class ExternalAccountBinding(Model):
@@ -575,12 +582,17 @@ class ComponentStatus(Model):
 class CertificateStatus(Model):
     """The certificate currently served."""
 
+    secret_name: str | None = Field(default=None, description="Secret holding it.")
     not_before: str | None = Field(default=None, description="Start of validity (RFC 3339).")
     not_after: str | None = Field(default=None, description="End of validity (RFC 3339).")
     renewal_time: str | None = Field(
         default=None, description="When renewal is planned (RFC 3339)."
     )
     dns_names: list[str] = Field(default_factory=list, description="Names on the certificate.")
+    serial_number: str | None = Field(default=None, description="Serial number (hex).")
+    placeholder: bool = Field(
+        default=False, description="True while a self-signed placeholder is served."
+    )
 
 
 class BlogSiteStatus(Model):
@@ -591,6 +603,10 @@ class BlogSiteStatus(Model):
     )
     primary_domain: str | None = Field(default=None, description="The primary domain.")
     url: str | None = Field(default=None, description="The site's URL.")
+    external_addresses: list[str] = Field(
+        default_factory=list,
+        description="Addresses of the frontend Service outside the cluster (load balancer).",
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready and the conditions that explain it.",

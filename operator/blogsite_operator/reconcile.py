@@ -7,13 +7,20 @@ Running it twice in a row makes no second write.
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pydantic
 
-from blogsite_operator import models
+from blogsite_operator import certs, models
+from blogsite_operator.policies.certificate import (
+    ServedCertificate,
+    certificate_verdict,
+    needs_placeholder,
+)
 from blogsite_operator.policies.readiness import (
     CONDITION_FALSE,
     CONDITION_TRUE,
@@ -22,8 +29,21 @@ from blogsite_operator.policies.readiness import (
     component_verdict,
     site_verdict,
 )
-from blogsite_operator.render import COMPONENTS, RenderSettings, SiteRef, child_name, render_site
-from blogsite_operator.render.site import Component
+from blogsite_operator.render import (
+    COMPONENTS,
+    RenderSettings,
+    SiteFacts,
+    SiteRef,
+    child_name,
+    render_site,
+    selector_labels,
+)
+from blogsite_operator.render.site import (
+    NGINX_CONFIG_LABEL,
+    Component,
+    render_tls_secret,
+    tls_secret_name,
+)
 
 CONDITION_FOR_COMPONENT = {
     Component.FRONTEND: "FrontendAvailable",
@@ -35,6 +55,10 @@ CONDITION_FOR_COMPONENT = {
 class ClusterApi(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def list_objects(
+        self, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]: ...
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None: ...
     def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
     def post_event(
         self, site: dict[str, Any], event_type: str, reason: str, message: str
@@ -53,6 +77,7 @@ class Outcome:
     """What one pass did, for logs and tests."""
 
     applied: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     status_written: bool = False
     events: list[Event] = field(default_factory=list)
@@ -116,6 +141,9 @@ def next_status(
     deployments: dict[Component, dict[str, Any] | None],
     reconciled: Verdict,
     now: str,
+    extra_conditions: dict[str, Verdict] | None = None,
+    certificate: dict[str, Any] | None = None,
+    frontend_service: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole status the BlogSite should show, keeping unchanged timestamps."""
     old_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
@@ -128,6 +156,10 @@ def next_status(
         *(
             _condition(CONDITION_FOR_COMPONENT[c], v, generation, old_conditions, now)
             for c, v in verdicts.items()
+        ),
+        *(
+            _condition(kind, v, generation, old_conditions, now)
+            for kind, v in (extra_conditions or {}).items()
         ),
     ]
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
@@ -146,15 +178,23 @@ def next_status(
                 "availableReplicas": facts.available_replicas,
             }
     status["components"] = components
+    status["certificate"] = certificate
+    status["externalAddresses"] = external_addresses(frontend_service)
     return status
+
+
+def external_addresses(service: dict[str, Any] | None) -> list[str]:
+    """Where the frontend can be reached from outside: LB ingress, else external IPs."""
+    if service is None:
+        return []
+    ingress = ((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    addresses = [i.get("ip") or i.get("hostname") for i in ingress]
+    addresses += (service.get("spec") or {}).get("externalIPs") or []
+    return [a for a in addresses if a]
 
 
 def _status_differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return any(old.get(key) != value for key, value in new.items())
-
-
-def _now() -> str:
-    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _describe_invalid(error: pydantic.ValidationError) -> str:
@@ -170,8 +210,10 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
     outcome = Outcome()
     metadata = site["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
+    ref = SiteRef(name, namespace, uid)
     generation = int(metadata.get("generation", 0))
     previous_status = site.get("status") or {}
+    now = datetime.datetime.now(tz=datetime.UTC)
 
     spec: models.BlogSiteSpec | None
     try:
@@ -182,23 +224,18 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
     else:
         reconciled = Verdict(CONDITION_TRUE, "Applied", "all objects are as the spec describes")
 
+    extra_conditions: dict[str, Verdict] = {}
+    certificate_status: dict[str, Any] | None = None
     if spec is not None:
-        created: list[str] = []
-        updated: list[str] = []
-        for desired in render_site(SiteRef(name, namespace, uid), spec, settings):
-            kind, child = desired["kind"], desired["metadata"]["name"]
-            live = api.get(kind, namespace, child)
-            if live is not None and not is_owned_by(live, uid):
-                outcome.conflicts.append(f"{kind} {child}")
-                continue
-            if live is not None and is_subset(desired, live):
-                continue
-            api.apply(desired)
-            outcome.applied.append(f"{kind} {child}")
-            (created if live is None else updated).append(f"{kind} {child}")
-        for verb, objects in (("Created", created), ("Updated", updated)):
-            if objects:
-                outcome.events.append(Event("Normal", verb, f"{verb} {', '.join(objects)}"))
+        served = _ensure_tls_secret(api, ref, spec, outcome)
+        facts = SiteFacts()
+        if served is not None:
+            extra_conditions["CertificateReady"] = certificate_verdict(spec, served, now)
+            certificate_status = _certificate_status(served)
+            facts = SiteFacts(tls_certificate_hash=served.certificate_hash)
+        desired = render_site(ref, spec, settings, facts)
+        _apply_all(api, ref, desired, outcome)
+        _prune(api, ref, desired, outcome)
         if outcome.conflicts:
             reconciled = Verdict(
                 CONDITION_FALSE,
@@ -214,6 +251,9 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
         if spec is not None
         else {}
     )
+    frontend_service = (
+        api.get("Service", namespace, child_name(name, Component.FRONTEND)) if spec else None
+    )
     status = next_status(
         spec=spec,
         generation=generation,
@@ -221,7 +261,10 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
         verdicts=verdicts,
         deployments=deployments,
         reconciled=reconciled,
-        now=_now(),
+        now=_iso(now),
+        extra_conditions=extra_conditions,
+        certificate=certificate_status,
+        frontend_service=frontend_service,
     )
     outcome.events.extend(_transition_events(previous_status, status))
     if _status_differs(previous_status, status):
@@ -230,6 +273,130 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)
     return outcome
+
+
+def _apply_all(
+    api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome
+) -> None:
+    """Apply each object whose live fields differ; never touch another owner's."""
+    created: list[str] = []
+    updated: list[str] = []
+    for obj in desired:
+        kind, child = obj["kind"], obj["metadata"]["name"]
+        live = api.get(kind, ref.namespace, child)
+        if live is not None and not is_owned_by(live, ref.uid):
+            outcome.conflicts.append(f"{kind} {child}")
+            continue
+        if live is not None and is_subset(obj, live):
+            continue
+        api.apply(obj)
+        outcome.applied.append(f"{kind} {child}")
+        (created if live is None else updated).append(f"{kind} {child}")
+    for verb, objects in (("Created", created), ("Updated", updated)):
+        if objects:
+            outcome.events.append(Event("Normal", verb, f"{verb} {', '.join(objects)}"))
+
+
+def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome) -> None:
+    """Delete what this site no longer needs.
+
+    PodDisruptionBudgets go when a component drops to one replica. nginx
+    ConfigMaps go once neither the current template nor any retained
+    ReplicaSet of the frontend refers to them, so a revert still finds its
+    configuration.
+    """
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    instance = f"app.kubernetes.io/instance={ref.name}"
+    for pdb in api.list_objects("PodDisruptionBudget", ref.namespace, instance):
+        if ("PodDisruptionBudget", pdb["metadata"]["name"]) not in wanted:
+            _delete_owned(api, ref, pdb, outcome)
+
+    configs = api.list_objects("ConfigMap", ref.namespace, f"{NGINX_CONFIG_LABEL}={ref.name}")
+    if not configs:
+        return
+    in_use = {name for kind, name in wanted if kind == "ConfigMap"}
+    frontend = ",".join(
+        f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
+    )
+    for replica_set in api.list_objects("ReplicaSet", ref.namespace, frontend):
+        volumes = replica_set["spec"]["template"]["spec"].get("volumes") or []
+        in_use.update(v["configMap"]["name"] for v in volumes if "configMap" in v)
+    for config in configs:
+        if config["metadata"]["name"] not in in_use:
+            _delete_owned(api, ref, config, outcome)
+
+
+def _delete_owned(api: ClusterApi, ref: SiteRef, obj: dict[str, Any], outcome: Outcome) -> None:
+    if not is_owned_by(obj, ref.uid):
+        return
+    metadata = obj["metadata"]
+    api.delete(obj["kind"], ref.namespace, metadata["name"], metadata["uid"])
+    outcome.deleted.append(f"{obj['kind']} {metadata['name']}")
+
+
+def _ensure_tls_secret(
+    api: ClusterApi, ref: SiteRef, spec: models.BlogSiteSpec, outcome: Outcome
+) -> ServedCertificate | None:
+    """Read the TLS Secret nginx will mount; in ACME mode, put a placeholder there."""
+    secret_name = tls_secret_name(ref.name, spec)
+    if spec.tls is None or secret_name is None:
+        return None
+    live = api.get("Secret", ref.namespace, secret_name)
+    served = read_served_certificate(secret_name, live)
+    if spec.tls.acme is None:
+        return served  # the user's Secret: read, never written
+    if live is not None and not is_owned_by(live, ref.uid):
+        outcome.conflicts.append(f"Secret {secret_name}")
+        return served
+    names = [*spec.domains, *spec.redirect_domains]
+    if needs_placeholder(names, served):
+        cert_pem, key_pem = certs.self_signed_placeholder(names)
+        secret = render_tls_secret(ref, cert_pem, key_pem)
+        api.apply(secret)
+        outcome.applied.append(f"Secret {secret_name}")
+        outcome.events.append(
+            Event(
+                "Normal",
+                "PlaceholderCertificate",
+                f"Secret {secret_name} holds a self-signed placeholder for "
+                f"{len(names)} names until a real certificate is issued",
+            )
+        )
+        served = read_served_certificate(secret_name, secret)
+    return served
+
+
+def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedCertificate:
+    if secret is None:
+        return ServedCertificate(name, None)
+    data = secret.get("data") or {}
+    if "tls.crt" not in data or "tls.key" not in data:
+        return ServedCertificate(name, None, "has no tls.crt and tls.key")
+    try:
+        cert_pem = base64.b64decode(data["tls.crt"])
+        info = certs.certificate_info(cert_pem)
+    except ValueError as error:
+        return ServedCertificate(name, None, f"tls.crt is not a PEM certificate ({error})")
+    digest = hashlib.sha256(cert_pem).hexdigest()
+    return ServedCertificate(name, info, certificate_hash=digest)
+
+
+def _certificate_status(served: ServedCertificate) -> dict[str, Any] | None:
+    info = served.info
+    if info is None:
+        return None
+    return {
+        "secretName": served.secret_name,
+        "notBefore": _iso(info.not_before),
+        "notAfter": _iso(info.not_after),
+        "dnsNames": list(info.dns_names),
+        "serialNumber": info.serial,
+        "placeholder": info.is_placeholder,
+    }
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:

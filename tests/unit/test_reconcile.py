@@ -29,6 +29,7 @@ class MemoryApi:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         live = copy.deepcopy(obj)
         live["metadata"]["resourceVersion"] = str(len(self.writes) + 1)
+        live["metadata"]["uid"] = f"uid-{obj['kind']}-{obj['metadata']['name']}"
         live["metadata"]["generation"] = 1
         if obj["kind"] == "Deployment":
             replicas = obj["spec"]["replicas"]
@@ -46,6 +47,20 @@ class MemoryApi:
         self.objects[(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])] = live
         self.writes.append(f"apply {obj['kind']} {obj['metadata']['name']}")
         return live
+
+    def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        wanted = dict(pair.split("=", 1) for pair in label_selector.split(","))
+        return [
+            copy.deepcopy(obj)
+            for (k, ns, _), obj in self.objects.items()
+            if k == kind
+            and ns == namespace
+            and wanted.items() <= (obj["metadata"].get("labels") or {}).items()
+        ]
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        self.writes.append(f"delete {kind} {name}")
+        del self.objects[(kind, namespace, name)]
 
     def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.writes.append("status")
@@ -89,7 +104,17 @@ class TestReconcileSite:
     def test_first_pass_creates_everything_and_reports_ready(self) -> None:
         api = MemoryApi()
         outcome = reconcile_site(api, site(), RenderSettings())
-        assert len(outcome.applied) == 6
+        assert sorted(outcome.applied) == [
+            "ConfigMap " + next(n for k, _, n in api.objects if k == "ConfigMap"),
+            "Deployment blog-cert-refresh",
+            "Deployment blog-daedalus",
+            "Deployment blog-frontend",
+            "PodDisruptionBudget blog-daedalus",
+            "PodDisruptionBudget blog-frontend",
+            "Service blog-cert-refresh",
+            "Service blog-daedalus",
+            "Service blog-frontend",
+        ]
         assert api.status is not None
         conditions = {c["type"]: c for c in api.status["conditions"]}
         assert conditions["Ready"]["status"] == "True"
@@ -147,3 +172,76 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     first = next_status(previous={}, now="2026-01-01T00:00:00Z", **common)
     second = next_status(previous=first, now="2026-01-02T00:00:00Z", **common)
     assert first == second
+
+
+class TestTls:
+    def test_acme_site_gets_a_placeholder_once(self) -> None:
+        api = MemoryApi()
+        acme = {"acme": {"email": "ops@example.com"}}
+        reconcile_site(api, site(tls=acme, redirectDomains=["old.example.com"]), RenderSettings())
+        secret = api.objects[("Secret", "ns", "blog-tls")]
+        assert secret["type"] == "kubernetes.io/tls"
+        assert api.status is not None
+        certificate = api.status["certificate"]
+        assert certificate["placeholder"] is True
+        assert sorted(certificate["dnsNames"]) == ["blog.example.com", "old.example.com"]
+        ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
+        assert (ready["status"], ready["reason"]) == ("False", "Placeholder")
+        # The pod template carries the certificate's hash, so a new one rolls out.
+        frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+        annotations = frontend["spec"]["template"]["metadata"]["annotations"]
+        assert len(annotations["blog.daedalus.dev/tls-certificate-sha256"]) == 64
+
+        writes = len(api.writes)
+        again = site(tls=acme, redirectDomains=["old.example.com"], status=api.status)
+        reconcile_site(api, again, RenderSettings())
+        assert len(api.writes) == writes
+        assert api.objects[("Secret", "ns", "blog-tls")]["data"] == secret["data"]
+
+    def test_placeholder_follows_the_names(self) -> None:
+        api = MemoryApi()
+        acme = {"acme": {"email": "ops@example.com"}}
+        reconcile_site(api, site(tls=acme), RenderSettings())
+        first = api.objects[("Secret", "ns", "blog-tls")]["data"]
+        reconcile_site(api, site(tls=acme, domains=["new.example.com"]), RenderSettings())
+        assert api.objects[("Secret", "ns", "blog-tls")]["data"] != first
+
+    def test_missing_user_secret_is_reported_not_created(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(tls={"secretName": "mine"}), RenderSettings())
+        assert ("Secret", "ns", "mine") not in api.objects
+        assert api.status is not None
+        ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
+        assert ready["reason"] == "SecretMissing"
+
+
+class TestPruning:
+    def test_pdb_removed_when_replicas_drop_to_one(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        assert ("PodDisruptionBudget", "ns", "blog-daedalus") in api.objects
+        reconcile_site(api, site(daedalus={"image": "d:1", "replicas": 1}), RenderSettings())
+        assert ("PodDisruptionBudget", "ns", "blog-daedalus") not in api.objects
+        assert ("PodDisruptionBudget", "ns", "blog-frontend") in api.objects
+
+    def test_old_nginx_config_kept_while_a_replica_set_uses_it(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        (old,) = [n for k, _, n in api.objects if k == "ConfigMap"]
+        frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+        replica_set = {
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": "blog-frontend-1",
+                "labels": frontend["spec"]["selector"]["matchLabels"],
+            },
+            "spec": {"template": copy.deepcopy(frontend["spec"]["template"])},
+        }
+        api.objects[("ReplicaSet", "ns", "blog-frontend-1")] = replica_set
+        reconcile_site(api, site(redirectDomains=["old.example.com"]), RenderSettings())
+        configs = {n for k, _, n in api.objects if k == "ConfigMap"}
+        assert old in configs
+        assert len(configs) == 2
+        del api.objects[("ReplicaSet", "ns", "blog-frontend-1")]
+        reconcile_site(api, site(redirectDomains=["old.example.com"]), RenderSettings())
+        assert old not in {n for k, _, n in api.objects if k == "ConfigMap"}

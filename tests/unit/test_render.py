@@ -29,11 +29,17 @@ def container(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class TestEveryObject:
-    def test_three_deployments_and_three_services(self) -> None:
-        assert sorted(rendered()) == [
+    def test_deployments_services_budgets_and_nginx_config(self) -> None:
+        objects = sorted(rendered())
+        config_maps = [name for kind, name in objects if kind == "ConfigMap"]
+        assert len(config_maps) == 1
+        assert config_maps[0].startswith("lethain-nginx-")
+        assert [o for o in objects if o[0] != "ConfigMap"] == [
             ("Deployment", "lethain-cert-refresh"),
             ("Deployment", "lethain-daedalus"),
             ("Deployment", "lethain-frontend"),
+            ("PodDisruptionBudget", "lethain-daedalus"),
+            ("PodDisruptionBudget", "lethain-frontend"),
             ("Service", "lethain-cert-refresh"),
             ("Service", "lethain-daedalus"),
             ("Service", "lethain-frontend"),
@@ -53,12 +59,13 @@ class TestEveryObject:
             assert obj["metadata"]["namespace"] == "blogs"
 
     def test_recommended_labels(self) -> None:
-        for (_, name), obj in rendered().items():
+        for (kind, name), obj in rendered().items():
             labels = obj["metadata"]["labels"]
             assert labels["app.kubernetes.io/name"] == "blogsite"
             assert labels["app.kubernetes.io/instance"] == "lethain"
             assert labels["app.kubernetes.io/managed-by"] == "blogsite-operator"
-            assert name == f"lethain-{labels['app.kubernetes.io/component']}"
+            if kind != "ConfigMap":
+                assert name == f"lethain-{labels['app.kubernetes.io/component']}"
 
     def test_rendering_is_deterministic(self) -> None:
         assert rendered() == rendered()
@@ -74,6 +81,9 @@ class TestDeployments:
             pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
             assert selector.items() <= pod_labels.items()
             assert service["spec"]["selector"] == selector
+            budget = objects.get(("PodDisruptionBudget", f"lethain-{component}"))
+            if budget is not None:
+                assert budget["spec"]["selector"]["matchLabels"] == selector
 
     def test_rollouts_never_drop_serving_pods(self) -> None:
         for (kind, _), obj in rendered().items():
@@ -145,7 +155,9 @@ class TestFrontend:
         assert container(deployment)["image"] == RenderSettings().frontend_image
         service = objects[("Service", "lethain-frontend")]
         assert service["spec"]["type"] == "LoadBalancer"
-        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, "http")]
+        with_tls = rendered(tls={"secretName": "mine"})[("Service", "lethain-frontend")]
+        assert [(p["port"], p["targetPort"]) for p in with_tls["spec"]["ports"]] == [
             (80, "http"),
             (443, "https"),
         ]
@@ -192,3 +204,51 @@ class TestCertRefresh:
         c = container(deployment)
         assert c["image"] == RenderSettings().operator_image
         assert c["args"][0] == "challenge-server"
+
+
+class TestNginxConfig:
+    def config_map(self, **overrides: Any) -> dict[str, Any]:
+        return next(o for (k, _), o in rendered(**overrides).items() if k == "ConfigMap")
+
+    def test_immutable_and_named_by_content(self) -> None:
+        first = self.config_map()
+        assert first["immutable"] is True
+        assert first == self.config_map()
+        changed = self.config_map(redirectDomains=["other.example.com"])
+        assert changed["metadata"]["name"] != first["metadata"]["name"]
+
+    def test_frontend_mounts_it_and_points_nginx_at_it(self) -> None:
+        objects = rendered()
+        name = self.config_map()["metadata"]["name"]
+        deployment = objects[("Deployment", "lethain-frontend")]
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["nginx-config"]["configMap"]["name"] == name
+        assert container(deployment)["command"][:3] == [
+            "nginx",
+            "-c",
+            "/etc/blogsite/nginx/nginx.conf",
+        ]
+
+    def test_upstreams_are_the_sites_services(self) -> None:
+        conf = self.config_map()["data"]["nginx.conf"]
+        assert "server lethain-daedalus.blogs.svc:80;" in conf
+        assert "server lethain-cert-refresh.blogs.svc:80;" in conf
+
+    def test_tls_secret_is_mounted_when_tls_is_on(self) -> None:
+        deployment = rendered(tls={"secretName": "mine"})[("Deployment", "lethain-frontend")]
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["tls"]["secret"]["secretName"] == "mine"
+        acme = rendered(tls={"acme": {"email": "a@example.com"}})
+        volumes = {
+            v["name"]: v
+            for v in acme[("Deployment", "lethain-frontend")]["spec"]["template"]["spec"]["volumes"]
+        }
+        assert volumes["tls"]["secret"]["secretName"] == "lethain-tls"
+
+
+class TestDisruptionBudgets:
+    def test_only_with_more_than_one_replica(self) -> None:
+        objects = rendered(daedalus={"image": "d:1", "replicas": 1}, frontend={"replicas": 3})
+        assert ("PodDisruptionBudget", "lethain-daedalus") not in objects
+        budget = objects[("PodDisruptionBudget", "lethain-frontend")]
+        assert budget["spec"]["maxUnavailable"] == 1

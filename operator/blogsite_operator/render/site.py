@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from blogsite_operator import models
+from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
 
 MANAGED_BY = "blogsite-operator"
 FIELD_MANAGER = "blogsite-operator"
@@ -18,6 +21,12 @@ FRONTEND_HTTPS_PORT = 8443
 FRONTEND_HEALTH_PORT = 8081
 CHALLENGE_SERVER_PORT = 8089
 NONROOT_UID = 65532
+NGINX_CONFIG_DIR = "/etc/blogsite/nginx"
+TLS_DIR = "/etc/blogsite/tls"
+# Labels ConfigMaps of nginx.conf with the site they belong to, for clean-up.
+NGINX_CONFIG_LABEL = "blog.daedalus.dev/nginx-config-of"
+PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
+TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
 
 
 class Component(StrEnum):
@@ -36,6 +45,15 @@ class SiteRef:
     name: str
     namespace: str
     uid: str
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What the renderers need to know beyond the spec, gathered by the caller."""
+
+    # sha256 of the served tls.crt: a new certificate changes the pod template,
+    # so nginx picks it up through an ordinary (health-gated) rollout.
+    tls_certificate_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -231,14 +249,88 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
     ]
 
 
+def tls_secret_name(site_name: str, spec: models.BlogSiteSpec) -> str | None:
+    """The Secret nginx serves: the user's own, the operator's ACME one, or none."""
+    if spec.tls is None:
+        return None
+    return spec.tls.secret_name or f"{site_name}-tls"
+
+
+def cluster_nginx_facts(site: SiteRef, spec: models.BlogSiteSpec) -> NginxFacts:
+    """Upstreams are the Services of this site; TLS files come from the Secret volume."""
+    tls = spec.tls is not None
+
+    def service_address(component: Component) -> str:
+        return f"{child_name(site.name, component)}.{site.namespace}.svc:80"
+
+    return NginxFacts(
+        daedalus_upstream=service_address(Component.DAEDALUS),
+        challenge_upstream=service_address(Component.CERT_REFRESH),
+        tls_certificate=f"{TLS_DIR}/tls.crt" if tls else None,
+        tls_certificate_key=f"{TLS_DIR}/tls.key" if tls else None,
+        http_port=FRONTEND_HTTP_PORT,
+        https_port=FRONTEND_HTTPS_PORT,
+        health_port=FRONTEND_HEALTH_PORT,
+    )
+
+
+def render_nginx_config_map(site: SiteRef, spec: models.BlogSiteSpec) -> dict[str, Any]:
+    """Immutable and named by its content: a new config is a new pod template."""
+    conf = render_nginx_conf(spec, cluster_nginx_facts(site, spec))
+    digest = hashlib.sha256(conf.encode()).hexdigest()[:10]
+    metadata = _metadata(site, Component.FRONTEND)
+    metadata["name"] = f"{site.name}-nginx-{digest}"
+    metadata["labels"] = {**metadata["labels"], NGINX_CONFIG_LABEL: site.name}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata,
+        "immutable": True,
+        "data": {"nginx.conf": conf},
+    }
+
+
+def render_tls_secret(site: SiteRef, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    """The operator's own TLS Secret (ACME mode), here holding a placeholder."""
+    metadata = _metadata(site, Component.FRONTEND)
+    metadata["name"] = f"{site.name}-tls"
+    metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        },
+    }
+
+
 def render_frontend(
-    site: SiteRef, spec: models.BlogSiteSpec, settings: RenderSettings
+    site: SiteRef, spec: models.BlogSiteSpec, settings: RenderSettings, facts: SiteFacts
 ) -> list[dict[str, Any]]:
     frontend = spec.frontend
+    config_map = render_nginx_config_map(site, spec)
     health_check = models.HealthCheck(path="/healthz", period_seconds=5)
+    mounts = [
+        # nginx writes its pid and temp files; the root filesystem stays read-only.
+        {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108
+        {"name": "nginx-config", "mountPath": NGINX_CONFIG_DIR, "readOnly": True},
+    ]
+    volumes: list[dict[str, Any]] = [
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {"name": "nginx-config", "configMap": {"name": config_map["metadata"]["name"]}},
+    ]
+    secret = tls_secret_name(site.name, spec)
+    if secret is not None:
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": secret}})
     container = {
         "name": "nginx",
         "image": frontend.image or settings.frontend_image,
+        # Bypass the image's entrypoint scripts: they expect a writable /etc/nginx.
+        "command": ["nginx", "-c", f"{NGINX_CONFIG_DIR}/nginx.conf", "-g", "daemon off;"],
         "ports": [
             {"name": "http", "containerPort": FRONTEND_HTTP_PORT, "protocol": "TCP"},
             {"name": "https", "containerPort": FRONTEND_HTTPS_PORT, "protocol": "TCP"},
@@ -248,29 +340,53 @@ def render_frontend(
         "livenessProbe": _http_probe("/healthz", "health", health_check),
         "resources": _resources(Component.FRONTEND, frontend.resources),
         "securityContext": _container_security_context(),
-        # nginx writes its pid and temp files; the root filesystem stays read-only.
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+        "volumeMounts": mounts,
     }
     service = frontend.service
+    ports = [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    if spec.tls is not None:
+        ports.append({"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"})
+    deployment = _deployment(
+        site,
+        Component.FRONTEND,
+        replicas=frontend.replicas,
+        containers=[container],
+        volumes=volumes,
+    )
+    if facts.tls_certificate_hash is not None:
+        deployment["spec"]["template"]["metadata"]["annotations"] = {
+            TLS_HASH_ANNOTATION: facts.tls_certificate_hash
+        }
     return [
-        _deployment(
-            site,
-            Component.FRONTEND,
-            replicas=frontend.replicas,
-            containers=[container],
-            volumes=[{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-        ),
+        config_map,
+        deployment,
         _service(
             site,
             Component.FRONTEND,
-            ports=[
-                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
-                {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"},
-            ],
+            ports=ports,
             service_type=str(service.type),
             annotations=service.annotations,
             source_ranges=service.load_balancer_source_ranges,
         ),
+    ]
+
+
+def render_disruption_budget(
+    site: SiteRef, component: Component, replicas: int
+) -> list[dict[str, Any]]:
+    """With several replicas, voluntary evictions take at most one at a time."""
+    if replicas < 2:
+        return []
+    return [
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _metadata(site, component),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(site.name, component)},
+            },
+        }
     ]
 
 
@@ -298,12 +414,21 @@ def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[st
 
 
 def render_site(
-    site: SiteRef, spec: models.BlogSiteSpec, settings: RenderSettings | None = None
+    site: SiteRef,
+    spec: models.BlogSiteSpec,
+    settings: RenderSettings | None = None,
+    facts: SiteFacts | None = None,
 ) -> list[dict[str, Any]]:
-    """Every object the operator keeps in place for this BlogSite, in apply order."""
+    """Every object the operator keeps in place for this BlogSite, in apply order.
+
+    (The TLS Secret is not among them: its content is generated, not rendered.)
+    """
     settings = settings or RenderSettings()
+    facts = facts or SiteFacts()
     return [
         *render_daedalus(site, spec),
+        *render_disruption_budget(site, Component.DAEDALUS, spec.daedalus.replicas),
         *render_cert_refresh(site, settings),
-        *render_frontend(site, spec, settings),
+        *render_frontend(site, spec, settings, facts),
+        *render_disruption_budget(site, Component.FRONTEND, spec.frontend.replicas),
     ]

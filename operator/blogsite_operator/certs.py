@@ -1,0 +1,83 @@
+"""Certificates as facts: a self-signed placeholder, and what a PEM says.
+
+Key generation is the one impure step (randomness); it lives here, apart
+from the renderers, and its output never reaches logs, Events or status.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+PLACEHOLDER_ISSUER = "blogsite-operator placeholder"
+
+
+@dataclass(frozen=True)
+class CertificateInfo:
+    dns_names: tuple[str, ...]
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    serial: str
+    issuer: str
+
+    @property
+    def is_placeholder(self) -> bool:
+        return self.issuer == PLACEHOLDER_ISSUER
+
+
+def self_signed_placeholder(
+    names: list[str], *, days: int = 90, now: datetime.datetime | None = None
+) -> tuple[bytes, bytes]:
+    """A throwaway ECDSA certificate for `names`, so nginx can start on 443.
+
+    Browsers will not trust it; it exists only until the real certificate is
+    issued (or when the user's own Secret is missing).
+    """
+    now = now or datetime.datetime.now(tz=datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    # Truly self-signed (subject == issuer): the names live in the SAN.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, PLACEHOLDER_ISSUER)])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert_pem, key_pem
+
+
+def certificate_info(cert_pem: bytes) -> CertificateInfo:
+    """What the first (leaf) certificate of a PEM chain says; ValueError if unreadable."""
+    certificate = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names = tuple(san.value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        names = ()
+    issuer = certificate.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return CertificateInfo(
+        dns_names=names,
+        not_before=certificate.not_valid_before_utc,
+        not_after=certificate.not_valid_after_utc,
+        serial=format(certificate.serial_number, "x"),
+        issuer=str(issuer[0].value) if issuer else "",
+    )

@@ -1,0 +1,211 @@
+"""nginx.conf for the frontend: a pure function of the spec and a few facts.
+
+Routing, in the order nginx picks a server block:
+  * `domains` on HTTPS: TLS terminated, proxied to daedalus;
+  * `domains` on plain HTTP: proxied too (`http: serve`) or 301 to HTTPS
+    (`http: redirect`);
+  * `redirectDomains`, both ports: 301 to the primary domain, path and query kept;
+  * any other host: proxied to daedalus (default_server), never a stock page;
+  * `/.well-known/acme-challenge/` on port 80, for every host: cert-refresh;
+  * a health endpoint on a port of its own, for the probes.
+
+Nothing from the user reaches the file unchecked: host names are validated
+by the models (and checked again here), everything else comes from the
+operator. The one exception is the documented opt-in `frontend.extraConfig`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from blogsite_operator import models
+
+ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+_SAFE_ADDRESS = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
+_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
+
+
+@dataclass(frozen=True)
+class NginxFacts:
+    """Where things are, as seen from inside the frontend pod."""
+
+    daedalus_upstream: str  # host:port
+    challenge_upstream: str  # host:port
+    tls_certificate: str | None = None  # path of tls.crt; None: no HTTPS
+    tls_certificate_key: str | None = None
+    temp_dir: str = "/tmp"  # noqa: S108 - an emptyDir; the root filesystem is read-only
+    http_port: int = 8080
+    https_port: int = 8443
+    health_port: int = 8081
+    pid_file: str = "/tmp/nginx.pid"  # noqa: S108
+
+
+def _address(value: str) -> str:
+    if not _SAFE_ADDRESS.fullmatch(value):
+        raise ValueError(f"not a host:port upstream address: {value!r}")
+    return value
+
+
+def _path(value: str) -> str:
+    if not _SAFE_PATH.fullmatch(value):
+        raise ValueError(f"not a safe absolute path: {value!r}")
+    return value
+
+
+def _hostnames(names: list[str]) -> str:
+    for name in names:
+        if not models.is_hostname(name):  # the models checked already; never trust twice-removed
+            raise ValueError(f"not a hostname: {name!r}")
+    return " ".join(names)
+
+
+def _indent(lines: list[str], depth: int) -> list[str]:
+    return [("    " * depth + line) if line else "" for line in lines]
+
+
+def _challenge_location() -> list[str]:
+    return [
+        f"location {ACME_CHALLENGE_PATH} {{",
+        "    proxy_pass http://cert_refresh;",
+        "}",
+    ]
+
+
+def _proxy_location() -> list[str]:
+    return ["location / {", "    proxy_pass http://daedalus;", "}"]
+
+
+def _server(listen: str, names: str, body: list[str]) -> list[str]:
+    return [
+        "server {",
+        f"    listen {listen};",
+        f"    server_name {names};",
+        *_indent(body, 1),
+        "}",
+        "",
+    ]
+
+
+def _extra(spec: models.BlogSiteSpec) -> list[str]:
+    extra = spec.frontend.extra_config
+    if not extra:
+        return []
+    return ["# frontend.extraConfig (user-supplied, checked by nginx -t)", *extra.splitlines()]
+
+
+def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
+    """The whole nginx.conf; identical input gives byte-identical output."""
+    cert, key = facts.tls_certificate, facts.tls_certificate_key
+    tls = cert is not None and key is not None
+    primary = spec.primary_domain
+    domains = _hostnames(list(spec.domains))
+    redirects = _hostnames(list(spec.redirect_domains)) if spec.redirect_domains else None
+    temp = _path(facts.temp_dir)
+    redirect_target = f"{'https' if tls else 'http'}://{primary}$request_uri"
+
+    http_domains_body = [*_challenge_location()]
+    if spec.frontend.http == models.HttpPolicy.REDIRECT and tls:
+        http_domains_body += ["location / {", "    return 301 https://$host$request_uri;", "}"]
+    else:
+        http_domains_body += _proxy_location()
+    http_domains_body += _extra(spec)
+
+    servers: list[str] = []
+    servers += _server(
+        f"{facts.http_port} default_server",
+        "_",
+        [
+            "# Hosts not named in the BlogSite still reach the blog.",
+            *_challenge_location(),
+            *_proxy_location(),
+        ],
+    )
+    servers += _server(str(facts.http_port), domains, http_domains_body)
+    if redirects:
+        servers += _server(
+            str(facts.http_port),
+            redirects,
+            [*_challenge_location(), "location / {", f"    return 301 {redirect_target};", "}"],
+        )
+    if tls:
+        servers += _server(f"{facts.https_port} ssl default_server", "_", _proxy_location())
+        servers += _server(f"{facts.https_port} ssl", domains, [*_proxy_location(), *_extra(spec)])
+        if redirects:
+            servers += _server(
+                f"{facts.https_port} ssl", redirects, [f"return 301 {redirect_target};"]
+            )
+    servers += _server(
+        str(facts.health_port),
+        "_",
+        [
+            "access_log off;",
+            "location = /healthz {",
+            "    default_type text/plain;",
+            '    return 200 "ok\\n";',
+            "}",
+            "location / {",
+            "    return 404;",
+            "}",
+        ],
+    )
+
+    tls_settings: list[str] = []
+    if cert is not None and key is not None:
+        tls_settings = [
+            f"ssl_certificate {_path(cert)};",
+            f"ssl_certificate_key {_path(key)};",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_prefer_server_ciphers off;",
+            "ssl_session_cache shared:TLS:10m;",
+            "ssl_session_timeout 1d;",
+            "",
+        ]
+
+    http_block = [
+        "server_tokens off;",
+        "access_log /dev/stdout;",
+        "default_type application/octet-stream;",
+        # Up to 100 names of up to 253 characters must fit the hash.
+        "server_names_hash_bucket_size 512;",
+        "server_names_hash_max_size 4096;",
+        f"client_body_temp_path {temp}/client_body;",
+        f"proxy_temp_path {temp}/proxy;",
+        f"fastcgi_temp_path {temp}/fastcgi;",
+        f"uwsgi_temp_path {temp}/uwsgi;",
+        f"scgi_temp_path {temp}/scgi;",
+        "",
+        *tls_settings,
+        "proxy_http_version 1.1;",
+        'proxy_set_header Connection "";',
+        "proxy_set_header Host $host;",
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+        "proxy_set_header X-Forwarded-Proto $scheme;",
+        "proxy_set_header X-Real-IP $remote_addr;",
+        "",
+        "upstream daedalus {",
+        f"    server {_address(facts.daedalus_upstream)};",
+        "    keepalive 16;",
+        "}",
+        "",
+        "upstream cert_refresh {",
+        f"    server {_address(facts.challenge_upstream)};",
+        "}",
+        "",
+        *servers,
+    ]
+    lines = [
+        "# Generated by blogsite-operator; do not edit (the operator replaces it).",
+        "worker_processes auto;",
+        f"pid {_path(facts.pid_file)};",
+        "error_log stderr warn;",
+        "",
+        "events {",
+        "    worker_connections 1024;",
+        "}",
+        "",
+        "http {",
+        *_indent(http_block, 1),
+        "}",
+    ]
+    return "\n".join(line.rstrip() for line in lines).rstrip() + "\n"

@@ -1,0 +1,153 @@
+"""Every routing rule of the frontend, through real nginx and real HTTP/TLS."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+from typing import Any
+
+import pytest
+
+from tests.nginx.conftest import RunningNginx, SniConnection, json_body
+
+SITE: dict[str, Any] = {
+    "domains": ["lethain.com", "www.lethain.com"],
+    "redirectDomains": ["willarson.com", "www.willarson.com"],
+    "daedalus": {"image": "ghcr.io/example/daedalus:1"},
+    "tls": {"secretName": "tls"},
+}
+
+
+def site(**changes: Any) -> dict[str, Any]:
+    return {**SITE, **changes}
+
+
+@pytest.fixture
+def serving(start_nginx: Any) -> RunningNginx:
+    nginx: RunningNginx = start_nginx(site(frontend={"http": "serve"}))
+    return nginx
+
+
+@pytest.fixture
+def redirecting(start_nginx: Any) -> RunningNginx:
+    nginx: RunningNginx = start_nginx(site(frontend={"http": "redirect"}))
+    return nginx
+
+
+class TestDomainsOverHttps:
+    @pytest.mark.parametrize("host", SITE["domains"])
+    def test_proxied_to_daedalus_with_forwarding_headers(
+        self, serving: RunningNginx, host: str
+    ) -> None:
+        response = serving.https(host, "/posts/1?page=2")
+        assert response.status == 200
+        seen = json_body(response)
+        assert seen["upstream"] == "daedalus"
+        assert seen["path"] == "/posts/1?page=2"
+        headers = seen["headers"]
+        assert headers["host"] == host
+        assert headers["x-forwarded-proto"] == "https"
+        assert headers["x-real-ip"] == "127.0.0.1"
+        assert "127.0.0.1" in headers["x-forwarded-for"]
+
+    def test_certificate_is_verified_for_each_name(self, serving: RunningNginx) -> None:
+        for host in [*SITE["domains"], *SITE["redirectDomains"]]:
+            serving.https(host).read()  # raises if the certificate does not cover host
+        with pytest.raises(ssl.SSLCertVerificationError):
+            serving.https("not-on-the-cert.example")
+
+
+class TestPlainHttp:
+    @pytest.mark.parametrize("host", SITE["domains"])
+    def test_serve_proxies_plain_http(self, serving: RunningNginx, host: str) -> None:
+        response = serving.http(host, "/about")
+        assert response.status == 200
+        seen = json_body(response)
+        assert seen["upstream"] == "daedalus"
+        assert seen["headers"]["host"] == host
+        assert seen["headers"]["x-forwarded-proto"] == "http"
+
+    @pytest.mark.parametrize("host", SITE["domains"])
+    def test_redirect_sends_plain_http_to_https(self, redirecting: RunningNginx, host: str) -> None:
+        response = redirecting.http(host, "/about?x=1")
+        assert response.status == 301
+        assert response.getheader("Location") == f"https://{host}/about?x=1"
+
+    def test_redirect_mode_still_serves_https(self, redirecting: RunningNginx) -> None:
+        assert json_body(redirecting.https("lethain.com"))["upstream"] == "daedalus"
+
+
+class TestRedirectDomains:
+    @pytest.mark.parametrize("host", SITE["redirectDomains"])
+    def test_both_ports_redirect_to_primary_keeping_path_and_query(
+        self, serving: RunningNginx, host: str
+    ) -> None:
+        for response in (serving.http(host, "/a/b?c=d&e"), serving.https(host, "/a/b?c=d&e")):
+            assert response.status == 301
+            assert response.getheader("Location") == "https://lethain.com/a/b?c=d&e"
+
+    def test_without_tls_redirects_to_plain_http(self, start_nginx: Any) -> None:
+        nginx = start_nginx(site(tls=None), tls=False)
+        response = nginx.http("willarson.com", "/x?y=1")
+        assert response.status == 301
+        assert response.getheader("Location") == "http://lethain.com/x?y=1"
+
+
+class TestUnmatchedHosts:
+    def test_go_to_daedalus_on_both_ports(self, serving: RunningNginx) -> None:
+        assert json_body(serving.http("unknown.example", "/"))["upstream"] == "daedalus"
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        connection = SniConnection(
+            "127.0.0.1", serving.facts.https_port, "unknown.example", context
+        )
+        connection.request("GET", "/", headers={"Host": "unknown.example"})
+        assert json_body(connection.getresponse())["upstream"] == "daedalus"
+
+    def test_http10_request_without_host_reaches_daedalus(self, serving: RunningNginx) -> None:
+        with socket.create_connection(("127.0.0.1", serving.facts.http_port), timeout=5) as sock:
+            sock.sendall(b"GET /old-client HTTP/1.0\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert json.loads(body)["upstream"] == "daedalus"
+
+
+class TestAcmeChallenges:
+    @pytest.mark.parametrize(
+        "host", ["lethain.com", "www.lethain.com", "willarson.com", "unknown.example"]
+    )
+    @pytest.mark.parametrize("mode", ["serving", "redirecting"])
+    def test_port_80_sends_every_host_to_cert_refresh(
+        self, request: pytest.FixtureRequest, mode: str, host: str
+    ) -> None:
+        nginx: RunningNginx = request.getfixturevalue(mode)
+        response = nginx.http(host, "/.well-known/acme-challenge/token-123")
+        assert response.status == 200
+        seen = json_body(response)
+        assert seen["upstream"] == "cert-refresh"
+        assert seen["path"] == "/.well-known/acme-challenge/token-123"
+        assert seen["headers"]["host"] == host
+
+
+class TestHealthEndpoint:
+    def test_own_port(self, serving: RunningNginx) -> None:
+        response = serving.http("anything", "/healthz", port=serving.facts.health_port)
+        assert response.status == 200
+        assert response.read() == b"ok\n"
+        assert serving.http("anything", "/", port=serving.facts.health_port).status == 404
+
+    def test_site_paths_are_not_intercepted(self, serving: RunningNginx) -> None:
+        assert json_body(serving.http("lethain.com", "/healthz"))["upstream"] == "daedalus"
+
+
+def test_plain_http_only_site_has_no_tls_listener(start_nginx: Any) -> None:
+    nginx = start_nginx(site(tls=None), tls=False)
+    assert "ssl" not in nginx.conf
+    assert json_body(nginx.http("lethain.com"))["upstream"] == "daedalus"
+    with pytest.raises(ConnectionRefusedError):
+        nginx.https("lethain.com")
