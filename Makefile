@@ -31,8 +31,8 @@ tools: ## build the control plane binaries from the Go module proxy (cached)
 
 .PHONY: lint
 lint: install ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check operator tests
-	$(BIN)/ruff format --check operator tests
+	$(BIN)/ruff check operator tests hack
+	$(BIN)/ruff format --check operator tests hack
 	$(BIN)/mypy
 	$(BIN)/mypy --strict tests
 
@@ -67,3 +67,7 @@ kubeconfig: ## print the path of the local cluster's kubeconfig
 .PHONY: run
 run: install ## run the operator (against the local cluster unless one is configured)
 	@hack/run.sh
+
+.PHONY: bench
+bench: install tools ## benchmark: BENCH_SITES (200) BlogSites at once; idle writes over BENCH_IDLE (60) s
+	$(BIN)/python hack/bench/bench.py

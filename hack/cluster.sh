@@ -9,7 +9,8 @@
 #   hack/cluster.sh env         print KUBECTL=..., KUBECONFIG=... for scripts
 #
 # BLOGSITE_CLUSTER names the cluster (default: blogsite); KWOK_WORKDIR moves
-# its state (default: ~/.kwok).
+# its state (default: ~/.kwok); BLOGSITE_AUDIT_POLICY, when set at creation,
+# turns on the API server's audit log (<workdir>/clusters/<name>/logs/audit.log).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -78,6 +79,7 @@ up() {
     --kwok-controller-binary "${KWOK_BIN}/kwok" \
     --etcd-binary "${ETCD_BIN}/etcd" \
     --config "${here}/kwok/kwok.yaml" \
+    ${BLOGSITE_AUDIT_POLICY:+--kube-audit-policy "${BLOGSITE_AUDIT_POLICY}"} \
     --quiet-pull \
     --kubeconfig "" \
     --wait 3m >&2

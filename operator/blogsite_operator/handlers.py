@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -73,6 +74,7 @@ class SiteQueue:
         retry = self.retries.pop(key, None)
         if retry is not None:
             retry.cancel()
+        site: dict[str, Any] | None = None
         try:
             site = await asyncio.to_thread(self.api.get, models.KIND, namespace, name)
             if site is None or site["metadata"].get("deletionTimestamp"):
@@ -83,10 +85,10 @@ class SiteQueue:
             if error.status == 404:  # deleted while we worked: nothing left to do
                 self.forget(key)
                 return
-            self._schedule_retry(key, error)
+            await self._failed(key, site, error)
             return
         except Exception as error:  # noqa: BLE001 - any failure is retried, never fatal
-            self._schedule_retry(key, error)
+            await self._failed(key, site, error)
             return
         self.failures.pop(key, None)
         if outcome.applied or outcome.status_written or outcome.conflicts:
@@ -99,6 +101,22 @@ class SiteQueue:
                 f"; conflicts: {', '.join(outcome.conflicts)}" if outcome.conflicts else "",
             )
 
+    async def _failed(
+        self, key: tuple[str, str], site: dict[str, Any] | None, error: Exception
+    ) -> None:
+        """Retry with backoff; tell the user on the BlogSite the first time."""
+        attempt = self.failures.get(key, 0)
+        self._schedule_retry(key, error)
+        if site is None or attempt % 10:
+            return  # one Event for the first failure and then every tenth, not a flood
+        message = f"reconcile failed, retrying with backoff: {kube.describe_error(error)}"
+        try:
+            await asyncio.to_thread(
+                self.api.post_event, site, "Warning", "ReconcileFailed", message
+            )
+        except Exception:  # noqa: BLE001 - the API may be what is failing
+            logger.warning("could not post the ReconcileFailed Event for %s/%s", *key)
+
     def _schedule_retry(self, key: tuple[str, str], error: Exception) -> None:
         namespace, name = key
         attempt = self.failures.get(key, 0)
@@ -110,7 +128,7 @@ class SiteQueue:
             name,
             attempt + 1,
             delay,
-            error,
+            kube.describe_error(error),
             exc_info=error if not isinstance(error, ApiException) else None,
         )
         loop = asyncio.get_running_loop()
@@ -135,7 +153,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
     queue = SiteQueue(settings)
 
     @kopf.on.startup(registry=registry)
-    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Reconciles run the synchronous client in threads: one per worker, and
+        # the client's connection pool is sized to match (kube.api_client).
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=queue.settings.workers, thread_name_prefix="reconcile")
+        )
         settings.posting.enabled = False  # our Events are written by kube.Api
         settings.networking.error_backoffs = EndlessBackoffs()
         settings.watching.server_timeout = 300

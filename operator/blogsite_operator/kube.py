@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from blogsite_operator import models
 from blogsite_operator.render.site import FIELD_MANAGER
 
+USER_AGENT = "blogsite-operator/0.1.0"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 
@@ -44,6 +45,8 @@ def api_client(pool_size: int = 16) -> client.ApiClient:
             configuration = client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = pool_size
             _api_client = client.ApiClient(configuration)
+            # Named in audit logs, so its requests can be told from other clients'.
+            _api_client.user_agent = USER_AGENT
         return _api_client
 
 
@@ -174,3 +177,15 @@ class Api:
             "count": 1,
         }
         self._call("POST", f"/api/v1/namespaces/{metadata['namespace']}/events", body=event)
+
+
+def describe_error(error: Exception) -> str:
+    """One line a person can act on: the API server's own message, no headers."""
+    if isinstance(error, ApiException):
+        message = ""
+        try:
+            message = str(json.loads(error.body or "{}").get("message", ""))
+        except ValueError:
+            message = str(error.body or "")[:300]
+        return f"{error.status} {error.reason}: {message}".strip()
+    return f"{type(error).__name__}: {error}"

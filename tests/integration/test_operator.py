@@ -183,3 +183,104 @@ def test_name_taken_by_another_owner_is_reported_not_overwritten(
         "involvedObject.name=lethain,type=Warning",
     )["items"]
     assert any(e["reason"] == "NameConflict" for e in warnings)
+
+
+def test_tls_site_serves_a_placeholder_until_a_certificate_exists(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(ROOT / "deploy/examples/blogsite-tls.yaml"))
+
+    def placeholder_reported() -> dict[str, Any] | None:
+        site = kubectl.json("get", "blogsite", "notes", "-n", namespace)
+        return site if condition(site, "CertificateReady").get("reason") == "Placeholder" else None
+
+    site = wait_for(placeholder_reported, timeout=60, what="CertificateReady=False/Placeholder")
+    certificate = site["status"]["certificate"]
+    assert certificate["placeholder"] is True
+    assert sorted(certificate["dnsNames"]) == sorted(
+        ["notes.example.org", "www.notes.example.org", "notes.example.net"]
+    )
+    secret = kubectl.json("get", "secret", "notes-tls", "-n", namespace)
+    assert secret["type"] == "kubernetes.io/tls"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == site["metadata"]["uid"]
+    # The expiry column shows the served certificate's notAfter.
+    row = kubectl.run("get", "blogsite", "notes", "-n", namespace, "--no-headers").stdout.split()
+    assert row[1] == "notes.example.org"
+    assert row[3] != "<none>"
+
+    frontend = kubectl.json("get", "deployment", "notes-frontend", "-n", namespace)
+    template = frontend["spec"]["template"]
+    assert "blog.daedalus.dev/tls-certificate-sha256" in template["metadata"]["annotations"]
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    config = kubectl.json(
+        "get", "configmap", volumes["nginx-config"]["configMap"]["name"], "-n", namespace
+    )
+    assert config["immutable"] is True
+    assert "server_name notes.example.org;" in config["data"]["nginx.conf"]
+    assert volumes["tls"]["secret"]["secretName"] == "notes-tls"
+    for name in ("notes-daedalus",):
+        assert not kubectl.exists("poddisruptionbudget", name, namespace)  # one replica
+    assert kubectl.exists("poddisruptionbudget", "notes-frontend", namespace)
+
+
+def test_api_failure_is_reported_and_retried_until_it_clears(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-deployments"},
+        "spec": {"hard": {"count/deployments.apps": "0"}},
+    }
+    kubectl.apply(quota, namespace)
+    wait_for(
+        lambda: (
+            kubectl.json("get", "resourcequota", "no-deployments", "-n", namespace)
+            .get("status", {})
+            .get("hard")
+        ),
+        what="the quota to be enforced",
+    )
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+
+    def failure_event() -> list[dict[str, Any]]:
+        events = kubectl.json(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lethain"
+        )["items"]
+        return [e for e in events if e["reason"] == "ReconcileFailed"]
+
+    (event, *_) = wait_for(failure_event, timeout=60, what="a ReconcileFailed Event")
+    assert event["type"] == "Warning"
+    assert "quota" in event["message"]
+
+    kubectl.run("delete", "resourcequota", "no-deployments", "-n", namespace)
+    wait_for(lambda: site_ready(kubectl, namespace), timeout=120, what="Ready after the retry")
+
+
+def test_load_balancer_address_reaches_the_status(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    # No cloud here: play the load-balancer controller and publish an address.
+    kubectl.run(
+        "patch",
+        "service",
+        "lethain-frontend",
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}',
+    )
+    wait_for(
+        lambda: (
+            kubectl.json("get", "blogsite", "lethain", "-n", namespace)["status"].get(
+                "externalAddresses"
+            )
+            == ["203.0.113.7"]
+        ),
+        timeout=30,
+        what="status.externalAddresses",
+    )
