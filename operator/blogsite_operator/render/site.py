@@ -330,7 +330,16 @@ def render_frontend(
         "name": "nginx",
         "image": frontend.image or settings.frontend_image,
         # Bypass the image's entrypoint scripts: they expect a writable /etc/nginx.
-        "command": ["nginx", "-c", f"{NGINX_CONFIG_DIR}/nginx.conf", "-g", "daemon off;"],
+        # -e stderr: nginx opens its error log before reading the configuration.
+        "command": [
+            "nginx",
+            "-e",
+            "stderr",
+            "-c",
+            f"{NGINX_CONFIG_DIR}/nginx.conf",
+            "-g",
+            "daemon off;",
+        ],
         "ports": [
             {"name": "http", "containerPort": FRONTEND_HTTP_PORT, "protocol": "TCP"},
             {"name": "https", "containerPort": FRONTEND_HTTPS_PORT, "protocol": "TCP"},
