@@ -20,6 +20,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import kube, models
+from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
 from blogsite_operator.settings import OperatorSettings
@@ -28,6 +29,18 @@ logger = logging.getLogger("blogsite_operator")
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+# Children the operator watches to keep its cache current, each event also
+# triggering a reconcile, so a child deleted or edited by hand is put back
+# within seconds. ReplicaSets are not watched: they churn during rollouts and
+# are read only when an old nginx ConfigMap may be deleted.
+WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str], bool], ...] = (
+    ("Deployment", ("apps", "v1", "deployments"), True),
+    ("Service", ("", "v1", "services"), True),
+    ("ConfigMap", ("", "v1", "configmaps"), True),
+    ("Secret", ("", "v1", "secrets"), True),
+    ("PodDisruptionBudget", ("policy", "v1", "poddisruptionbudgets"), True),
+)
 
 
 class EndlessBackoffs:
@@ -51,12 +64,13 @@ class SiteQueue:
         self.failures: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
+        self.cache = ChildCache()
         self._api: kube.Api | None = None
 
     @property
     def api(self) -> kube.Api:
         if self._api is None:
-            self._api = kube.Api(kube.api_client(pool_size=self.settings.workers))
+            self._api = CachedApi(self.cache, kube.api_client(pool_size=self.settings.workers))
         return self._api
 
     async def trigger(self, namespace: str, name: str) -> None:
@@ -164,7 +178,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.execution.max_workers = queue.settings.workers
-        for plural in ("deployments", "services"):  # filtered by the API server
+        for _kind, (_group, _version, plural), _triggers in WATCHED_CHILDREN:
+            # Filtered by the API server: only the operator's children are sent.
             settings.watching.label_selectors[plural] = CHILD_SELECTOR
 
     @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL, registry=registry)
@@ -181,25 +196,35 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
             return
         await queue.trigger(namespace, name)
 
-    async def child_event(body: kopf.Body, namespace: str | None, **_: Any) -> None:
-        if namespace is None:
-            return
-        for ref in body.metadata.get("ownerReferences") or []:
-            if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
-                models.GROUP
-            ):
-                await queue.trigger(namespace, ref["name"])
+    def make_child_handler(kind: str, triggers: bool) -> Any:
+        async def child_event(
+            type: str | None,  # noqa: A002 - kopf's name for the event type
+            body: kopf.Body,
+            namespace: str | None,
+            name: str,
+            **_: Any,
+        ) -> None:
+            if namespace is None:
+                return
+            if type == "DELETED":
+                queue.cache.forget(kind, namespace, name)
+            else:
+                queue.cache.store({**dict(body), "kind": kind})
+            if not triggers:
+                return
+            for ref in body.metadata.get("ownerReferences") or []:
+                if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
+                    models.GROUP
+                ):
+                    await queue.trigger(namespace, ref["name"])
 
-    kopf.on.event(
-        "apps",
-        "v1",
-        "deployments",
-        registry=registry,
-        labels={"app.kubernetes.io/managed-by": MANAGED_BY},
-    )(child_event)
-    kopf.on.event(
-        "", "v1", "services", registry=registry, labels={"app.kubernetes.io/managed-by": MANAGED_BY}
-    )(child_event)
+        return child_event
+
+    managed = {"app.kubernetes.io/managed-by": MANAGED_BY}
+    for kind, (group, version, plural), triggers in WATCHED_CHILDREN:
+        kopf.on.event(group, version, plural, registry=registry, labels=managed, id=kind)(
+            make_child_handler(kind, triggers)
+        )
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

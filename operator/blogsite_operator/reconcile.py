@@ -312,9 +312,9 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
             _delete_owned(api, ref, pdb, outcome)
 
     configs = api.list_objects("ConfigMap", ref.namespace, f"{NGINX_CONFIG_LABEL}={ref.name}")
-    if not configs:
-        return
     in_use = {name for kind, name in wanted if kind == "ConfigMap"}
+    if all(c["metadata"]["name"] in in_use for c in configs):
+        return  # nothing old to consider: skip reading the ReplicaSets
     frontend = ",".join(
         f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
     )

@@ -284,3 +284,46 @@ def test_load_balancer_address_reaches_the_status(
         timeout=30,
         what="status.externalAddresses",
     )
+
+
+def test_old_nginx_configs_go_once_no_replica_set_needs_them(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+
+    def config_in_template() -> str:
+        deployment = kubectl.json("get", "deployment", "lethain-frontend", "-n", namespace)
+        volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        return str(next(v["configMap"]["name"] for v in volumes if v["name"] == "nginx-config"))
+
+    first = config_in_template()
+    site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    site["spec"]["redirectDomains"].append("lethain.org")
+    kubectl.apply(site, namespace)
+    second = wait_for(
+        lambda: (name := config_in_template()) != first and name, what="a new nginx config"
+    )
+    assert (
+        "lethain.org"
+        in kubectl.json("get", "configmap", second, "-n", namespace)["data"]["nginx.conf"]
+    )
+    # The previous ReplicaSet still refers to the first config: it stays, so a
+    # revert would find it.
+    time.sleep(2)
+    assert kubectl.exists("configmap", first, namespace)
+
+    replica_sets = kubectl.json(
+        "get", "replicasets", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
+    )["items"]
+    for replica_set in replica_sets:
+        volumes = replica_set["spec"]["template"]["spec"]["volumes"]
+        if any(v.get("configMap", {}).get("name") == first for v in volumes):
+            kubectl.run("delete", "replicaset", replica_set["metadata"]["name"], "-n", namespace)
+    kubectl.run("annotate", "blogsite", "lethain", "-n", namespace, "example.com/poke=1")
+    wait_for(
+        lambda: not kubectl.exists("configmap", first, namespace),
+        timeout=30,
+        what="the unused config to be deleted",
+    )
+    assert kubectl.exists("configmap", second, namespace)

@@ -1,0 +1,110 @@
+"""The children of every BlogSite, as the watch streams last showed them.
+
+Like an informer's store: kopf's watch events keep it current, and the
+reconcile pass reads from it instead of asking the API server for every
+object on every pass. A miss falls back to a real GET, so a cold or lagging
+cache costs a request, never correctness; what the operator applies or
+deletes is recorded at once, so the next pass does not act on stale data.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from blogsite_operator import kube
+
+# Kinds that carry the operator's labels and are watched (handlers.py).
+CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret")
+
+
+def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
+    return (kind, namespace, name)
+
+
+class ChildCache:
+    """Thread-safe: watch events arrive on the event loop, reconciles run in threads."""
+
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def store(self, obj: dict[str, Any]) -> None:
+        metadata = obj["metadata"]
+        key = _key(obj["kind"], metadata["namespace"], metadata["name"])
+        with self._lock:
+            current = self._objects.get(key)
+            if current is not None and _older(obj, current):
+                return  # a late watch event must not undo what we just applied
+            self._objects[key] = obj
+
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        with self._lock:
+            self._objects.pop(_key(kind, namespace, name), None)
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._objects.get(_key(kind, namespace, name))
+
+    def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                obj
+                for (k, ns, _), obj in self._objects.items()
+                if k == kind
+                and ns == namespace
+                and labels.items() <= ((obj["metadata"].get("labels") or {}).items())
+            ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._objects)
+
+
+def _older(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
+    """resourceVersions are opaque, but etcd's are integers that only grow."""
+    try:
+        return int(candidate["metadata"]["resourceVersion"]) < int(
+            current["metadata"]["resourceVersion"]
+        )
+    except (KeyError, ValueError):
+        return False
+
+
+class CachedApi(kube.Api):
+    """kube.Api that reads children from the cache and records its own writes."""
+
+    def __init__(self, cache: ChildCache, api: Any = None) -> None:
+        super().__init__(api)
+        self.cache = cache
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        if kind in CACHED_KINDS:
+            cached = self.cache.get(kind, namespace, name)
+            if cached is not None:
+                return cached
+        live = super().get(kind, namespace, name)
+        if live is not None and kind in CACHED_KINDS and _is_managed(live):
+            self.cache.store({**live, "kind": kind})
+        return live
+
+    def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        if kind in CACHED_KINDS and label_selector and "!" not in label_selector:
+            labels = dict(pair.split("=", 1) for pair in label_selector.split(","))
+            return [{**obj} for obj in self.cache.select(kind, namespace, labels)]
+        return super().list_objects(kind, namespace, label_selector)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        live = super().apply(obj)
+        if obj["kind"] in CACHED_KINDS:
+            self.cache.store({**live, "kind": obj["kind"]})
+        return live
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        super().delete(kind, namespace, name, uid)
+        self.cache.forget(kind, namespace, name)
+
+
+def _is_managed(obj: dict[str, Any]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") == "blogsite-operator"
