@@ -37,6 +37,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "When the served certificate expires",
     },
     {
+        "name": "Rollout",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="RolloutHealthy")].reason',
+        "description": "Healthy, Progressing, RolledBack, RolloutFailed or Degraded",
+    },
+    {
         "name": "Image",
         "type": "string",
         "jsonPath": ".spec.daedalus.image",

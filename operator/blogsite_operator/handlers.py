@@ -34,12 +34,12 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # triggering a reconcile, so a child deleted or edited by hand is put back
 # within seconds. ReplicaSets are not watched: they churn during rollouts and
 # are read only when an old nginx ConfigMap may be deleted.
-WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str], bool], ...] = (
-    ("Deployment", ("apps", "v1", "deployments"), True),
-    ("Service", ("", "v1", "services"), True),
-    ("ConfigMap", ("", "v1", "configmaps"), True),
-    ("Secret", ("", "v1", "secrets"), True),
-    ("PodDisruptionBudget", ("policy", "v1", "poddisruptionbudgets"), True),
+WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str]], ...] = (
+    ("Deployment", ("apps", "v1", "deployments")),
+    ("Service", ("", "v1", "services")),
+    ("ConfigMap", ("", "v1", "configmaps")),
+    ("Secret", ("", "v1", "secrets")),
+    ("PodDisruptionBudget", ("policy", "v1", "poddisruptionbudgets")),
 )
 
 
@@ -105,6 +105,9 @@ class SiteQueue:
             await self._failed(key, site, error)
             return
         self.failures.pop(key, None)
+        if outcome.requeue_after is not None and key not in self.retries:
+            loop = asyncio.get_running_loop()
+            self.retries[key] = loop.call_later(outcome.requeue_after, self._spawn_trigger, *key)
         if outcome.applied or outcome.status_written or outcome.conflicts:
             logger.info(
                 "reconciled %s/%s: applied %s; status %s%s",
@@ -178,7 +181,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.execution.max_workers = queue.settings.workers
-        for _kind, (_group, _version, plural), _triggers in WATCHED_CHILDREN:
+        for _kind, (_group, _version, plural) in WATCHED_CHILDREN:
             # Filtered by the API server: only the operator's children are sent.
             settings.watching.label_selectors[plural] = CHILD_SELECTOR
 
@@ -196,7 +199,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
             return
         await queue.trigger(namespace, name)
 
-    def make_child_handler(kind: str, triggers: bool) -> Any:
+    def make_child_handler(kind: str) -> Any:
         async def child_event(
             type: str | None,  # noqa: A002 - kopf's name for the event type
             body: kopf.Body,
@@ -210,8 +213,6 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
                 queue.cache.forget(kind, namespace, name)
             else:
                 queue.cache.store({**dict(body), "kind": kind})
-            if not triggers:
-                return
             for ref in body.metadata.get("ownerReferences") or []:
                 if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
                     models.GROUP
@@ -221,9 +222,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         return child_event
 
     managed = {"app.kubernetes.io/managed-by": MANAGED_BY}
-    for kind, (group, version, plural), triggers in WATCHED_CHILDREN:
+    for kind, (group, version, plural) in WATCHED_CHILDREN:
         kopf.on.event(group, version, plural, registry=registry, labels=managed, id=kind)(
-            make_child_handler(kind, triggers)
+            make_child_handler(kind)
         )
 
     @kopf.on.login(registry=registry)

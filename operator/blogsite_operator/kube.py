@@ -70,6 +70,7 @@ KINDS: dict[str, Kind] = {
     "Secret": Kind("v1", "secrets"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ReplicaSet": Kind("apps/v1", "replicasets"),
+    "Pod": Kind("v1", "pods"),
     models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
 }
 

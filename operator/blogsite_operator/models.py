@@ -577,6 +577,16 @@ class ComponentStatus(Model):
     replicas: int = Field(default=0, description="Desired replicas.")
     ready_replicas: int = Field(default=0, description="Replicas passing readiness.")
     available_replicas: int = Field(default=0, description="Replicas available to serve.")
+    version: str | None = Field(
+        default=None, description="Version (pod template hash) the Deployment runs."
+    )
+    last_good_version: str | None = Field(
+        default=None, description="The last version that became fully available."
+    )
+    failed_version: str | None = Field(
+        default=None, description="A version that failed and is not rolled out again."
+    )
+    failed_reason: str | None = Field(default=None, description="Why that version failed.")
 
 
 class CertificateStatus(Model):
@@ -617,6 +627,10 @@ class BlogSiteStatus(Model):
     )
     certificate: CertificateStatus | None = Field(
         default=None, description="The certificate being served, when TLS is configured."
+    )
+    rollout_retry: str | None = Field(
+        default=None,
+        description="The last value of the blog.daedalus.dev/retry-rollout annotation acted on.",
     )
 
 

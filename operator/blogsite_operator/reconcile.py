@@ -44,6 +44,7 @@ from blogsite_operator.render.site import (
     render_tls_secret,
     tls_secret_name,
 )
+from blogsite_operator.rollouts import RETRY_ANNOTATION, gate_deployments
 
 CONDITION_FOR_COMPONENT = {
     Component.FRONTEND: "FrontendAvailable",
@@ -80,6 +81,7 @@ class Outcome:
     deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     status_written: bool = False
+    requeue_after: float | None = None  # look again then, even without an event
     events: list[Event] = field(default_factory=list)
 
 
@@ -144,6 +146,7 @@ def next_status(
     extra_conditions: dict[str, Verdict] | None = None,
     certificate: dict[str, Any] | None = None,
     frontend_service: dict[str, Any] | None = None,
+    rollout_memory: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The whole status the BlogSite should show, keeping unchanged timestamps."""
     old_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
@@ -176,6 +179,7 @@ def next_status(
                 "replicas": facts.replicas,
                 "readyReplicas": facts.ready_replicas,
                 "availableReplicas": facts.available_replicas,
+                **(rollout_memory or {}).get(component.value, {}),
             }
     status["components"] = components
     status["certificate"] = certificate
@@ -226,6 +230,8 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
 
     extra_conditions: dict[str, Verdict] = {}
     certificate_status: dict[str, Any] | None = None
+    rollout_memory: dict[str, dict[str, Any]] = {}
+    rollout_retry: str | None = previous_status.get("rolloutRetry")
     if spec is not None:
         served = _ensure_tls_secret(api, ref, spec, outcome)
         facts = SiteFacts()
@@ -233,7 +239,22 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
             extra_conditions["CertificateReady"] = certificate_verdict(spec, served, now)
             certificate_status = _certificate_status(served)
             facts = SiteFacts(tls_certificate_hash=served.certificate_hash)
-        desired = render_site(ref, spec, settings, facts)
+        retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
+        gate = gate_deployments(
+            api,
+            ref=ref,
+            spec=spec,
+            objects=render_site(ref, spec, settings, facts),
+            previous_status=previous_status,
+            retry_token=retry_token,
+            now=now,
+        )
+        desired = gate.objects
+        rollout_memory = gate.memory
+        extra_conditions["RolloutHealthy"] = gate.condition
+        outcome.events.extend(Event(*event) for event in gate.events)
+        outcome.requeue_after = gate.requeue_after
+        rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
         _apply_all(api, ref, desired, outcome)
         _prune(api, ref, desired, outcome)
         if outcome.conflicts:
@@ -265,7 +286,10 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
         extra_conditions=extra_conditions,
         certificate=certificate_status,
         frontend_service=frontend_service,
+        rollout_memory=rollout_memory,
     )
+    if rollout_retry is not None:
+        status["rolloutRetry"] = rollout_retry
     outcome.events.extend(_transition_events(previous_status, status))
     if _status_differs(previous_status, status):
         api.patch_blogsite_status(namespace, name, status)

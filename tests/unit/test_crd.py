@@ -71,4 +71,4 @@ def test_names_and_columns() -> None:
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Primary", "Ready", "Cert-Expiry", "Image", "Age"]
+    assert columns == ["Primary", "Ready", "Cert-Expiry", "Rollout", "Image", "Age"]

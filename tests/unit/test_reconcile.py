@@ -122,13 +122,18 @@ class TestReconcileSite:
         assert api.status["url"] == "http://blog.example.com/"
         assert ("Normal", "Ready") in [(t, r) for t, r, _ in api.events]
 
-    def test_second_pass_writes_nothing(self) -> None:
+    def test_converges_then_writes_nothing(self) -> None:
         api = MemoryApi()
         reconcile_site(api, site(), RenderSettings())
+        # The second pass learns that the first versions became available.
+        learned = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert learned.applied == []
+        assert {e.reason for e in learned.events} == {"RolloutHealthy"}
         writes = len(api.writes)
-        outcome = reconcile_site(api, site(status=api.status), RenderSettings())
-        assert outcome.applied == []
-        assert not outcome.status_written
+        for _ in range(3):
+            outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+            assert outcome.applied == []
+            assert not outcome.status_written
         assert len(api.writes) == writes
 
     def test_hand_edit_is_reverted(self) -> None:
@@ -192,6 +197,9 @@ class TestTls:
         annotations = frontend["spec"]["template"]["metadata"]["annotations"]
         assert len(annotations["blog.daedalus.dev/tls-certificate-sha256"]) == 64
 
+        for _ in range(2):  # the second pass records the healthy versions
+            again = site(tls=acme, redirectDomains=["old.example.com"], status=api.status)
+            reconcile_site(api, again, RenderSettings())
         writes = len(api.writes)
         again = site(tls=acme, redirectDomains=["old.example.com"], status=api.status)
         reconcile_site(api, again, RenderSettings())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -27,6 +28,9 @@ TLS_DIR = "/etc/blogsite/tls"
 NGINX_CONFIG_LABEL = "blog.daedalus.dev/nginx-config-of"
 PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
+# The version of a pod template: a hash of everything else in it. Carried by
+# the Deployment's template, so its ReplicaSets and pods say which they run.
+VERSION_LABEL = "blog.daedalus.dev/version"
 
 
 class Component(StrEnum):
@@ -422,6 +426,29 @@ def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[st
     ]
 
 
+def template_version(template: dict[str, Any]) -> str:
+    """A short, stable hash of a pod template, ignoring its own version label."""
+    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    labels.pop(VERSION_LABEL, None)
+    unlabelled = {**template, "metadata": {**(template.get("metadata") or {}), "labels": labels}}
+    canonical = json.dumps(unlabelled, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def stamp_version(deployment: dict[str, Any]) -> dict[str, Any]:
+    template = deployment["spec"]["template"]
+    template["metadata"]["labels"][VERSION_LABEL] = template_version(template)
+    return deployment
+
+
+def version_of(deployment: dict[str, Any] | None) -> str | None:
+    if deployment is None:
+        return None
+    labels = ((deployment["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
+    version = labels.get(VERSION_LABEL)
+    return str(version) if version is not None else None
+
+
 def render_site(
     site: SiteRef,
     spec: models.BlogSiteSpec,
@@ -434,10 +461,11 @@ def render_site(
     """
     settings = settings or RenderSettings()
     facts = facts or SiteFacts()
-    return [
+    objects = [
         *render_daedalus(site, spec),
         *render_disruption_budget(site, Component.DAEDALUS, spec.daedalus.replicas),
         *render_cert_refresh(site, settings),
         *render_frontend(site, spec, settings, facts),
         *render_disruption_budget(site, Component.FRONTEND, spec.frontend.replicas),
     ]
+    return [stamp_version(o) if o["kind"] == "Deployment" else o for o in objects]

@@ -1,0 +1,203 @@
+"""Is a rollout failing, and which version should the Deployment run?
+
+Kubernetes keeps old pods serving while new ones fail readiness
+(`maxUnavailable: 0`) but never reverts. These two pure functions add the
+revert, Argo-Rollouts style: a version is the hash of the rendered pod
+template; the status remembers the last version that became fully available
+and the last one that failed. While the spec still renders to the failed
+version, the last good one stays in place; a new spec (a new hash) or a retry
+request tries again. That memory is what stops flip-flopping.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any
+
+FAILING_WAIT_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RolloutThresholds:
+    max_restarts: int
+    ready_timeout_seconds: int
+
+
+@dataclass(frozen=True)
+class Health:
+    """The verdict on the version a Deployment is rolling out."""
+
+    state: str  # "healthy" | "progressing" | "failed"
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed"
+
+
+HEALTHY = Health("healthy")
+
+
+def _parse_time(value: str | None) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def pod_failure(
+    pod: dict[str, Any], thresholds: RolloutThresholds, now: datetime.datetime
+) -> str | None:
+    """Why this pod of the new version counts as failed, or None."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    for container in (status.get("initContainerStatuses") or []) + (
+        status.get("containerStatuses") or []
+    ):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in FAILING_WAIT_REASONS:
+            return f"pod {name}: container {container.get('name')} {waiting['reason']}"
+        restarts = int(container.get("restartCount", 0))
+        if restarts >= thresholds.max_restarts:
+            return (
+                f"pod {name}: container {container.get('name')} restarted {restarts} times "
+                f"(limit {thresholds.max_restarts})"
+            )
+    created = _parse_time(pod["metadata"].get("creationTimestamp"))
+    if created is not None and not _is_ready(pod):
+        waited = (now - created).total_seconds()
+        if waited > thresholds.ready_timeout_seconds:
+            return (
+                f"pod {name}: not Ready {int(waited)}s after creation "
+                f"(limit {thresholds.ready_timeout_seconds}s)"
+            )
+    return None
+
+
+def rollout_health(
+    deployment: dict[str, Any],
+    new_pods: list[dict[str, Any]],
+    thresholds: RolloutThresholds,
+    now: datetime.datetime,
+) -> Health:
+    """Judge the rollout by the pods of the new ReplicaSet only."""
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    observed = status.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get(
+        "generation", 0
+    )
+    failures = [reason for pod in new_pods if (reason := pod_failure(pod, thresholds, now))]
+    if failures:
+        reason = "PodsFailing"
+        return Health("failed", reason, "; ".join(sorted(failures)[:5]))
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "Progressing"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "ProgressDeadlineExceeded"
+        ):
+            return Health("failed", "ProgressDeadlineExceeded", condition.get("message", ""))
+    if (
+        observed
+        and int(status.get("updatedReplicas", 0)) >= replicas
+        and int(status.get("availableReplicas", 0)) >= replicas
+        and int(status.get("replicas", 0)) <= replicas
+    ):
+        return HEALTHY
+    return Health("progressing")
+
+
+@dataclass(frozen=True)
+class VersionMemory:
+    """What status.components.<c> remembers between passes (and restarts)."""
+
+    last_good: str | None = None
+    failed: str | None = None
+    failed_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which version to put in the Deployment, and what to tell the user."""
+
+    apply_version: str  # the hash whose template goes into the Deployment
+    memory: VersionMemory
+    event: tuple[str, str, str] | None = None  # (type, reason, message)
+    condition: tuple[str, str, str] = ("True", "Healthy", "")  # RolloutHealthy
+
+
+def decide_version(
+    *,
+    component: str,
+    desired: str,
+    live: str | None,
+    health: Health | None,
+    memory: VersionMemory,
+    auto_revert: bool,
+    retry: bool,
+) -> Decision:
+    """The version to run, given the desired one, the live one and its health.
+
+    `live` is the version in the Deployment now and `health` the verdict on
+    its rollout (None when there is no Deployment yet). `retry` is a new retry
+    request from the user: forget that `desired` failed and try it again.
+    """
+    event: tuple[str, str, str] | None = None
+    if retry and memory.failed == desired:
+        memory = VersionMemory(last_good=memory.last_good)
+
+    newly_failed = False
+    if live is not None and health is not None:
+        if health.state == "healthy" and (memory.last_good != live or memory.failed == live):
+            if memory.last_good != live:
+                event = ("Normal", "RolloutHealthy", f"{component}: version {live} is available")
+            keep_failed = memory.failed != live
+            memory = VersionMemory(
+                last_good=live,
+                failed=memory.failed if keep_failed else None,
+                failed_reason=memory.failed_reason if keep_failed else None,
+            )
+        elif health.failed and live not in (memory.last_good, memory.failed):
+            memory = VersionMemory(memory.last_good, live, f"{health.reason}: {health.message}")
+            newly_failed = True
+
+    if desired == memory.failed:
+        if auto_revert and memory.last_good is not None:
+            message = (
+                f"{component}: version {desired} failed ({memory.failed_reason}); running the "
+                f"last good version {memory.last_good} until the spec changes or a retry"
+            )
+            if newly_failed:
+                event = ("Warning", "RolledBack", message)
+            return Decision(memory.last_good, memory, event, ("False", "RolledBack", message))
+        why = "automatic revert is off" if not auto_revert else "there is no known-good version"
+        message = f"{component}: version {desired} failed ({memory.failed_reason}); {why}"
+        if newly_failed:
+            event = ("Warning", "RolloutFailed", message)
+        return Decision(desired, memory, event, ("False", "RolloutFailed", message))
+
+    if health is not None and health.failed and live == memory.last_good:
+        message = f"{component}: the known-good version {live} is failing: {health.message}"
+        return Decision(desired, memory, event, ("False", "Degraded", message))
+    if health is not None and health.state == "progressing":
+        return Decision(
+            desired, memory, event, ("True", "Progressing", f"{component}: rolling out {desired}")
+        )
+    return Decision(desired, memory, event, ("True", "Healthy", f"{component}: {desired}"))

@@ -1,0 +1,197 @@
+"""The health gate in front of every Deployment the operator applies.
+
+For each component, judge the rollout of the version now live (from the pods
+of that version only), let `policies.rollout.decide_version` pick the version
+to run, and when that is the last known-good one, take its exact pod
+template from the ReplicaSet Kubernetes retained for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from blogsite_operator import models
+from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
+from blogsite_operator.policies.rollout import (
+    HEALTHY,
+    Health,
+    RolloutThresholds,
+    VersionMemory,
+    decide_version,
+    rollout_health,
+)
+from blogsite_operator.render.site import (
+    VERSION_LABEL,
+    Component,
+    SiteRef,
+    selector_labels,
+    version_of,
+)
+
+RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
+# While a rollout is in flight, look again this often even without events:
+# a pod that never becomes Ready produces none.
+RECHECK_SECONDS = 5.0
+
+
+class RolloutApi(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def list_objects(
+        self, kind: str, namespace: str, label_selector: str
+    ) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class GateResult:
+    objects: list[dict[str, Any]]
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # per component, for status
+    condition: Verdict = field(
+        default_factory=lambda: Verdict(CONDITION_TRUE, "Healthy", "every component is healthy")
+    )
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+    retry_consumed: str | None = None
+
+
+def _selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _memory_from_status(entry: dict[str, Any]) -> VersionMemory:
+    return VersionMemory(
+        last_good=entry.get("lastGoodVersion"),
+        failed=entry.get("failedVersion"),
+        failed_reason=entry.get("failedReason"),
+    )
+
+
+def _fully_rolled_out(deployment: dict[str, Any]) -> bool:
+    """The cheap check: when it holds, no pod needs reading."""
+    return rollout_health(deployment, [], RolloutThresholds(1, 1), _EPOCH) == HEALTHY
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def _health(
+    api: RolloutApi,
+    *,
+    ref: SiteRef,
+    component: Component,
+    live: dict[str, Any],
+    thresholds: RolloutThresholds,
+    now: datetime.datetime,
+) -> Health:
+    if _fully_rolled_out(live):
+        return HEALTHY
+    version = version_of(live)
+    labels = {**selector_labels(ref.name, component)}
+    if version is not None:
+        labels[VERSION_LABEL] = version
+    pods = [
+        p
+        for p in api.list_objects("Pod", ref.namespace, _selector(labels))
+        if not p["metadata"].get("deletionTimestamp")
+    ]
+    return rollout_health(live, pods, thresholds, now)
+
+
+def _template_of_version(
+    api: RolloutApi, ref: SiteRef, component: Component, version: str
+) -> dict[str, Any] | None:
+    """The exact pod template of `version`, from a ReplicaSet that ran it."""
+    labels = {**selector_labels(ref.name, component), VERSION_LABEL: version}
+    for replica_set in api.list_objects("ReplicaSet", ref.namespace, _selector(labels)):
+        template = copy.deepcopy(replica_set["spec"]["template"])
+        template["metadata"].get("labels", {}).pop("pod-template-hash", None)
+        template["metadata"].pop("creationTimestamp", None)
+        return dict(template)
+    return None
+
+
+def gate_deployments(
+    api: RolloutApi,
+    *,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    objects: list[dict[str, Any]],
+    previous_status: dict[str, Any],
+    retry_token: str | None,
+    now: datetime.datetime,
+) -> GateResult:
+    """Replace each desired Deployment's template by the version it should run."""
+    thresholds = RolloutThresholds(
+        max_restarts=spec.rollout.max_restarts,
+        ready_timeout_seconds=spec.rollout.ready_timeout_seconds,
+    )
+    retry = retry_token is not None and retry_token != previous_status.get("rolloutRetry")
+    result = GateResult(objects=[], retry_consumed=retry_token if retry else None)
+    problems: list[Verdict] = []
+    progressing: list[str] = []
+    previous_components = previous_status.get("components") or {}
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            result.objects.append(obj)
+            continue
+        component = Component(obj["metadata"]["labels"]["app.kubernetes.io/component"])
+        desired = version_of(obj)
+        assert desired is not None  # noqa: S101 - render_site stamps every Deployment
+        live = api.get("Deployment", ref.namespace, obj["metadata"]["name"])
+        health = None
+        if live is not None:
+            health = _health(
+                api, ref=ref, component=component, live=live, thresholds=thresholds, now=now
+            )
+        memory = _memory_from_status(previous_components.get(component.value) or {})
+        decision = decide_version(
+            component=component.value,
+            desired=desired,
+            live=version_of(live),
+            health=health,
+            memory=memory,
+            auto_revert=spec.rollout.auto_revert,
+            retry=retry,
+        )
+        chosen = obj
+        if decision.apply_version != desired:
+            template = _template_of_version(api, ref, component, decision.apply_version)
+            if template is None:
+                problems.append(
+                    Verdict(
+                        CONDITION_FALSE,
+                        "KnownGoodUnavailable",
+                        f"{component.value}: no retained ReplicaSet holds the last good version "
+                        f"{decision.apply_version}; applying the spec as it is",
+                    )
+                )
+            else:
+                chosen = copy.deepcopy(obj)
+                chosen["spec"]["template"] = template
+        result.objects.append(chosen)
+        result.memory[component.value] = {
+            "version": version_of(chosen),
+            "lastGoodVersion": decision.memory.last_good,
+            "failedVersion": decision.memory.failed,
+            "failedReason": decision.memory.failed_reason,
+        }
+        if decision.event is not None:
+            result.events.append(decision.event)
+        status, reason, message = decision.condition
+        if status != CONDITION_TRUE:
+            problems.append(Verdict(status, reason, message))
+        elif reason == "Progressing":
+            progressing.append(message)
+        if health is not None and health.state == "progressing":
+            result.requeue_after = RECHECK_SECONDS
+    if problems:
+        order = ["RolledBack", "RolloutFailed", "Degraded", "KnownGoodUnavailable"]
+        first = min(problems, key=lambda v: order.index(v.reason) if v.reason in order else 99)
+        result.condition = Verdict(
+            CONDITION_FALSE, first.reason, "; ".join(p.message for p in problems)
+        )
+    elif progressing:
+        result.condition = Verdict(CONDITION_TRUE, "Progressing", "; ".join(progressing))
+    return result

@@ -1,0 +1,253 @@
+"""Health-gated rollouts on the real control plane, failures played by KWOK stages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import Kubectl, OperatorProcess
+from tests.support import wait_for
+
+GOOD = "ghcr.io/example/daedalus:1.0.0"
+BETTER = "ghcr.io/example/daedalus:1.1.0"
+
+
+def blogsite(
+    image: str = GOOD, auto_revert: bool = True, frontend_image: str | None = None
+) -> dict[str, Any]:
+    frontend: dict[str, Any] = {"replicas": 2}
+    if frontend_image:
+        frontend["image"] = frontend_image
+    return {
+        "apiVersion": "blog.daedalus.dev/v1alpha1",
+        "kind": "BlogSite",
+        "metadata": {"name": "blog"},
+        "spec": {
+            "domains": ["blog.example.com"],
+            "daedalus": {"image": image, "replicas": 2},
+            "frontend": frontend,
+            "rollout": {"autoRevert": auto_revert, "maxRestarts": 3, "readyTimeoutSeconds": 15},
+        },
+    }
+
+
+def site(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    result: dict[str, Any] = kubectl.json("get", "blogsite", "blog", "-n", namespace)
+    return result
+
+
+def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    for c in body.get("status", {}).get("conditions", []):
+        if c["type"] == kind:
+            return dict(c)
+    return {}
+
+
+def deployment(kubectl: Kubectl, namespace: str, component: str) -> dict[str, Any]:
+    result: dict[str, Any] = kubectl.json("get", "deployment", f"blog-{component}", "-n", namespace)
+    return result
+
+
+def image_of(body: dict[str, Any]) -> str:
+    return str(body["spec"]["template"]["spec"]["containers"][0]["image"])
+
+
+def wait_until_healthy(
+    kubectl: Kubectl, namespace: str, component: str = "daedalus"
+) -> dict[str, Any]:
+    def healthy() -> dict[str, Any] | None:
+        body = site(kubectl, namespace)
+        entry = body.get("status", {}).get("components", {}).get(component, {})
+        ready = condition(body, "Ready").get("status") == "True"
+        return body if ready and entry.get("lastGoodVersion") == entry.get("version") else None
+
+    result: dict[str, Any] = wait_for(healthy, timeout=90, what=f"{component} healthy")
+    return result
+
+
+class AvailabilityWatch:
+    """Samples a Deployment's available replicas in the background."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str, component: str) -> None:
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(kubectl, namespace, component))
+
+    def _run(self, kubectl: Kubectl, namespace: str, component: str) -> None:
+        while not self._stop.is_set():
+            body = deployment(kubectl, namespace, component)
+            self.samples.append(int(body.get("status", {}).get("availableReplicas", 0)))
+            time.sleep(0.3)
+
+    def __enter__(self) -> AvailabilityWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
+    items = kubectl.json(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=blog"
+    )["items"]
+    return [e for e in items if e["reason"] == reason]
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "why"),
+    [
+        ("crash-loop", "CrashLoopBackOff"),
+        ("never-ready", "not Ready"),
+        ("image-pull-fail", "ImagePullBackOff"),
+    ],
+)
+def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess, behaviour: str, why: str
+) -> None:
+    kubectl.apply(blogsite(), namespace)
+    good = wait_until_healthy(kubectl, namespace)["status"]["components"]["daedalus"]["version"]
+
+    bad_image = f"ghcr.io/example/daedalus:2.0.0-kwok-{behaviour}"
+    started = time.monotonic()
+    with AvailabilityWatch(kubectl, namespace, "daedalus") as watch:
+        kubectl.apply(blogsite(bad_image), namespace)
+
+        def rolled_back() -> dict[str, Any] | None:
+            body = site(kubectl, namespace)
+            return body if condition(body, "RolloutHealthy").get("reason") == "RolledBack" else None
+
+        body = wait_for(rolled_back, timeout=90, what="RolloutHealthy=False/RolledBack")
+        wait_for(
+            lambda: image_of(deployment(kubectl, namespace, "daedalus")) == GOOD,
+            timeout=30,
+            what="the Deployment back on the good image",
+        )
+    elapsed = time.monotonic() - started
+    assert min(watch.samples) >= 2, f"available replicas dropped: {watch.samples}"
+
+    entry = body["status"]["components"]["daedalus"]
+    assert entry["lastGoodVersion"] == good
+    assert entry["failedVersion"] not in (None, good)
+    assert why in entry["failedReason"]
+    rollout = condition(body, "RolloutHealthy")
+    assert rollout["status"] == "False"
+    assert why in rollout["message"]
+    (event, *_) = events(kubectl, namespace, "RolledBack")
+    assert event["type"] == "Warning"
+    assert why in event["message"]
+    print(f"{behaviour}: reverted {elapsed:.1f}s after the bad image was applied")
+
+    # The bad version is not applied again, across many passes and a restart.
+    generation = deployment(kubectl, namespace, "daedalus")["metadata"]["generation"]
+    kubectl.run("annotate", "blogsite", "blog", "-n", namespace, "example.com/poke=1")
+    time.sleep(8)
+    assert operator_process.stop() == 0
+    operator_process.start()
+    time.sleep(10)
+    after = deployment(kubectl, namespace, "daedalus")
+    assert after["metadata"]["generation"] == generation
+    assert image_of(after) == GOOD
+    table = kubectl.run("get", "blogsite", "blog", "-n", namespace, "--no-headers").stdout
+    assert "RolledBack" in table
+
+
+def test_new_image_after_a_revert_rolls_out_and_retry_tries_the_failed_one(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.apply(blogsite(), namespace)
+    wait_until_healthy(kubectl, namespace)
+    bad = "ghcr.io/example/daedalus:2.0.0-kwok-crash-loop"
+    kubectl.apply(blogsite(bad), namespace)
+    wait_for(
+        lambda: condition(site(kubectl, namespace), "RolloutHealthy").get("reason") == "RolledBack",
+        timeout=90,
+        what="the revert",
+    )
+
+    # A retry request puts the failed version back on trial (and it fails again).
+    failed_events = len(events(kubectl, namespace, "RolledBack"))
+    kubectl.run(
+        "annotate", "blogsite", "blog", "-n", namespace, "blog.daedalus.dev/retry-rollout=1"
+    )
+    wait_for(
+        lambda: image_of(deployment(kubectl, namespace, "daedalus")) == bad,
+        timeout=30,
+        what="the retried version in the Deployment",
+    )
+    wait_for(
+        lambda: len(events(kubectl, namespace, "RolledBack")) > failed_events,
+        timeout=90,
+        what="a second revert",
+    )
+    assert site(kubectl, namespace)["status"]["rolloutRetry"] == "1"
+
+    # A new, healthy image rolls out normally.
+    kubectl.apply(blogsite(BETTER), namespace)
+    body = wait_until_healthy(kubectl, namespace)
+    assert image_of(deployment(kubectl, namespace, "daedalus")) == BETTER
+    assert condition(body, "RolloutHealthy")["status"] == "True"
+    assert events(kubectl, namespace, "RolloutHealthy")
+
+
+def test_auto_revert_off_only_reports(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.apply(blogsite(auto_revert=False), namespace)
+    wait_until_healthy(kubectl, namespace)
+    bad = "ghcr.io/example/daedalus:2.0.0-kwok-image-pull-fail"
+    kubectl.apply(blogsite(bad, auto_revert=False), namespace)
+    body = wait_for(
+        lambda: (
+            (b := site(kubectl, namespace))
+            and condition(b, "RolloutHealthy").get("reason") == "RolloutFailed"
+            and b
+        ),
+        timeout=60,
+        what="RolloutFailed",
+    )
+    assert "automatic revert is off" in condition(body, "RolloutHealthy")["message"]
+    time.sleep(5)
+    assert image_of(deployment(kubectl, namespace, "daedalus")) == bad
+    assert deployment(kubectl, namespace, "daedalus")["status"]["availableReplicas"] == 2
+
+
+def test_failing_frontend_image_is_reverted(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.apply(blogsite(), namespace)
+    wait_until_healthy(kubectl, namespace, "frontend")
+    bad = "docker.io/nginxinc/nginx-unprivileged:9.9.9-kwok-crash-loop"
+    kubectl.apply(blogsite(frontend_image=bad), namespace)
+    wait_for(
+        lambda: condition(site(kubectl, namespace), "RolloutHealthy").get("reason") == "RolledBack",
+        timeout=90,
+        what="the frontend revert",
+    )
+    wait_for(
+        lambda: image_of(deployment(kubectl, namespace, "frontend")) != bad,
+        timeout=30,
+        what="the frontend back on its good image",
+    )
+
+
+def test_first_deployment_that_fails_is_reported_not_reverted(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    bad = "ghcr.io/example/daedalus:2.0.0-kwok-image-pull-fail"
+    kubectl.apply(blogsite(bad), namespace)
+    body = wait_for(
+        lambda: (
+            (b := site(kubectl, namespace))
+            and condition(b, "RolloutHealthy").get("reason") == "RolloutFailed"
+            and b
+        ),
+        timeout=60,
+        what="RolloutFailed",
+    )
+    assert "no known-good version" in condition(body, "RolloutHealthy")["message"]
+    assert image_of(deployment(kubectl, namespace, "daedalus")) == bad
