@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import kube, models
 from blogsite_operator.cache import CachedApi, ChildCache
+from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
 from blogsite_operator.settings import OperatorSettings
@@ -65,6 +66,7 @@ class SiteQueue:
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
         self.cache = ChildCache()
+        self.nginx = NginxChecker(settings.nginx_binary)
         self._api: kube.Api | None = None
 
     @property
@@ -94,7 +96,9 @@ class SiteQueue:
             if site is None or site["metadata"].get("deletionTimestamp"):
                 self.forget(key)
                 return
-            outcome = await asyncio.to_thread(reconcile_site, self.api, site, self.settings.render)
+            outcome = await asyncio.to_thread(
+                reconcile_site, self.api, site, self.settings.render, self.nginx.check
+            )
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do
                 self.forget(key)

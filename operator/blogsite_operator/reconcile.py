@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -209,8 +210,16 @@ def _describe_invalid(error: pydantic.ValidationError) -> str:
     return "; ".join(problems)
 
 
-def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettings) -> Outcome:
-    """Bring the children of one BlogSite in line with its spec, then report."""
+def reconcile_site(
+    api: ClusterApi,
+    site: dict[str, Any],
+    settings: RenderSettings,
+    check_nginx: Callable[[models.BlogSiteSpec], str | None] | None = None,
+) -> Outcome:
+    """Bring the children of one BlogSite in line with its spec, then report.
+
+    `check_nginx` runs `nginx -t` on the site's configuration (None: valid).
+    """
     outcome = Outcome()
     metadata = site["metadata"]
     namespace, name, uid = metadata["namespace"], metadata["name"], metadata["uid"]
@@ -219,14 +228,7 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
     previous_status = site.get("status") or {}
     now = datetime.datetime.now(tz=datetime.UTC)
 
-    spec: models.BlogSiteSpec | None
-    try:
-        spec = models.parse_spec(site.get("spec"))
-    except pydantic.ValidationError as error:
-        spec = None
-        reconciled = Verdict(CONDITION_FALSE, "InvalidSpec", _describe_invalid(error))
-    else:
-        reconciled = Verdict(CONDITION_TRUE, "Applied", "all objects are as the spec describes")
+    spec, reconciled = _parse(site)
 
     extra_conditions: dict[str, Verdict] = {}
     certificate_status: dict[str, Any] | None = None
@@ -240,11 +242,13 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
             certificate_status = _certificate_status(served)
             facts = SiteFacts(tls_certificate_hash=served.certificate_hash)
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
+        objects = render_site(ref, spec, settings, facts)
+        objects, extra_conditions["ConfigValid"] = _gate_nginx_config(spec, objects, check_nginx)
         gate = gate_deployments(
             api,
             ref=ref,
             spec=spec,
-            objects=render_site(ref, spec, settings, facts),
+            objects=objects,
             previous_status=previous_status,
             retry_token=retry_token,
             now=now,
@@ -297,6 +301,42 @@ def reconcile_site(api: ClusterApi, site: dict[str, Any], settings: RenderSettin
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)
     return outcome
+
+
+def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:
+    try:
+        spec = models.parse_spec(site.get("spec"))
+    except pydantic.ValidationError as error:
+        return None, Verdict(CONDITION_FALSE, "InvalidSpec", _describe_invalid(error))
+    return spec, Verdict(CONDITION_TRUE, "Applied", "all objects are as the spec describes")
+
+
+def _gate_nginx_config(
+    spec: models.BlogSiteSpec,
+    objects: list[dict[str, Any]],
+    check_nginx: Callable[[models.BlogSiteSpec], str | None] | None,
+) -> tuple[list[dict[str, Any]], Verdict]:
+    """Drop a new frontend configuration that nginx -t refuses.
+
+    What runs now keeps serving: neither the new ConfigMap nor a frontend
+    template that refers to it goes out.
+    """
+    error = check_nginx(spec) if check_nginx is not None else None
+    if error is None:
+        return objects, Verdict(CONDITION_TRUE, "Valid", "the nginx configuration passed nginx -t")
+    kept = [
+        o
+        for o in objects
+        if o["kind"] != "ConfigMap"
+        and not (o["kind"] == "Deployment" and _component_of(o) == Component.FRONTEND)
+    ]
+    return kept, Verdict(
+        CONDITION_FALSE, "NginxConfigInvalid", f"not rolled out; nginx -t says: {error}"
+    )
+
+
+def _component_of(obj: dict[str, Any]) -> Component:
+    return Component(obj["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
 def _apply_all(
@@ -442,6 +482,8 @@ def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
                 )
             elif previous is not None and previous.get("status") == CONDITION_TRUE:
                 events.append(Event("Warning", "NotReady", condition["message"]))
-        elif condition["type"] == "Reconciled" and condition["status"] == CONDITION_FALSE:
+        elif condition["type"] in ("Reconciled", "ConfigValid") and (
+            condition["status"] == CONDITION_FALSE
+        ):
             events.append(Event("Warning", condition["reason"], condition["message"]))
     return events

@@ -20,13 +20,13 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_FRONTEND_IMAGE  default nginx image for frontends
       BLOGSITE_OPERATOR_IMAGE           image of this operator (runs cert-refresh)
       BLOGSITE_OPERATOR_WORKERS         threads for API calls (default 16)
-      BLOGSITE_OPERATOR_LIVENESS_PORT   port of /healthz for the liveness probe
+      BLOGSITE_OPERATOR_NGINX           nginx binary for `nginx -t` (default: from PATH)
     """
 
     namespaces: tuple[str, ...] = ()
     log_format: str = "plain"
     workers: int = 16
-    liveness_port: int = 8080
+    nginx_binary: str | None = None
     render: RenderSettings = field(default_factory=RenderSettings)
 
     @classmethod
@@ -49,7 +49,7 @@ class OperatorSettings:
             namespaces=namespaces,
             log_format=log_format,
             workers=int(get("WORKERS") or defaults.workers),
-            liveness_port=int(get("LIVENESS_PORT") or defaults.liveness_port),
+            nginx_binary=get("NGINX"),
             render=RenderSettings(
                 frontend_image=get("FRONTEND_IMAGE") or render_defaults.frontend_image,
                 operator_image=get("IMAGE") or render_defaults.operator_image,

@@ -251,3 +251,56 @@ def test_first_deployment_that_fails_is_reported_not_reverted(
     )
     assert "no known-good version" in condition(body, "RolloutHealthy")["message"]
     assert image_of(deployment(kubectl, namespace, "daedalus")) == bad
+
+
+def test_invalid_nginx_extra_config_is_refused_before_rollout(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.apply(blogsite(), namespace)
+    wait_until_healthy(kubectl, namespace, "frontend")
+    before = deployment(kubectl, namespace, "frontend")
+    configs = kubectl.json(
+        "get", "configmaps", "-n", namespace, "-l", "blog.daedalus.dev/nginx-config-of=blog"
+    )
+
+    broken = blogsite()
+    broken["spec"]["frontend"]["extraConfig"] = "frobnicate on;"
+    kubectl.apply(broken, namespace)
+    body = wait_for(
+        lambda: (
+            (b := site(kubectl, namespace))
+            and condition(b, "ConfigValid").get("status") == "False"
+            and b
+        ),
+        timeout=30,
+        what="ConfigValid=False",
+    )
+    message = condition(body, "ConfigValid")["message"]
+    assert 'unknown directive "frobnicate"' in message
+    (event, *_) = events(kubectl, namespace, "NginxConfigInvalid")
+    assert event["type"] == "Warning"
+    time.sleep(3)
+    after = deployment(kubectl, namespace, "frontend")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["template"] == before["spec"]["template"]
+    again = kubectl.json(
+        "get", "configmaps", "-n", namespace, "-l", "blog.daedalus.dev/nginx-config-of=blog"
+    )
+    assert len(again["items"]) == len(configs["items"])
+
+    fixed = blogsite()
+    fixed["spec"]["frontend"]["extraConfig"] = "add_header X-Blog yes;"
+    kubectl.apply(fixed, namespace)
+    wait_for(
+        lambda: condition(site(kubectl, namespace), "ConfigValid").get("status") == "True",
+        timeout=30,
+        what="ConfigValid=True",
+    )
+    wait_for(
+        lambda: (
+            deployment(kubectl, namespace, "frontend")["metadata"]["generation"]
+            > before["metadata"]["generation"]
+        ),
+        timeout=30,
+        what="the valid configuration to roll out",
+    )

@@ -253,3 +253,19 @@ class TestPruning:
         del api.objects[("ReplicaSet", "ns", "blog-frontend-1")]
         reconcile_site(api, site(redirectDomains=["old.example.com"]), RenderSettings())
         assert old not in {n for k, _, n in api.objects if k == "ConfigMap"}
+
+
+def test_config_refused_by_nginx_is_not_rolled_out() -> None:
+    api = MemoryApi()
+    reconcile_site(api, site(), RenderSettings())
+    frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+    configs = {n for k, _, n in api.objects if k == "ConfigMap"}
+
+    broken = site(frontend={"extraConfig": "frobnicate on;"}, status=api.status)
+    reconcile_site(api, broken, RenderSettings(), check_nginx=lambda _: 'unknown directive "x"')
+    assert api.objects[("Deployment", "ns", "blog-frontend")] == frontend
+    assert {n for k, _, n in api.objects if k == "ConfigMap"} == configs
+    assert api.status is not None
+    valid = next(c for c in api.status["conditions"] if c["type"] == "ConfigValid")
+    assert (valid["status"], valid["reason"]) == ("False", "NginxConfigInvalid")
+    assert any(r == "NginxConfigInvalid" for _, r, _ in api.events)
