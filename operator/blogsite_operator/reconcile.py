@@ -377,17 +377,23 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
 
     configs = api.list_objects("ConfigMap", ref.namespace, f"{NGINX_CONFIG_LABEL}={ref.name}")
     in_use = {name for kind, name in wanted if kind == "ConfigMap"}
+    live = api.get("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND))
+    in_use.update(_config_maps_of((live or {}).get("spec", {}).get("template")))
     if all(c["metadata"]["name"] in in_use for c in configs):
         return  # nothing old to consider: skip reading the ReplicaSets
     frontend = ",".join(
         f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
     )
     for replica_set in api.list_objects("ReplicaSet", ref.namespace, frontend):
-        volumes = replica_set["spec"]["template"]["spec"].get("volumes") or []
-        in_use.update(v["configMap"]["name"] for v in volumes if "configMap" in v)
+        in_use.update(_config_maps_of(replica_set["spec"]["template"]))
     for config in configs:
         if config["metadata"]["name"] not in in_use:
             _delete_owned(api, ref, config, outcome)
+
+
+def _config_maps_of(template: dict[str, Any] | None) -> set[str]:
+    volumes = ((template or {}).get("spec") or {}).get("volumes") or []
+    return {v["configMap"]["name"] for v in volumes if "configMap" in v}
 
 
 def _delete_owned(api: ClusterApi, ref: SiteRef, obj: dict[str, Any], outcome: Outcome) -> None:
