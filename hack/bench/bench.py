@@ -33,6 +33,7 @@ from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noq
 NAMESPACE = "bench"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 OPERATOR_AGENTS = ("blogsite-operator/", "kopf/")
+REVERT_BEHAVIOURS = ("crash-loop", "image-pull-fail")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -126,6 +127,66 @@ def wait_for_convergence(
     return children_at, ready_at
 
 
+def measure_revert(
+    api: kube.Api, kubectl: list[str], behaviour: str, timeout: float
+) -> tuple[float, int]:
+    """Seconds from applying a bad daedalus image (default rollout thresholds)
+    until the Deployment's template is the good one again; and the
+    Deployment's progress deadline, which is when Kubernetes alone would
+    first report the failure (it never reverts)."""
+    good = site_manifest(9999)
+    good["metadata"]["name"] = f"revert-{behaviour}"
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input=yaml.safe_dump(good),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    name = good["metadata"]["name"]
+
+    def deployment() -> dict[str, Any] | None:
+        return api.get("Deployment", NAMESPACE, f"{name}-daedalus")
+
+    def image() -> str:
+        found = deployment()
+        return str(found["spec"]["template"]["spec"]["containers"][0]["image"]) if found else ""
+
+    def last_good_known() -> bool:
+        site = api.get(models.KIND, NAMESPACE, name) or {}
+        entry = (site.get("status") or {}).get("components", {}).get("daedalus", {})
+        return bool(entry.get("lastGoodVersion")) and entry.get("lastGoodVersion") == entry.get(
+            "version"
+        )
+
+    deadline = time.monotonic() + timeout
+    while not last_good_known():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{name} never became healthy")
+        time.sleep(0.2)
+    good_image = image()
+    bad = {
+        **good,
+        "spec": {**good["spec"], "daedalus": {"image": f"{good_image}-kwok-{behaviour}"}},
+    }
+    started = time.monotonic()
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input=yaml.safe_dump(bad),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    while image() != bad["spec"]["daedalus"]["image"]:
+        time.sleep(0.1)
+    while image() != good_image:
+        if time.monotonic() > deadline + timeout:
+            raise SystemExit(f"{name}: no revert within {timeout}s")
+        time.sleep(0.2)
+    found = deployment() or {}
+    return time.monotonic() - started, int(found["spec"].get("progressDeadlineSeconds", 600))
+
+
 def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sites", type=int, default=int(os.environ.get("BENCH_SITES", "200")))
@@ -193,6 +254,8 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
         time.sleep(args.idle)
         idle_writes, idle_all, idle_by_verb = operator_writes(audit_log, idle_start)
         rss_peak = peak_rss_mib(operator.pid)
+
+        reverts = {b: measure_revert(api, kubectl, b, args.timeout) for b in REVERT_BEHAVIOURS}
     finally:
         operator.terminate()
         operator.wait(timeout=30)
@@ -221,6 +284,16 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
     print(
         f"operator API writes during {args.idle:.0f}s idle: {idle_writes} "
         f"{dict(sorted(idle_by_verb.items()))} (all clients: {idle_all})"
+    )
+    for behaviour, (seconds, deadline) in reverts.items():
+        print(
+            f"revert of a {behaviour} daedalus image (default thresholds): {seconds:.1f}s; "
+            f"Kubernetes alone reports it after its progress deadline, {deadline}s "
+            f"({deadline / seconds:.0f}x later), and never reverts"
+        )
+    print(
+        "a never-ready image is reverted after rollout.readyTimeoutSeconds (default 300s), "
+        "half the 600s progress deadline; tests/integration/test_rollouts.py measures it at 15s"
     )
     return 0 if idle_writes == 0 else 1
 
