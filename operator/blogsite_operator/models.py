@@ -587,6 +587,7 @@ class ComponentStatus(Model):
         default=None, description="A version that failed and is not rolled out again."
     )
     failed_reason: str | None = Field(default=None, description="Why that version failed.")
+    failed_at: str | None = Field(default=None, description="When it failed (RFC 3339).")
 
 
 class CertificateStatus(Model):

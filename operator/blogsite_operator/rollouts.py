@@ -171,12 +171,9 @@ def gate_deployments(
                 chosen = copy.deepcopy(obj)
                 chosen["spec"]["template"] = template
         result.objects.append(chosen)
-        result.memory[component.value] = {
-            "version": version_of(chosen),
-            "lastGoodVersion": decision.memory.last_good,
-            "failedVersion": decision.memory.failed,
-            "failedReason": decision.memory.failed_reason,
-        }
+        result.memory[component.value] = _remembered(
+            version_of(chosen), decision.memory, previous_components.get(component.value), now
+        )
         if decision.event is not None:
             result.events.append(decision.event)
         status, reason, message = decision.condition
@@ -195,3 +192,27 @@ def gate_deployments(
     elif progressing:
         result.condition = Verdict(CONDITION_TRUE, "Progressing", "; ".join(progressing))
     return result
+
+
+def _remembered(
+    version: str | None,
+    memory: VersionMemory,
+    previous: dict[str, Any] | None,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The component's rollout memory as status shows it; failedAt kept per failure."""
+    failed_at = None
+    if memory.failed is not None:
+        same_failure = (previous or {}).get("failedVersion") == memory.failed
+        failed_at = (previous or {}).get("failedAt") if same_failure else _iso(now)
+    return {
+        "version": version,
+        "lastGoodVersion": memory.last_good,
+        "failedVersion": memory.failed,
+        "failedReason": memory.failed_reason,
+        "failedAt": failed_at,
+    }
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -64,9 +64,18 @@ def test_blogsite_becomes_ready_with_owned_children(
         assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"]
 
     table = kubectl.run("get", "blogsites", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PRIMARY", "READY", "CERT-EXPIRY", "IMAGE", "AGE"]
+    assert table[0].split() == [
+        "NAME",
+        "PRIMARY",
+        "READY",
+        "CERT-EXPIRY",
+        "ROLLOUT",
+        "IMAGE",
+        "AGE",
+    ]
     row = table[1].split()
     assert row[:3] == ["lethain", "lethain.com", "True"]
+    assert {"Healthy", "Progressing"} & set(row)  # the Rollout column
     assert "ghcr.io/example/daedalus:3f2c1a9" in row
 
     events = kubectl.json(

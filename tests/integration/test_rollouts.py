@@ -134,6 +134,7 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
     assert entry["lastGoodVersion"] == good
     assert entry["failedVersion"] not in (None, good)
     assert why in entry["failedReason"]
+    assert entry["failedAt"].endswith("Z")
     rollout = condition(body, "RolloutHealthy")
     assert rollout["status"] == "False"
     assert why in rollout["message"]
