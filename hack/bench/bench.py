@@ -127,6 +127,16 @@ def wait_for_convergence(
     return children_at, ready_at
 
 
+def apply(kubectl: list[str], objects: list[dict[str, Any]]) -> None:
+    subprocess.run(
+        [*kubectl, "apply", "-f", "-"],
+        input=yaml.safe_dump_all(objects),
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+
+
 def measure_revert(
     api: kube.Api, kubectl: list[str], behaviour: str, timeout: float
 ) -> tuple[float, int]:
@@ -136,13 +146,7 @@ def measure_revert(
     first report the failure (it never reverts)."""
     good = site_manifest(9999)
     good["metadata"]["name"] = f"revert-{behaviour}"
-    subprocess.run(
-        [*kubectl, "apply", "-f", "-"],
-        input=yaml.safe_dump(good),
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    apply(kubectl, [good])
     name = good["metadata"]["name"]
 
     def deployment() -> dict[str, Any] | None:
@@ -170,13 +174,7 @@ def measure_revert(
         "spec": {**good["spec"], "daedalus": {"image": f"{good_image}-kwok-{behaviour}"}},
     }
     started = time.monotonic()
-    subprocess.run(
-        [*kubectl, "apply", "-f", "-"],
-        input=yaml.safe_dump(bad),
-        text=True,
-        check=True,
-        capture_output=True,
-    )
+    apply(kubectl, [bad])
     while image() != bad["spec"]["daedalus"]["image"]:
         time.sleep(0.1)
     while image() != good_image:
@@ -237,13 +235,7 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
         audit_start = audit_log.stat().st_size
 
         t0 = time.monotonic()
-        subprocess.run(
-            [*kubectl, "apply", "-f", "-"],
-            input=yaml.safe_dump_all(manifests),
-            text=True,
-            check=True,
-            capture_output=True,
-        )
+        apply(kubectl, manifests)
         children_at, ready_at = wait_for_convergence(api, expected, t0, args.timeout)
         converged = time.monotonic() - t0
         time.sleep(5)  # let the last status writes and events land

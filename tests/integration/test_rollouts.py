@@ -68,6 +68,19 @@ def wait_until_healthy(
     return result
 
 
+def wait_for_rollout(
+    kubectl: Kubectl, namespace: str, reason: str, timeout: float = 90
+) -> dict[str, Any]:
+    """The BlogSite once its RolloutHealthy condition has `reason`."""
+
+    def reached() -> dict[str, Any] | None:
+        body = site(kubectl, namespace)
+        return body if condition(body, "RolloutHealthy").get("reason") == reason else None
+
+    result: dict[str, Any] = wait_for(reached, timeout=timeout, what=f"RolloutHealthy {reason}")
+    return result
+
+
 class AvailabilityWatch:
     """Samples a Deployment's available replicas in the background."""
 
@@ -202,15 +215,7 @@ def test_auto_revert_off_only_reports(
     wait_until_healthy(kubectl, namespace)
     bad = "ghcr.io/example/daedalus:2.0.0-kwok-image-pull-fail"
     kubectl.apply(blogsite(bad, auto_revert=False), namespace)
-    body = wait_for(
-        lambda: (
-            (b := site(kubectl, namespace))
-            and condition(b, "RolloutHealthy").get("reason") == "RolloutFailed"
-            and b
-        ),
-        timeout=60,
-        what="RolloutFailed",
-    )
+    body = wait_for_rollout(kubectl, namespace, "RolloutFailed", timeout=60)
     assert "automatic revert is off" in condition(body, "RolloutHealthy")["message"]
     time.sleep(5)
     assert image_of(deployment(kubectl, namespace, "daedalus")) == bad
@@ -241,15 +246,7 @@ def test_first_deployment_that_fails_is_reported_not_reverted(
 ) -> None:
     bad = "ghcr.io/example/daedalus:2.0.0-kwok-image-pull-fail"
     kubectl.apply(blogsite(bad), namespace)
-    body = wait_for(
-        lambda: (
-            (b := site(kubectl, namespace))
-            and condition(b, "RolloutHealthy").get("reason") == "RolloutFailed"
-            and b
-        ),
-        timeout=60,
-        what="RolloutFailed",
-    )
+    body = wait_for_rollout(kubectl, namespace, "RolloutFailed", timeout=60)
     assert "no known-good version" in condition(body, "RolloutHealthy")["message"]
     assert image_of(deployment(kubectl, namespace, "daedalus")) == bad
 
