@@ -59,7 +59,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 GO
-    go mod tidy -e >/dev/null 2>&1 || true
+    go mod tidy >/dev/null
     local major minor
     major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
     minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
@@ -91,7 +91,7 @@ build_etcd() {
     # so `go install` refuses it; a wrapper module builds it as a dependency.
     printf 'module blogsite-operator.local/etcd-build\n\ngo 1.24\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "${ETCD_VERSION}" > go.mod
     printf '//go:build tools\n\npackage tools\n\nimport _ "go.etcd.io/etcd/server/v3"\n' > tools.go
-    go mod tidy -e >/dev/null 2>&1 || true
+    go mod tidy >/dev/null
     go build -p "${jobs}" -trimpath -ldflags "-s -w" -o "${out}.tmp/etcd" go.etcd.io/etcd/server/v3
   )
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
@@ -112,6 +112,11 @@ build_kwok() {
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
   built "kwok ${KWOK_VERSION}" "${start}"
 }
+
+if ! command -v go >/dev/null; then
+  log "Go is needed to build the control plane (Go >= 1.26 with the module proxy reachable)"
+  exit 1
+fi
 
 want="${*:-kubernetes etcd kwok}"
 for tool in ${want}; do

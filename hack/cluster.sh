@@ -21,7 +21,9 @@ kubeconfig="${workdir}/clusters/${name}/kubeconfig.yaml"
 log() { echo "[cluster] $*" >&2; }
 
 tools() {
-  eval "$("${here}/build-tools.sh")"
+  local paths
+  paths="$("${here}/build-tools.sh")"  # fails the script if a build fails
+  eval "${paths}"
   export KWOK_KUBE_VERSION="${KUBERNETES_VERSION}"
   export KWOK_KUBECTL_BINARY="${KUBERNETES_BIN}/kubectl"
   export KWOK_WORKDIR="${workdir}"
@@ -34,6 +36,8 @@ healthy() {
 }
 
 ensure_node() {
+  # No status: KWOK then gives the node 1k CPUs, 1Ti and a million pods, so
+  # `make bench` never runs out of room.
   "${kubectl[@]}" apply -f - >/dev/null <<'NODE'
 apiVersion: v1
 kind: Node
@@ -45,9 +49,6 @@ metadata:
     kubernetes.io/hostname: kwok-node-0
     kubernetes.io/os: linux
     type: kwok
-status:
-  allocatable: {cpu: "64", memory: 256Gi, pods: "1000"}
-  capacity: {cpu: "64", memory: 256Gi, pods: "1000"}
 NODE
   "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=120s >/dev/null
   # Pods need the namespace's default ServiceAccount, made by the controller-manager.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -198,8 +199,34 @@ def external_addresses(service: dict[str, Any] | None) -> list[str]:
     return [a for a in addresses if a]
 
 
-def _status_differs(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    return any(old.get(key) != value for key, value in new.items())
+def without_nulls(value: Any) -> Any:
+    """The status as the API server stores it: a merge patch drops null fields."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`; {} when equal.
+
+    Only keys the operator writes are compared: `new` names them all.
+    """
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key)
+        if value is None:
+            if before is not None:
+                patch[key] = None
+        elif isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            nested.update({k: None for k in before if k not in value})
+            if nested:
+                patch[key] = nested
+        elif without_nulls(value) != before:
+            patch[key] = without_nulls(value)
+    return patch
 
 
 def _describe_invalid(error: pydantic.ValidationError) -> str:
@@ -295,8 +322,9 @@ def reconcile_site(
     if rollout_retry is not None:
         status["rolloutRetry"] = rollout_retry
     outcome.events.extend(_transition_events(previous_status, status))
-    if _status_differs(previous_status, status):
-        api.patch_blogsite_status(namespace, name, status)
+    patch = merge_patch(previous_status, status)
+    if patch:
+        api.patch_blogsite_status(namespace, name, patch)
         outcome.status_written = True
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)
@@ -339,13 +367,34 @@ def _component_of(obj: dict[str, Any]) -> Component:
     return Component(obj["metadata"]["labels"]["app.kubernetes.io/component"])
 
 
+APPLIED_HASH_ANNOTATION = "blog.daedalus.dev/applied-hash"
+
+
+def stamp_applied_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """Mark an object with a hash of everything we apply.
+
+    The comparison with the live object only sees fields we set; a field we
+    stopped setting (a removed annotation, say) changes this hash, so it is
+    applied, and server-side apply removes what we no longer own.
+    """
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    metadata = {**obj["metadata"]}
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        APPLIED_HASH_ANNOTATION: digest,
+    }
+    return {**obj, "metadata": metadata}
+
+
 def _apply_all(
     api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome
 ) -> None:
     """Apply each object whose live fields differ; never touch another owner's."""
     created: list[str] = []
     updated: list[str] = []
-    for obj in desired:
+    for unstamped in desired:
+        obj = stamp_applied_hash(unstamped)
         kind, child = obj["kind"], obj["metadata"]["name"]
         live = api.get(kind, ref.namespace, child)
         if live is not None and not is_owned_by(live, ref.uid):

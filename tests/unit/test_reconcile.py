@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from blogsite_operator.policies.readiness import Verdict
-from blogsite_operator.reconcile import is_subset, next_status, reconcile_site
+from blogsite_operator.reconcile import is_subset, merge_patch, next_status, reconcile_site
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import Component
 
@@ -63,11 +63,24 @@ class MemoryApi:
         del self.objects[(kind, namespace, name)]
 
     def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Applies a JSON merge patch, as the API server does."""
         self.writes.append("status")
-        self.status = status
+        self.status = merge(self.status or {}, status)
 
     def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         self.events.append((event_type, reason, message))
+
+
+def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    result = copy.deepcopy(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def site(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
@@ -269,3 +282,37 @@ def test_config_refused_by_nginx_is_not_rolled_out() -> None:
     valid = next(c for c in api.status["conditions"] if c["type"] == "ConfigValid")
     assert (valid["status"], valid["reason"]) == ("False", "NginxConfigInvalid")
     assert any(r == "NginxConfigInvalid" for _, r, _ in api.events)
+
+
+def test_merge_patch_deletes_with_null_and_skips_equal_values() -> None:
+    old = {"a": 1, "c": {"x": 1, "y": 2}, "l": [1]}
+    assert merge_patch(old, {"a": 1, "c": {"x": 1, "y": 2}, "l": [1]}) == {}
+    assert merge_patch(old, {"a": None}) == {"a": None}
+    assert merge_patch(old, {"c": {"x": 1}}) == {"c": {"y": None}}
+    assert merge_patch(old, {"c": {"x": 1, "y": 2, "z": None}}) == {}
+    assert merge_patch(old, {"l": [1, 2]}) == {"l": [1, 2]}
+
+
+def test_status_with_empty_rollout_memory_is_written_once() -> None:
+    api = MemoryApi()
+    reconcile_site(api, site(), RenderSettings())
+    for _ in range(2):
+        reconcile_site(api, site(status=api.status), RenderSettings())
+    writes = len(api.writes)
+    outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+    assert not outcome.status_written
+    assert len(api.writes) == writes
+    assert api.status is not None
+    assert "failedVersion" not in api.status["components"]["daedalus"]
+
+
+def test_a_field_removed_from_the_spec_is_removed_from_the_object() -> None:
+    api = MemoryApi()
+    annotated = {"service": {"annotations": {"lb.example.com/internal": "true"}}}
+    reconcile_site(api, site(frontend=annotated), RenderSettings())
+    service = api.objects[("Service", "ns", "blog-frontend")]
+    assert service["metadata"]["annotations"]["lb.example.com/internal"] == "true"
+    outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+    assert "Service blog-frontend" in outcome.applied
+    service = api.objects[("Service", "ns", "blog-frontend")]
+    assert "lb.example.com/internal" not in service["metadata"]["annotations"]

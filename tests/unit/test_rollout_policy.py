@@ -55,7 +55,7 @@ class TestPodFailure:
 
     def test_not_ready_for_too_long(self) -> None:
         assert pod_failure(pod(age=119), LIMITS, NOW) is None
-        assert "not Ready 121s" in (pod_failure(pod(age=121), LIMITS, NOW) or "")
+        assert "not Ready within 120s" in (pod_failure(pod(age=121), LIMITS, NOW) or "")
         assert pod_failure(pod(age=1000, ready=True), LIMITS, NOW) is None
 
     def test_container_creating_is_not_a_failure(self) -> None:
