@@ -66,7 +66,9 @@ class SiteQueue:
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
         self.cache = ChildCache()
-        self.nginx = NginxChecker(settings.nginx_binary)
+        self.nginx = NginxChecker(
+            settings.nginx_binary, allow_extra_config=settings.allow_extra_config
+        )
         self._api: kube.Api | None = None
 
     @property

@@ -10,6 +10,7 @@ server blocks, the routing and the user's `extraConfig` are the same.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,11 +22,35 @@ from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
+# Directives that read files or run code: in a snippet they could serve the
+# mounted private key, or anything else in the pod, to the internet.
+FORBIDDEN_DIRECTIVES = re.compile(
+    r"(?:^|[;{}\s])(alias|root|include|load_module|ssl_certificate\w*|ssl_\w*_certificate|"
+    r"auth_basic_user_file|\w*_by_lua\w*|lua_\w+|perl\w*|js_\w+|env)\s",
+    re.MULTILINE,
+)
+
+
+def snippet_problem(snippet: str) -> str | None:
+    """Why a user's extraConfig is refused before nginx even sees it, or None."""
+    depth = 0
+    for char in snippet:
+        depth += {"{": 1, "}": -1}.get(char, 0)
+        if depth < 0:
+            return "extraConfig closes a block it did not open ('}')"
+    if depth:
+        return "extraConfig leaves a block open ('{' without '}')"
+    match = FORBIDDEN_DIRECTIVES.search(snippet)
+    if match:
+        return f"extraConfig may not use '{match.group(1)}' (it reads files or runs code)"
+    return None
+
 
 class NginxChecker:
     """Runs the real nginx binary; remembers verdicts by configuration hash."""
 
-    def __init__(self, binary: str | None = None) -> None:
+    def __init__(self, binary: str | None = None, *, allow_extra_config: bool = False) -> None:
+        self.allow_extra_config = allow_extra_config
         self.binary = binary or next(
             (found for c in NGINX_CANDIDATES if (found := shutil.which(c))), None
         )
@@ -49,8 +74,17 @@ class NginxChecker:
         everything else is rendered from validated fields (and property-tested
         against nginx -t), so those are not checked at run time.
         """
-        if not spec.frontend.extra_config:
+        snippet = spec.frontend.extra_config
+        if not snippet:
             return None
+        if not self.allow_extra_config:
+            return (
+                "frontend.extraConfig is disabled in this operator "
+                "(BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG=true enables it)"
+            )
+        problem = snippet_problem(snippet)
+        if problem is not None:
+            return problem
         with self._lock:
             workdir = self._prepare()
             tls = spec.tls is not None
@@ -79,13 +113,16 @@ class NginxChecker:
             )
         path = workdir / "nginx.conf"
         path.write_text(conf, encoding="utf-8")
-        result = subprocess.run(
-            [self.binary, "-t", "-q", "-e", "stderr", "-p", str(workdir), "-c", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        try:
+            result = subprocess.run(
+                [self.binary, "-t", "-q", "-e", "stderr", "-p", str(workdir), "-c", str(path)],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return "nginx -t did not finish within 30s"
         if result.returncode == 0:
             return None
         lines = [

@@ -21,12 +21,14 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_IMAGE           image of this operator (runs cert-refresh)
       BLOGSITE_OPERATOR_WORKERS         threads for API calls (default 16)
       BLOGSITE_OPERATOR_NGINX           nginx binary for `nginx -t` (default: from PATH)
+      BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG  true: honour frontend.extraConfig (default false)
     """
 
     namespaces: tuple[str, ...] = ()
     log_format: str = "plain"
     workers: int = 16
     nginx_binary: str | None = None
+    allow_extra_config: bool = False
     render: RenderSettings = field(default_factory=RenderSettings)
 
     @classmethod
@@ -50,6 +52,8 @@ class OperatorSettings:
             log_format=log_format,
             workers=int(get("WORKERS") or defaults.workers),
             nginx_binary=get("NGINX"),
+            allow_extra_config=(get("ALLOW_EXTRA_CONFIG") or "false").lower()
+            in ("1", "true", "yes"),
             render=RenderSettings(
                 frontend_image=get("FRONTEND_IMAGE") or render_defaults.frontend_image,
                 operator_image=get("IMAGE") or render_defaults.operator_image,

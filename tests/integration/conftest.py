@@ -192,7 +192,12 @@ class OperatorProcess:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": self.kubectl.kubeconfig, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": self.kubectl.kubeconfig,
+            "PYTHONUNBUFFERED": "1",
+            "BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG": "true",
+        }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "blogsite_operator", "run", "-n", self.namespace, "--verbose"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from blogsite_operator import models
 from blogsite_operator.nginx_check import NginxChecker
 from tests.nginx.conftest import nginx_binary
@@ -22,7 +24,7 @@ def spec(extra: str | None, **changes: Any) -> models.BlogSiteSpec:
 
 
 def test_valid_extra_config_passes() -> None:
-    checker = NginxChecker(nginx_binary())
+    checker = NginxChecker(nginx_binary(), allow_extra_config=True)
     assert checker.check(spec("add_header X-Blog yes;")) is None
     assert (
         checker.check(spec("location /old { return 301 /new; }", tls={"secretName": "x"})) is None
@@ -30,7 +32,7 @@ def test_valid_extra_config_passes() -> None:
 
 
 def test_invalid_extra_config_is_reported_in_nginx_words() -> None:
-    error = NginxChecker(nginx_binary()).check(spec("frobnicate on;"))
+    error = NginxChecker(nginx_binary(), allow_extra_config=True).check(spec("frobnicate on;"))
     assert error is not None
     assert 'unknown directive "frobnicate"' in error
     assert "nginx.conf:" in error  # the line number, without the temporary path
@@ -41,7 +43,28 @@ def test_no_extra_config_needs_no_check() -> None:
     assert NginxChecker("/nonexistent/nginx").check(spec(None)) is None
 
 
+def test_extra_config_is_off_unless_the_operator_allows_it() -> None:
+    error = NginxChecker(nginx_binary()).check(spec("add_header X 1;"))
+    assert "disabled" in (error or "")
+
+
+@pytest.mark.parametrize(
+    ("snippet", "why"),
+    [
+        ("location /k/ { alias /etc/blogsite/tls/; }", "'alias'"),
+        ("root /;", "'root'"),
+        ("include /etc/passwd;", "'include'"),
+        ("}  server { listen 9999; }", "closes a block"),
+        ("location / {", "leaves a block open"),
+        ("content_by_lua_block { }", "content_by_lua_block"),
+    ],
+)
+def test_snippets_that_could_read_files_are_refused(snippet: str, why: str) -> None:
+    error = NginxChecker(nginx_binary(), allow_extra_config=True).check(spec(snippet))
+    assert why in (error or "")
+
+
 def test_without_nginx_extra_config_fails_closed() -> None:
-    checker = NginxChecker(nginx_binary())
+    checker = NginxChecker(nginx_binary(), allow_extra_config=True)
     checker.binary = None
     assert "nginx is not installed" in (checker.check(spec("add_header X 1;")) or "")

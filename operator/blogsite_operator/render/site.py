@@ -329,7 +329,9 @@ def render_frontend(
     secret = tls_secret_name(site.name, spec)
     if secret is not None:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": secret}})
+        # Only the two files nginx needs, whatever else the Secret holds.
+        items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
+        volumes.append({"name": "tls", "secret": {"secretName": secret, "items": items}})
     container = {
         "name": "nginx",
         "image": frontend.image or settings.frontend_image,
