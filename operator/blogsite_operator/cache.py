@@ -10,9 +10,14 @@ deletes is recorded at once, so the next pass does not act on stale data.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from blogsite_operator import kube
+
+# An entry not confirmed by a watch event or a read for this long is read
+# again: a watch re-list after an outage reports no deletions it missed.
+MAX_AGE_SECONDS = 300.0
 
 # Kinds that carry the operator's labels and are watched (handlers.py).
 CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret")
@@ -25,8 +30,10 @@ def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
 class ChildCache:
     """Thread-safe: watch events arrive on the event loop, reconciles run in threads."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_age: float = MAX_AGE_SECONDS) -> None:
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._stored_at: dict[tuple[str, str, str], float] = {}
+        self._max_age = max_age
         self._lock = threading.Lock()
 
     def store(self, obj: dict[str, Any]) -> None:
@@ -37,14 +44,20 @@ class ChildCache:
             if current is not None and _older(obj, current):
                 return  # a late watch event must not undo what we just applied
             self._objects[key] = obj
+            self._stored_at[key] = time.monotonic()
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
             self._objects.pop(_key(kind, namespace, name), None)
+            self._stored_at.pop(_key(kind, namespace, name), None)
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The cached object, or None when absent or too old to trust."""
+        key = _key(kind, namespace, name)
         with self._lock:
-            return self._objects.get(_key(kind, namespace, name))
+            if time.monotonic() - self._stored_at.get(key, float("-inf")) > self._max_age:
+                return None
+            return self._objects.get(key)
 
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._lock:

@@ -30,6 +30,10 @@ logger = logging.getLogger("blogsite_operator")
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# Every BlogSite is looked at this often even without events: catches what a
+# watch cannot show (a user's own TLS Secret rotated, deletions missed during
+# an outage). A pass over a site that is right makes no writes.
+RESYNC_SECONDS = 600.0
 
 # Children the operator watches to keep its cache current, each event also
 # triggering a reconcile, so a child deleted or edited by hand is put back
@@ -65,6 +69,7 @@ class SiteQueue:
         self.failures: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
+        self.known: set[tuple[str, str]] = set()
         self.cache = ChildCache()
         self.nginx = NginxChecker(
             settings.nginx_binary, allow_extra_config=settings.allow_extra_config
@@ -163,12 +168,20 @@ class SiteQueue:
         task.add_done_callback(self.tasks.discard)
 
     def forget(self, key: tuple[str, str]) -> None:
+        self.known.discard(key)
         self.failures.pop(key, None)
         retry = self.retries.pop(key, None)
         if retry is not None:
             retry.cancel()
-        if key not in self.pending:
-            self.locks.pop(key, None)
+        lock = self.locks.get(key)
+        if key not in self.pending and lock is not None and not lock.locked():
+            del self.locks[key]  # a running pass keeps its lock until it ends
+
+    async def resync_forever(self, interval: float = RESYNC_SECONDS) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            for namespace, name in sorted(self.known):
+                self._spawn_trigger(namespace, name)
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> SiteQueue:
@@ -187,6 +200,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.execution.max_workers = queue.settings.workers
+        resync = asyncio.ensure_future(queue.resync_forever())
+        queue.tasks.add(resync)
         for _kind, (_group, _version, plural) in WATCHED_CHILDREN:
             # Filtered by the API server: only the operator's children are sent.
             settings.watching.label_selectors[plural] = CHILD_SELECTOR
@@ -203,6 +218,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         if type == "DELETED":
             queue.forget((namespace, name))
             return
+        queue.known.add((namespace, name))
         await queue.trigger(namespace, name)
 
     def make_child_handler(kind: str) -> Any:
@@ -232,6 +248,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         kopf.on.event(group, version, plural, registry=registry, labels=managed, id=kind)(
             make_child_handler(kind)
         )
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_background_tasks(**_: Any) -> None:
+        for task in list(queue.tasks):
+            task.cancel()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

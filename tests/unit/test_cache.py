@@ -60,3 +60,9 @@ def test_cached_api_reads_cache_first_and_records_applies(monkeypatch: Any) -> N
     assert len(calls) == 1
     applied = api.apply(obj("Service", "c", "0"))
     assert cache.get("Service", "ns", "c") == applied
+
+
+def test_entries_too_old_to_trust_are_misses() -> None:
+    cache = ChildCache(max_age=0.0)
+    cache.store(obj("Service", "a", "1"))
+    assert cache.get("Service", "ns", "a") is None
