@@ -48,8 +48,12 @@ unit: install ## unit tests (no cluster)
 integration: install tools ## integration tests on the local control plane
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: system-deps
+system-deps: ## Debian packages the tests need (nginx-light), installed when missing
+	hack/system-deps.sh
+
 .PHONY: test
-test: lint install tools ## lint, unit and integration tests: what CI runs
+test: system-deps lint install tools ## lint, unit and integration tests: what CI runs
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 .PHONY: cluster-up
