@@ -20,7 +20,7 @@ from blogsite_operator import kube
 MAX_AGE_SECONDS = 300.0
 
 # Kinds that carry the operator's labels and are watched (handlers.py).
-CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret")
+CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret", "Pod")
 
 
 def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:

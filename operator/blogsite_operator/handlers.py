@@ -37,14 +37,16 @@ RESYNC_SECONDS = 600.0
 
 # Children the operator watches to keep its cache current, each event also
 # triggering a reconcile, so a child deleted or edited by hand is put back
-# within seconds. ReplicaSets are not watched: they churn during rollouts and
-# are read only when an old nginx ConfigMap may be deleted.
+# within seconds. Pods are watched so a rollout is judged the moment a new pod
+# crash-loops or fails to pull, without polling. ReplicaSets are not watched:
+# they are read only when an old nginx ConfigMap may be deleted.
 WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ("Deployment", ("apps", "v1", "deployments")),
     ("Service", ("", "v1", "services")),
     ("ConfigMap", ("", "v1", "configmaps")),
     ("Secret", ("", "v1", "secrets")),
     ("PodDisruptionBudget", ("policy", "v1", "poddisruptionbudgets")),
+    ("Pod", ("", "v1", "pods")),
 )
 
 
@@ -235,6 +237,12 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
                 queue.cache.forget(kind, namespace, name)
             else:
                 queue.cache.store({**dict(body), "kind": kind})
+            if kind == "Pod":
+                # Pods belong to ReplicaSets; their labels name the site.
+                site = body.metadata.get("labels", {}).get("app.kubernetes.io/instance")
+                if site:
+                    await queue.trigger(namespace, site)
+                return
             for ref in body.metadata.get("ownerReferences") or []:
                 if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
                     models.GROUP

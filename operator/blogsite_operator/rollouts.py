@@ -32,9 +32,10 @@ from blogsite_operator.render.site import (
 )
 
 RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
-# While a rollout is in flight, look again this often even without events:
-# a pod that never becomes Ready produces none.
-RECHECK_SECONDS = 5.0
+# Pod events drive most checks; a pod that never becomes Ready produces none,
+# so a pass in flight is repeated when its oldest unready pod reaches the
+# ready timeout, and at least this often.
+RECHECK_SECONDS = 30.0
 
 
 class RolloutApi(Protocol):
@@ -76,27 +77,51 @@ def _fully_rolled_out(deployment: dict[str, Any]) -> bool:
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def _health(
-    api: RolloutApi,
-    *,
-    ref: SiteRef,
-    component: Component,
-    live: dict[str, Any],
-    thresholds: RolloutThresholds,
-    now: datetime.datetime,
-) -> Health:
-    if _fully_rolled_out(live):
-        return HEALTHY
-    version = version_of(live)
+def _pods_of(
+    api: RolloutApi, ref: SiteRef, component: Component, live: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The pods of the version the Deployment runs now (from the watch cache)."""
     labels = {**selector_labels(ref.name, component)}
+    version = version_of(live)
     if version is not None:
         labels[VERSION_LABEL] = version
-    pods = [
+    return [
         p
         for p in api.list_objects("Pod", ref.namespace, _selector(labels))
         if not p["metadata"].get("deletionTimestamp")
     ]
-    return rollout_health(live, pods, thresholds, now)
+
+
+def _judge(
+    api: RolloutApi,
+    *,
+    ref: SiteRef,
+    component: Component,
+    live: dict[str, Any] | None,
+    thresholds: RolloutThresholds,
+    now: datetime.datetime,
+) -> tuple[Health | None, list[dict[str, Any]]]:
+    """The live rollout's health, and the pods it was judged by (none when done)."""
+    if live is None:
+        return None, []
+    if _fully_rolled_out(live):
+        return HEALTHY, []
+    pods = _pods_of(api, ref, component, live)
+    return rollout_health(live, pods, thresholds, now), pods
+
+
+def _until_ready_timeout(
+    pods: list[dict[str, Any]], thresholds: RolloutThresholds, now: datetime.datetime
+) -> float:
+    """Seconds until the oldest of these pods reaches the ready timeout."""
+    wait = RECHECK_SECONDS
+    for pod in pods:
+        created = pod["metadata"].get("creationTimestamp")
+        if created:
+            born = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+            due = (born - now).total_seconds() + thresholds.ready_timeout_seconds + 1
+            wait = min(wait, max(1.0, due))
+    return wait
 
 
 def _template_of_version(
@@ -140,11 +165,9 @@ def gate_deployments(
         desired = version_of(obj)
         assert desired is not None  # noqa: S101 - render_site stamps every Deployment
         live = api.get("Deployment", ref.namespace, obj["metadata"]["name"])
-        health = None
-        if live is not None:
-            health = _health(
-                api, ref=ref, component=component, live=live, thresholds=thresholds, now=now
-            )
+        health, pods = _judge(
+            api, ref=ref, component=component, live=live, thresholds=thresholds, now=now
+        )
         memory = _memory_from_status(previous_components.get(component.value) or {})
         decision = decide_version(
             component=component.value,
@@ -182,7 +205,8 @@ def gate_deployments(
         elif reason == "Progressing":
             progressing.append(message)
         if health is not None and health.state == "progressing":
-            result.requeue_after = RECHECK_SECONDS
+            wait = _until_ready_timeout(pods, thresholds, now)
+            result.requeue_after = min(result.requeue_after or wait, wait)
     if problems:
         order = ["RolledBack", "RolloutFailed", "Degraded", "KnownGoodUnavailable"]
         first = min(problems, key=lambda v: order.index(v.reason) if v.reason in order else 99)
