@@ -32,7 +32,9 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {
         "name": "Cert-Expiry",
-        "type": "date",
+        # A string: kubectl renders "date" columns as an age, and a future
+        # time as "<invalid>".
+        "type": "string",
         "jsonPath": ".status.certificate.notAfter",
         "description": "When the served certificate expires",
     },

@@ -215,7 +215,7 @@ def test_tls_site_serves_a_placeholder_until_a_certificate_exists(
     # The expiry column shows the served certificate's notAfter.
     row = kubectl.run("get", "blogsite", "notes", "-n", namespace, "--no-headers").stdout.split()
     assert row[1] == "notes.example.org"
-    assert row[3] != "<none>"
+    assert row[3] == certificate["notAfter"]
 
     frontend = kubectl.json("get", "deployment", "notes-frontend", "-n", namespace)
     template = frontend["spec"]["template"]
