@@ -237,17 +237,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
                 queue.cache.forget(kind, namespace, name)
             else:
                 queue.cache.store({**dict(body), "kind": kind})
-            if kind == "Pod":
-                # Pods belong to ReplicaSets; their labels name the site.
-                site = body.metadata.get("labels", {}).get("app.kubernetes.io/instance")
-                if site:
-                    await queue.trigger(namespace, site)
-                return
-            for ref in body.metadata.get("ownerReferences") or []:
-                if ref.get("kind") == models.KIND and ref.get("apiVersion", "").startswith(
-                    models.GROUP
-                ):
-                    await queue.trigger(namespace, ref["name"])
+            # Every child, pods included, names its site in this label (and the
+            # watch only sends objects labelled as managed by this operator).
+            site = body.metadata.get("labels", {}).get("app.kubernetes.io/instance")
+            if site:
+                await queue.trigger(namespace, site)
 
         return child_event
 

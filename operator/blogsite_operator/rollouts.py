@@ -21,6 +21,7 @@ from blogsite_operator.policies.rollout import (
     RolloutThresholds,
     VersionMemory,
     decide_version,
+    is_rolled_out,
     rollout_health,
 )
 from blogsite_operator.render.site import (
@@ -69,14 +70,6 @@ def _memory_from_status(entry: dict[str, Any]) -> VersionMemory:
     )
 
 
-def _fully_rolled_out(deployment: dict[str, Any]) -> bool:
-    """The cheap check: when it holds, no pod needs reading."""
-    return rollout_health(deployment, [], RolloutThresholds(1, 1), _EPOCH) == HEALTHY
-
-
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-
-
 def _pods_of(
     api: RolloutApi, ref: SiteRef, component: Component, live: dict[str, Any]
 ) -> list[dict[str, Any]]:
@@ -104,7 +97,7 @@ def _judge(
     """The live rollout's health, and the pods it was judged by (none when done)."""
     if live is None:
         return None, []
-    if _fully_rolled_out(live):
+    if is_rolled_out(live):
         return HEALTHY, []
     pods = _pods_of(api, ref, component, live)
     return rollout_health(live, pods, thresholds, now), pods

@@ -35,11 +35,19 @@ def site_ready(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
     return site if condition(site, "Ready").get("status") == "True" else None
 
 
+def apply_example_until_ready(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    """Apply deploy/examples/blogsite.yaml; the BlogSite once it is Ready."""
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    site: dict[str, Any] = wait_for(
+        lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True"
+    )
+    return site
+
+
 def test_blogsite_becomes_ready_with_owned_children(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    site = wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    site = apply_example_until_ready(kubectl, namespace)
 
     objects = children(kubectl, namespace)
     expected = {f"{k}/lethain-{c}" for k in ("Deployment", "Service") for c in COMPONENTS}
@@ -88,8 +96,7 @@ def test_blogsite_becomes_ready_with_owned_children(
 def test_spec_change_propagates_and_drift_is_corrected(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    apply_example_until_ready(kubectl, namespace)
 
     site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     site["spec"]["daedalus"]["image"] = "ghcr.io/example/daedalus:4a5b6c7"
@@ -128,8 +135,7 @@ def test_spec_change_propagates_and_drift_is_corrected(
 def test_restart_touches_nothing_that_is_already_right(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    apply_example_until_ready(kubectl, namespace)
     assert operator_process.stop() == 0
 
     def versions() -> dict[str, str]:
@@ -269,8 +275,7 @@ def test_api_failure_is_reported_and_retried_until_it_clears(
 def test_load_balancer_address_reaches_the_status(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    apply_example_until_ready(kubectl, namespace)
     # No cloud here: play the load-balancer controller and publish an address.
     kubectl.run(
         "patch",
@@ -298,8 +303,7 @@ def test_load_balancer_address_reaches_the_status(
 def test_old_nginx_configs_go_once_no_replica_set_needs_them(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    wait_for(lambda: site_ready(kubectl, namespace), timeout=90, what="Ready=True")
+    apply_example_until_ready(kubectl, namespace)
 
     def config_in_template() -> str:
         deployment = kubectl.json("get", "deployment", "lethain-frontend", "-n", namespace)

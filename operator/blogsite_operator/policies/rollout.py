@@ -95,31 +95,43 @@ def rollout_health(
     now: datetime.datetime,
 ) -> Health:
     """Judge the rollout by the pods of the new ReplicaSet only."""
-    spec = deployment.get("spec") or {}
-    status = deployment.get("status") or {}
-    replicas = int(spec.get("replicas", 1))
-    observed = status.get("observedGeneration", 0) >= (deployment.get("metadata") or {}).get(
-        "generation", 0
-    )
     failures = [reason for pod in new_pods if (reason := pod_failure(pod, thresholds, now))]
     if failures:
-        reason = "PodsFailing"
-        return Health("failed", reason, "; ".join(sorted(failures)[:5]))
-    for condition in status.get("conditions") or []:
+        return Health("failed", "PodsFailing", "; ".join(sorted(failures)[:5]))
+    deadline = _progress_deadline_exceeded(deployment)
+    if deadline is not None:
+        return Health("failed", "ProgressDeadlineExceeded", deadline)
+    return HEALTHY if is_rolled_out(deployment) else Health("progressing")
+
+
+def _progress_deadline_exceeded(deployment: dict[str, Any]) -> str | None:
+    """The Deployment controller's message when its progress deadline passed."""
+    for condition in (deployment.get("status") or {}).get("conditions") or []:
         if (
             condition.get("type") == "Progressing"
             and condition.get("status") == "False"
             and condition.get("reason") == "ProgressDeadlineExceeded"
         ):
-            return Health("failed", "ProgressDeadlineExceeded", condition.get("message", ""))
-    if (
-        observed
+            return str(condition.get("message", ""))
+    return None
+
+
+def is_rolled_out(deployment: dict[str, Any]) -> bool:
+    """Every replica runs the latest template and is available; old ones are gone.
+
+    Read from the Deployment alone: when it holds, no pod needs reading.
+    """
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    generation = (deployment.get("metadata") or {}).get("generation", 0)
+    return (
+        status.get("observedGeneration", 0) >= generation
         and int(status.get("updatedReplicas", 0)) >= replicas
         and int(status.get("availableReplicas", 0)) >= replicas
         and int(status.get("replicas", 0)) <= replicas
-    ):
-        return HEALTHY
-    return Health("progressing")
+        and _progress_deadline_exceeded(deployment) is None
+    )
 
 
 @dataclass(frozen=True)
