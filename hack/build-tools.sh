@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, kwokctl) from the Go module proxy at the
+# kube-scheduler, kubectl, etcd, kwok, kwokctl) and the test ACME server
+# (pebble, pebble-challtestsrv) from the Go module proxy at the
 # versions pinned in hack/versions.env. Binaries are stripped, built with
 # -trimpath, and cached outside the repository under
 #   ${BLOGSITE_TOOLS_CACHE:-~/.cache/blogsite-operator}/bin/<tool>-<version>/
@@ -113,20 +114,42 @@ build_kwok() {
   built "kwok ${KWOK_VERSION}" "${start}"
 }
 
+build_pebble() {
+  local out="${cache}/bin/pebble-${PEBBLE_VERSION}"
+  if [[ -x "${out}/pebble" && -x "${out}/pebble-challtestsrv" ]]; then return; fi
+  local start=${SECONDS}
+  log "building pebble ${PEBBLE_VERSION}"
+  mkdir -p "${out}.tmp"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" \
+    "github.com/letsencrypt/pebble/v2/cmd/pebble@${PEBBLE_VERSION}" \
+    "github.com/letsencrypt/pebble/v2/cmd/pebble-challtestsrv@${PEBBLE_VERSION}"
+  # Pebble's own test CA and config live in the module, not the binary.
+  local mod
+  mod="$(go env GOMODCACHE)/github.com/letsencrypt/pebble/v2@${PEBBLE_VERSION}"
+  cp "${mod}/test/certs/pebble.minica.pem" "${out}.tmp/"
+  cp "${mod}/test/certs/localhost/cert.pem" "${out}.tmp/localhost-cert.pem"
+  cp "${mod}/test/certs/localhost/key.pem" "${out}.tmp/localhost-key.pem"
+  chmod 0644 "${out}.tmp/"*.pem
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "pebble ${PEBBLE_VERSION}" "${start}"
+}
+
 if ! command -v go >/dev/null; then
   log "Go is needed to build the control plane (Go >= 1.26 with the module proxy reachable)"
   exit 1
 fi
 
-want="${*:-kubernetes etcd kwok}"
+want="${*:-kubernetes etcd kwok pebble}"
 for tool in ${want}; do
   case "${tool}" in
     kubernetes) build_kubernetes ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
+    pebble) build_pebble ;;
     *) log "unknown tool ${tool}"; exit 2 ;;
   esac
 done
 echo "KUBERNETES_BIN=${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
 echo "ETCD_BIN=${cache}/bin/etcd-${ETCD_VERSION}"
 echo "KWOK_BIN=${cache}/bin/kwok-${KWOK_VERSION}"
+echo "PEBBLE_BIN=${cache}/bin/pebble-${PEBBLE_VERSION}"

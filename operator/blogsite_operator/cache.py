@@ -20,7 +20,17 @@ from blogsite_operator import kube
 MAX_AGE_SECONDS = 300.0
 
 # Kinds that carry the operator's labels and are watched (handlers.py).
-CACHED_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget", "Secret", "Pod")
+CACHED_KINDS = (
+    "Deployment",
+    "Service",
+    "ConfigMap",
+    "PodDisruptionBudget",
+    "Secret",
+    "Pod",
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+)
 
 
 def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
@@ -111,6 +121,14 @@ class CachedApi(kube.Api):
         live = super().apply(obj)
         if obj["kind"] in CACHED_KINDS:
             self.cache.store({**live, "kind": obj["kind"]})
+        return live
+
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        live = super().merge_patch(kind, namespace, name, patch)
+        if kind in CACHED_KINDS:
+            self.cache.store({**live, "kind": kind})
         return live
 
     def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 PLACEHOLDER_ISSUER = "blogsite-operator placeholder"
@@ -24,6 +24,7 @@ class CertificateInfo:
     not_after: datetime.datetime
     serial: str
     issuer: str
+    key_algorithm: str = ""  # a models.KeyAlgorithm value, or "" for anything else
 
     @property
     def is_placeholder(self) -> bool:
@@ -75,9 +76,48 @@ def certificate_info(cert_pem: bytes) -> CertificateInfo:
         names = ()
     issuer = certificate.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return CertificateInfo(
+        key_algorithm=_key_algorithm(certificate.public_key()),
         dns_names=names,
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         serial=format(certificate.serial_number, "x"),
         issuer=str(issuer[0].value) if issuer else "",
+    )
+
+
+def _key_algorithm(public_key: object) -> str:
+    if isinstance(public_key, ec.EllipticCurvePublicKey) and public_key.curve.name == "secp256r1":
+        return "ECDSAP256"
+    if isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size in (2048, 4096):
+        return f"RSA{public_key.key_size}"
+    return ""
+
+
+def generate_private_key(algorithm: str) -> bytes:
+    """A fresh certificate key as PKCS#8 PEM: ECDSAP256, RSA2048 or RSA4096."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if algorithm == "ECDSAP256":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif algorithm in ("RSA2048", "RSA4096"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(algorithm[3:]))
+    else:
+        raise ValueError(f"unknown key algorithm {algorithm!r}")
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
+    """Does the private key belong to the leaf certificate? False when either is unreadable."""
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_pem)[0]
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        return False
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(
+        key.public_key().public_bytes(serialization.Encoding.DER, public)
+        == certificate.public_key().public_bytes(serialization.Encoding.DER, public)
     )

@@ -1,46 +1,194 @@
 """The cert-refresh process: answers ACME HTTP-01 challenges.
 
-For now it serves only its health endpoint and 404s every token; the ACME
-work publishes tokens for it to serve (see the certificates issue).
+The operator publishes each answer (token -> key authorization) in a
+ConfigMap; this server watches that ConfigMap through the API, so a new
+answer is served within a watch event's latency, not after a mounted
+volume's minute-long refresh. In the cert-refresh pod it watches its site's
+one ConfigMap by name (all its Role allows); run locally, `--selector` serves
+every site's answers at once, which is how `make run` and the tests let a
+local ACME server validate.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 logger = logging.getLogger("blogsite_operator.challenge_server")
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+# RFC 8555 §8.3: tokens are base64url, so nothing else is ever looked up.
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
-class ChallengeHandler(BaseHTTPRequestHandler):
-    server_version = "blogsite-challenge-server"
-    sys_version = ""
+class Answers:
+    """token -> key authorization, merged over every watched ConfigMap."""
 
-    def do_GET(self) -> None:
-        if self.path == "/healthz":
-            self._reply(200, b"ok\n")
-        elif self.path.startswith(CHALLENGE_PREFIX):
-            self._reply(404, b"no such challenge token\n")
-        else:
-            self._reply(404, b"not found\n")
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_source: dict[tuple[str, str], dict[str, str]] = {}
+        self.synced = threading.Event()
 
-    def _reply(self, code: int, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def replace(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
+        with self._lock:
+            self._by_source[(namespace, name)] = dict(data or {})
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        logger.debug("%s %s", self.address_string(), format % args)
+    def remove(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._by_source.pop((namespace, name), None)
+
+    def reset(self, sources: dict[tuple[str, str], dict[str, str]]) -> None:
+        with self._lock:
+            self._by_source = sources
+
+    def lookup(self, token: str) -> str | None:
+        with self._lock:
+            for answers in self._by_source.values():
+                if token in answers:
+                    return answers[token]
+        return None
 
 
-def serve(address: str, port: int) -> None:
-    server = ThreadingHTTPServer((address, port), ChallengeHandler)
-    logger.info("challenge server listening on %s:%d", address, port)
+def make_handler(answers: Answers) -> type[BaseHTTPRequestHandler]:
+    class ChallengeHandler(BaseHTTPRequestHandler):
+        server_version = "blogsite-challenge-server"
+        sys_version = ""
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                self._reply(200, b"ok\n")
+                return
+            if not path.startswith(CHALLENGE_PREFIX):
+                self._reply(404, b"not found\n")
+                return
+            token = path[len(CHALLENGE_PREFIX) :]
+            answer = answers.lookup(token) if TOKEN.fullmatch(token) else None
+            if answer is None:
+                self._reply(404, b"no such challenge token\n")
+            else:
+                self._reply(200, answer.encode("ascii"), "application/octet-stream")
+
+        def _reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+            logger.debug("%s %s", self.address_string(), format % args)
+
+    return ChallengeHandler
+
+
+ListFn = Callable[..., Any]
+
+
+def watch_answers(
+    answers: Answers,
+    *,
+    namespace: str | None,
+    config_map: str | None,
+    selector: str | None,
+    stop: threading.Event,
+) -> None:
+    """List, then watch; relist when the watch expires or fails. Runs until `stop`."""
+    from kubernetes import client, watch  # noqa: PLC0415 - only the server needs it
+
+    core = client.CoreV1Api()
+    query: dict[str, Any] = {}
+    if config_map is not None:
+        query["field_selector"] = f"metadata.name={config_map}"
+    if selector is not None:
+        query["label_selector"] = selector
+    lister: ListFn
+    if namespace is not None:
+        lister = core.list_namespaced_config_map
+        query["namespace"] = namespace
+    else:
+        lister = core.list_config_map_for_all_namespaces
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            listed: Any = lister(**query)
+            answers.reset(
+                {
+                    (cm.metadata.namespace, cm.metadata.name): dict(cm.data or {})
+                    for cm in listed.items
+                }
+            )
+            answers.synced.set()
+            version = listed.metadata.resource_version
+            watcher = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in _stream(watcher, lister, query, version):
+                obj = event["object"]
+                if event["type"] == "DELETED":
+                    answers.remove(obj.metadata.namespace, obj.metadata.name)
+                elif event["type"] in ("ADDED", "MODIFIED"):
+                    answers.replace(obj.metadata.namespace, obj.metadata.name, obj.data)
+                if stop.is_set():
+                    return
+            delay = 1.0
+        except Exception as error:  # noqa: BLE001 - keep serving what we have; relist
+            logger.warning(
+                "watching challenge answers failed, relisting in %.0fs: %s", delay, error
+            )
+            stop.wait(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _stream(
+    watcher: Any, lister: ListFn, query: dict[str, Any], version: str
+) -> Iterator[dict[str, Any]]:
+    yield from watcher.stream(lister, resource_version=version, timeout_seconds=300, **query)
+
+
+def serve(
+    address: str,
+    port: int,
+    *,
+    namespace: str | None = None,
+    config_map: str | None = None,
+    selector: str | None = None,
+    kubeconfig: str | None = None,
+) -> None:
+    answers = Answers()
+    stop = threading.Event()
+    if config_map is not None or selector is not None:
+        from blogsite_operator import kube  # noqa: PLC0415
+
+        kube.load_config(kubeconfig)
+        threading.Thread(
+            target=watch_answers,
+            kwargs={
+                "answers": answers,
+                "namespace": namespace,
+                "config_map": config_map,
+                "selector": selector,
+                "stop": stop,
+            },
+            name="watch-answers",
+            daemon=True,
+        ).start()
+        answers.synced.wait(timeout=30)
+    server = ThreadingHTTPServer((address, port), make_handler(answers))
+    logger.info(
+        "challenge server listening on %s:%d, serving %s",
+        address,
+        port,
+        f"ConfigMap {namespace}/{config_map}"
+        if config_map
+        else f"ConfigMaps labelled {selector}"
+        if selector
+        else "nothing (no ConfigMap given)",
+    )
     try:
         server.serve_forever()
     finally:
+        stop.set()
         server.server_close()

@@ -74,6 +74,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.verbose:
         # kopf reports every event handler's success at INFO; keep its warnings.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # The `acme` package logs whole requests and responses at DEBUG: noise, and
+    # nothing a user of this operator needs (our own log lines say what happened).
+    logging.getLogger("acme").setLevel(logging.INFO)
     kube.load_config(args.kubeconfig)
     registry = kopf.OperatorRegistry()
     handlers.register(registry, settings)
@@ -125,6 +128,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     challenge.add_argument("--port", type=int, default=8089, help="port to listen on")
     challenge.add_argument("--address", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    challenge.add_argument("--namespace", help="namespace of the ConfigMap(s) (default: all)")
+    source = challenge.add_mutually_exclusive_group()
+    source.add_argument(
+        "--configmap", help="serve the answers in this ConfigMap (needs --namespace)"
+    )
+    source.add_argument(
+        "--selector",
+        help="serve the answers of every ConfigMap matching this label selector, e.g. "
+        "blog.daedalus.dev/acme-http01-of (for a local ACME server)",
+    )
+    challenge.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
     challenge.set_defaults(func=challenge_server_command)
     return parser
 
@@ -132,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 def challenge_server_command(args: argparse.Namespace) -> int:
     from blogsite_operator import challenge_server  # noqa: PLC0415
 
-    challenge_server.serve(args.address, args.port)
+    if args.configmap and not args.namespace:
+        raise CliError("--configmap needs --namespace")
+    challenge_server.serve(
+        args.address,
+        args.port,
+        namespace=args.namespace,
+        config_map=args.configmap,
+        selector=args.selector,
+        kubeconfig=args.kubeconfig,
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import kube, models
 from blogsite_operator.cache import CachedApi, ChildCache
+from blogsite_operator.issuance.issuer import CertificateIssuer
 from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
@@ -47,6 +48,9 @@ WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ("Secret", ("", "v1", "secrets")),
     ("PodDisruptionBudget", ("policy", "v1", "poddisruptionbudgets")),
     ("Pod", ("", "v1", "pods")),
+    ("ServiceAccount", ("", "v1", "serviceaccounts")),
+    ("Role", ("rbac.authorization.k8s.io", "v1", "roles")),
+    ("RoleBinding", ("rbac.authorization.k8s.io", "v1", "rolebindings")),
 )
 
 
@@ -77,6 +81,20 @@ class SiteQueue:
             settings.nginx_binary, allow_extra_config=settings.allow_extra_config
         )
         self._api: kube.Api | None = None
+        self._issuer: CertificateIssuer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def issuer(self) -> CertificateIssuer:
+        """ACME orders run in their own threads; a finished one triggers its site."""
+        if self._issuer is None:
+            self._issuer = CertificateIssuer(self.api, self.settings.acme, self._trigger_soon)
+        return self._issuer
+
+    def _trigger_soon(self, namespace: str, name: str) -> None:
+        """Thread-safe: called from an ACME thread when its job ends."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._spawn_trigger, namespace, name)
 
     @property
     def api(self) -> kube.Api:
@@ -106,7 +124,12 @@ class SiteQueue:
                 self.forget(key)
                 return
             outcome = await asyncio.to_thread(
-                reconcile_site, self.api, site, self.settings.render, self.nginx.check
+                reconcile_site,
+                self.api,
+                site,
+                self.settings.render,
+                self.nginx.check,
+                self.issuer,
             )
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do
@@ -202,6 +225,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330
         settings.execution.max_workers = queue.settings.workers
+        queue.loop = asyncio.get_running_loop()
         resync = asyncio.ensure_future(queue.resync_forever())
         queue.tasks.add(resync)
         for _kind, (_group, _version, plural) in WATCHED_CHILDREN:
@@ -255,6 +279,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
     async def stop_background_tasks(**_: Any) -> None:
         for task in list(queue.tasks):
             task.cancel()
+        if queue._issuer is not None:
+            queue._issuer.shutdown()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

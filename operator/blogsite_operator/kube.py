@@ -71,6 +71,9 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "ReplicaSet": Kind("apps/v1", "replicasets"),
     "Pod": Kind("v1", "pods"),
+    "ServiceAccount": Kind("v1", "serviceaccounts"),
+    "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
 }
 
@@ -143,6 +146,17 @@ class Api:
             body=obj,
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type=APPLY_CONTENT_TYPE,
+        )
+
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A JSON merge patch: changes the fields named in `patch` and nothing else."""
+        return self._call(
+            "PATCH",
+            KINDS[kind].path(namespace, name),
+            body=patch,
+            content_type=MERGE_PATCH_CONTENT_TYPE,
         )
 
     def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:

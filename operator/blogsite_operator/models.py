@@ -590,8 +590,26 @@ class ComponentStatus(Model):
     failed_at: str | None = Field(default=None, description="When it failed (RFC 3339).")
 
 
+class CertificateFailure(Model):
+    """The last failed ACME order or renewal-info check."""
+
+    time: str | None = Field(default=None, description="When it failed (RFC 3339).")
+    reason: str | None = Field(default=None, description="CamelCase reason.")
+    message: str | None = Field(default=None, description="What went wrong.")
+
+
+class RenewalInfoStatus(Model):
+    """The CA's renewal information (ARI) for the served certificate."""
+
+    serial_number: str | None = Field(default=None, description="Certificate asked about.")
+    renewal_time: str | None = Field(
+        default=None, description="Time the operator picked in the CA's suggested window."
+    )
+    next_check: str | None = Field(default=None, description="When to ask the CA again.")
+
+
 class CertificateStatus(Model):
-    """The certificate currently served."""
+    """The certificate currently served, and (ACME) what is being done about it."""
 
     secret_name: str | None = Field(default=None, description="Secret holding it.")
     not_before: str | None = Field(default=None, description="Start of validity (RFC 3339).")
@@ -603,6 +621,23 @@ class CertificateStatus(Model):
     serial_number: str | None = Field(default=None, description="Serial number (hex).")
     placeholder: bool = Field(
         default=False, description="True while a self-signed placeholder is served."
+    )
+    failed_attempts: int | None = Field(
+        default=None, description="ACME orders failed in a row (absent after a success)."
+    )
+    next_attempt: str | None = Field(
+        default=None, description="Earliest next ACME order after a failure (RFC 3339)."
+    )
+    last_failure: CertificateFailure | None = Field(
+        default=None, description="The last failure, until an order succeeds."
+    )
+    renewal_info: RenewalInfoStatus | None = Field(
+        default=None, description="The CA's renewal information (ARI), when it offers it."
+    )
+    renewal_request: str | None = Field(
+        default=None,
+        description="The last value of the blog.daedalus.dev/renew-certificate annotation "
+        "acted on.",
     )
 
 

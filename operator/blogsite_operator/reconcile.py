@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pydantic
 
 from blogsite_operator import certs, models
+from blogsite_operator.issuance.driver import RENEW_ANNOTATION, Issuer, drive_acme
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
     certificate_verdict,
@@ -43,6 +44,7 @@ from blogsite_operator.render import (
 from blogsite_operator.render.site import (
     NGINX_CONFIG_LABEL,
     Component,
+    challenges_config_map_name,
     render_tls_secret,
     tls_secret_name,
 )
@@ -242,10 +244,13 @@ def reconcile_site(
     site: dict[str, Any],
     settings: RenderSettings,
     check_nginx: Callable[[models.BlogSiteSpec], str | None] | None = None,
+    issuer: Issuer | None = None,
 ) -> Outcome:
     """Bring the children of one BlogSite in line with its spec, then report.
 
     `check_nginx` runs `nginx -t` on the site's configuration (None: valid).
+    `issuer` runs ACME orders in the background (None: ACME sites keep their
+    placeholder).
     """
     outcome = Outcome()
     metadata = site["metadata"]
@@ -264,10 +269,16 @@ def reconcile_site(
     if spec is not None:
         served = _ensure_tls_secret(api, ref, spec, outcome)
         facts = SiteFacts()
+        acme_requeue: float | None = None
         if served is not None:
-            extra_conditions["CertificateReady"] = certificate_verdict(spec, served, now)
-            certificate_status = _certificate_status(served)
             facts = SiteFacts(tls_certificate_hash=served.certificate_hash)
+            (
+                extra_conditions["CertificateReady"],
+                certificate_status,
+                acme_requeue,
+            ) = _certificate(
+                api, ref, spec, served, site=site, issuer=issuer, outcome=outcome, now=now
+            )
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
         objects, extra_conditions["ConfigValid"] = _gate_nginx_config(spec, objects, check_nginx)
@@ -284,7 +295,9 @@ def reconcile_site(
         rollout_memory = gate.memory
         extra_conditions["RolloutHealthy"] = gate.condition
         outcome.events.extend(Event(*event) for event in gate.events)
-        outcome.requeue_after = gate.requeue_after
+        outcome.requeue_after = min(
+            (t for t in (gate.requeue_after, acme_requeue) if t is not None), default=None
+        )
         rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
         _apply_all(api, ref, desired, outcome)
         _prune(api, ref, desired, outcome)
@@ -329,6 +342,40 @@ def reconcile_site(
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)
     return outcome
+
+
+def _certificate(
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    served: ServedCertificate,
+    *,
+    site: dict[str, Any],
+    issuer: Issuer | None,
+    outcome: Outcome,
+    now: datetime.datetime,
+) -> tuple[Verdict, dict[str, Any] | None, float | None]:
+    """CertificateReady, status.certificate and when to look again (ACME)."""
+    verdict = certificate_verdict(spec, served, now)
+    status = _certificate_status(served)
+    acme = spec.tls.acme if spec.tls is not None else None
+    if issuer is None or acme is None or f"Secret {served.secret_name}" in outcome.conflicts:
+        return verdict, status, None
+    driven = drive_acme(
+        issuer,
+        ref,
+        acme,
+        [*spec.domains, *spec.redirect_domains],
+        served,
+        previous=(site.get("status") or {}).get("certificate") or {},
+        base_verdict=verdict,
+        renew_request=(site["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
+        now=now,
+        can_publish=api.get("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
+        is not None,
+    )
+    outcome.events.extend(Event(*event) for event in driven.events)
+    return driven.verdict, {**(status or {}), **driven.fields}, driven.requeue_after
 
 
 def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:
@@ -496,8 +543,10 @@ def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedC
         info = certs.certificate_info(cert_pem)
     except ValueError as error:
         return ServedCertificate(name, None, f"tls.crt is not a PEM certificate ({error})")
+    if not certs.key_matches(cert_pem, base64.b64decode(data["tls.key"])):
+        return ServedCertificate(name, None, "tls.key is not the private key of tls.crt")
     digest = hashlib.sha256(cert_pem).hexdigest()
-    return ServedCertificate(name, info, certificate_hash=digest)
+    return ServedCertificate(name, info, certificate_hash=digest, cert_pem=cert_pem)
 
 
 def _certificate_status(served: ServedCertificate) -> dict[str, Any] | None:

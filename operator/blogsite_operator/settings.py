@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from blogsite_operator.render import RenderSettings
 
 ENV_PREFIX = "BLOGSITE_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    self_check: str | None = None  # None | "frontend" | "host:port"
+    backoff_seconds: float = 300.0
+    max_backoff_seconds: float = 6 * 3600.0
+    renewal_info_seconds: float = 6 * 3600.0
+    order_timeout_seconds: float = 180.0
 
 
 @dataclass(frozen=True)
@@ -22,6 +33,14 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_WORKERS         threads for API calls (default 16)
       BLOGSITE_OPERATOR_NGINX           nginx binary for `nginx -t` (default: from PATH)
       BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG  true: honour frontend.extraConfig (default false)
+      BLOGSITE_OPERATOR_ACME_SELF_CHECK  before answering a challenge, fetch the answer
+          through `frontend` (the site's frontend Service, in-cluster) or a host:port
+          (sent the domain as Host); default: off
+      BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS      first wait after a failed order (300)
+      BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS  longest wait between orders (21600)
+      BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS ask the CA's renewal info at least
+          this often (21600, the ARI default; the CA's Retry-After may say sooner)
+      BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS give up on one order after (180)
     """
 
     namespaces: tuple[str, ...] = ()
@@ -30,6 +49,7 @@ class OperatorSettings:
     nginx_binary: str | None = None
     allow_extra_config: bool = False
     render: RenderSettings = field(default_factory=RenderSettings)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorSettings:
@@ -54,8 +74,34 @@ class OperatorSettings:
             nginx_binary=get("NGINX"),
             allow_extra_config=(get("ALLOW_EXTRA_CONFIG") or "false").lower()
             in ("1", "true", "yes"),
+            acme=AcmeSettings(
+                self_check=_self_check(get("ACME_SELF_CHECK")),
+                backoff_seconds=_seconds(get, "ACME_BACKOFF_SECONDS", 300),
+                max_backoff_seconds=_seconds(get, "ACME_MAX_BACKOFF_SECONDS", 6 * 3600),
+                renewal_info_seconds=_seconds(get, "ACME_RENEWAL_INFO_SECONDS", 6 * 3600),
+                order_timeout_seconds=_seconds(get, "ACME_ORDER_TIMEOUT_SECONDS", 180),
+            ),
             render=RenderSettings(
                 frontend_image=get("FRONTEND_IMAGE") or render_defaults.frontend_image,
                 operator_image=get("IMAGE") or render_defaults.operator_image,
             ),
         )
+
+
+def _seconds(get: Callable[[str], str | None], key: str, default: float) -> float:
+    raw = get(key)
+    try:
+        value = float(raw) if raw is not None else default
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{key} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{ENV_PREFIX}{key} must be positive, not {raw!r}")
+    return value
+
+
+def _self_check(raw: str | None) -> str | None:
+    if raw is None or raw.lower() == "off":
+        return None
+    if raw == "frontend" or re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", raw):
+        return raw
+    raise ValueError(f"{ENV_PREFIX}ACME_SELF_CHECK must be off, frontend or host:port, not {raw!r}")

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -28,6 +29,7 @@ import yaml
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+PEBBLE_HTTP01_PORT = 5002
 HACK = ROOT / "hack"
 # Tests get their own cluster, apart from the one `make run` uses, so an
 # operator running there never reconciles the tests' BlogSites.
@@ -182,6 +184,18 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 
 
+# ACME timings scaled from hours to seconds, so backoff and renewal-info
+# polling happen within a test; the self-check fetches each answer from the
+# local challenge server (where Pebble's validator connects) before answering.
+ACME_TEST_ENV = {
+    "BLOGSITE_OPERATOR_ACME_SELF_CHECK": f"127.0.0.1:{PEBBLE_HTTP01_PORT}",
+    "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS": "2",
+    "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS": "8",
+    "BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS": "3",
+    "BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS": "30",
+}
+
+
 @dataclass
 class OperatorProcess:
     """`blogsite-operator run` as a real process, watching one namespace."""
@@ -190,6 +204,7 @@ class OperatorProcess:
     namespace: str
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> None:
         env = {
@@ -197,6 +212,8 @@ class OperatorProcess:
             "KUBECONFIG": self.kubectl.kubeconfig,
             "PYTHONUNBUFFERED": "1",
             "BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG": "true",
+            **ACME_TEST_ENV,
+            **self.extra_env,
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -235,3 +252,66 @@ def operator_process(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterat
         logs = handle.logs()
         assert code == 0, f"operator exited with {code}:\n{logs[-5000:]}"
         assert "Traceback" not in logs, logs[-5000:]
+
+
+@dataclass
+class ChallengeServer:
+    """The real `challenge-server` where Pebble's validator connects (127.0.0.1:5002).
+
+    In a cluster it runs in the cert-refresh pod and watches one ConfigMap;
+    here it serves every site of the test namespace (`--selector`).
+    """
+
+    kubectl: Kubectl
+    namespace: str
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "blogsite_operator",
+                "challenge-server",
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(PEBBLE_HTTP01_PORT),
+                "--namespace",
+                self.namespace,
+                "--selector",
+                "blog.daedalus.dev/acme-http01-of",
+                "--kubeconfig",
+                self.kubectl.kubeconfig,
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._healthy, timeout=30, what="the challenge server to answer /healthz")
+
+    def _healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"challenge-server exited:\n{self.log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", PEBBLE_HTTP01_PORT), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+@pytest.fixture
+def challenge_server(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[ChallengeServer]:
+    server = ChallengeServer(kubectl, namespace, tmp_path / "challenge-server.log")
+    server.start()
+    yield server
+    server.stop()

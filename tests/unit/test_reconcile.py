@@ -117,16 +117,21 @@ class TestReconcileSite:
     def test_first_pass_creates_everything_and_reports_ready(self) -> None:
         api = MemoryApi()
         outcome = reconcile_site(api, site(), RenderSettings())
+        nginx_config = next(n for k, _, n in api.objects if k == "ConfigMap" and "nginx" in n)
         assert sorted(outcome.applied) == [
-            "ConfigMap " + next(n for k, _, n in api.objects if k == "ConfigMap"),
+            "ConfigMap blog-acme-http01",
+            f"ConfigMap {nginx_config}",
             "Deployment blog-cert-refresh",
             "Deployment blog-daedalus",
             "Deployment blog-frontend",
             "PodDisruptionBudget blog-daedalus",
             "PodDisruptionBudget blog-frontend",
+            "Role blog-cert-refresh",
+            "RoleBinding blog-cert-refresh",
             "Service blog-cert-refresh",
             "Service blog-daedalus",
             "Service blog-frontend",
+            "ServiceAccount blog-cert-refresh",
         ]
         assert api.status is not None
         conditions = {c["type"]: c for c in api.status["conditions"]}
@@ -248,7 +253,7 @@ class TestPruning:
     def test_old_nginx_config_kept_while_a_replica_set_uses_it(self) -> None:
         api = MemoryApi()
         reconcile_site(api, site(), RenderSettings())
-        (old,) = [n for k, _, n in api.objects if k == "ConfigMap"]
+        (old,) = [n for k, _, n in api.objects if k == "ConfigMap" and "-nginx-" in n]
         frontend = api.objects[("Deployment", "ns", "blog-frontend")]
         replica_set = {
             "kind": "ReplicaSet",
@@ -260,7 +265,7 @@ class TestPruning:
         }
         api.objects[("ReplicaSet", "ns", "blog-frontend-1")] = replica_set
         reconcile_site(api, site(redirectDomains=["old.example.com"]), RenderSettings())
-        configs = {n for k, _, n in api.objects if k == "ConfigMap"}
+        configs = {n for k, _, n in api.objects if k == "ConfigMap" and "-nginx-" in n}
         assert old in configs
         assert len(configs) == 2
         del api.objects[("ReplicaSet", "ns", "blog-frontend-1")]

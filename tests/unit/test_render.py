@@ -32,17 +32,21 @@ class TestEveryObject:
     def test_deployments_services_budgets_and_nginx_config(self) -> None:
         objects = sorted(rendered())
         config_maps = [name for kind, name in objects if kind == "ConfigMap"]
-        assert len(config_maps) == 1
-        assert config_maps[0].startswith("lethain-nginx-")
+        assert len(config_maps) == 2
+        assert config_maps[0] == "lethain-acme-http01"
+        assert config_maps[1].startswith("lethain-nginx-")
         assert [o for o in objects if o[0] != "ConfigMap"] == [
             ("Deployment", "lethain-cert-refresh"),
             ("Deployment", "lethain-daedalus"),
             ("Deployment", "lethain-frontend"),
             ("PodDisruptionBudget", "lethain-daedalus"),
             ("PodDisruptionBudget", "lethain-frontend"),
+            ("Role", "lethain-cert-refresh"),
+            ("RoleBinding", "lethain-cert-refresh"),
             ("Service", "lethain-cert-refresh"),
             ("Service", "lethain-daedalus"),
             ("Service", "lethain-frontend"),
+            ("ServiceAccount", "lethain-cert-refresh"),
         ]
 
     def test_owned_by_the_blogsite_as_controller(self) -> None:
@@ -100,7 +104,11 @@ class TestDeployments:
             assert context["readOnlyRootFilesystem"] is True
             assert context["allowPrivilegeEscalation"] is False
             assert context["capabilities"] == {"drop": ["ALL"]}
-            assert obj["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+            pod = obj["spec"]["template"]["spec"]
+            # Only cert-refresh talks to the API server (to watch its answers).
+            talks_to_api = obj["metadata"]["name"] == "lethain-cert-refresh"
+            assert pod["automountServiceAccountToken"] is talks_to_api
+            assert ("serviceAccountName" in pod) is talks_to_api
 
 
 class TestDaedalus:
@@ -208,7 +216,11 @@ class TestCertRefresh:
 
 class TestNginxConfig:
     def config_map(self, **overrides: Any) -> dict[str, Any]:
-        return next(o for (k, _), o in rendered(**overrides).items() if k == "ConfigMap")
+        return next(
+            o
+            for (k, n), o in rendered(**overrides).items()
+            if k == "ConfigMap" and n.startswith("lethain-nginx-")
+        )
 
     def test_immutable_and_named_by_content(self) -> None:
         first = self.config_map()

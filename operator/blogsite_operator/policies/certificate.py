@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from blogsite_operator import models
 from blogsite_operator.certs import CertificateInfo
@@ -18,6 +18,7 @@ class ServedCertificate:
     info: CertificateInfo | None  # None: missing or unreadable
     problem: str | None = None  # why `info` is None, when the Secret exists
     certificate_hash: str | None = None  # sha256 of tls.crt
+    cert_pem: bytes | None = field(default=None, repr=False)  # tls.crt, for ARI
 
 
 def needs_placeholder(names: list[str], served: ServedCertificate) -> bool:
@@ -85,3 +86,114 @@ def covers(certificate_names: tuple[str, ...], host: str) -> bool:
 
 def _iso(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- ACME: when to (re)issue, and how long to wait after a failure ---------
+
+
+@dataclass(frozen=True)
+class RenewalInfo:
+    """What the CA's renewal information (ARI) said about one certificate."""
+
+    serial: str
+    renewal_time: datetime.datetime | None  # None: the CA offers no ARI
+    next_check: datetime.datetime
+
+
+@dataclass(frozen=True)
+class RenewalPlan:
+    due: bool
+    reason: str  # CamelCase, for Events: why now, or what sets the time
+    renewal_time: datetime.datetime | None  # when renewal is planned, for a valid certificate
+
+
+def plan_renewal(
+    acme: models.Acme,
+    names: list[str],
+    served: ServedCertificate,
+    renewal_info: RenewalInfo | None,
+    *,
+    renewal_requested: bool,
+    now: datetime.datetime,
+) -> RenewalPlan:
+    """Should the operator order a certificate now, and if not, when?"""
+    info = served.info
+    must_replace = _replacement_reason(acme, names, served)
+    if must_replace is not None or info is None:
+        return RenewalPlan(True, must_replace or "SecretMissing", None)
+    when, basis = renewal_time(acme, info, renewal_info)
+    if renewal_requested:
+        return RenewalPlan(True, "RenewalRequested", when)
+    return RenewalPlan(now >= when, basis, when)
+
+
+def _replacement_reason(
+    acme: models.Acme, names: list[str], served: ServedCertificate
+) -> str | None:
+    """Why the served certificate cannot stay, whatever its dates say (None: it can)."""
+    info = served.info
+    if info is None:
+        return "SecretInvalid" if served.problem else "SecretMissing"
+    if info.is_placeholder:
+        return "NoCertificate"
+    if set(info.dns_names) != set(names):
+        return "NamesChanged"
+    if info.key_algorithm != str(acme.key_algorithm):
+        return "KeyAlgorithmChanged"
+    return None
+
+
+def renewal_time(
+    acme: models.Acme, info: CertificateInfo, renewal_info: RenewalInfo | None
+) -> tuple[datetime.datetime, str]:
+    """renewBefore if set (and shorter than the lifetime), else ARI, else a third left."""
+    lifetime = info.not_after - info.not_before
+    if acme.renew_before_seconds is not None:
+        before = datetime.timedelta(seconds=acme.renew_before_seconds)
+        if before < lifetime:
+            return info.not_after - before, "RenewBefore"
+    if (
+        renewal_info is not None
+        and renewal_info.serial == info.serial
+        and renewal_info.renewal_time is not None
+    ):
+        return renewal_info.renewal_time, "RenewalInfo"
+    return info.not_after - lifetime / 3, "ThirdOfLifetimeLeft"
+
+
+def needs_renewal_info(
+    info: CertificateInfo | None, renewal_info: RenewalInfo | None, now: datetime.datetime
+) -> bool:
+    """Ask the CA for renewal information about a real certificate we have not asked about."""
+    if info is None or info.is_placeholder or info.not_after <= now:
+        return False
+    return (
+        renewal_info is None or renewal_info.serial != info.serial or renewal_info.next_check <= now
+    )
+
+
+# Never wait longer than this for a Retry-After: a broken header must not
+# park a site for months.
+MAX_RETRY_AFTER = datetime.timedelta(days=1)
+
+
+def next_attempt(
+    failed_attempts: int,
+    now: datetime.datetime,
+    *,
+    base: datetime.timedelta,
+    cap: datetime.timedelta,
+    retry_after: datetime.datetime | None = None,
+    jitter: float = 0.0,
+) -> datetime.datetime:
+    """Exponential backoff (base, 2x base, ... up to cap), never before Retry-After.
+
+    `jitter` (0..1) stretches the delay a little so sites that failed together
+    (a CA outage) do not all retry in the same second.
+    """
+    exponent = min(max(failed_attempts - 1, 0), 30)
+    delay = min(cap, base * (1 << exponent)) * (1 + jitter)
+    at = now + delay
+    if retry_after is not None and retry_after > at:
+        at = min(retry_after, now + MAX_RETRY_AFTER)
+    return at

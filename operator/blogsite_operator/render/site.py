@@ -27,6 +27,10 @@ TLS_DIR = "/etc/blogsite/tls"
 # Labels ConfigMaps of nginx.conf with the site they belong to, for clean-up.
 NGINX_CONFIG_LABEL = "blog.daedalus.dev/nginx-config-of"
 PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
+# The ConfigMap of ACME HTTP-01 answers (token -> key authorization) that the
+# cert-refresh pod serves; labelled with its site so a local challenge server
+# can serve every site of a cluster (`challenge-server --selector`).
+CHALLENGES_LABEL = "blog.daedalus.dev/acme-http01-of"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
 # The version of a pod template: a hash of everything else in it. Carried by
 # the Deployment's template, so its ReplicaSets and pods say which they run.
@@ -294,11 +298,14 @@ def render_nginx_config_map(site: SiteRef, spec: models.BlogSiteSpec) -> dict[st
     }
 
 
-def render_tls_secret(site: SiteRef, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
-    """The operator's own TLS Secret (ACME mode), here holding a placeholder."""
+def render_tls_secret(
+    site: SiteRef, cert_pem: bytes, key_pem: bytes, *, placeholder: bool = True
+) -> dict[str, Any]:
+    """The operator's own TLS Secret (ACME mode): a placeholder, or the issued chain."""
     metadata = _metadata(site, Component.FRONTEND)
     metadata["name"] = f"{site.name}-tls"
-    metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
+    if placeholder:
+        metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -405,21 +412,103 @@ def render_disruption_budget(
     ]
 
 
+def challenges_config_map_name(site_name: str) -> str:
+    return f"{site_name}-acme-http01"
+
+
+def render_acme_account_secret(site: SiteRef, key_pem: bytes) -> dict[str, Any]:
+    """The ACME account key of a site, generated once and kept."""
+    metadata = _metadata(site, Component.CERT_REFRESH)
+    metadata["name"] = acme_account_secret_name(site.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "Opaque",
+        "data": {"key.pem": base64.b64encode(key_pem).decode()},
+    }
+
+
+def acme_account_secret_name(site_name: str) -> str:
+    return f"{site_name}-acme-account"
+
+
+def render_challenges_config_map(site: SiteRef) -> dict[str, Any]:
+    """Where the operator publishes HTTP-01 answers; created empty, filled per order.
+
+    The operator patches only `data`, so applying this again never drops
+    answers in flight (an empty desired `data` is a subset of any).
+    """
+    metadata = _metadata(site, Component.CERT_REFRESH)
+    metadata["name"] = challenges_config_map_name(site.name)
+    metadata["labels"] = {**metadata["labels"], CHALLENGES_LABEL: site.name}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
+
+
+def render_cert_refresh_access(site: SiteRef) -> list[dict[str, Any]]:
+    """The cert-refresh pod's identity: it may read its one ConfigMap and nothing else."""
+    name = child_name(site.name, Component.CERT_REFRESH)
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "automountServiceAccountToken": False,
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                # list and watch are allowed by name only with a metadata.name
+                # field selector, which is how the challenge server asks.
+                "resourceNames": [challenges_config_map_name(site.name)],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": site.namespace}],
+    }
+    return [account, role, binding]
+
+
 def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[str, Any]]:
     """One replica: ACME HTTP-01 answers need no high availability."""
     check = models.HealthCheck(path="/healthz", period_seconds=10)
     container = {
         "name": "challenge-server",
         "image": settings.operator_image,
-        "args": ["challenge-server", "--port", str(CHALLENGE_SERVER_PORT)],
+        "args": [
+            "challenge-server",
+            "--port",
+            str(CHALLENGE_SERVER_PORT),
+            "--namespace",
+            site.namespace,
+            "--configmap",
+            challenges_config_map_name(site.name),
+        ],
         "ports": [{"name": "http", "containerPort": CHALLENGE_SERVER_PORT, "protocol": "TCP"}],
         "readinessProbe": _http_probe("/healthz", "http", check),
         "livenessProbe": _http_probe("/healthz", "http", check),
         "resources": _resources(Component.CERT_REFRESH, None),
         "securityContext": _container_security_context(),
     }
+    deployment = _deployment(site, Component.CERT_REFRESH, replicas=1, containers=[container])
+    pod_spec = deployment["spec"]["template"]["spec"]
+    # The only pod that talks to the API server: it watches its answers.
+    pod_spec["serviceAccountName"] = child_name(site.name, Component.CERT_REFRESH)
+    pod_spec["automountServiceAccountToken"] = True
     return [
-        _deployment(site, Component.CERT_REFRESH, replicas=1, containers=[container]),
+        *render_cert_refresh_access(site),
+        render_challenges_config_map(site),
+        deployment,
         _service(
             site,
             Component.CERT_REFRESH,

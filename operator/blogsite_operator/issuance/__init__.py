@@ -1,0 +1,1 @@
+"""ACME certificates: the protocol (`protocol`) and the work queue that drives it (`issuer`)."""

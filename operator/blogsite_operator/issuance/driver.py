@@ -1,0 +1,272 @@
+"""One reconcile's worth of ACME: fold the last job's result, decide, maybe start one.
+
+What must survive a restart (failed attempts, next attempt, the last renewal
+info, the renewal request honoured) lives in `status.certificate`; this
+module reads it from the previous status and returns the fields to write.
+"""
+
+from __future__ import annotations
+
+import datetime
+import random
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from blogsite_operator import models
+from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
+from blogsite_operator.policies.certificate import (
+    RenewalInfo,
+    ServedCertificate,
+    needs_renewal_info,
+    next_attempt,
+    plan_renewal,
+)
+from blogsite_operator.policies.readiness import CONDITION_TRUE, Verdict
+from blogsite_operator.render.site import SiteRef
+from blogsite_operator.settings import AcmeSettings
+
+RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
+
+
+class Issuer(Protocol):
+    settings: AcmeSettings
+
+    def busy(self, key: SiteKey) -> bool: ...
+    def take_result(self, key: SiteKey) -> JobResult | None: ...
+    def submit(self, job: IssueJob | RenewalInfoJob) -> bool: ...
+
+
+@dataclass
+class AcmeOutcome:
+    fields: dict[str, Any]  # merged into status.certificate
+    verdict: Verdict  # CertificateReady
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    requeue_after: float | None = None
+
+
+def drive_acme(
+    issuer: Issuer,
+    site: SiteRef,
+    acme: models.Acme,
+    names: list[str],
+    served: ServedCertificate,
+    *,
+    previous: dict[str, Any],
+    base_verdict: Verdict,
+    renew_request: str | None,
+    now: datetime.datetime,
+    can_publish: bool = True,
+) -> AcmeOutcome:
+    """`can_publish`: the answers ConfigMap exists (the first pass creates it)."""
+    key = (site.namespace, site.name)
+    state = _State.from_status(previous)
+    events: list[tuple[str, str, str]] = []
+
+    result = issuer.take_result(key)
+    if result is not None:
+        events.extend(state.fold(result, issuer.settings, now))
+
+    requeue: datetime.datetime | None = None
+    busy = issuer.busy(key)
+    plan = plan_renewal(
+        acme,
+        names,
+        served,
+        state.renewal_info,
+        renewal_requested=bool(renew_request) and renew_request != state.renewal_request,
+        now=now,
+    )
+    if not busy and plan.due and not can_publish:
+        pass  # the pass that creates the answers ConfigMap triggers the next one
+    elif not busy and plan.due:
+        forced = plan.reason == "RenewalRequested"
+        if forced or state.next_attempt is None or state.next_attempt <= now:
+            issuer.submit(IssueJob(site, tuple(names), acme))
+            busy = True
+            if forced:
+                state.renewal_request = renew_request
+            events.append(
+                (
+                    "Normal",
+                    "Issuing",
+                    (
+                        f"ordering a certificate for {len(names)} names from {acme.server} "
+                        f"({_why(plan.reason)})"
+                    ),
+                )
+            )
+        else:
+            requeue = state.next_attempt
+    elif (
+        not busy
+        and served.info is not None
+        and served.cert_pem is not None
+        and needs_renewal_info(served.info, state.renewal_info, now)
+    ):
+        issuer.submit(RenewalInfoJob(site, acme, served.cert_pem, served.info.serial))
+        busy = True
+    elif not busy:
+        requeue = min(
+            (t for t in (plan.renewal_time, _next_check(state.renewal_info)) if t is not None),
+            default=None,
+        )
+
+    fields = state.to_status()
+    fields["renewalTime"] = _iso(plan.renewal_time) if plan.renewal_time else None
+    return AcmeOutcome(
+        fields=fields,
+        verdict=_verdict(base_verdict, state, busy and plan.due, acme.server, now),
+        events=events,
+        requeue_after=max((requeue - now).total_seconds(), 1.0) if requeue else None,
+    )
+
+
+@dataclass
+class _State:
+    failed_attempts: int = 0
+    next_attempt: datetime.datetime | None = None
+    last_failure: dict[str, str] | None = None
+    renewal_info: RenewalInfo | None = None
+    renewal_request: str | None = None
+
+    @classmethod
+    def from_status(cls, previous: dict[str, Any]) -> _State:
+        info = previous.get("renewalInfo") or {}
+        renewal_info = None
+        if info.get("serialNumber") and info.get("nextCheck"):
+            renewal_info = RenewalInfo(
+                serial=info["serialNumber"],
+                renewal_time=_parse(info.get("renewalTime")),
+                next_check=_parse(info["nextCheck"])
+                or datetime.datetime.min.replace(tzinfo=datetime.UTC),
+            )
+        return cls(
+            failed_attempts=int(previous.get("failedAttempts") or 0),
+            next_attempt=_parse(previous.get("nextAttempt")),
+            last_failure=previous.get("lastFailure"),
+            renewal_info=renewal_info,
+            renewal_request=previous.get("renewalRequest"),
+        )
+
+    def fold(
+        self, result: JobResult, settings: AcmeSettings, now: datetime.datetime
+    ) -> list[tuple[str, str, str]]:
+        """Take in what a finished job did; the Events that tell the user."""
+        error = result.error
+        if isinstance(result.job, RenewalInfoJob):
+            if error is None:
+                self.renewal_info = result.renewal_info
+                return []
+            # Ask again later; the certificate keeps its other renewal rules.
+            retry = error.retry_after or now + datetime.timedelta(seconds=settings.backoff_seconds)
+            self.renewal_info = RenewalInfo(result.job.serial, None, retry)
+            return [("Warning", error.reason, error.message)]
+        if error is None:
+            self.failed_attempts = 0
+            self.next_attempt = None
+            self.last_failure = None
+            self.renewal_info = None
+            return [
+                (
+                    "Normal",
+                    "CertificateIssued",
+                    (
+                        f"issued a certificate for {len(result.job.names)} names, serial "
+                        f"{result.serial}, valid until {result.not_after:%Y-%m-%dT%H:%M:%SZ} "
+                        f"({result.acme_requests} ACME requests, {result.seconds:.1f}s)"
+                    ),
+                )
+            ]
+        self.failed_attempts += 1
+        self.next_attempt = next_attempt(
+            self.failed_attempts,
+            result.finished_at,
+            base=datetime.timedelta(seconds=settings.backoff_seconds),
+            cap=datetime.timedelta(seconds=settings.max_backoff_seconds),
+            retry_after=error.retry_after,
+            jitter=random.uniform(0, 0.1),  # noqa: S311 - spreading retries, not secrecy
+        )
+        self.last_failure = {
+            "time": _iso(result.finished_at),
+            "reason": error.reason,
+            "message": error.message,
+        }
+        return [
+            (
+                "Warning",
+                error.reason,
+                (
+                    f"{error.message}; attempt {self.failed_attempts} failed, next attempt at "
+                    f"{_iso(self.next_attempt)}"
+                ),
+            )
+        ]
+
+    def to_status(self) -> dict[str, Any]:
+        info = self.renewal_info
+        return {
+            "failedAttempts": self.failed_attempts or None,
+            "nextAttempt": _iso(self.next_attempt) if self.next_attempt else None,
+            "lastFailure": self.last_failure,
+            "renewalInfo": {
+                "serialNumber": info.serial,
+                "renewalTime": _iso(info.renewal_time) if info.renewal_time else None,
+                "nextCheck": _iso(info.next_check),
+            }
+            if info
+            else None,
+            "renewalRequest": self.renewal_request,
+        }
+
+
+def _verdict(
+    base: Verdict, state: _State, issuing: bool, server: str, now: datetime.datetime
+) -> Verdict:
+    """CertificateReady: the served certificate, plus what ACME is doing about it."""
+    failing = ""
+    if state.last_failure is not None and state.failed_attempts:
+        failing = (
+            f"{state.last_failure.get('message', '')}; {state.failed_attempts} failed "
+            f"attempt(s)" + (f", next at {_iso(state.next_attempt)}" if state.next_attempt else "")
+        )
+    if base.status == CONDITION_TRUE:
+        extra = (
+            "; renewing now" if issuing else (f"; renewal failing: {failing}" if failing else "")
+        )
+        return Verdict(base.status, base.reason, base.message + extra)
+    if issuing:
+        return Verdict(base.status, "Issuing", f"ordering a certificate from {server}")
+    if failing and state.last_failure is not None:
+        return Verdict(base.status, state.last_failure.get("reason", "IssuanceFailed"), failing)
+    return base
+
+
+def _why(reason: str) -> str:
+    return {
+        "SecretMissing": "the TLS Secret is missing",
+        "SecretInvalid": "the TLS Secret is damaged",
+        "NoCertificate": "no certificate yet",
+        "NamesChanged": "the names changed",
+        "KeyAlgorithmChanged": "the key algorithm changed",
+        "RenewalRequested": f"requested with the {RENEW_ANNOTATION} annotation",
+        "RenewBefore": "renewBeforeSeconds reached",
+        "RenewalInfo": "the CA's renewal window",
+        "ThirdOfLifetimeLeft": "a third of its lifetime left",
+    }.get(reason, reason)
+
+
+def _next_check(info: RenewalInfo | None) -> datetime.datetime | None:
+    return info.next_check if info is not None else None
+
+
+def _parse(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,322 @@
+"""ACME work off the reconcile path: at most one job per site, in a few threads.
+
+An order takes seconds to minutes (the CA validates, polls, signs), so the
+reconciler only asks for one (`submit`) and goes on; when the job ends its
+result waits in `take_result` and the site is triggered again, and the next
+pass folds the result into status. Status is still written by the reconciler
+alone. A job writes three things: the site's account key Secret (once), the
+HTTP-01 answers ConfigMap (published, then cleared) and, on success only, the
+TLS Secret; a failed job changes nothing that serves.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import logging
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from blogsite_operator import certs, kube, models
+from blogsite_operator.issuance.protocol import (
+    AccountConfig,
+    IssuanceError,
+    OrderRequest,
+    Session,
+    directory_url,
+    new_account_key,
+)
+from blogsite_operator.policies.certificate import RenewalInfo
+from blogsite_operator.render.site import (
+    Component,
+    SiteRef,
+    acme_account_secret_name,
+    challenges_config_map_name,
+    child_name,
+    render_acme_account_secret,
+    render_tls_secret,
+)
+from blogsite_operator.settings import AcmeSettings
+
+logger = logging.getLogger("blogsite_operator.issuance")
+
+SiteKey = tuple[str, str]  # namespace, name
+
+
+class IssuerApi(Protocol):
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class IssueJob:
+    site: SiteRef
+    names: tuple[str, ...]
+    acme: models.Acme
+
+
+@dataclass(frozen=True)
+class RenewalInfoJob:
+    site: SiteRef
+    acme: models.Acme
+    cert_pem: bytes
+    serial: str
+
+
+@dataclass(frozen=True)
+class JobResult:
+    job: IssueJob | RenewalInfoJob
+    finished_at: datetime.datetime
+    error: IssuanceError | None = None
+    serial: str | None = None  # of the certificate issued
+    not_after: datetime.datetime | None = None
+    renewal_info: RenewalInfo | None = None
+    acme_requests: int = 0
+    seconds: float = 0.0
+
+
+class CertificateIssuer:
+    def __init__(
+        self,
+        api: IssuerApi,
+        settings: AcmeSettings,
+        notify: Callable[[str, str], None],
+        workers: int = 4,
+    ) -> None:
+        self.api = api
+        self.settings = settings
+        self.notify = notify
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="acme")
+        self._lock = threading.Lock()
+        self._running: set[SiteKey] = set()
+        self._results: dict[SiteKey, JobResult] = {}
+
+    def busy(self, key: SiteKey) -> bool:
+        with self._lock:
+            return key in self._running
+
+    def take_result(self, key: SiteKey) -> JobResult | None:
+        with self._lock:
+            return self._results.pop(key, None)
+
+    def submit(self, job: IssueJob | RenewalInfoJob) -> bool:
+        """Start `job` unless one runs for its site already; True when started."""
+        key = (job.site.namespace, job.site.name)
+        with self._lock:
+            if key in self._running:
+                return False
+            self._running.add(key)
+        self._pool.submit(self._run, key, job)
+        return True
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, key: SiteKey, job: IssueJob | RenewalInfoJob) -> None:
+        started = time.monotonic()
+        try:
+            if isinstance(job, IssueJob):
+                result = self._issue(job)
+            else:
+                result = self._check_renewal_info(job)
+        except IssuanceError as error:
+            result = JobResult(job, _now(), error=error)
+        except Exception as error:  # reported on the site, never lost
+            logger.exception("ACME job for %s/%s failed unexpectedly", *key)
+            result = JobResult(
+                job, _now(), error=IssuanceError("InternalError", kube.describe_error(error))
+            )
+        result = dataclasses.replace(result, seconds=round(time.monotonic() - started, 3))
+        with self._lock:
+            self._results[key] = result
+            self._running.discard(key)
+        self.notify(*key)
+
+    # --- one order ---------------------------------------------------------
+
+    def _issue(self, job: IssueJob) -> JobResult:
+        site = job.site
+        with tempfile.TemporaryDirectory(prefix="acme-") as scratch:
+            account = self._account(site, job.acme, scratch)
+            session = Session(account)
+            try:
+                session.register()
+                issued = session.order(
+                    OrderRequest(
+                        names=job.names,
+                        key_algorithm=str(job.acme.key_algorithm),
+                        profile=job.acme.profile,
+                        timeout=datetime.timedelta(seconds=self.settings.order_timeout_seconds),
+                    ),
+                    publish=lambda answers: self._publish(site, answers),
+                    self_check=self._self_checker(site),
+                )
+            except IssuanceError as error:
+                error.message = f"{error.message} ({session.counter.requests} ACME requests)"
+                raise
+            finally:
+                self._publish(site, {}, clear=True)
+        self.api.apply(
+            render_tls_secret(site, issued.fullchain_pem, issued.key_pem, placeholder=False)
+        )
+        info = certs.certificate_info(issued.fullchain_pem)
+        logger.info(
+            "issued a certificate for %s/%s: %d names, serial %s, valid until %s; %d ACME requests",
+            site.namespace,
+            site.name,
+            len(job.names),
+            info.serial,
+            info.not_after.isoformat(),
+            session.counter.requests,
+        )
+        return JobResult(
+            job,
+            _now(),
+            serial=info.serial,
+            not_after=info.not_after,
+            acme_requests=session.counter.requests,
+        )
+
+    def _account(self, site: SiteRef, acme: models.Acme, scratch: str) -> AccountConfig:
+        """The account key (created on first use), EAB and CA trust, read from Secrets."""
+        name = acme_account_secret_name(site.name)
+        secret = self.api.get("Secret", site.namespace, name)
+        key_pem = _secret_value(secret, "key.pem")
+        if secret is not None and not _owned_by(secret, site.uid):
+            raise IssuanceError(
+                "NameConflict", f"Secret {name} exists and does not belong to this BlogSite"
+            )
+        if key_pem is None:
+            key_pem = new_account_key()
+            self.api.apply(render_acme_account_secret(site, key_pem))
+            logger.info("created the ACME account key Secret %s/%s", site.namespace, name)
+        ca_bundle_path = None
+        if acme.ca_bundle_secret_ref is not None:
+            bundle = self._user_secret(site, acme.ca_bundle_secret_ref, "caBundleSecretRef")
+            ca_bundle = Path(scratch) / "ca.pem"
+            ca_bundle.write_bytes(bundle)
+            ca_bundle_path = str(ca_bundle)
+        eab_key_id = eab_hmac = None
+        if acme.external_account_binding is not None:
+            eab = acme.external_account_binding
+            eab_key_id = eab.key_id
+            hmac = self._user_secret(
+                site, eab.hmac_key_secret_ref, "externalAccountBinding.hmacKeySecretRef"
+            )
+            eab_hmac = hmac.decode("ascii", "replace").strip()
+        return AccountConfig(
+            server=directory_url(acme.server),
+            email=acme.email,
+            key_pem=key_pem,
+            ca_bundle_path=ca_bundle_path,
+            eab_key_id=eab_key_id,
+            eab_hmac_key=eab_hmac,
+        )
+
+    def _user_secret(self, site: SiteRef, ref: models.SecretKeyRef, field: str) -> bytes:
+        secret = self.api.get("Secret", site.namespace, ref.name)
+        value = _secret_value(secret, ref.key)
+        if value is None:
+            what = "does not exist" if secret is None else f"has no key {ref.key!r}"
+            raise IssuanceError(
+                "ConfigurationError", f"spec.tls.acme.{field}: Secret {ref.name} {what}"
+            )
+        return value
+
+    def _publish(self, site: SiteRef, answers: dict[str, str], *, clear: bool = False) -> None:
+        """Put answers where the cert-refresh server reads them (or take them all away)."""
+        name = challenges_config_map_name(site.name)
+        patch: dict[str, Any] = {"data": None} if clear else {"data": answers}
+        try:
+            self.api.merge_patch("ConfigMap", site.namespace, name, patch)
+        except Exception as error:  # noqa: BLE001 - any API failure means the same here
+            if clear:  # the order is over either way; a leftover answer is harmless
+                logger.warning("could not clear challenge answers of %s: %s", name, error)
+                return
+            raise IssuanceError(
+                "PublishFailed",
+                f"cannot write the challenge answers to ConfigMap {name}: "
+                f"{kube.describe_error(error)}",
+            ) from None
+
+    def _self_checker(self, site: SiteRef) -> Callable[[list[tuple[str, str, str]]], None] | None:
+        target = self.settings.self_check
+        if target is None:
+            return None
+        if target == "frontend":
+            target = f"{child_name(site.name, Component.FRONTEND)}.{site.namespace}.svc:80"
+        address = target
+
+        def check(answers: list[tuple[str, str, str]]) -> None:
+            for name, token, expected in answers:
+                _wait_for_answer(address, name, token, expected)
+
+        return check
+
+    # --- renewal information --------------------------------------------------
+
+    def _check_renewal_info(self, job: RenewalInfoJob) -> JobResult:
+        with tempfile.TemporaryDirectory(prefix="acme-") as scratch:
+            account = self._account(job.site, job.acme, scratch)
+            session = Session(account)
+            renew_at, next_check = session.renewal_info(job.cert_pem)
+        now = _now()
+        most = now + datetime.timedelta(seconds=self.settings.renewal_info_seconds)
+        info = RenewalInfo(job.serial, renew_at, min(next_check, most))
+        return JobResult(job, now, renewal_info=info, acme_requests=session.counter.requests)
+
+
+def _wait_for_answer(address: str, name: str, token: str, expected: str) -> None:
+    """Fetch the answer the way the CA will (port 80, Host: name); a few seconds' grace."""
+    url = f"http://{address}/.well-known/acme-challenge/{token}"
+    request = urllib.request.Request(url, headers={"Host": name})
+    deadline = time.monotonic() + 15
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
+                body = response.read(4096).decode("ascii", "replace").strip()
+            if body == expected:
+                return
+            last = "a different answer"
+        except (urllib.error.URLError, OSError) as error:
+            last = str(getattr(error, "reason", error))
+        time.sleep(0.2)
+    raise IssuanceError(
+        "SelfCheckFailed",
+        f"http://{name}/.well-known/acme-challenge/ did not serve the answer through "
+        f"{address} ({last}); not asking the CA to validate",
+    )
+
+
+def _secret_value(secret: dict[str, Any] | None, key: str) -> bytes | None:
+    if secret is None:
+        return None
+    encoded = (secret.get("data") or {}).get(key)
+    if not encoded:
+        return None
+    try:
+        return base64.b64decode(encoded)
+    except ValueError:
+        return None
+
+
+def _owned_by(obj: dict[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)

@@ -1,0 +1,307 @@
+"""ACME (RFC 8555) on top of the `acme` package: account, order, HTTP-01, ARI.
+
+No Kubernetes here: answers are handed to a `publish` callback and the
+certificate comes back as PEM. Every failure becomes an `IssuanceError` with a
+CamelCase reason and a message fit for status and Events (never key material).
+"""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import requests
+from acme import challenges, client, crypto_util, errors, messages
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWK, JWKEC
+
+from blogsite_operator import certs
+
+logger = logging.getLogger("blogsite_operator.acme")
+
+DIRECTORIES = {
+    "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+    "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+}
+USER_AGENT = "blogsite-operator/0.1.0"
+# The `acme` package retries a badNonce once; a busy CA (or Pebble's
+# PEBBLE_WFE_NONCEREJECT) can reject several in a row, each with a fresh nonce.
+NONCE_ATTEMPTS = 6
+
+
+def directory_url(server: str) -> str:
+    return DIRECTORIES.get(server, server)
+
+
+class IssuanceError(Exception):
+    def __init__(
+        self, reason: str, message: str, retry_after: datetime.datetime | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message[:1000]
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    server: str  # directory URL
+    email: str
+    key_pem: bytes  # EC P-256 account key (PKCS#8)
+    ca_bundle_path: str | None = None  # trust for a private ACME server's HTTPS
+    eab_key_id: str | None = None
+    eab_hmac_key: str | None = None  # base64url, as the CA hands it out
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    names: tuple[str, ...]
+    key_algorithm: str
+    profile: str | None
+    timeout: datetime.timedelta
+
+
+@dataclass(frozen=True)
+class Issued:
+    fullchain_pem: bytes
+    key_pem: bytes
+
+
+@dataclass
+class Counter:
+    """How many HTTP requests one operation cost (for the bench and logs)."""
+
+    requests: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class _Network(client.ClientNetwork):
+    """ClientNetwork that counts requests, keeps Retry-After and retries badNonce."""
+
+    def __init__(self, key: JWK, verify: bool | str, counter: Counter) -> None:
+        super().__init__(key, alg=ES256, verify_ssl=verify, user_agent=USER_AGENT)  # type: ignore[arg-type]
+        self.counter = counter
+        self.retry_after: datetime.datetime | None = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        self.counter.requests += 1
+        response = super()._send_request(method, url, *args, **kwargs)
+        if not response.ok and "Retry-After" in response.headers:
+            self.retry_after = parse_retry_after(response.headers["Retry-After"])
+        return response
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        for attempt in range(NONCE_ATTEMPTS):
+            try:
+                return self._post_once(*args, **kwargs)
+            except messages.Error as error:
+                if error.code != "badNonce" or attempt == NONCE_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def parse_retry_after(value: str, now: datetime.datetime | None = None) -> datetime.datetime | None:
+    """Retry-After as seconds or an HTTP date; None when unreadable."""
+    now = now or datetime.datetime.now(tz=datetime.UTC)
+    value = value.strip()
+    if value.isdigit():
+        return now + datetime.timedelta(seconds=int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
+
+
+def new_account_key() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@contextmanager
+def _explained(network: _Network | None = None) -> Iterator[None]:
+    """Turn what the `acme` package and `requests` raise into IssuanceError."""
+    try:
+        yield
+    except IssuanceError:
+        raise
+    except errors.ValidationError as error:
+        raise IssuanceError("ChallengeFailed", _describe_failed(error.failed_authzrs)) from None
+    except errors.TimeoutError:
+        raise IssuanceError(
+            "OrderTimeout", "the ACME server did not finish the order in time"
+        ) from None
+    except errors.IssuanceError as error:
+        raise IssuanceError("OrderFailed", f"the order failed: {_problem(error.error)}") from None
+    except messages.Error as error:
+        retry_after = network.retry_after if network is not None else None
+        reason = "RateLimited" if error.code == "rateLimited" else "AcmeError"
+        raise IssuanceError(reason, _problem(error), retry_after) from None
+    except (requests.ConnectionError, requests.Timeout, http.client.HTTPException) as error:
+        raise IssuanceError(
+            "AcmeServerUnreachable", f"cannot reach the ACME server: {type(error).__name__}"
+        ) from None
+    except requests.exceptions.SSLError as error:  # pragma: no cover - a ConnectionError
+        raise IssuanceError("AcmeServerUntrusted", str(error)) from None
+    except errors.Error as error:
+        raise IssuanceError("AcmeError", f"{type(error).__name__}: {error}") from None
+
+
+def _problem(error: messages.Error) -> str:
+    code = error.code or error.typ
+    return f"{code}: {error.detail or error.title or ''}".strip()
+
+
+def _describe_failed(authzrs: Any) -> str:
+    parts = []
+    for authzr in authzrs:
+        name = authzr.body.identifier.value
+        for challenge in authzr.body.challenges:
+            if challenge.error is not None:
+                parts.append(f"{name}: {_problem(challenge.error)}")
+    return "HTTP-01 validation failed for " + "; ".join(parts)
+
+
+class Session:
+    """One ACME conversation with one account: use for one order or one ARI check."""
+
+    def __init__(self, account: AccountConfig) -> None:
+        self.account = account
+        self.counter = Counter()
+        key = serialization.load_pem_private_key(account.key_pem, password=None)
+        self.key = JWKEC(key=key)
+        verify: bool | str = account.ca_bundle_path or True
+        self.network = _Network(self.key, verify, self.counter)
+        with _explained(self.network):
+            directory = client.ClientV2.get_directory(account.server, self.network)
+        self.client = client.ClientV2(directory, self.network)
+
+    def register(self) -> None:
+        """Find the account of this key, or create it (email, terms, EAB)."""
+        self.network.account = None  # lookups and creation are signed without a kid
+        with _explained(self.network):
+            try:
+                self.client.new_account(messages.NewRegistration(only_return_existing=True))
+            except errors.ConflictError as existing:
+                self.network.account = messages.RegistrationResource(
+                    uri=existing.location, body=messages.Registration()
+                )
+                return
+            except messages.Error as error:
+                if error.code != "accountDoesNotExist":
+                    raise
+            binding = None
+            if self.account.eab_key_id and self.account.eab_hmac_key:
+                binding = messages.ExternalAccountBinding.from_data(
+                    account_public_key=self.key.public_key(),
+                    kid=self.account.eab_key_id,
+                    hmac_key=self.account.eab_hmac_key,
+                    directory=self.client.directory,
+                )
+            registration = messages.NewRegistration.from_data(
+                email=self.account.email,
+                terms_of_service_agreed=True,
+                external_account_binding=binding,
+            )
+            self.client.new_account(registration)
+            logger.info("created an ACME account at %s", self.account.server)
+
+    def order(
+        self,
+        request: OrderRequest,
+        publish: Callable[[dict[str, str]], None],
+        self_check: Callable[[list[tuple[str, str, str]]], None] | None = None,
+    ) -> Issued:
+        """Order, answer HTTP-01 through `publish`, finalize; the caller unpublishes."""
+        key_pem = certs.generate_private_key(request.key_algorithm)
+        csr_pem = crypto_util.make_csr(key_pem, list(request.names))
+        # naive local time: the `acme` package compares its deadlines with now()
+        deadline = datetime.datetime.now() + request.timeout  # noqa: DTZ005
+        with _explained(self.network):
+            order = self.client.new_order(csr_pem, profile=request.profile)
+            answers: dict[str, str] = {}
+            checks: list[tuple[str, str, str]] = []  # name, token, key authorization
+            responses = []
+            for authorization in order.authorizations:
+                if authorization.body.status == messages.STATUS_VALID:
+                    continue  # the CA remembers a recent validation of this name
+                challenge = next(
+                    (
+                        c
+                        for c in authorization.body.challenges
+                        if isinstance(c.chall, challenges.HTTP01)
+                    ),
+                    None,
+                )
+                if challenge is None:
+                    raise IssuanceError(
+                        "NoHttp01Challenge",
+                        f"the ACME server offers no HTTP-01 challenge for "
+                        f"{authorization.body.identifier.value}",
+                    )
+                response, validation = challenge.response_and_validation(self.key)
+                token = challenge.chall.encode("token")
+                answers[token] = validation
+                checks.append((authorization.body.identifier.value, token, validation))
+                responses.append((challenge, response))
+            publish(answers)
+            if self_check is not None and checks:
+                self_check(checks)
+            for challenge, response in responses:
+                self.client.answer_challenge(challenge, response)
+            order = self.client.poll_authorizations(order, deadline)
+            order = self.client.finalize_order(order, deadline)
+        fullchain = order.fullchain_pem.encode()
+        _check_issued(fullchain, key_pem, request.names)
+        return Issued(fullchain_pem=fullchain, key_pem=key_pem)
+
+    def renewal_info(self, cert_pem: bytes) -> tuple[datetime.datetime | None, datetime.datetime]:
+        """ARI: (suggested renewal time or None without ARI, when to ask again)."""
+        try:
+            renew_at, next_check = self.client.renewal_time(cert_pem)
+        except errors.ARIError as error:
+            cause = error.__cause__
+            raise IssuanceError(
+                "RenewalInfoFailed",
+                f"cannot fetch renewal info: {type(cause).__name__ if cause else error}",
+                _aware(error.retry_after),
+            ) from None
+        return (_aware(renew_at) if renew_at else None), _aware(next_check)
+
+
+def _aware(moment: datetime.datetime) -> datetime.datetime:
+    """The `acme` package mixes naive local times and aware UTC ones."""
+    if moment.tzinfo is None:
+        return moment.astimezone(datetime.UTC)
+    return moment
+
+
+def _check_issued(fullchain: bytes, key_pem: bytes, names: tuple[str, ...]) -> None:
+    """Never store what the CA sent unless it is a chain for our key and our names."""
+    try:
+        info = certs.certificate_info(fullchain)
+    except ValueError as error:
+        raise IssuanceError(
+            "BadCertificate", f"the CA sent no readable certificate: {error}"
+        ) from None
+    if not certs.key_matches(fullchain, key_pem):
+        raise IssuanceError("BadCertificate", "the CA's certificate is not for the key we sent")
+    if set(info.dns_names) != set(names):
+        raise IssuanceError(
+            "BadCertificate",
+            f"the CA's certificate names {sorted(info.dns_names)}, not {sorted(names)}",
+        )
