@@ -5,7 +5,7 @@
 
 Pebble answers on fixed ports (see hack/pebble.sh), so one runs at a time.
 Its DNS (pebble-challtestsrv) resolves every name to 127.0.0.1, so HTTP-01
-validation connects to 127.0.0.1:PEBBLE_HTTP01_PORT (default 5002).
+validation connects to 127.0.0.1:PEBBLE_HTTP01_PORT (5012 for tests, see DEFAULT_ENV).
 """
 
 from __future__ import annotations
@@ -29,7 +29,15 @@ from tests.support import wait_for
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "hack" / "pebble.sh"
 # Pebble otherwise sleeps up to 15 s before each validation.
-DEFAULT_ENV = {"PEBBLE_VA_NOSLEEP": "1"}
+DEFAULT_ENV = {
+    "PEBBLE_VA_NOSLEEP": "1",
+    # Ports of their own, so a `make run` Pebble (on the defaults) can keep running.
+    "PEBBLE_PORT": "14010",
+    "PEBBLE_MANAGEMENT_PORT": "15010",
+    "PEBBLE_DNS_PORT": "8063",
+    "PEBBLE_CHALLTESTSRV_PORT": "8065",
+    "PEBBLE_HTTP01_PORT": "5012",
+}
 # The first start may build Pebble from source (hack/build-tools.sh).
 START_TIMEOUT = 600
 

@@ -26,10 +26,11 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.pebble import DEFAULT_ENV as PEBBLE_DEFAULT_ENV
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-PEBBLE_HTTP01_PORT = 5002
+PEBBLE_HTTP01_PORT = int(PEBBLE_DEFAULT_ENV["PEBBLE_HTTP01_PORT"])
 HACK = ROOT / "hack"
 # Tests get their own cluster, apart from the one `make run` uses, so an
 # operator running there never reconciles the tests' BlogSites.
@@ -256,7 +257,7 @@ def operator_process(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterat
 
 @dataclass
 class ChallengeServer:
-    """The real `challenge-server` where Pebble's validator connects (127.0.0.1:5002).
+    """The real `challenge-server` where Pebble's validator connects (PEBBLE_HTTP01_PORT).
 
     In a cluster it runs in the cert-refresh pod and watches one ConfigMap;
     here it serves every site of the test namespace (`--selector`).

@@ -1,7 +1,7 @@
 """ACME against a real Pebble with real HTTP-01 validation.
 
 Pebble's validator resolves every name to 127.0.0.1 (challtestsrv) and
-connects to port 5002, where the real `challenge-server` serves the answers
+connects to PEBBLE_HTTP01_PORT, where the real `challenge-server` serves the answers
 the operator published in the test namespace, watched through the API.
 """
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
-from tests.pebble import Pebble, running_pebble
+from tests.pebble import DEFAULT_ENV, Pebble, running_pebble
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def _directory(pebble: Pebble) -> dict[str, object]:
 def test_directory_answers_over_https_trusted_via_ca_pem(pebble: Pebble) -> None:
     directory = _directory(pebble)
 
-    assert pebble.directory_url == "https://127.0.0.1:14000/dir"
+    assert pebble.directory_url == f"https://127.0.0.1:{DEFAULT_ENV['PEBBLE_PORT']}/dir"
     assert "renewalInfo" in directory
     meta = directory["meta"]
     assert isinstance(meta, dict)
@@ -108,9 +108,9 @@ class _HTTP01(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http01_server() -> Iterator[dict[str, str]]:
-    """Where Pebble validates HTTP-01 (127.0.0.1:5002); yields token -> key authorization."""
+    """Where Pebble validates HTTP-01; yields token -> key authorization."""
     _HTTP01.answers = {}
-    server = ThreadingHTTPServer(("127.0.0.1", 5002), _HTTP01)
+    server = ThreadingHTTPServer(("127.0.0.1", int(DEFAULT_ENV["PEBBLE_HTTP01_PORT"])), _HTTP01)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield _HTTP01.answers
