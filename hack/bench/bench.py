@@ -6,6 +6,15 @@ the API write requests the operator made, counted from the API server's audit
 log (not from the operator's own counters): during convergence, and during an
 idle period after it (which must be 0).
 
+Then ACME against a real Pebble (hack/pebble.sh on ports of the bench's own,
+validation sleep off, no bad-nonce rejections) with HTTP-01 answered by the
+real `challenge-server` process: the time from `kubectl apply` of ACME
+BlogSites (--acme-sites at once, then --acme-sequential one at a time) until
+`<site>-tls` holds a real certificate and until CertificateReady=True; and
+what one issuance costs in ACME requests (the operator's own count, from its
+`issued a certificate ...` log line, cross-checked against Pebble's request
+log). Every certificate is verified against Pebble's root for every name.
+
 Runs on its own cluster (blogsite-bench, created fresh with auditing on) so
 nothing else competes with the figures.
 """
@@ -13,27 +22,63 @@ nothing else competes with the figures.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "operator"))
 
-from blogsite_operator import kube, models  # noqa: E402
+from blogsite_operator import certs, kube, models  # noqa: E402
 from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noqa: E402
 
 NAMESPACE = "bench"
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 OPERATOR_AGENTS = ("blogsite-operator/", "kopf/")
 REVERT_BEHAVIOURS = ("crash-loop", "image-pull-fail")
+ARTIFACTS = ROOT / ".artifacts"
+
+ACME_NAMESPACE = "bench-acme"
+# Ports of the bench's own, so neither a `make run` Pebble (14000, 5002) nor
+# the integration tests' (tests/pebble.py) is in the way.
+PEBBLE_ENV = {
+    "PEBBLE_VA_NOSLEEP": "1",  # Pebble otherwise sleeps up to 15 s before each validation
+    "PEBBLE_WFE_NONCEREJECT": "0",  # and rejects 5% of good nonces (a retried request)
+    "PEBBLE_PORT": "14020",
+    "PEBBLE_MANAGEMENT_PORT": "15020",
+    "PEBBLE_DNS_PORT": "8073",
+    "PEBBLE_CHALLTESTSRV_PORT": "8075",
+    "PEBBLE_HTTP01_PORT": "5022",
+}
+PEBBLE_DIRECTORY = f"https://127.0.0.1:{PEBBLE_ENV['PEBBLE_PORT']}/dir"
+HTTP01_PORT = int(PEBBLE_ENV["PEBBLE_HTTP01_PORT"])
+# blogsite_operator.issuance.issuer logs one such line per certificate issued.
+ISSUED_LINE = re.compile(
+    r"issued a certificate for (?P<namespace>[^/\s]+)/(?P<site>\S+): (?P<names>\d+) names, "
+    r"serial (?P<serial>[0-9a-fA-F]+), valid until \S+; (?P<requests>\d+) ACME requests"
+)
+# The CertificateIssued Event adds how long the order itself took.
+ISSUED_EVENT = re.compile(r"\((?P<requests>\d+) ACME requests, (?P<seconds>[0-9.]+)s\)")
+# Pebble logs every request it serves: `Pebble 2026/01/02 03:04:05 POST /order-plz -> ...`.
+PEBBLE_REQUEST = re.compile(r"^Pebble \S+ \S+ (?P<method>[A-Z]+) /(?P<path>\S*) -> calling handler")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -76,7 +121,8 @@ def cluster(command: str, env: dict[str, str]) -> str:
 
 def operator_writes(audit_log: Path, start: int) -> tuple[int, int, dict[str, int]]:
     """(writes by the operator, writes by anyone, operator writes per verb) after `start`."""
-    mine, everyone, per_verb = 0, 0, {}
+    mine, everyone = 0, 0
+    per_verb: dict[str, int] = {}
     with audit_log.open("rb") as log:
         log.seek(start)
         for line in log:
@@ -185,51 +231,71 @@ def measure_revert(
     return time.monotonic() - started, int(found["spec"].get("progressDeadlineSeconds", 600))
 
 
-def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sites", type=int, default=int(os.environ.get("BENCH_SITES", "200")))
-    parser.add_argument("--idle", type=float, default=float(os.environ.get("BENCH_IDLE", "60")))
-    parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--keep", action="store_true", help="keep the bench cluster afterwards")
-    args = parser.parse_args()
+# --- convergence, idle writes, reverts ---------------------------------------
 
-    env = {
-        **os.environ,
-        "BLOGSITE_CLUSTER": "blogsite-bench",
-        "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "bench" / "audit-policy.yaml"),
-    }
-    cluster("down", env)  # a fresh cluster: auditing on, nothing left over
-    started = time.monotonic()
-    cluster("up", env)
-    print(f"cluster up in {time.monotonic() - started:.1f}s")
-    tools = dict(line.split("=", 1) for line in cluster("env", env).splitlines() if "=" in line)
-    kubectl = [tools["KUBECTL"], "--kubeconfig", tools["KUBECONFIG"]]
-    audit_log = Path(tools["KUBECONFIG"]).parent / "logs" / "audit.log"
-    subprocess.run(
-        [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds" / "blogsite.yaml")],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [*kubectl, "wait", "--for=condition=Established", "crd/blogsites.blog.daedalus.dev"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
 
-    kube.load_config(tools["KUBECONFIG"])
-    api = kube.Api()
-    log_path = ROOT / ".artifacts" / "bench-operator.log"
+@dataclass
+class Convergence:
+    sites: int
+    idle_seconds: float
+    children: list[float]
+    ready: list[float]
+    converged: float
+    converge_writes: int
+    converge_by_verb: dict[str, int]
+    idle_writes: int
+    idle_all: int
+    idle_by_verb: dict[str, int]
+    rss_converged: float
+    rss_peak: float
+    reverts: dict[str, tuple[float, int]]
+
+
+def start_operator(
+    env: dict[str, str], kubeconfig: str, namespace: str, log_path: Path, **extra_env: str
+) -> subprocess.Popen[bytes]:
+    """`blogsite-operator run -n namespace`, once it has logged in."""
     log_path.parent.mkdir(exist_ok=True)
-    operator = subprocess.Popen(
-        [sys.executable, "-m", "blogsite_operator", "run", "-n", NAMESPACE],
-        env={**env, "KUBECONFIG": tools["KUBECONFIG"], "PYTHONPATH": str(ROOT / "operator")},
+    process = subprocess.Popen(
+        [sys.executable, "-m", "blogsite_operator", "run", "-n", namespace],
+        env={
+            **env,
+            "KUBECONFIG": kubeconfig,
+            "PYTHONPATH": str(ROOT / "operator"),
+            "PYTHONUNBUFFERED": "1",
+            **extra_env,
+        },
         stdout=log_path.open("wb"),
         stderr=subprocess.STDOUT,
     )
+    while "Initial authentication has finished" not in log_path.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise SystemExit(f"the operator exited with {process.returncode}; see {log_path}")
+        time.sleep(0.2)
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
     try:
-        while "Initial authentication has finished" not in log_path.read_text(errors="replace"):
-            time.sleep(0.2)
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def measure_convergence(
+    args: argparse.Namespace,
+    *,
+    env: dict[str, str],
+    kubeconfig: str,
+    kubectl: list[str],
+    api: kube.Api,
+    audit_log: Path,
+) -> Convergence:
+    subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
+    operator = start_operator(env, kubeconfig, NAMESPACE, ARTIFACTS / "bench-operator.log")
+    try:
         manifests = [site_manifest(i) for i in range(args.sites)]
         expected = {m["metadata"]["name"]: expected_children(m) for m in manifests}
         audit_start = audit_log.stat().st_size
@@ -249,16 +315,27 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
 
         reverts = {b: measure_revert(api, kubectl, b, args.timeout) for b in REVERT_BEHAVIOURS}
     finally:
-        operator.terminate()
-        operator.wait(timeout=30)
-        if not args.keep:
-            cluster("down", env)
-
-    children = list(children_at.values())
-    ready = list(ready_at.values())
-    print(
-        f"sites: {args.sites} applied at once (kubectl apply of one {args.sites}-document stream)"
+        stop(operator)
+    return Convergence(
+        sites=args.sites,
+        idle_seconds=args.idle,
+        children=list(children_at.values()),
+        ready=list(ready_at.values()),
+        converged=converged,
+        converge_writes=converge_writes,
+        converge_by_verb=converge_by_verb,
+        idle_writes=idle_writes,
+        idle_all=idle_all,
+        idle_by_verb=idle_by_verb,
+        rss_converged=rss_converged,
+        rss_peak=rss_peak,
+        reverts=reverts,
     )
+
+
+def report_convergence(result: Convergence) -> None:
+    children, ready, sites = result.children, result.ready, result.sites
+    print(f"sites: {sites} applied at once (kubectl apply of one {sites}-document stream)")
     print(
         f"children exist: median {statistics.median(children):.2f}s  "
         f"p99 {percentile(children, 0.99):.2f}s  last {max(children):.2f}s"
@@ -266,18 +343,22 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
     print(
         f"Ready=True:     median {statistics.median(ready):.2f}s  "
         f"p99 {percentile(ready, 0.99):.2f}s  last {max(ready):.2f}s  "
-        f"(all converged {converged:.2f}s)"
-    )
-    print(f"operator peak RSS: {rss_converged:.1f} MiB at convergence, {rss_peak:.1f} MiB overall")
-    print(
-        f"operator API writes during convergence: {converge_writes} "
-        f"({converge_writes / args.sites:.1f} per site) {dict(sorted(converge_by_verb.items()))}"
+        f"(all converged {result.converged:.2f}s)"
     )
     print(
-        f"operator API writes during {args.idle:.0f}s idle: {idle_writes} "
-        f"{dict(sorted(idle_by_verb.items()))} (all clients: {idle_all})"
+        f"operator peak RSS: {result.rss_converged:.1f} MiB at convergence, "
+        f"{result.rss_peak:.1f} MiB overall"
     )
-    for behaviour, (seconds, deadline) in reverts.items():
+    print(
+        f"operator API writes during convergence: {result.converge_writes} "
+        f"({result.converge_writes / sites:.1f} per site) "
+        f"{dict(sorted(result.converge_by_verb.items()))}"
+    )
+    print(
+        f"operator API writes during {result.idle_seconds:.0f}s idle: {result.idle_writes} "
+        f"{dict(sorted(result.idle_by_verb.items()))} (all clients: {result.idle_all})"
+    )
+    for behaviour, (seconds, deadline) in result.reverts.items():
         print(
             f"revert of a {behaviour} daedalus image (default thresholds): {seconds:.1f}s; "
             f"Kubernetes alone reports it after its progress deadline, {deadline}s "
@@ -287,7 +368,449 @@ def main() -> int:  # noqa: PLR0915 - a linear script: set up, measure, report
         "a never-ready image is reverted after rollout.readyTimeoutSeconds (default 300s), "
         "half the 600s progress deadline; tests/integration/test_rollouts.py measures it at 15s"
     )
-    return 0 if idle_writes == 0 else 1
+
+
+# --- ACME --------------------------------------------------------------------
+
+
+@dataclass
+class Issuance:
+    """One certificate, as the operator logged it and the CertificateIssued Event says."""
+
+    site: str
+    names: int
+    serial: str
+    requests: int
+    order_seconds: float | None = None
+
+
+@dataclass
+class AcmeRun:
+    names_per_site: int
+    # Seconds after each site's `kubectl apply`: a real certificate in <site>-tls;
+    # CertificateReady=True with status.certificate.placeholder false.
+    together_secret: dict[str, float] = field(default_factory=dict)
+    together_ready: dict[str, float] = field(default_factory=dict)
+    together_all: float = 0.0
+    sequential_secret: dict[str, float] = field(default_factory=dict)
+    sequential_ready: dict[str, float] = field(default_factory=dict)
+    issuances: list[Issuance] = field(default_factory=list)
+    pebble_requests: Counter[str] = field(default_factory=Counter)
+    verified: int = 0
+    operator_rss: float = 0.0
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def running_pebble(log_path: Path, timeout: float = 600) -> Iterator[Path]:
+    """hack/pebble.sh for the block; yields its state directory (pebble-ca.pem, root.pem).
+
+    The first start may build Pebble (hack/build-tools.sh), hence the long timeout.
+    """
+    ports = [int(PEBBLE_ENV[k]) for k in ("PEBBLE_PORT", "PEBBLE_MANAGEMENT_PORT")]
+    deadline = time.monotonic() + 60
+    while not all(port_free(p) for p in [*ports, HTTP01_PORT]):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"ports {[*ports, HTTP01_PORT]} are busy: another bench running?")
+        time.sleep(1)
+    with tempfile.TemporaryDirectory(prefix="blogsite-bench-pebble-") as state:
+        process = subprocess.Popen(
+            [str(ROOT / "hack" / "pebble.sh")],
+            env={**os.environ, **PEBBLE_ENV, "PEBBLE_STATE_DIR": state},
+            stdout=log_path.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: Pebble and its DNS go together
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while not (Path(state) / "root.pem").exists():  # written last, once Pebble answers
+                if process.poll() is not None:
+                    raise SystemExit(f"hack/pebble.sh exited with {process.returncode}: {log_path}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"Pebble did not start within {timeout}s: {log_path}")
+                time.sleep(0.2)
+            yield Path(state)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def start_challenge_server(env: dict[str, str], kubeconfig: str) -> subprocess.Popen[bytes]:
+    """The real `challenge-server`, where Pebble's validator connects, once it listens."""
+    log_path = ARTIFACTS / "bench-challenge-server.log"
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "blogsite_operator", "challenge-server"),
+            *("--address", "127.0.0.1", "--port", str(HTTP01_PORT)),
+            *("--namespace", ACME_NAMESPACE, "--selector", "blog.daedalus.dev/acme-http01-of"),
+            *("--kubeconfig", kubeconfig),
+        ],
+        env={**env, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1"},
+        stdout=log_path.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise SystemExit(f"challenge-server exited with {process.returncode}: {log_path}")
+        with suppress(OSError), socket.create_connection(("127.0.0.1", HTTP01_PORT), timeout=1):
+            return process
+        if time.monotonic() > deadline:
+            stop(process)
+            raise SystemExit(f"challenge-server not listening within 30s: {log_path}")
+        time.sleep(0.2)
+
+
+def acme_manifest(name: str) -> dict[str, Any]:
+    """A site whose three names Pebble validates over HTTP-01 (challtestsrv: all 127.0.0.1)."""
+    return {
+        "apiVersion": f"{models.GROUP}/{models.VERSION}",
+        "kind": models.KIND,
+        "metadata": {"name": name, "namespace": ACME_NAMESPACE},
+        "spec": {
+            "domains": [f"{name}.bench.example", f"www.{name}.bench.example"],
+            "redirectDomains": [f"old-{name}.bench.example"],
+            "daedalus": {"image": "ghcr.io/example/daedalus:1.0.0"},
+            "tls": {
+                "acme": {
+                    "server": PEBBLE_DIRECTORY,
+                    "email": "ops@blog.example",
+                    "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
+                }
+            },
+        },
+    }
+
+
+def real_chain(secret: dict[str, Any]) -> bytes | None:
+    """The chain in a TLS Secret unless it is missing or the operator's placeholder."""
+    encoded = (secret.get("data") or {}).get("tls.crt")
+    if not encoded:
+        return None
+    chain = base64.b64decode(encoded)
+    try:
+        info = certs.certificate_info(chain)
+    except ValueError:
+        return None
+    return None if info.is_placeholder else chain
+
+
+def certificate_ready(site: dict[str, Any]) -> bool:
+    status = site.get("status") or {}
+    certificate = status.get("certificate") or {}
+    return (
+        certificate.get("placeholder") is False
+        and bool(certificate.get("serialNumber"))
+        and any(
+            c["type"] == "CertificateReady" and c["status"] == "True"
+            for c in status.get("conditions") or []
+        )
+    )
+
+
+def wait_for_certificates(
+    api: kube.Api, names: set[str], t0: float, timeout: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds after t0 at which each site's Secret held a real certificate, and at which
+    the site said CertificateReady=True."""
+    secret_at: dict[str, float] = {}
+    ready_at: dict[str, float] = {}
+    while len(secret_at) < len(names) or len(ready_at) < len(names):
+        if time.monotonic() - t0 > timeout:
+            raise SystemExit(
+                f"ACME: after {timeout:.0f}s, {len(secret_at)}/{len(names)} real certificates "
+                f"and {len(ready_at)}/{len(names)} CertificateReady; see "
+                f"{ARTIFACTS}/bench-acme-*.log, bench-pebble.log, bench-challenge-server.log"
+            )
+        now = time.monotonic() - t0
+        for secret in api.list_objects("Secret", ACME_NAMESPACE, ""):
+            site = secret["metadata"]["name"].removesuffix("-tls")
+            if site in names and site not in secret_at and real_chain(secret):
+                secret_at[site] = now
+        for site in api.list_objects(models.KIND, ACME_NAMESPACE, ""):
+            name = site["metadata"]["name"]
+            if name in names and name not in ready_at and certificate_ready(site):
+                ready_at[name] = now
+        time.sleep(0.1)
+    return secret_at, ready_at
+
+
+def verify_chain(chain: bytes, root_pem: bytes, names: list[str]) -> None:
+    """Path validation as a TLS client does it, for every name; raises if it fails."""
+    leaf, *intermediates = x509.load_pem_x509_certificates(chain)
+    store = Store(x509.load_pem_x509_certificates(root_pem))
+    for name in names:
+        verifier = PolicyBuilder().store(store).build_server_verifier(x509.DNSName(name))
+        verifier.verify(leaf, intermediates)
+
+
+def pebble_requests(log_path: Path, start: int, end: int) -> Counter[str]:
+    """Requests Pebble logged between two offsets of its log, per `METHOD /endpoint`."""
+    counts: Counter[str] = Counter()
+    with log_path.open("rb") as log:
+        log.seek(start)
+        for line in log.read(end - start).decode(errors="replace").splitlines():
+            match = PEBBLE_REQUEST.match(line)
+            if match:
+                counts[f"{match['method']} /{match['path'].split('/')[0]}"] += 1
+    return counts
+
+
+def issuances(operator_log: Path, kubectl: list[str]) -> list[Issuance]:
+    found = [
+        Issuance(m["site"], int(m["names"]), m["serial"].lower(), int(m["requests"]))
+        for m in ISSUED_LINE.finditer(operator_log.read_text(errors="replace"))
+        if m["namespace"] == ACME_NAMESPACE
+    ]
+    events = subprocess.run(
+        [*kubectl, "get", "events", "-n", ACME_NAMESPACE, "-o", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    seconds: dict[str, float] = {}
+    for event in json.loads(events.stdout)["items"]:
+        match = ISSUED_EVENT.search(event.get("message") or "")
+        if event.get("reason") == "CertificateIssued" and match:
+            seconds[event["involvedObject"]["name"]] = float(match["seconds"])
+    for issuance in found:
+        issuance.order_seconds = seconds.get(issuance.site)
+    return found
+
+
+def measure_acme(
+    args: argparse.Namespace,
+    *,
+    env: dict[str, str],
+    kubeconfig: str,
+    kubectl: list[str],
+    api: kube.Api,
+) -> AcmeRun:
+    subprocess.run(
+        [*kubectl, "create", "namespace", ACME_NAMESPACE], check=True, capture_output=True
+    )
+    pebble_log = ARTIFACTS / "bench-pebble.log"
+    operator_log = ARTIFACTS / "bench-acme-operator.log"
+    together = [acme_manifest(f"acme-{i:02d}") for i in range(args.acme_sites)]
+    one_by_one = [acme_manifest(f"acme-seq-{i:02d}") for i in range(args.acme_sequential)]
+    result = AcmeRun(names_per_site=len(expected_names(together + one_by_one)[0]))
+    with ExitStack() as stack:
+        pebble = stack.enter_context(running_pebble(pebble_log))
+        ca_pem = (pebble / "pebble-ca.pem").read_bytes()
+        apply(
+            kubectl,
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": "pebble-ca", "namespace": ACME_NAMESPACE},
+                    "data": {"ca.crt": base64.b64encode(ca_pem).decode()},
+                }
+            ],
+        )
+        # Stopped in reverse: the operator, the challenge server, then Pebble.
+        stack.callback(stop, start_challenge_server(env, kubeconfig))
+        operator = start_operator(
+            env,
+            kubeconfig,
+            ACME_NAMESPACE,
+            operator_log,
+            BLOGSITE_OPERATOR_ACME_SELF_CHECK=f"127.0.0.1:{HTTP01_PORT}",
+        )
+        stack.callback(stop, operator)
+        pebble_start = pebble_log.stat().st_size
+        if together:
+            t0 = time.monotonic()
+            apply(kubectl, together)
+            result.together_secret, result.together_ready = wait_for_certificates(
+                api, {m["metadata"]["name"] for m in together}, t0, args.acme_timeout
+            )
+            result.together_all = time.monotonic() - t0
+        for manifest in one_by_one:
+            t0 = time.monotonic()
+            apply(kubectl, [manifest])
+            secret_at, ready_at = wait_for_certificates(
+                api, {manifest["metadata"]["name"]}, t0, args.acme_timeout
+            )
+            result.sequential_secret.update(secret_at)
+            result.sequential_ready.update(ready_at)
+        time.sleep(1)  # the last requests' log lines
+        result.pebble_requests = pebble_requests(
+            pebble_log, pebble_start, pebble_log.stat().st_size
+        )
+        result.operator_rss = peak_rss_mib(operator.pid)
+        root_pem = (pebble / "root.pem").read_bytes()
+        for manifest in together + one_by_one:
+            name = manifest["metadata"]["name"]
+            secret = api.get("Secret", ACME_NAMESPACE, f"{name}-tls") or {}
+            chain = real_chain(secret)
+            if chain is None:
+                raise SystemExit(f"{name}-tls no longer holds a real certificate")
+            verify_chain(chain, root_pem, expected_names([manifest])[0])
+            result.verified += 1
+    result.issuances = issuances(operator_log, kubectl)
+    return result
+
+
+def expected_names(manifests: list[dict[str, Any]]) -> list[list[str]]:
+    return [[*m["spec"]["domains"], *m["spec"]["redirectDomains"]] for m in manifests]
+
+
+def spread(values: list[float]) -> str:
+    return (
+        f"median {statistics.median(values):.2f}s  p90 {percentile(values, 0.9):.2f}s  "
+        f"max {max(values):.2f}s"
+    )
+
+
+def report_acme(result: AcmeRun) -> None:
+    print(
+        f"ACME: Pebble with HTTP-01 through the real challenge-server (validation sleep off), "
+        f"{result.names_per_site} names per site; time from kubectl apply until"
+    )
+    together, one = list(result.together_secret.values()), list(result.sequential_secret.values())
+    if together:
+        print(f"  {len(together)} sites applied at once:")
+        print(f"    <site>-tls holds a real certificate: {spread(together)}")
+        print(
+            f"    CertificateReady=True:               "
+            f"{spread(list(result.together_ready.values()))}  (all {result.together_all:.2f}s)"
+        )
+    if one:
+        print(f"  {len(one)} sites one at a time:")
+        print(f"    <site>-tls holds a real certificate: {spread(one)}")
+        print(
+            f"    CertificateReady=True:               "
+            f"{spread(list(result.sequential_ready.values()))}"
+        )
+    if together and one:
+        base = statistics.median(one)
+        print(
+            f"  at once vs one at a time (real certificate): median "
+            f"{statistics.median(together) / base:.2f}x, max {max(together) / base:.2f}x "
+            f"the sequential median"
+        )
+    issued = result.issuances
+    if not issued:
+        print("  no `issued a certificate` lines in the operator log")
+        return
+    requests = [i.requests for i in issued]
+    names = [i.names for i in issued]
+    per_site = Counter(i.site for i in issued)
+    print(
+        f"  ACME requests per issuance (operator log, {len(issued)} issuances for "
+        f"{len(per_site)} sites): min {min(requests)}  median {statistics.median(requests):g}  "
+        f"max {max(requests)}; names per order: min {min(names)}  "
+        f"median {statistics.median(names):g}  max {max(names)}"
+    )
+    order_seconds = [i.order_seconds for i in issued if i.order_seconds is not None]
+    if order_seconds:
+        print(
+            f"  the order itself (CertificateIssued Event, {len(order_seconds)} of them): "
+            f"{spread(order_seconds)}"
+        )
+    total = sum(result.pebble_requests.values())
+    print(
+        f"  Pebble's own request log over the same period: {total} requests "
+        f"(the operator counted {sum(requests)}): {dict(sorted(result.pebble_requests.items()))}"
+    )
+    print(
+        f"  {result.verified} certificates verify against Pebble's root for every name; "
+        f"ACME operator peak RSS {result.operator_rss:.1f} MiB"
+    )
+
+
+# --- the whole bench -----------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sites", type=int, default=int(os.environ.get("BENCH_SITES", "200")))
+    parser.add_argument("--idle", type=float, default=float(os.environ.get("BENCH_IDLE", "60")))
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument(
+        "--acme-sites",
+        type=int,
+        default=int(os.environ.get("BENCH_ACME_SITES", "10")),
+        help="ACME BlogSites applied at once (0: none)",
+    )
+    parser.add_argument(
+        "--acme-sequential",
+        type=int,
+        default=int(os.environ.get("BENCH_ACME_SEQUENTIAL", "5")),
+        help="ACME BlogSites applied one at a time after those (0: none)",
+    )
+    parser.add_argument("--acme-timeout", type=float, default=180, help="per ACME wait, seconds")
+    phases = parser.add_mutually_exclusive_group()
+    phases.add_argument("--no-acme", action="store_true", help="skip the ACME part")
+    phases.add_argument("--acme-only", action="store_true", help="only the ACME part")
+    parser.add_argument("--keep", action="store_true", help="keep the bench cluster afterwards")
+    args = parser.parse_args()
+    run_acme = not args.no_acme and (args.acme_sites > 0 or args.acme_sequential > 0)
+
+    env = {
+        **os.environ,
+        "BLOGSITE_CLUSTER": "blogsite-bench",
+        "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "bench" / "audit-policy.yaml"),
+    }
+    cluster("down", env)  # a fresh cluster: auditing on, nothing left over
+    started = time.monotonic()
+    cluster("up", env)
+    print(f"cluster up in {time.monotonic() - started:.1f}s")
+    tools = dict(line.split("=", 1) for line in cluster("env", env).splitlines() if "=" in line)
+    kubeconfig = tools["KUBECONFIG"]
+    kubectl = [tools["KUBECTL"], "--kubeconfig", kubeconfig]
+    audit_log = Path(kubeconfig).parent / "logs" / "audit.log"
+    ARTIFACTS.mkdir(exist_ok=True)
+    subprocess.run(
+        [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds" / "blogsite.yaml")],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*kubectl, "wait", "--for=condition=Established", "crd/blogsites.blog.daedalus.dev"],
+        check=True,
+        capture_output=True,
+    )
+    kube.load_config(kubeconfig)
+    api = kube.Api()
+    convergence: Convergence | None = None
+    acme: AcmeRun | None = None
+    try:
+        if not args.acme_only:
+            convergence = measure_convergence(
+                args, env=env, kubeconfig=kubeconfig, kubectl=kubectl, api=api, audit_log=audit_log
+            )
+        if run_acme:
+            started = time.monotonic()
+            acme = measure_acme(args, env=env, kubeconfig=kubeconfig, kubectl=kubectl, api=api)
+            print(f"ACME part took {time.monotonic() - started:.1f}s")
+    finally:
+        if not args.keep:
+            cluster("down", env)
+
+    if convergence is not None:
+        report_convergence(convergence)
+    if acme is not None:
+        report_acme(acme)
+    return 0 if convergence is None or convergence.idle_writes == 0 else 1
 
 
 if __name__ == "__main__":

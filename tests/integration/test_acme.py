@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -169,3 +171,127 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     # The answers are gone once the order is over.
     answers = kubectl.json("get", "configmap", f"{SITE}-acme-http01", "-n", namespace)
     assert not answers.get("data")
+
+
+def certificate_status(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    status: dict[str, Any] = (blogsite(kubectl, namespace).get("status") or {}).get(
+        "certificate"
+    ) or {}
+    return status
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expires(
+    kubectl: Kubectl,
+    namespace: str,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    # Pebble's renewal info for a 20 s certificate suggests a window over its
+    # whole lifetime; the operator picks a time in it and renews then.
+    with running_pebble({"PEBBLE_SHORTLIVED_SECONDS": "20"}) as pebble:
+        trust_pebble(kubectl, namespace, pebble)
+        kubectl.apply(acme_site(pebble, profile="shortlived"), namespace)
+        wait_for_certificate(kubectl, namespace)
+        seen: dict[str, dict[str, Any]] = {}  # serial -> the last status shown for it
+        deadline = time.monotonic() + 50
+        while time.monotonic() < deadline and len(seen) < 4:
+            status = certificate_status(kubectl, namespace)
+            if status.get("serialNumber") and not status.get("placeholder"):
+                seen[status["serialNumber"]] = status
+            time.sleep(0.25)
+
+    assert len(seen) >= 3, f"expected at least two renewals in 50 s, saw {list(seen)}"
+    certificates = sorted(seen.values(), key=lambda s: s["notBefore"])
+    for old, new in itertools.pairwise(certificates):
+        lifetime = parse_time(old["notAfter"]) - parse_time(old["notBefore"])
+        assert lifetime <= datetime.timedelta(seconds=21), "the shortlived profile was used"
+        planned = parse_time(old["renewalTime"])
+        # On time: not before the planned moment, and before the old one expired.
+        assert parse_time(new["notBefore"]) >= planned - datetime.timedelta(seconds=1)
+        assert parse_time(new["notBefore"]) < parse_time(old["notAfter"])
+        info = old.get("renewalInfo") or {}
+        if info.get("serialNumber") == old["serialNumber"] and info.get("renewalTime"):
+            assert old["renewalTime"] == info["renewalTime"], "the ARI time was followed"
+
+
+def test_renewal_follows_a_renewal_window_the_ca_moves(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    kubectl.apply(acme_site(pebble), namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    chain, _ = served_chain(kubectl, namespace)
+    # A 90-day certificate; the CA now says: renew within the next 8-14 s.
+    start = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=8)
+    end = start + datetime.timedelta(seconds=6)
+    pebble.set_renewal_info(chain, start, end)
+
+    def planned_in_window() -> str | None:
+        status = certificate_status(kubectl, namespace)
+        info = status.get("renewalInfo") or {}
+        moved = info.get("serialNumber") == first["serialNumber"] and info.get("renewalTime")
+        return str(status["renewalTime"]) if moved and parse_time(moved) < end else None
+
+    planned = wait_for(planned_in_window, timeout=20, what="the new renewal window in status")
+    # Status times are whole seconds: allow the truncation.
+    second = datetime.timedelta(seconds=1)
+    assert start - second <= parse_time(planned) <= end
+    renewed = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
+    issued_at = parse_time(renewed["status"]["certificate"]["notBefore"])
+    assert start - second <= issued_at <= end + 10 * second
+
+
+def test_changed_names_and_the_renew_annotation_each_reissue(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble)
+    kubectl.apply(site, namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    template_hash = tls_hash_of_frontend(kubectl, namespace)
+
+    site["spec"]["domains"] = [*DOMAINS, "new.blog.example"]
+    kubectl.apply(site, namespace)
+
+    def covers_new_name() -> dict[str, Any] | None:
+        status = certificate_status(kubectl, namespace)
+        return status if "new.blog.example" in status.get("dnsNames", []) else None
+
+    second = wait_for(covers_new_name, timeout=60, what="a certificate with the new name")
+    assert second["serialNumber"] != first["serialNumber"]
+    chain, _ = served_chain(kubectl, namespace)
+    verify_against_root(chain, pebble.root_pem(), "new.blog.example")
+    wait_for(
+        lambda: tls_hash_of_frontend(kubectl, namespace) != template_hash,
+        what="the frontend rolling out the new certificate",
+    )
+
+    kubectl.run(
+        "annotate", "blogsite", SITE, "-n", namespace, "blog.daedalus.dev/renew-certificate=1"
+    )
+    third = wait_for_certificate(kubectl, namespace, other_than=second["serialNumber"])
+    assert third["status"]["certificate"]["renewalRequest"] == "1"
+    # The same value again asks for nothing: no fourth certificate.
+    time.sleep(5)
+    assert (
+        certificate_status(kubectl, namespace)["serialNumber"]
+        == (third["status"]["certificate"]["serialNumber"])
+    )
+
+
+def tls_hash_of_frontend(kubectl: Kubectl, namespace: str) -> str:
+    frontend = kubectl.json("get", "deployment", f"{SITE}-frontend", "-n", namespace)
+    annotations = frontend["spec"]["template"]["metadata"].get("annotations") or {}
+    return str(annotations.get("blog.daedalus.dev/tls-certificate-sha256"))

@@ -1,91 +1,21 @@
-"""Real nginx running the rendered nginx.conf, with stub upstreams on loopback.
-
-The renderer takes upstream addresses as facts (`NginxFacts`): in the cluster
-they are the Services of the site, here they are two small HTTP servers, so
-the very configuration the operator ships is what these tests exercise.
-"""
+"""Real nginx for these tests: see tests/nginx_harness.py."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-import ssl
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.client import HTTPConnection, HTTPResponse, HTTPSConnection
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from blogsite_operator import certs, models
-from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
-from tests.support import wait_for
+from tests.nginx_harness import RunningNginx, Stub, launch_nginx, start_stub
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.nginx)
-
-
-def nginx_binary() -> str:
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
-        pytest.fail("nginx is not installed (apt-get install nginx-light); these tests need it")
-    return binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EchoHandler(BaseHTTPRequestHandler):
-    """Answers with what it received, so tests can see what nginx forwarded."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        body = json.dumps(
-            {
-                "upstream": self.server.name,  # type: ignore[attr-defined]
-                "path": self.path,
-                "headers": {k.lower(): v for k, v in self.headers.items()},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-        pass
-
-
-@dataclass
-class Stub:
-    name: str
-    server: ThreadingHTTPServer
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-
-def start_stub(name: str) -> Stub:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
-    server.name = name  # type: ignore[attr-defined]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return Stub(name, server)
 
 
 @pytest.fixture(scope="session")
@@ -96,107 +26,15 @@ def upstreams() -> Iterator[tuple[Stub, Stub]]:
         stub.server.shutdown()
 
 
-@dataclass
-class RunningNginx:
-    spec: models.BlogSiteSpec
-    facts: NginxFacts
-    ca_file: Path
-    conf: str
-
-    def http(self, host: str, path: str = "/", port: int | None = None) -> HTTPResponse:
-        connection = HTTPConnection("127.0.0.1", port or self.facts.http_port, timeout=5)
-        connection.request("GET", path, headers={"Host": host})
-        return connection.getresponse()
-
-    def https(self, host: str, path: str = "/") -> HTTPResponse:
-        """A TLS request with SNI `host`, trusting only the site's certificate."""
-        context = ssl.create_default_context(cafile=str(self.ca_file))
-        connection = SniConnection("127.0.0.1", self.facts.https_port, host, context)
-        connection.request("GET", path, headers={"Host": host})
-        return connection.getresponse()
-
-
-class SniConnection(HTTPSConnection):
-    """HTTPS to a loopback address with the TLS server name of a site."""
-
-    def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext) -> None:
-        super().__init__(address, port, timeout=5, context=context)
-        self.server_name = server_name
-        self.tls_context = context
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.server_name)
-
-
-def json_body(response: HTTPResponse) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(response.read())
-    return data
-
-
-def check_config(conf: str, workdir: Path) -> subprocess.CompletedProcess[str]:
-    """`nginx -t` on a configuration file, as the operator will run it."""
-    path = workdir / "nginx.conf"
-    path.write_text(conf, encoding="utf-8")
-    return subprocess.run(
-        [nginx_binary(), "-t", "-q", "-e", "stderr", "-p", str(workdir), "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
 @pytest.fixture
 def start_nginx(tmp_path: Path, upstreams: tuple[Stub, Stub]) -> Iterator[Any]:
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(raw_spec: dict[str, Any], tls: bool = True) -> RunningNginx:
-        spec = models.parse_spec(raw_spec)
-        workdir = tmp_path / f"nginx-{len(processes)}"
-        workdir.mkdir()
-        cert, key = workdir / "tls.crt", workdir / "tls.key"
-        cert_pem, key_pem = certs.self_signed_placeholder([*spec.domains, *spec.redirect_domains])
-        cert.write_bytes(cert_pem)
-        key.write_bytes(key_pem)
-        facts = NginxFacts(
-            daedalus_upstream=upstreams[0].address,
-            challenge_upstream=upstreams[1].address,
-            tls_certificate=str(cert) if tls else None,
-            tls_certificate_key=str(key) if tls else None,
-            temp_dir=str(workdir),
-            pid_file=str(workdir / "nginx.pid"),
-            http_port=free_port(),
-            https_port=free_port(),
-            health_port=free_port(),
-        )
-        conf = render_nginx_conf(spec, facts)
-        checked = check_config(conf, workdir)
-        assert checked.returncode == 0, checked.stderr
-        process = subprocess.Popen(
-            [
-                nginx_binary(),
-                "-e",
-                "stderr",
-                "-p",
-                str(workdir),
-                "-c",
-                str(workdir / "nginx.conf"),
-                "-g",
-                "daemon off;",
-            ],
-            stdout=subprocess.DEVNULL,
+        running, process = launch_nginx(
+            raw_spec, tmp_path / f"nginx-{len(processes)}", upstreams, tls=tls
         )
         processes.append(process)
-        running = RunningNginx(spec, facts, cert, conf)
-
-        def healthy() -> bool:
-            try:
-                return running.http("any", "/healthz", port=facts.health_port).status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, timeout=15, interval=0.1, what="nginx to answer /healthz")
         return running
 
     yield start

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from blogsite_operator import certs, models
 from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
-from tests.nginx.conftest import check_config
+from tests.nginx_harness import check_config
 
 LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", fullmatch=True)
 HOSTNAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join).filter(lambda h: len(h) <= 253)

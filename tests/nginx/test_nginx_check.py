@@ -8,7 +8,7 @@ import pytest
 
 from blogsite_operator import models
 from blogsite_operator.nginx_check import NginxChecker
-from tests.nginx.conftest import nginx_binary
+from tests.nginx_harness import nginx_binary
 
 
 def spec(extra: str | None, **changes: Any) -> models.BlogSiteSpec:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.nginx.conftest import RunningNginx, SniConnection, json_body
+from tests.nginx_harness import RunningNginx, SniConnection, json_body
 
 SITE: dict[str, Any] = {
     "domains": ["lethain.com", "www.lethain.com"],

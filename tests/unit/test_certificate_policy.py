@@ -5,12 +5,21 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import pytest
+
 from blogsite_operator import certs, models
 from blogsite_operator.policies.certificate import (
+    MAX_RETRY_AFTER,
+    RenewalInfo,
+    RenewalPlan,
     ServedCertificate,
     certificate_verdict,
     covers,
     needs_placeholder,
+    needs_renewal_info,
+    next_attempt,
+    plan_renewal,
+    renewal_time,
 )
 
 NOW = datetime.datetime(2026, 11, 25, tzinfo=datetime.UTC)
@@ -77,3 +86,220 @@ def test_placeholder_certificate_round_trip() -> None:
     assert parsed.dns_names == ("a.example.com", "b.example.com")
     assert parsed.not_after > NOW
     assert b"PRIVATE KEY" in key_pem
+
+
+# --- ACME: when to order, and how long to wait after a failure --------------
+
+ACME = models.Acme(email="ops@example.com")
+NAMES = ["a.example.com", "b.example.com"]
+ISSUED_AT = NOW - datetime.timedelta(days=10)
+
+
+def issued(
+    names: tuple[str, ...] = tuple(NAMES),
+    *,
+    days: float = 90,
+    serial: str = "5ca1ab1e",
+    key_algorithm: str = "ECDSAP256",
+) -> certs.CertificateInfo:
+    """A real (CA-issued) certificate's facts, valid `days` from ISSUED_AT."""
+    return certs.CertificateInfo(
+        dns_names=names,
+        not_before=ISSUED_AT,
+        not_after=ISSUED_AT + datetime.timedelta(days=days),
+        serial=serial,
+        issuer="Real CA",
+        key_algorithm=key_algorithm,
+    )
+
+
+def plan(
+    served: ServedCertificate | certs.CertificateInfo,
+    *,
+    acme: models.Acme = ACME,
+    names: list[str] = NAMES,
+    renewal_info: RenewalInfo | None = None,
+    requested: bool = False,
+    now: datetime.datetime = NOW,
+) -> RenewalPlan:
+    if isinstance(served, certs.CertificateInfo):
+        served = ServedCertificate("site-tls", served)
+    return plan_renewal(
+        acme, names, served, renewal_info, renewal_requested=requested, now=now
+    )
+
+
+class TestWhatMustBeReplacedNow:
+    def test_no_secret(self) -> None:
+        assert plan(ServedCertificate("site-tls", None)) == RenewalPlan(
+            True, "SecretMissing", None
+        )
+
+    def test_damaged_secret(self) -> None:
+        damaged = ServedCertificate("site-tls", None, "tls.crt is not a PEM certificate")
+        assert plan(damaged) == RenewalPlan(True, "SecretInvalid", None)
+
+    def test_placeholder(self) -> None:
+        placeholder = info(tuple(NAMES), placeholder=True)
+        assert plan(placeholder) == RenewalPlan(True, "NoCertificate", None)
+
+    @pytest.mark.parametrize(
+        "on_certificate",
+        [("a.example.com",), (*NAMES, "c.example.com"), ("a.example.com", "c.example.com")],
+        ids=["fewer", "more", "other"],
+    )
+    def test_names_changed(self, on_certificate: tuple[str, ...]) -> None:
+        assert plan(issued(on_certificate)) == RenewalPlan(True, "NamesChanged", None)
+
+    def test_names_compared_as_a_set(self) -> None:
+        result = plan(issued(("b.example.com", "a.example.com", "a.example.com")))
+        assert not result.due
+        assert result.reason == "ThirdOfLifetimeLeft"
+
+    def test_key_algorithm_changed(self) -> None:
+        rsa = models.Acme(email="ops@example.com", key_algorithm=models.KeyAlgorithm.RSA_2048)
+        assert plan(issued(), acme=rsa) == RenewalPlan(True, "KeyAlgorithmChanged", None)
+        assert not plan(issued(key_algorithm="RSA2048"), acme=rsa).due
+
+    def test_a_request_does_not_hide_why_the_certificate_must_go(self) -> None:
+        assert plan(issued(("x.example.com",)), requested=True).reason == "NamesChanged"
+
+
+class TestWhenToRenew:
+    def test_a_third_of_the_lifetime_left_without_other_rules(self) -> None:
+        at = ISSUED_AT + datetime.timedelta(days=60)
+        assert plan(issued(), now=at - datetime.timedelta(seconds=1)) == RenewalPlan(
+            False, "ThirdOfLifetimeLeft", at
+        )
+        assert plan(issued(), now=at) == RenewalPlan(True, "ThirdOfLifetimeLeft", at)
+
+    def test_renew_before_seconds(self) -> None:
+        acme = models.Acme(email="ops@example.com", renew_before_seconds=7 * 24 * 3600)
+        at = ISSUED_AT + datetime.timedelta(days=83)
+        ari = RenewalInfo("5ca1ab1e", NOW, NOW + datetime.timedelta(hours=6))
+        assert plan(issued(), acme=acme, renewal_info=ari) == RenewalPlan(
+            False, "RenewBefore", at
+        )
+        assert plan(issued(), acme=acme, now=at).due
+
+    @pytest.mark.parametrize("days", [6, 7], ids=["longer", "equal"])
+    def test_renew_before_not_shorter_than_the_lifetime_falls_back(self, days: int) -> None:
+        acme = models.Acme(email="ops@example.com", renew_before_seconds=7 * 24 * 3600)
+        result = plan(issued(days=days), acme=acme, now=ISSUED_AT)
+        assert result.reason == "ThirdOfLifetimeLeft"
+        assert result.renewal_time == ISSUED_AT + datetime.timedelta(days=days) * 2 / 3
+
+    def test_renewal_info_for_the_served_serial(self) -> None:
+        ari_time = NOW + datetime.timedelta(days=3)
+        ari = RenewalInfo("5ca1ab1e", ari_time, NOW + datetime.timedelta(hours=6))
+        assert plan(issued(), renewal_info=ari) == RenewalPlan(False, "RenewalInfo", ari_time)
+        assert plan(issued(), renewal_info=ari, now=ari_time).due
+
+    def test_renewal_info_for_the_served_serial_can_say_now(self) -> None:
+        ari = RenewalInfo("5ca1ab1e", NOW - datetime.timedelta(hours=1), NOW)
+        assert plan(issued(), renewal_info=ari) == RenewalPlan(
+            True, "RenewalInfo", NOW - datetime.timedelta(hours=1)
+        )
+
+    @pytest.mark.parametrize(
+        "ari",
+        [
+            RenewalInfo("0dd", NOW + datetime.timedelta(days=3), NOW),
+            RenewalInfo("5ca1ab1e", None, NOW),
+        ],
+        ids=["other-serial", "no-ari-at-the-ca"],
+    )
+    def test_renewal_info_ignored_when_not_about_this_certificate(
+        self, ari: RenewalInfo
+    ) -> None:
+        result = plan(issued(), renewal_info=ari)
+        assert result == RenewalPlan(
+            False, "ThirdOfLifetimeLeft", ISSUED_AT + datetime.timedelta(days=60)
+        )
+
+    def test_a_request_is_due_before_its_time(self) -> None:
+        at = ISSUED_AT + datetime.timedelta(days=60)
+        assert plan(issued(), requested=True) == RenewalPlan(True, "RenewalRequested", at)
+
+    def test_renewal_time_alone(self) -> None:
+        at, basis = renewal_time(ACME, issued(days=9), None)
+        assert (at, basis) == (ISSUED_AT + datetime.timedelta(days=6), "ThirdOfLifetimeLeft")
+
+
+class TestNeedsRenewalInfo:
+    def ari(
+        self, serial: str = "5ca1ab1e", next_check: datetime.timedelta = datetime.timedelta(hours=1)
+    ) -> RenewalInfo:
+        return RenewalInfo(serial, NOW + datetime.timedelta(days=20), NOW + next_check)
+
+    def test_never_for_nothing_a_placeholder_or_an_expired_certificate(self) -> None:
+        assert not needs_renewal_info(None, None, NOW)
+        assert not needs_renewal_info(info(tuple(NAMES), placeholder=True), None, NOW)
+        assert not needs_renewal_info(issued(days=10), None, NOW)
+        assert not needs_renewal_info(issued(days=9), None, NOW)
+
+    def test_a_real_certificate_not_asked_about_yet(self) -> None:
+        assert needs_renewal_info(issued(), None, NOW)
+
+    def test_fresh_answer_for_this_serial_is_kept(self) -> None:
+        assert not needs_renewal_info(issued(), self.ari(), NOW)
+
+    def test_answer_for_another_serial(self) -> None:
+        assert needs_renewal_info(issued(), self.ari(serial="0dd"), NOW)
+
+    @pytest.mark.parametrize("next_check", [datetime.timedelta(0), -datetime.timedelta(hours=1)])
+    def test_stale_answer(self, next_check: datetime.timedelta) -> None:
+        assert needs_renewal_info(issued(), self.ari(next_check=next_check), NOW)
+
+
+BASE = datetime.timedelta(minutes=5)
+CAP = datetime.timedelta(hours=6)
+
+
+def backoff(
+    failed_attempts: int,
+    *,
+    cap: datetime.timedelta = CAP,
+    retry_after: datetime.datetime | None = None,
+    jitter: float = 0.0,
+) -> datetime.timedelta:
+    at = next_attempt(
+        failed_attempts, NOW, base=BASE, cap=cap, retry_after=retry_after, jitter=jitter
+    )
+    return at - NOW
+
+
+class TestNextAttempt:
+    def test_doubles_from_base_up_to_the_cap(self) -> None:
+        waits = [backoff(n) for n in range(1, 10)]
+        assert waits == [BASE * f for f in (1, 2, 4, 8, 16, 32, 64)] + [CAP, CAP]
+
+    def test_no_overflow_after_very_many_failures(self) -> None:
+        assert backoff(10_000) == CAP
+
+    def test_jitter_stretches_the_delay(self) -> None:
+        assert backoff(1, jitter=0.1) == BASE * 1.1
+        assert backoff(3, jitter=0.05) == BASE * 4 * 1.05
+
+    def test_retry_after_later_than_the_backoff_wins(self) -> None:
+        later = NOW + datetime.timedelta(hours=1)
+        assert backoff(1, retry_after=later) == datetime.timedelta(hours=1)
+
+    def test_retry_after_earlier_than_the_backoff_is_not_a_shortcut(self) -> None:
+        assert backoff(2, retry_after=NOW + datetime.timedelta(seconds=10)) == BASE * 2
+
+    def test_absurd_retry_after_waits_a_day_at_most(self) -> None:
+        absurd = NOW + datetime.timedelta(days=400)
+        assert backoff(1, retry_after=absurd) == MAX_RETRY_AFTER == datetime.timedelta(days=1)
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="next_attempt caps Retry-After at now + MAX_RETRY_AFTER even when the "
+        "backoff alone is later, so a long Retry-After shortens the wait",
+    )
+    def test_capped_retry_after_never_shortens_a_longer_backoff(self) -> None:
+        long_cap = datetime.timedelta(days=3)
+        without = backoff(12, cap=long_cap)
+        with_header = backoff(12, cap=long_cap, retry_after=NOW + datetime.timedelta(days=10))
+        assert without == long_cap
+        assert with_header >= without

@@ -76,10 +76,14 @@ def drive_acme(
         renewal_requested=bool(renew_request) and renew_request != state.renewal_request,
         now=now,
     )
-    if not busy and plan.due and not can_publish:
+    # An order that failed is retried (with backoff) until one succeeds, even
+    # when what asked for it (a request, a renewal window) is no longer new.
+    due = plan.due or state.failed_attempts > 0
+    reason = plan.reason if plan.due else "RetryingFailedOrder"
+    if not busy and due and not can_publish:
         pass  # the pass that creates the answers ConfigMap triggers the next one
-    elif not busy and plan.due:
-        forced = plan.reason == "RenewalRequested"
+    elif not busy and due:
+        forced = reason == "RenewalRequested"
         if forced or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(IssueJob(site, tuple(names), acme))
             busy = True
@@ -91,7 +95,7 @@ def drive_acme(
                     "Issuing",
                     (
                         f"ordering a certificate for {len(names)} names from {acme.server} "
-                        f"({_why(plan.reason)})"
+                        f"({_why(reason)})"
                     ),
                 )
             )
@@ -115,7 +119,7 @@ def drive_acme(
     fields["renewalTime"] = _iso(plan.renewal_time) if plan.renewal_time else None
     return AcmeOutcome(
         fields=fields,
-        verdict=_verdict(base_verdict, state, busy and plan.due, acme.server, now),
+        verdict=_verdict(base_verdict, state, busy and due, acme.server, now),
         events=events,
         requeue_after=max((requeue - now).total_seconds(), 1.0) if requeue else None,
     )
@@ -252,6 +256,7 @@ def _why(reason: str) -> str:
         "RenewBefore": "renewBeforeSeconds reached",
         "RenewalInfo": "the CA's renewal window",
         "ThirdOfLifetimeLeft": "a third of its lifetime left",
+        "RetryingFailedOrder": "retrying a failed order",
     }.get(reason, reason)
 
 

@@ -1,0 +1,510 @@
+"""One reconcile's worth of ACME: what is ordered, what status and Events say.
+
+The issuer is a fake that records jobs; the certificates are real (a tiny
+local CA signs them) and reach the driver the way a reconcile reads them,
+through `read_served_certificate`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from blogsite_operator import certs, models
+from blogsite_operator.issuance.driver import RENEW_ANNOTATION, AcmeOutcome, drive_acme
+from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
+from blogsite_operator.issuance.protocol import IssuanceError
+from blogsite_operator.policies.certificate import (
+    RenewalInfo,
+    ServedCertificate,
+    certificate_verdict,
+)
+from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE
+from blogsite_operator.reconcile import read_served_certificate
+from blogsite_operator.render.site import SiteRef
+from blogsite_operator.settings import AcmeSettings
+
+NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+SITE = SiteRef(name="lethain", namespace="blogs", uid="uid-1")
+NAMES = ["a.example.com", "b.example.com"]
+SPEC = models.parse_spec(
+    {
+        "domains": NAMES[:1],
+        "redirectDomains": NAMES[1:],
+        "daedalus": {"image": "d:1"},
+        "tls": {"acme": {"email": "ops@example.com", "server": "letsencrypt"}},
+    }
+)
+assert SPEC.tls is not None
+assert SPEC.tls.acme is not None
+ACME = SPEC.tls.acme
+BACKOFF = AcmeSettings().backoff_seconds
+
+
+# --- certificates a tiny local CA issues --------------------------------------
+
+CA_KEY = ec.generate_private_key(ec.SECP256R1())
+CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tiny Test CA")])
+
+
+def secret(cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    return {
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        }
+    }
+
+
+def issued(
+    names: list[str] = NAMES,
+    *,
+    not_before: datetime.datetime = NOW - datetime.timedelta(days=10),
+    days: int = 90,
+) -> ServedCertificate:
+    """A CA-signed certificate for `names`, as the reconciler reads its Secret."""
+    key_pem = certs.generate_private_key("ECDSAP256")
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(CA_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_before + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(CA_KEY, hashes.SHA256())
+    )
+    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    served = read_served_certificate("lethain-tls", secret(cert_pem, key_pem))
+    assert served.info is not None
+    assert not served.info.is_placeholder
+    return served
+
+
+def placeholder() -> ServedCertificate:
+    served = read_served_certificate(
+        "lethain-tls", secret(*certs.self_signed_placeholder(NAMES, now=NOW))
+    )
+    assert served.info is not None
+    assert served.info.is_placeholder
+    return served
+
+
+def serial_of(served: ServedCertificate) -> str:
+    assert served.info is not None
+    return served.info.serial
+
+
+# --- a fake issuer and one reconcile pass -------------------------------------
+
+
+@dataclass
+class FakeIssuer:
+    settings: AcmeSettings = field(default_factory=AcmeSettings)
+    running: bool = False
+    result: JobResult | None = None
+    jobs: list[IssueJob | RenewalInfoJob] = field(default_factory=list)
+
+    def busy(self, key: SiteKey) -> bool:
+        assert key == ("blogs", "lethain")
+        return self.running
+
+    def take_result(self, key: SiteKey) -> JobResult | None:
+        assert key == ("blogs", "lethain")
+        result, self.result = self.result, None
+        return result
+
+    def submit(self, job: IssueJob | RenewalInfoJob) -> bool:
+        if self.running:
+            return False
+        self.jobs.append(job)
+        self.running = True
+        return True
+
+
+def drive(
+    issuer: FakeIssuer,
+    served: ServedCertificate,
+    *,
+    previous: dict[str, Any] | None = None,
+    renew_request: str | None = None,
+    now: datetime.datetime = NOW,
+    can_publish: bool = True,
+) -> AcmeOutcome:
+    return drive_acme(
+        issuer,
+        SITE,
+        ACME,
+        NAMES,
+        served,
+        previous=previous or {},
+        base_verdict=certificate_verdict(SPEC, served, now),
+        renew_request=renew_request,
+        now=now,
+        can_publish=can_publish,
+    )
+
+
+def status_after(outcome: AcmeOutcome) -> dict[str, Any]:
+    """status.certificate as the next pass reads it (a merge patch drops the nulls)."""
+    return {k: v for k, v in outcome.fields.items() if v is not None}
+
+
+def iso(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def failed(
+    *,
+    attempts: int = 1,
+    next_in: datetime.timedelta = datetime.timedelta(minutes=4),
+    message: str = "cannot reach the ACME server: ConnectionError",
+) -> dict[str, Any]:
+    """status.certificate after `attempts` failed orders."""
+    return {
+        "failedAttempts": attempts,
+        "nextAttempt": iso(NOW + next_in),
+        "lastFailure": {
+            "time": iso(NOW - datetime.timedelta(minutes=1)),
+            "reason": "AcmeServerUnreachable",
+            "message": message,
+        },
+    }
+
+
+def issue_job() -> IssueJob:
+    return IssueJob(SITE, tuple(NAMES), ACME)
+
+
+# --- the first certificate -----------------------------------------------------
+
+
+class TestFirstOrder:
+    def test_placeholder_starts_one_order(self) -> None:
+        issuer = FakeIssuer()
+        outcome = drive(issuer, placeholder())
+        assert issuer.jobs == [issue_job()]
+        assert outcome.verdict.status == CONDITION_FALSE
+        assert outcome.verdict.reason == "Issuing"
+        assert "letsencrypt" in outcome.verdict.message
+        assert [(kind, reason) for kind, reason, _ in outcome.events] == [("Normal", "Issuing")]
+        assert "no certificate yet" in outcome.events[0][2]
+        assert outcome.requeue_after is None  # the job's end triggers the next pass
+
+    def test_missing_secret_starts_an_order_too(self) -> None:
+        issuer = FakeIssuer()
+        outcome = drive(issuer, ServedCertificate("lethain-tls", None))
+        assert issuer.jobs == [issue_job()]
+        assert "the TLS Secret is missing" in outcome.events[0][2]
+
+    def test_no_second_order_while_one_runs(self) -> None:
+        issuer = FakeIssuer()
+        first = drive(issuer, placeholder())
+        second = drive(issuer, placeholder(), previous=status_after(first))
+        assert issuer.jobs == [issue_job()]
+        assert second.events == []
+        assert second.verdict.reason == "Issuing"
+        assert second.requeue_after is None
+
+    def test_nothing_before_the_answers_config_map_exists(self) -> None:
+        issuer = FakeIssuer()
+        outcome = drive(issuer, placeholder(), can_publish=False)
+        assert issuer.jobs == []
+        assert outcome.events == []
+        assert outcome.verdict.reason == "Placeholder"
+
+
+# --- failures and backoff ------------------------------------------------------
+
+
+class TestFailedOrder:
+    finished_at = NOW - datetime.timedelta(seconds=30)
+
+    def result(self) -> JobResult:
+        error = IssuanceError("OrderFailed", "the order failed: unauthorized: no such host")
+        return JobResult(issue_job(), self.finished_at, error=error)
+
+    def test_is_folded_into_status(self) -> None:
+        issuer = FakeIssuer(result=self.result())
+        fields = drive(issuer, placeholder()).fields
+        assert fields["failedAttempts"] == 1
+        assert fields["lastFailure"] == {
+            "time": iso(self.finished_at),
+            "reason": "OrderFailed",
+            "message": "the order failed: unauthorized: no such host",
+        }
+        wait = parse(fields["nextAttempt"]) - self.finished_at
+        # the base backoff, stretched by at most 10% jitter (and cut to whole seconds)
+        assert datetime.timedelta(seconds=BACKOFF) <= wait
+        assert wait <= datetime.timedelta(seconds=BACKOFF * 1.1)
+
+    def test_tells_the_user_and_waits(self) -> None:
+        issuer = FakeIssuer(result=self.result())
+        outcome = drive(issuer, placeholder())
+        assert issuer.jobs == []
+        assert len(outcome.events) == 1
+        kind, reason, message = outcome.events[0]
+        assert (kind, reason) == ("Warning", "OrderFailed")
+        assert "no such host" in message
+        assert "attempt 1 failed" in message
+        until = (parse(outcome.fields["nextAttempt"]) - NOW).total_seconds()
+        assert outcome.requeue_after is not None
+        assert until <= outcome.requeue_after < until + 1
+        assert outcome.verdict.status == CONDITION_FALSE
+        assert outcome.verdict.reason == "OrderFailed"
+        assert "no such host" in outcome.verdict.message
+        assert "1 failed attempt(s)" in outcome.verdict.message
+
+    def test_the_next_failure_waits_twice_as_long(self) -> None:
+        issuer = FakeIssuer(result=self.result())
+        fields = drive(issuer, placeholder(), previous=failed(attempts=1)).fields
+        assert fields["failedAttempts"] == 2
+        wait = parse(fields["nextAttempt"]) - self.finished_at
+        assert datetime.timedelta(seconds=2 * BACKOFF) <= wait
+        assert wait <= datetime.timedelta(seconds=2 * BACKOFF * 1.1)
+
+    def test_retry_after_of_the_ca_is_honoured(self) -> None:
+        later = NOW + datetime.timedelta(hours=2)
+        error = IssuanceError("RateLimited", "rateLimited: too many certificates", later)
+        issuer = FakeIssuer(result=JobResult(issue_job(), self.finished_at, error=error))
+        outcome = drive(issuer, placeholder())
+        assert outcome.fields["nextAttempt"] == iso(later)
+        assert outcome.requeue_after == 2 * 3600
+
+
+class TestBackoff:
+    def test_no_order_before_the_next_attempt(self) -> None:
+        issuer = FakeIssuer()
+        previous = failed(next_in=datetime.timedelta(seconds=200))
+        outcome = drive(issuer, placeholder(), previous=previous)
+        assert issuer.jobs == []
+        assert outcome.requeue_after == 200
+        assert outcome.fields["failedAttempts"] == 1
+        assert outcome.fields["nextAttempt"] == previous["nextAttempt"]
+        assert outcome.verdict.reason == "AcmeServerUnreachable"
+
+    @pytest.mark.parametrize("late", [datetime.timedelta(0), datetime.timedelta(minutes=3)])
+    def test_orders_again_once_it_is_time(self, late: datetime.timedelta) -> None:
+        issuer = FakeIssuer()
+        previous = failed(next_in=datetime.timedelta(0))
+        outcome = drive(issuer, placeholder(), previous=previous, now=NOW + late)
+        assert issuer.jobs == [issue_job()]
+        assert outcome.verdict.reason == "Issuing"
+        # the failure is remembered until an order succeeds
+        assert outcome.fields["failedAttempts"] == 1
+
+
+class TestSuccess:
+    def test_clears_failures_and_says_so(self) -> None:
+        served = issued()
+        result = JobResult(
+            issue_job(),
+            NOW,
+            serial=serial_of(served),
+            not_after=NOW + datetime.timedelta(days=90),
+            acme_requests=11,
+            seconds=4.2,
+        )
+        issuer = FakeIssuer(result=result)
+        outcome = drive(issuer, served, previous=failed(attempts=3))
+        assert outcome.fields["failedAttempts"] is None
+        assert outcome.fields["nextAttempt"] is None
+        assert outcome.fields["lastFailure"] is None
+        assert outcome.events == [
+            (
+                "Normal",
+                "CertificateIssued",
+                f"issued a certificate for 2 names, serial {serial_of(served)}, valid until "
+                f"{iso(NOW + datetime.timedelta(days=90))} (11 ACME requests, 4.2s)",
+            )
+        ]
+        assert outcome.verdict.status == CONDITION_TRUE
+        assert outcome.verdict.reason == "Valid"
+        assert "failing" not in outcome.verdict.message
+
+
+# --- renewal information (ARI) and renewal --------------------------------------
+
+
+class TestRenewalInfo:
+    def test_asked_for_a_valid_certificate(self) -> None:
+        served = issued()
+        assert served.cert_pem is not None
+        issuer = FakeIssuer()
+        outcome = drive(issuer, served)
+        assert issuer.jobs == [RenewalInfoJob(SITE, ACME, served.cert_pem, serial_of(served))]
+        assert outcome.events == []
+        assert outcome.verdict.reason == "Valid"
+        assert outcome.verdict.message.endswith(
+            iso(NOW + datetime.timedelta(days=80))
+        )  # no "renewing now": asking is not renewing
+
+    def test_not_asked_when_the_answer_is_fresh(self) -> None:
+        served = issued()
+        previous = {
+            "renewalInfo": {
+                "serialNumber": serial_of(served),
+                "renewalTime": None,
+                "nextCheck": iso(NOW + datetime.timedelta(hours=1)),
+            }
+        }
+        issuer = FakeIssuer()
+        outcome = drive(issuer, served, previous=previous)
+        assert issuer.jobs == []
+        assert outcome.requeue_after == 3600
+
+    @pytest.mark.parametrize(
+        ("renew_in", "check_in", "requeue"),
+        [
+            (datetime.timedelta(days=20), datetime.timedelta(hours=6), 6 * 3600),
+            (datetime.timedelta(hours=1), datetime.timedelta(hours=6), 3600),
+        ],
+        ids=["next-check-first", "renewal-first"],
+    )
+    def test_answer_is_folded_and_sets_the_next_pass(
+        self, renew_in: datetime.timedelta, check_in: datetime.timedelta, requeue: float
+    ) -> None:
+        served = issued()
+        assert served.cert_pem is not None
+        info = RenewalInfo(serial_of(served), NOW + renew_in, NOW + check_in)
+        job = RenewalInfoJob(SITE, ACME, served.cert_pem, serial_of(served))
+        issuer = FakeIssuer(result=JobResult(job, NOW, renewal_info=info))
+        outcome = drive(issuer, served)
+        assert issuer.jobs == []
+        assert outcome.fields["renewalInfo"] == {
+            "serialNumber": serial_of(served),
+            "renewalTime": iso(NOW + renew_in),
+            "nextCheck": iso(NOW + check_in),
+        }
+        assert outcome.fields["renewalTime"] == iso(NOW + renew_in)
+        assert outcome.requeue_after == requeue
+
+    def test_a_renewal_window_that_has_begun_starts_an_order(self) -> None:
+        served = issued()
+        previous = {
+            "renewalInfo": {
+                "serialNumber": serial_of(served),
+                "renewalTime": iso(NOW - datetime.timedelta(minutes=1)),
+                "nextCheck": iso(NOW + datetime.timedelta(hours=6)),
+            }
+        }
+        issuer = FakeIssuer()
+        outcome = drive(issuer, served, previous=previous)
+        assert issuer.jobs == [issue_job()]
+        assert "the CA's renewal window" in outcome.events[0][2]
+        assert outcome.verdict.status == CONDITION_TRUE
+        assert outcome.verdict.message.endswith("; renewing now")
+
+    def test_a_failed_check_is_retried_after_the_backoff(self) -> None:
+        served = issued()
+        assert served.cert_pem is not None
+        job = RenewalInfoJob(SITE, ACME, served.cert_pem, serial_of(served))
+        error = IssuanceError("RenewalInfoFailed", "cannot fetch renewal info: ConnectionError")
+        issuer = FakeIssuer(result=JobResult(job, NOW, error=error))
+        outcome = drive(issuer, served)
+        assert issuer.jobs == []
+        assert outcome.events == [
+            ("Warning", "RenewalInfoFailed", "cannot fetch renewal info: ConnectionError")
+        ]
+        assert outcome.fields["renewalInfo"] == {
+            "serialNumber": serial_of(served),
+            "renewalTime": None,
+            "nextCheck": iso(NOW + datetime.timedelta(seconds=BACKOFF)),
+        }
+        assert outcome.fields["failedAttempts"] is None  # not an order that failed
+        assert outcome.requeue_after == BACKOFF
+
+
+class TestFailingRenewal:
+    """The certificate is due (a third of its lifetime left) and the last order failed."""
+
+    def test_served_certificate_stays_ready_and_says_renewal_fails(self) -> None:
+        served = issued(not_before=NOW - datetime.timedelta(days=70))
+        issuer = FakeIssuer()
+        previous = failed(attempts=2, next_in=datetime.timedelta(minutes=7))
+        outcome = drive(issuer, served, previous=previous)
+        assert issuer.jobs == []
+        assert outcome.requeue_after == 7 * 60
+        assert outcome.verdict.status == CONDITION_TRUE
+        assert outcome.verdict.reason == "Valid"
+        assert "renewal failing" in outcome.verdict.message
+        assert "cannot reach the ACME server" in outcome.verdict.message
+        assert "2 failed attempt(s)" in outcome.verdict.message
+
+
+class TestRenewalRequest:
+    def test_new_value_orders_even_within_the_backoff(self) -> None:
+        served = issued()
+        issuer = FakeIssuer()
+        previous = failed(attempts=4, next_in=datetime.timedelta(hours=1))
+        outcome = drive(issuer, served, previous=previous, renew_request="2026-11-25")
+        assert issuer.jobs == [issue_job()]
+        assert outcome.fields["renewalRequest"] == "2026-11-25"
+        assert RENEW_ANNOTATION in outcome.events[0][2]
+        assert outcome.verdict.message.endswith("; renewing now")
+
+    def test_the_same_value_again_does_nothing(self) -> None:
+        served = issued()
+        previous = {
+            "renewalRequest": "2026-11-25",
+            "renewalInfo": {
+                "serialNumber": serial_of(served),
+                "renewalTime": None,
+                "nextCheck": iso(NOW + datetime.timedelta(hours=1)),
+            },
+        }
+        issuer = FakeIssuer()
+        outcome = drive(issuer, served, previous=previous, renew_request="2026-11-25")
+        assert issuer.jobs == []
+        assert outcome.events == []
+        assert outcome.fields["renewalRequest"] == "2026-11-25"
+
+    def test_not_while_an_order_runs(self) -> None:
+        issuer = FakeIssuer(running=True)
+        outcome = drive(issuer, issued(), renew_request="now")
+        assert issuer.jobs == []
+        assert outcome.fields["renewalRequest"] is None  # acted on once the job is over
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="plan_renewal ranks NoCertificate above RenewalRequested and drive_acme "
+        "only skips the backoff for RenewalRequested, so a site without a certificate "
+        "ignores the annotation until its backoff ends",
+    )
+    def test_new_value_skips_the_backoff_before_the_first_certificate_too(self) -> None:
+        issuer = FakeIssuer()
+        previous = failed(attempts=4, next_in=datetime.timedelta(hours=1))
+        drive(issuer, placeholder(), previous=previous, renew_request="retry-now")
+        assert issuer.jobs == [issue_job()]
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="an order started for another reason (NoCertificate) does not record "
+        "renewalRequest, so the certificate it brings is renewed again at once",
+    )
+    def test_a_request_answered_by_an_order_does_not_order_again(self) -> None:
+        issuer = FakeIssuer()
+        first = drive(issuer, placeholder(), renew_request="please")
+        assert issuer.jobs == [issue_job()]
+        served = issued()
+        issuer.running = False
+        issuer.result = JobResult(
+            issue_job(), NOW, serial=serial_of(served), not_after=NOW + datetime.timedelta(days=80)
+        )
+        drive(issuer, served, previous=status_after(first), renew_request="please")
+        assert [type(job) for job in issuer.jobs] == [IssueJob, RenewalInfoJob]
