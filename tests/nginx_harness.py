@@ -136,12 +136,14 @@ def check_config(conf: str, workdir: Path) -> subprocess.CompletedProcess[str]:
 def launch_nginx(
     raw_spec: dict[str, Any],
     workdir: Path,
-    upstreams: tuple[Stub, Stub],
+    upstreams: tuple[str, str],
     *,
     tls: bool = True,
     certificate: tuple[bytes, bytes] | None = None,
 ) -> tuple[RunningNginx, subprocess.Popen[bytes]]:
     """nginx running the rendered configuration of `raw_spec`, answering /healthz.
+
+    `upstreams`: the addresses of daedalus and cert-refresh (host:port).
 
     `certificate` (chain PEM, key PEM) is served over TLS; by default a
     self-signed placeholder for the site's names, which `https()` trusts.
@@ -155,8 +157,8 @@ def launch_nginx(
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
     facts = NginxFacts(
-        daedalus_upstream=upstreams[0].address,
-        challenge_upstream=upstreams[1].address,
+        daedalus_upstream=upstreams[0],
+        challenge_upstream=upstreams[1],
         tls_certificate=str(cert) if tls else None,
         tls_certificate_key=str(key) if tls else None,
         temp_dir=str(workdir),

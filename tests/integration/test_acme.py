@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import datetime
 import itertools
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from tests.integration.conftest import ChallengeServer, Kubectl, OperatorProcess
+from tests.integration.conftest import (
+    PEBBLE_HTTP01_PORT,
+    ChallengeServer,
+    Kubectl,
+    OperatorProcess,
+)
+from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import Pebble, running_pebble
 from tests.support import wait_for
 
@@ -295,3 +303,187 @@ def tls_hash_of_frontend(kubectl: Kubectl, namespace: str) -> str:
     frontend = kubectl.json("get", "deployment", f"{SITE}-frontend", "-n", namespace)
     annotations = frontend["spec"]["template"]["metadata"].get("annotations") or {}
     return str(annotations.get("blog.daedalus.dev/tls-certificate-sha256"))
+
+
+def failures(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
+    return sorted(events(kubectl, namespace, reason), key=lambda e: e.get("firstTimestamp") or "")
+
+
+def test_acme_server_down_backs_off_then_recovers(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    pebble.stop()
+    kubectl.apply(acme_site(pebble), namespace)
+
+    def reported() -> dict[str, Any] | None:
+        site = blogsite(kubectl, namespace)
+        ready = condition(site, "CertificateReady")
+        attempts = certificate_status(kubectl, namespace).get("failedAttempts", 0)
+        return site if ready.get("reason") == "AcmeServerUnreachable" and attempts >= 2 else None
+
+    site = wait_for(reported, timeout=30, what="the unreachable ACME server in status")
+    status = site["status"]["certificate"]
+    assert status["placeholder"] is True
+    assert status["lastFailure"]["reason"] == "AcmeServerUnreachable"
+    assert "next attempt" in condition(site, "CertificateReady")["message"] or status["nextAttempt"]
+    # Backoff: 2 s, 4 s, 8 s, 8 s ... (base 2, cap 8 in the test settings), so in
+    # 20 s of outage only a handful of attempts, never a hot loop.
+    time.sleep(20)
+    attempts = certificate_status(kubectl, namespace)["failedAttempts"]
+    assert 3 <= attempts <= 6, attempts
+    warned = failures(kubectl, namespace, "AcmeServerUnreachable")
+    assert len(warned) == attempts, "one Warning Event per failed attempt"
+
+    pebble.start()
+    recovered = wait_for_certificate(kubectl, namespace, timeout=40)
+    chain, _ = served_chain(kubectl, namespace)
+    verify_against_root(chain, pebble.root_pem(), DOMAINS[0])
+    assert "failedAttempts" not in recovered["status"]["certificate"]
+    assert "lastFailure" not in recovered["status"]["certificate"]
+
+
+def test_failed_renewal_keeps_the_valid_certificate_serving(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    kubectl.apply(acme_site(pebble), namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    chain_before = served_chain(kubectl, namespace)
+
+    pebble.stop()
+    kubectl.run(
+        "annotate", "blogsite", SITE, "-n", namespace, "blog.daedalus.dev/renew-certificate=now"
+    )
+
+    def renewal_failed() -> dict[str, Any] | None:
+        site = blogsite(kubectl, namespace)
+        return site if site["status"]["certificate"].get("failedAttempts") else None
+
+    site = wait_for(renewal_failed, timeout=30, what="the failed renewal in status")
+    ready = condition(site, "CertificateReady")
+    assert ready["status"] == "True", "a valid certificate is still served"
+    assert "renewal failing" in ready["message"]
+    assert served_chain(kubectl, namespace) == chain_before, "the Secret was not touched"
+
+    pebble.start()  # a new CA (Pebble forgets everything): a new account, a new chain
+    renewed = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"], timeout=40)
+    chain, _ = served_chain(kubectl, namespace)
+    verify_against_root(chain, pebble.root_pem(), DOMAINS[0])
+    assert "failedAttempts" not in renewed["status"]["certificate"]
+
+
+def test_failed_challenge_is_reported_and_retried_until_it_validates(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    tmp_path: Path,
+) -> None:
+    # No self-check: the CA itself finds nobody answering on port 80 (5012 here).
+    operator = OperatorProcess(
+        kubectl,
+        namespace,
+        tmp_path / "operator.log",
+        extra_env={"BLOGSITE_OPERATOR_ACME_SELF_CHECK": "off"},
+    )
+    operator.start()
+    server = ChallengeServer(kubectl, namespace, tmp_path / "challenge-server.log")
+    try:
+        trust_pebble(kubectl, namespace, pebble)
+        kubectl.apply(acme_site(pebble), namespace)
+
+        def challenge_failed() -> dict[str, Any] | None:
+            site = blogsite(kubectl, namespace)
+            ready = condition(site, "CertificateReady")
+            return site if ready.get("reason") == "ChallengeFailed" else None
+
+        site = wait_for(challenge_failed, timeout=60, what="ChallengeFailed in status")
+        message = condition(site, "CertificateReady")["message"]
+        assert "HTTP-01 validation failed" in message
+        assert DOMAINS[0] in message or REDIRECTS[0] in message, message
+        assert failures(kubectl, namespace, "ChallengeFailed")
+
+        server.start()
+        wait_for_certificate(kubectl, namespace, timeout=40)
+    finally:
+        server.stop()
+        assert operator.stop() == 0
+    assert "Traceback" not in operator.logs()
+
+
+def test_issuance_survives_a_high_nonce_rejection_rate(
+    kubectl: Kubectl,
+    namespace: str,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    # Pebble rejects half the nonces: the `acme` package alone retries only once.
+    with running_pebble({"PEBBLE_WFE_NONCEREJECT": "50"}) as pebble:
+        trust_pebble(kubectl, namespace, pebble)
+        kubectl.apply(acme_site(pebble), namespace)
+        wait_for_certificate(kubectl, namespace, timeout=60)
+        chain, _ = served_chain(kubectl, namespace)
+        for name in DOMAINS + REDIRECTS:
+            verify_against_root(chain, pebble.root_pem(), name)
+    retried = operator_process.logs().count("rejected a nonce; retrying")
+    assert retried >= 3, "Pebble did reject nonces, and the operator retried them"
+    issued = [e["message"] for e in events(kubectl, namespace, "CertificateIssued")]
+    assert len(issued) == 1, issued
+
+
+@pytest.mark.nginx
+@pytest.mark.usefixtures("challenge_server", "operator_process")
+def test_end_to_end_real_nginx_serves_the_issued_certificate_for_every_name(
+    kubectl: Kubectl, namespace: str, pebble: Pebble, tmp_path: Path
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble)
+    kubectl.apply(site, namespace)
+    wait_for_certificate(kubectl, namespace)
+    root = tmp_path / "pebble-root.pem"
+    root.write_bytes(pebble.root_pem())
+
+    # The frontend configuration the operator renders for this site, with the
+    # issued chain and key, in real nginx; cert-refresh is the real challenge server.
+    daedalus = start_stub("daedalus")
+    nginx, process = launch_nginx(
+        site["spec"],
+        tmp_path / "nginx",
+        (daedalus.address, f"127.0.0.1:{PEBBLE_HTTP01_PORT}"),
+        certificate=served_chain(kubectl, namespace),
+    )
+    try:
+        for name in DOMAINS:
+            response = nginx.https(name, "/post?id=7", trust=root)
+            assert response.status == 200, name
+            assert json_body(response)["upstream"] == "daedalus"
+        for name in REDIRECTS:
+            response = nginx.https(name, "/post?id=7", trust=root)
+            assert response.status == 301, name
+            assert response.getheader("Location") == f"https://{DOMAINS[0]}/post?id=7"
+        # Trusting anything else fails: this really is Pebble's chain.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            nginx.https(DOMAINS[0], "/", trust=Path(challenge_ca_file(tmp_path, pebble)))
+        # Port 80 hands ACME challenges to cert-refresh, for every name.
+        for name in DOMAINS + REDIRECTS:
+            response = nginx.http(name, "/.well-known/acme-challenge/unknown-token")
+            assert response.status == 404
+            assert response.read() == b"no such challenge token\n"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        daedalus.server.shutdown()
+
+
+def challenge_ca_file(tmp_path: Path, pebble: Pebble) -> str:
+    path = tmp_path / "not-pebbles-root.pem"
+    path.write_bytes(pebble.ca_pem)  # the CA of Pebble's HTTPS, not of issued certificates
+    return str(path)

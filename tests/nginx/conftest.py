@@ -32,7 +32,10 @@ def start_nginx(tmp_path: Path, upstreams: tuple[Stub, Stub]) -> Iterator[Any]:
 
     def start(raw_spec: dict[str, Any], tls: bool = True) -> RunningNginx:
         running, process = launch_nginx(
-            raw_spec, tmp_path / f"nginx-{len(processes)}", upstreams, tls=tls
+            raw_spec,
+            tmp_path / f"nginx-{len(processes)}",
+            (upstreams[0].address, upstreams[1].address),
+            tls=tls,
         )
         processes.append(process)
         return running

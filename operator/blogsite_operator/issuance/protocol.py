@@ -35,7 +35,7 @@ DIRECTORIES = {
 USER_AGENT = "blogsite-operator/0.1.0"
 # The `acme` package retries a badNonce once; a busy CA (or Pebble's
 # PEBBLE_WFE_NONCEREJECT) can reject several in a row, each with a fresh nonce.
-NONCE_ATTEMPTS = 6
+NONCE_ATTEMPTS = 10
 
 
 def directory_url(server: str) -> str:
@@ -106,6 +106,7 @@ class _Network(client.ClientNetwork):
             except messages.Error as error:
                 if error.code != "badNonce" or attempt == NONCE_ATTEMPTS - 1:
                     raise
+                logger.debug("the ACME server rejected a nonce; retrying with a fresh one")
                 time.sleep(min(0.05 * 2**attempt, 1.0))
         raise AssertionError("unreachable")  # pragma: no cover
 
