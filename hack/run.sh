@@ -25,9 +25,31 @@ fi
 "${kubectl_bin}" apply --server-side --force-conflicts -f "${root}/crds/blogsite.yaml" >/dev/null
 "${kubectl_bin}" wait --for=condition=Established crd/blogsites.blog.daedalus.dev --timeout=60s >/dev/null
 
+# A local ACME server, so a certificate can be issued on a laptop: Pebble with
+# real HTTP-01 validation (its DNS sends every name to 127.0.0.1), and the
+# challenge server on the port Pebble validates, serving every site's answers.
+pebble_state="${PEBBLE_STATE_DIR:-${TMPDIR:-/tmp}/blogsite-pebble}"
+export PEBBLE_STATE_DIR="${pebble_state}" PEBBLE_VA_NOSLEEP=1 PEBBLE_WFE_NONCEREJECT=0
+children=()
+cleanup() { for pid in "${children[@]}"; do kill "${pid}" 2>/dev/null || true; done; wait; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+"${here}/pebble.sh" >"${pebble_state}.log" 2>&1 &
+children+=($!)
+for _ in $(seq 1 600); do [[ -s "${pebble_state}/root.pem" ]] && break; sleep 0.5; done
+if [[ ! -s "${pebble_state}/root.pem" ]]; then
+  echo "[run] Pebble did not start; see ${pebble_state}.log" >&2; exit 1
+fi
+"${kubectl_bin}" create secret generic pebble-ca --from-file=ca.crt="${pebble_state}/pebble-ca.pem" \
+  --dry-run=client -o yaml | "${kubectl_bin}" apply -f - >/dev/null
+PYTHONPATH="${root}/operator" "${root}/.venv/bin/python" -m blogsite_operator challenge-server \
+  --address 127.0.0.1 --port 5002 --selector blog.daedalus.dev/acme-http01-of &
+children+=($!)
+
 cat >&2 <<MSG
 
   The BlogSite CRD is installed; the operator starts below (Ctrl-C stops it).
+  Pebble (a local ACME server) answers on https://127.0.0.1:14000/dir.
   In another terminal:
 
     export KUBECONFIG=${KUBECONFIG}
@@ -35,5 +57,11 @@ cat >&2 <<MSG
     kubectl apply -f ${root}/deploy/examples/
     kubectl get blogsites -w          # or: kubectl describe blogsite lethain
 
+  A certificate issued for real (by Pebble, validated over HTTP-01):
+
+    kubectl apply -f ${root}/deploy/examples/local/
+    kubectl get blogsite pebble-demo -w    # Cert-Expiry fills in within seconds
+
 MSG
-exec "${root}/.venv/bin/blogsite-operator" run
+BLOGSITE_OPERATOR_ACME_SELF_CHECK="${BLOGSITE_OPERATOR_ACME_SELF_CHECK:-127.0.0.1:5002}" \
+  "${root}/.venv/bin/blogsite-operator" run

@@ -256,7 +256,7 @@ def test_at_least_25_distinct_rejections() -> None:
 
 
 def test_examples_are_accepted(kubectl: Kubectl, namespace: str) -> None:
-    examples = sorted((ROOT / "deploy" / "examples").glob("*.yaml"))
+    examples = sorted((ROOT / "deploy" / "examples").glob("**/*.yaml"))
     assert examples
     for example in examples:
         result = kubectl.run(

@@ -68,13 +68,11 @@ def drive_acme(
 
     requeue: datetime.datetime | None = None
     busy = issuer.busy(key)
+    # A new value of the renew annotation orders at once, even during backoff;
+    # it is recorded when its order starts, so it asks for one order only.
+    requested = bool(renew_request) and renew_request != state.renewal_request
     plan = plan_renewal(
-        acme,
-        names,
-        served,
-        state.renewal_info,
-        renewal_requested=bool(renew_request) and renew_request != state.renewal_request,
-        now=now,
+        acme, names, served, state.renewal_info, renewal_requested=requested, now=now
     )
     # An order that failed is retried (with backoff) until one succeeds, even
     # when what asked for it (a request, a renewal window) is no longer new.
@@ -83,11 +81,10 @@ def drive_acme(
     if not busy and due and not can_publish:
         pass  # the pass that creates the answers ConfigMap triggers the next one
     elif not busy and due:
-        forced = reason == "RenewalRequested"
-        if forced or state.next_attempt is None or state.next_attempt <= now:
+        if requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(IssueJob(site, tuple(names), acme))
             busy = True
-            if forced:
+            if requested:
                 state.renewal_request = renew_request
             events.append(
                 (

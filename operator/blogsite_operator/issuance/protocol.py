@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -115,11 +116,11 @@ def parse_retry_after(value: str, now: datetime.datetime | None = None) -> datet
     """Retry-After as seconds or an HTTP date; None when unreadable."""
     now = now or datetime.datetime.now(tz=datetime.UTC)
     value = value.strip()
-    if value.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", value):  # seconds; more than 30 years is not a delay
         return now + datetime.timedelta(seconds=int(value))
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 

@@ -194,6 +194,6 @@ def next_attempt(
     exponent = min(max(failed_attempts - 1, 0), 30)
     delay = min(cap, base * (1 << exponent)) * (1 + jitter)
     at = now + delay
-    if retry_after is not None and retry_after > at:
-        at = min(retry_after, now + MAX_RETRY_AFTER)
+    if retry_after is not None:
+        at = max(at, min(retry_after, now + MAX_RETRY_AFTER))
     return at

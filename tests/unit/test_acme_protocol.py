@@ -1,0 +1,247 @@
+"""The ACME protocol layer without a CA: headers, errors, checks and nonce retries."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+from acme import errors, messages
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwk import JWKEC
+
+from blogsite_operator import certs
+from blogsite_operator.issuance.protocol import (
+    NONCE_ATTEMPTS,
+    Counter,
+    IssuanceError,
+    _check_issued,
+    _explained,
+    _Network,
+    directory_url,
+    parse_retry_after,
+)
+
+NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+NAMES = ("a.example.com", "b.example.com")
+
+
+class TestRetryAfter:
+    def test_seconds(self) -> None:
+        assert parse_retry_after("120", NOW) == NOW + datetime.timedelta(seconds=120)
+        assert parse_retry_after(" 0 ", NOW) == NOW
+
+    def test_http_date(self) -> None:
+        assert parse_retry_after("Wed, 25 Nov 2026 13:30:00 GMT", NOW) == datetime.datetime(
+            2026, 11, 25, 13, 30, tzinfo=datetime.UTC
+        )
+
+    def test_http_date_without_a_zone_is_utc(self) -> None:
+        when = parse_retry_after("Wed, 25 Nov 2026 13:30:00 -0000", NOW)
+        assert when == datetime.datetime(2026, 11, 25, 13, 30, tzinfo=datetime.UTC)
+
+    @pytest.mark.parametrize("value", ["", "soon", "-5", "1.5", "Someday, 99 Foo"])
+    def test_garbage(self, value: str) -> None:
+        assert parse_retry_after(value, NOW) is None
+
+    @pytest.mark.parametrize("value", ["9" * 20, "\xb2"], ids=["huge", "superscript-two"])
+    def test_unusable_digits_are_unreadable_not_a_crash(self, value: str) -> None:
+        assert parse_retry_after(value, NOW) is None
+
+
+def test_directory_url() -> None:
+    assert directory_url("letsencrypt") == "https://acme-v02.api.letsencrypt.org/directory"
+    assert (
+        directory_url("letsencrypt-staging")
+        == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    )
+    assert directory_url("https://ca.example/dir") == "https://ca.example/dir"
+
+
+class TestCheckIssued:
+    """What the CA sends is stored only if it is for our key and our names."""
+
+    def test_accepts_our_names_in_any_order(self) -> None:
+        cert_pem, key_pem = certs.self_signed_placeholder(list(NAMES))
+        _check_issued(cert_pem, key_pem, tuple(reversed(NAMES)))  # does not raise
+
+    def test_other_names(self) -> None:
+        cert_pem, key_pem = certs.self_signed_placeholder(["a.example.com"])
+        with pytest.raises(IssuanceError) as caught:
+            _check_issued(cert_pem, key_pem, NAMES)
+        assert caught.value.reason == "BadCertificate"
+        assert "b.example.com" in caught.value.message
+
+    def test_another_key(self) -> None:
+        cert_pem, _ = certs.self_signed_placeholder(list(NAMES))
+        with pytest.raises(IssuanceError) as caught:
+            _check_issued(cert_pem, certs.generate_private_key("ECDSAP256"), NAMES)
+        assert caught.value.reason == "BadCertificate"
+        assert "key" in caught.value.message
+
+    def test_not_a_certificate(self) -> None:
+        with pytest.raises(IssuanceError) as caught:
+            _check_issued(b"<html>oops</html>", certs.generate_private_key("ECDSAP256"), NAMES)
+        assert caught.value.reason == "BadCertificate"
+
+
+# --- what the `acme` package and `requests` raise, explained -------------------
+
+
+def network() -> _Network:
+    return _Network(JWKEC(key=ec.generate_private_key(ec.SECP256R1())), True, Counter())
+
+
+def explained(error: Exception, net: _Network | None = None) -> IssuanceError:
+    with pytest.raises(IssuanceError) as caught, _explained(net):
+        raise error
+    return caught.value
+
+
+def acme_error(code: str, detail: str | None = None) -> messages.Error:
+    return messages.Error.with_code(code, detail=detail)
+
+
+class TestExplained:
+    def test_rate_limited_keeps_the_retry_after_the_server_sent(self) -> None:
+        net = network()
+        net.retry_after = NOW + datetime.timedelta(hours=3)
+        error = explained(acme_error("rateLimited", "too many certificates for this domain"), net)
+        assert error.reason == "RateLimited"
+        assert error.message == "rateLimited: too many certificates for this domain"
+        assert error.retry_after == NOW + datetime.timedelta(hours=3)
+
+    def test_other_acme_problems(self) -> None:
+        error = explained(acme_error("malformed", "bad CSR"))
+        assert (error.reason, error.message, error.retry_after) == (
+            "AcmeError",
+            "malformed: bad CSR",
+            None,
+        )
+
+    @pytest.mark.parametrize(
+        "cause", [requests.ConnectionError("refused"), requests.Timeout("slow")]
+    )
+    def test_unreachable_server(self, cause: Exception) -> None:
+        error = explained(cause)
+        assert error.reason == "AcmeServerUnreachable"
+        assert type(cause).__name__ in error.message
+
+    def test_order_timeout(self) -> None:
+        assert explained(errors.TimeoutError()).reason == "OrderTimeout"
+
+    def test_failed_order(self) -> None:
+        error = explained(errors.IssuanceError(acme_error("caa", "CAA forbids this CA")))
+        assert (error.reason, error.message) == (
+            "OrderFailed",
+            "the order failed: caa: CAA forbids this CA",
+        )
+
+    def test_issuance_errors_pass_unchanged(self) -> None:
+        original = IssuanceError("PublishFailed", "cannot write the answers")
+        assert explained(original) is original
+
+    def test_unrelated_errors_are_not_swallowed(self) -> None:
+        with pytest.raises(KeyError), _explained():
+            raise KeyError("bug")
+
+    def test_long_messages_are_cut(self) -> None:
+        assert len(explained(acme_error("malformed", "x" * 5000)).message) == 1000
+
+
+# --- the network: badNonce retries, request counting, Retry-After ---------------
+
+RESPONSE = requests.Response()
+
+
+class FlakyNetwork(_Network):
+    """The CA rejects the nonce of the first `rejections` POSTs."""
+
+    def __init__(self, rejections: int, code: str = "badNonce") -> None:
+        super().__init__(JWKEC(key=ec.generate_private_key(ec.SECP256R1())), True, Counter())
+        self.rejections = rejections
+        self.code = code
+        self.calls: list[tuple[Any, ...]] = []
+
+    def _post_once(self, *args: Any, **kwargs: Any) -> requests.Response:
+        self.calls.append(args)
+        if len(self.calls) <= self.rejections:
+            raise acme_error(self.code, "try again")
+        return RESPONSE
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # what the retry loop waits
+    return slept
+
+
+class TestBadNonce:
+    @pytest.mark.parametrize("rejections", [0, 1, NONCE_ATTEMPTS - 1])
+    def test_retried_until_accepted(self, rejections: int, sleeps: list[float]) -> None:
+        net = FlakyNetwork(rejections)
+        assert net.post("https://ca.example/new-order", "body") is RESPONSE
+        assert net.calls == [("https://ca.example/new-order", "body")] * (rejections + 1)
+        assert len(sleeps) == rejections
+        assert sleeps == sorted(sleeps)
+        assert all(0 < s <= 1.0 for s in sleeps)
+
+    def test_gives_up_after_the_last_attempt(self, sleeps: list[float]) -> None:
+        net = FlakyNetwork(NONCE_ATTEMPTS)
+        with pytest.raises(messages.Error) as caught:
+            net.post("https://ca.example/new-order", "body")
+        assert caught.value.code == "badNonce"
+        assert len(net.calls) == NONCE_ATTEMPTS
+
+    def test_other_problems_are_not_retried(self, sleeps: list[float]) -> None:
+        net = FlakyNetwork(1, code="rateLimited")
+        with pytest.raises(messages.Error):
+            net.post("https://ca.example/new-order", "body")
+        assert len(net.calls) == 1
+        assert sleeps == []
+
+
+class _TooManyRequests(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/fine" else 429)
+        self.send_header("Retry-After", "9" * 20 if self.path == "/absurd" else "120")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+@pytest.fixture
+def loopback() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TooManyRequests)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_requests_are_counted_and_retry_after_kept_from_errors_only(loopback: str) -> None:
+    net = network()
+    before = datetime.datetime.now(tz=datetime.UTC)
+    assert net._send_request("GET", f"{loopback}/fine").status_code == 200
+    assert net.retry_after is None  # a success's Retry-After means nothing
+    assert net._send_request("GET", f"{loopback}/limited").status_code == 429
+    assert net.counter.requests == 2
+    assert net.retry_after is not None
+    after = datetime.datetime.now(tz=datetime.UTC)
+    wait = datetime.timedelta(seconds=120)
+    assert before + wait <= net.retry_after <= after + wait
+
+
+def test_an_absurd_retry_after_does_not_lose_the_response(loopback: str) -> None:
+    net = network()
+    assert net._send_request("GET", f"{loopback}/absurd").status_code == 429
