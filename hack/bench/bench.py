@@ -150,9 +150,13 @@ def wait_for_convergence(
     """Seconds after t0 at which each site had all its children, and was Ready."""
     children_at: dict[str, float] = {}
     ready_at: dict[str, float] = {}
+    kinds = sorted({kind for wanted in expected.values() for kind, _ in wanted})
     while len(ready_at) < len(expected) or len(children_at) < len(expected):
         if time.monotonic() - t0 > timeout:
-            raise SystemExit(f"timed out: {len(ready_at)}/{len(expected)} Ready")
+            raise SystemExit(
+                f"timed out: {len(ready_at)}/{len(expected)} Ready, "
+                f"{len(children_at)}/{len(expected)} with all their children"
+            )
         now = time.monotonic() - t0
         for site in api.list_objects(models.KIND, NAMESPACE, ""):
             name = site["metadata"]["name"]
@@ -162,7 +166,7 @@ def wait_for_convergence(
             ):
                 ready_at[name] = now
         present: dict[str, set[tuple[str, str]]] = {}
-        for kind in ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget"):
+        for kind in kinds:
             for obj in api.list_objects(kind, NAMESPACE, "app.kubernetes.io/name=blogsite"):
                 instance = obj["metadata"]["labels"]["app.kubernetes.io/instance"]
                 present.setdefault(instance, set()).add((kind, obj["metadata"]["name"]))

@@ -53,7 +53,11 @@ class Answers:
         return None
 
 
-def make_handler(answers: Answers) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    answers: Answers, ready: Callable[[], bool] = lambda: True
+) -> type[BaseHTTPRequestHandler]:
+    """`ready`: whether /healthz says 200 (the answers have been listed once)."""
+
     class ChallengeHandler(BaseHTTPRequestHandler):
         server_version = "blogsite-challenge-server"
         sys_version = ""
@@ -61,7 +65,10 @@ def make_handler(answers: Answers) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                self._reply(200, b"ok\n")
+                if ready():
+                    self._reply(200, b"ok\n")
+                else:
+                    self._reply(503, b"the challenge answers have not been read yet\n")
                 return
             if not path.startswith(CHALLENGE_PREFIX):
                 self._reply(404, b"not found\n")
@@ -159,7 +166,8 @@ def serve(
 ) -> None:
     answers = Answers()
     stop = threading.Event()
-    if config_map is not None or selector is not None:
+    watching = config_map is not None or selector is not None
+    if watching:
         from blogsite_operator import kube  # noqa: PLC0415
 
         kube.load_config(kubeconfig)
@@ -176,7 +184,8 @@ def serve(
             daemon=True,
         ).start()
         answers.synced.wait(timeout=30)
-    server = ThreadingHTTPServer((address, port), make_handler(answers))
+    ready = answers.synced.is_set if watching else (lambda: True)
+    server = ThreadingHTTPServer((address, port), make_handler(answers, ready))
     logger.info(
         "challenge server listening on %s:%d, serving %s",
         address,

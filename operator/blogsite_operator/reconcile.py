@@ -87,6 +87,8 @@ class Outcome:
     status_written: bool = False
     requeue_after: float | None = None  # look again then, even without an event
     events: list[Event] = field(default_factory=list)
+    # Run once the status is written (an ACME result it now records).
+    after_status: list[Callable[[], None]] = field(default_factory=list)
 
 
 def is_subset(desired: Any, live: Any) -> bool:
@@ -267,7 +269,7 @@ def reconcile_site(
     rollout_memory: dict[str, dict[str, Any]] = {}
     rollout_retry: str | None = previous_status.get("rolloutRetry")
     if spec is not None:
-        served = _ensure_tls_secret(api, ref, spec, outcome)
+        served = _ensure_tls_secret(api, ref, spec, outcome, issuer, now)
         facts = SiteFacts()
         acme_requeue: float | None = None
         if served is not None:
@@ -341,6 +343,8 @@ def reconcile_site(
         outcome.status_written = True
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)
+    for done in outcome.after_status:
+        done()
     return outcome
 
 
@@ -361,6 +365,7 @@ def _certificate(
     acme = spec.tls.acme if spec.tls is not None else None
     if issuer is None or acme is None or f"Secret {served.secret_name}" in outcome.conflicts:
         return verdict, status, None
+    answers = api.get("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
     driven = drive_acme(
         issuer,
         ref,
@@ -371,10 +376,12 @@ def _certificate(
         base_verdict=verdict,
         renew_request=(site["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
         now=now,
-        can_publish=api.get("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
-        is not None,
+        can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
     )
     outcome.events.extend(Event(*event) for event in driven.events)
+    if driven.folded is not None:
+        folded = driven.folded
+        outcome.after_status.append(lambda: issuer.acknowledge((ref.namespace, ref.name), folded))
     return driven.verdict, {**(status or {}), **driven.fields}, driven.requeue_after
 
 
@@ -500,8 +507,13 @@ def _delete_owned(api: ClusterApi, ref: SiteRef, obj: dict[str, Any], outcome: O
     outcome.deleted.append(f"{obj['kind']} {metadata['name']}")
 
 
-def _ensure_tls_secret(
-    api: ClusterApi, ref: SiteRef, spec: models.BlogSiteSpec, outcome: Outcome
+def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    outcome: Outcome,
+    issuer: Issuer | None,
+    now: datetime.datetime,
 ) -> ServedCertificate | None:
     """Read the TLS Secret nginx will mount; in ACME mode, put a placeholder there."""
     secret_name = tls_secret_name(ref.name, spec)
@@ -515,7 +527,9 @@ def _ensure_tls_secret(
         outcome.conflicts.append(f"Secret {secret_name}")
         return served
     names = [*spec.domains, *spec.redirect_domains]
-    if needs_placeholder(names, served):
+    # While an order runs, its result (not a placeholder) is what comes next.
+    ordering = issuer is not None and issuer.state((ref.namespace, ref.name))[0]
+    if needs_placeholder(names, served, now) and not ordering:
         cert_pem, key_pem = certs.self_signed_placeholder(names)
         secret = render_tls_secret(ref, cert_pem, key_pem)
         api.apply(secret)

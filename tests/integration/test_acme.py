@@ -164,7 +164,10 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     renewal = datetime.datetime.fromisoformat(status["renewalTime"])
     assert certificate.not_valid_before_utc < renewal < certificate.not_valid_after_utc
     assert "failedAttempts" not in status
-    assert kubectl.exists("secret", f"{SITE}-acme-account", namespace)
+    accounts = kubectl.json(
+        "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+    )["items"]
+    assert len(accounts) == 1, "one account key, kept for every later order"
 
     # The frontend picks the certificate up through a rollout of its template.
     frontend = kubectl.json("get", "deployment", f"{SITE}-frontend", "-n", namespace)

@@ -116,14 +116,14 @@ class FakeIssuer:
     result: JobResult | None = None
     jobs: list[IssueJob | RenewalInfoJob] = field(default_factory=list)
 
-    def busy(self, key: SiteKey) -> bool:
+    def state(self, key: SiteKey) -> tuple[bool, JobResult | None]:
         assert key == ("blogs", "lethain")
-        return self.running
+        return self.running, self.result
 
-    def take_result(self, key: SiteKey) -> JobResult | None:
+    def acknowledge(self, key: SiteKey, result: JobResult) -> None:
         assert key == ("blogs", "lethain")
-        result, self.result = self.result, None
-        return result
+        if self.result is result:
+            self.result = None
 
     def submit(self, job: IssueJob | RenewalInfoJob) -> bool:
         """Records every call, even one the real issuer would refuse."""
@@ -141,8 +141,10 @@ def drive(
     renew_request: str | None = None,
     now: datetime.datetime = NOW,
     can_publish: bool = True,
+    status_written: bool = True,
 ) -> AcmeOutcome:
-    return drive_acme(
+    """One pass; like the reconciler, acknowledges a folded result once status is written."""
+    outcome = drive_acme(
         issuer,
         SITE,
         ACME,
@@ -154,6 +156,9 @@ def drive(
         now=now,
         can_publish=can_publish,
     )
+    if status_written and outcome.folded is not None:
+        issuer.acknowledge(("blogs", "lethain"), outcome.folded)
+    return outcome
 
 
 def status_after(outcome: AcmeOutcome) -> dict[str, Any]:
@@ -342,7 +347,10 @@ class TestSuccess:
         assert outcome.verdict.status == CONDITION_TRUE
         assert outcome.verdict.reason == "Valid"
         assert "failing" not in outcome.verdict.message
-        # the new certificate's renewal information is asked for in the same pass
+        # The pass that folds the success read the old Secret: it plans nothing;
+        # the next one (the new Secret's event) asks for the renewal information.
+        assert issuer.jobs == []
+        drive(issuer, served, previous=status_after(outcome))
         assert [type(job) for job in issuer.jobs] == [RenewalInfoJob]
 
 
@@ -520,5 +528,47 @@ class TestRenewalRequest:
         issuer.result = JobResult(
             issue_job(), NOW, serial=serial_of(served), not_after=NOW + datetime.timedelta(days=80)
         )
-        drive(issuer, served, previous=status_after(first), renew_request="please")
+        second = drive(issuer, served, previous=status_after(first), renew_request="please")
+        assert [type(job) for job in issuer.jobs] == [IssueJob]
+        drive(issuer, served, previous=status_after(second), renew_request="please")
         assert [type(job) for job in issuer.jobs] == [IssueJob, RenewalInfoJob]
+
+
+class TestNothingIsLost:
+    def test_a_result_is_folded_again_when_the_status_write_failed(self) -> None:
+        down = JobResult(issue_job(), NOW, error=IssuanceError("AcmeServerUnreachable", "down"))
+        issuer = FakeIssuer(result=down)
+        drive(issuer, placeholder(), status_written=False)  # the pass fails later on
+        assert issuer.result is down, "kept for the next pass"
+        again = drive(issuer, placeholder())  # the previous status is still the old one
+        assert again.fields["failedAttempts"] == 1
+        assert parse(again.fields["nextAttempt"]) > NOW
+        assert issuer.jobs == [], "the failure's backoff holds: no new order"
+        assert issuer.result is None
+
+    def test_an_order_overtaken_by_a_spec_change_is_not_a_failure(self) -> None:
+        stale = JobResult(issue_job(), NOW, error=IssuanceError("Superseded", "names changed"))
+        issuer = FakeIssuer(result=stale)
+        outcome = drive(issuer, placeholder())
+        assert outcome.fields["failedAttempts"] is None
+        assert outcome.events == [("Normal", "Issuing", outcome.events[0][2])]
+        assert issuer.jobs == [issue_job()], "ordered again at once, for the names of now"
+
+    def test_a_failed_renewal_info_check_keeps_the_window_the_ca_gave(self) -> None:
+        served = issued()
+        window = NOW + datetime.timedelta(days=10)
+        previous = {
+            "renewalInfo": {
+                "serialNumber": serial_of(served),
+                "renewalTime": iso(window),
+                "nextCheck": iso(NOW - datetime.timedelta(minutes=1)),
+            }
+        }
+        job = RenewalInfoJob(SITE, ACME, b"", serial_of(served))
+        issuer = FakeIssuer(
+            result=JobResult(job, NOW, error=IssuanceError("RenewalInfoFailed", "timeout"))
+        )
+        outcome = drive(issuer, served, previous=previous)
+        assert outcome.fields["renewalInfo"]["renewalTime"] == iso(window)
+        assert outcome.fields["renewalTime"] == iso(window)
+        assert parse(outcome.fields["renewalInfo"]["nextCheck"]) > NOW

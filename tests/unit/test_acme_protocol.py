@@ -209,8 +209,9 @@ class TestBadNonce:
 
 class _TooManyRequests(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        self.send_response(200 if self.path == "/fine" else 429)
-        self.send_header("Retry-After", "9" * 20 if self.path == "/absurd" else "120")
+        self.send_response(200 if self.path in ("/fine", "/plain") else 429)
+        if self.path != "/plain":
+            self.send_header("Retry-After", "9" * 20 if self.path == "/absurd" else "120")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -229,17 +230,21 @@ def loopback() -> Iterator[str]:
     thread.join(timeout=5)
 
 
-def test_requests_are_counted_and_retry_after_kept_from_errors_only(loopback: str) -> None:
+def test_requests_are_counted_and_retry_after_is_the_last_responses(loopback: str) -> None:
     net = network()
     before = datetime.datetime.now(tz=datetime.UTC)
-    assert net._send_request("GET", f"{loopback}/fine").status_code == 200
-    assert net.retry_after is None  # a success's Retry-After means nothing
     assert net._send_request("GET", f"{loopback}/limited").status_code == 429
-    assert net.counter.requests == 2
     assert net.retry_after is not None
     after = datetime.datetime.now(tz=datetime.UTC)
     wait = datetime.timedelta(seconds=120)
     assert before + wait <= net.retry_after <= after + wait
+    # A later response without the header: an old Retry-After explains nothing.
+    assert net._send_request("GET", f"{loopback}/plain").status_code == 200
+    assert net.retry_after is None
+    # A success may carry one too (renewal info says when to ask again).
+    assert net._send_request("GET", f"{loopback}/fine").status_code == 200
+    assert net.retry_after is not None
+    assert net.counter.requests == 3
 
 
 def test_an_absurd_retry_after_does_not_lose_the_response(loopback: str) -> None:

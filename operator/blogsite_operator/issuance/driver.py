@@ -31,9 +31,9 @@ RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
 class Issuer(Protocol):
     settings: AcmeSettings
 
-    def busy(self, key: SiteKey) -> bool: ...
-    def take_result(self, key: SiteKey) -> JobResult | None: ...
+    def state(self, key: SiteKey) -> tuple[bool, JobResult | None]: ...
     def submit(self, job: IssueJob | RenewalInfoJob) -> bool: ...
+    def acknowledge(self, key: SiteKey, result: JobResult) -> None: ...
 
 
 @dataclass
@@ -42,6 +42,7 @@ class AcmeOutcome:
     verdict: Verdict  # CertificateReady
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
+    folded: JobResult | None = None  # acknowledge it once status is written
 
 
 def drive_acme(
@@ -62,12 +63,14 @@ def drive_acme(
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
 
-    result = issuer.take_result(key)
+    busy, result = issuer.state(key)
     if result is not None:
         events.extend(state.fold(result, issuer.settings, now))
+    # The served certificate was read before this result: after a success the
+    # new Secret's own event brings the next pass, which plans from it.
+    just_issued = result is not None and isinstance(result.job, IssueJob) and result.error is None
 
     requeue: datetime.datetime | None = None
-    busy = issuer.busy(key)
     # A new value of the renew annotation orders at once, even during backoff;
     # it is recorded when its order starts, so it asks for one order only.
     requested = bool(renew_request) and renew_request != state.renewal_request
@@ -78,8 +81,8 @@ def drive_acme(
     # when what asked for it (a request, a renewal window) is no longer new.
     due = plan.due or state.failed_attempts > 0
     reason = plan.reason if plan.due else "RetryingFailedOrder"
-    if not busy and due and not can_publish:
-        pass  # the pass that creates the answers ConfigMap triggers the next one
+    if just_issued or (not busy and due and not can_publish):
+        pass  # the next pass (new Secret, or new answers ConfigMap) decides
     elif not busy and due:
         if requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(IssueJob(site, tuple(names), acme))
@@ -119,6 +122,7 @@ def drive_acme(
         verdict=_verdict(base_verdict, state, busy and due, acme.server, now),
         events=events,
         requeue_after=max((requeue - now).total_seconds(), 1.0) if requeue else None,
+        folded=result,
     )
 
 
@@ -158,10 +162,14 @@ class _State:
             if error is None:
                 self.renewal_info = result.renewal_info
                 return []
-            # Ask again later; the certificate keeps its other renewal rules.
+            # Ask again later; a window the CA gave before still stands.
             retry = error.retry_after or now + datetime.timedelta(seconds=settings.backoff_seconds)
-            self.renewal_info = RenewalInfo(result.job.serial, None, retry)
+            known = self.renewal_info
+            kept = known.renewal_time if known and known.serial == result.job.serial else None
+            self.renewal_info = RenewalInfo(result.job.serial, kept, retry)
             return [("Warning", error.reason, error.message)]
+        if error is not None and error.reason == "Superseded":
+            return []  # not a failure: the next pass orders for what the spec says now
         if error is None:
             self.failed_attempts = 0
             self.next_attempt = None

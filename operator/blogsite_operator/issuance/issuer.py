@@ -37,6 +37,7 @@ from blogsite_operator.issuance.protocol import (
 )
 from blogsite_operator.policies.certificate import RenewalInfo
 from blogsite_operator.render.site import (
+    ACME_ACCOUNT_LABEL,
     Component,
     SiteRef,
     acme_account_secret_name,
@@ -44,6 +45,7 @@ from blogsite_operator.render.site import (
     child_name,
     render_acme_account_secret,
     render_tls_secret,
+    tls_secret_name_for,
 )
 from blogsite_operator.settings import AcmeSettings
 
@@ -102,14 +104,22 @@ class CertificateIssuer:
         self._lock = threading.Lock()
         self._running: set[SiteKey] = set()
         self._results: dict[SiteKey, JobResult] = {}
+        self._account_lock = threading.Lock()
 
-    def busy(self, key: SiteKey) -> bool:
-        with self._lock:
-            return key in self._running
+    def state(self, key: SiteKey) -> tuple[bool, JobResult | None]:
+        """(a job runs for this site, the last finished job's result), read at once.
 
-    def take_result(self, key: SiteKey) -> JobResult | None:
+        The result stays until `acknowledge`d: a pass that fails before its
+        status write folds it again next time, so nothing it says is lost.
+        """
         with self._lock:
-            return self._results.pop(key, None)
+            return key in self._running, self._results.get(key)
+
+    def acknowledge(self, key: SiteKey, result: JobResult) -> None:
+        """The result is in status now; forget it (unless a newer one replaced it)."""
+        with self._lock:
+            if self._results.get(key) is result:
+                del self._results[key]
 
     def submit(self, job: IssueJob | RenewalInfoJob) -> bool:
         """Start `job` unless one runs for its site already; True when started."""
@@ -168,6 +178,7 @@ class CertificateIssuer:
                 raise
             finally:
                 self._publish(site, {}, clear=True)
+        self._check_still_wanted(job)
         self.api.apply(
             render_tls_secret(site, issued.fullchain_pem, issued.key_pem, placeholder=False)
         )
@@ -189,19 +200,47 @@ class CertificateIssuer:
             acme_requests=session.counter.requests,
         )
 
-    def _account(self, site: SiteRef, acme: models.Acme, scratch: str) -> AccountConfig:
-        """The account key (created on first use), EAB and CA trust, read from Secrets."""
-        name = acme_account_secret_name(site.name)
-        secret = self.api.get("Secret", site.namespace, name)
-        key_pem = _secret_value(secret, "key.pem")
-        if secret is not None and not _owned_by(secret, site.uid):
+    def _check_still_wanted(self, job: IssueJob) -> None:
+        """The spec may have moved on while we ordered: never write a certificate
+        for names the site no longer has over one it may need."""
+        site = job.site
+        live = self.api.get(models.KIND, site.namespace, site.name)
+        if live is None or live["metadata"].get("uid") != site.uid:
+            raise IssuanceError("Superseded", "the BlogSite is gone")
+        spec = live.get("spec") or {}
+        names = {*(spec.get("domains") or []), *(spec.get("redirectDomains") or [])}
+        if names != set(job.names):
             raise IssuanceError(
-                "NameConflict", f"Secret {name} exists and does not belong to this BlogSite"
+                "Superseded", "the names changed during the order; ordering for the new ones"
             )
-        if key_pem is None:
-            key_pem = new_account_key()
-            self.api.apply(render_acme_account_secret(site, key_pem))
-            logger.info("created the ACME account key Secret %s/%s", site.namespace, name)
+        name = tls_secret_name_for(site.name)
+        secret = self.api.get("Secret", site.namespace, name)
+        if secret is not None and not _owned_by(secret, site.uid):
+            raise IssuanceError("NameConflict", f"Secret {name} belongs to someone else")
+
+    def _account(self, site: SiteRef, acme: models.Acme, scratch: str) -> AccountConfig:
+        """The account key (created on first use), EAB and CA trust, read from Secrets.
+
+        Sites of one namespace that use the same CA, email and EAB key id share
+        one account: CAs limit how many accounts one address may create
+        (Let's Encrypt: 10 per 3 hours), and 200 sites must not need 200.
+        """
+        server = directory_url(acme.server)
+        eab_kid = acme.external_account_binding.key_id if acme.external_account_binding else ""
+        name = acme_account_secret_name(server, acme.email, eab_kid)
+        with self._account_lock:  # two sites' first orders must not make two keys
+            secret = self.api.get("Secret", site.namespace, name)
+            key_pem = _secret_value(secret, "key.pem")
+            if secret is not None and not _is_account_secret(secret):
+                raise IssuanceError(
+                    "NameConflict", f"Secret {name} exists and is not an ACME account key"
+                )
+            if key_pem is None:
+                key_pem = new_account_key()
+                self.api.apply(
+                    render_acme_account_secret(site.namespace, name, server, acme.email, key_pem)
+                )
+                logger.info("created the ACME account key Secret %s/%s", site.namespace, name)
         ca_bundle_path = None
         if acme.ca_bundle_secret_ref is not None:
             bundle = self._user_secret(site, acme.ca_bundle_secret_ref, "caBundleSecretRef")
@@ -217,7 +256,7 @@ class CertificateIssuer:
             )
             eab_hmac = hmac.decode("ascii", "replace").strip()
         return AccountConfig(
-            server=directory_url(acme.server),
+            server=server,
             email=acme.email,
             key_pem=key_pem,
             ca_bundle_path=ca_bundle_path,
@@ -274,7 +313,10 @@ class CertificateIssuer:
             renew_at, next_check = session.renewal_info(job.cert_pem)
         now = _now()
         most = now + datetime.timedelta(seconds=self.settings.renewal_info_seconds)
-        info = RenewalInfo(job.serial, renew_at, min(next_check, most))
+        # Never sooner than a minute (or the configured interval, if shorter):
+        # a Retry-After of 0 must not turn into a check on every pass.
+        least = now + datetime.timedelta(seconds=min(60.0, self.settings.renewal_info_seconds))
+        info = RenewalInfo(job.serial, renew_at, max(min(next_check, most), least))
         return JobResult(job, now, renewal_info=info, acme_requests=session.counter.requests)
 
 
@@ -311,6 +353,11 @@ def _secret_value(secret: dict[str, Any] | None, key: str) -> bytes | None:
         return base64.b64decode(encoded)
     except ValueError:
         return None
+
+
+def _is_account_secret(secret: dict[str, Any]) -> bool:
+    labels = (secret.get("metadata") or {}).get("labels") or {}
+    return labels.get(ACME_ACCOUNT_LABEL) == "true"
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:

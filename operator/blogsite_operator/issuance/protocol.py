@@ -57,10 +57,10 @@ class IssuanceError(Exception):
 class AccountConfig:
     server: str  # directory URL
     email: str
-    key_pem: bytes  # EC P-256 account key (PKCS#8)
+    key_pem: bytes = field(repr=False)  # EC P-256 account key (PKCS#8)
     ca_bundle_path: str | None = None  # trust for a private ACME server's HTTPS
     eab_key_id: str | None = None
-    eab_hmac_key: str | None = None  # base64url, as the CA hands it out
+    eab_hmac_key: str | None = field(default=None, repr=False)  # base64url, from the CA
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class OrderRequest:
 @dataclass(frozen=True)
 class Issued:
     fullchain_pem: bytes
-    key_pem: bytes
+    key_pem: bytes = field(repr=False)
 
 
 @dataclass
@@ -82,7 +82,6 @@ class Counter:
     """How many HTTP requests one operation cost (for the bench and logs)."""
 
     requests: int = 0
-    by_kind: dict[str, int] = field(default_factory=dict)
 
 
 class _Network(client.ClientNetwork):
@@ -96,8 +95,9 @@ class _Network(client.ClientNetwork):
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         self.counter.requests += 1
         response = super()._send_request(method, url, *args, **kwargs)
-        if not response.ok and "Retry-After" in response.headers:
-            self.retry_after = parse_retry_after(response.headers["Retry-After"])
+        # The last response's: an error is explained by the response that carried it.
+        header = response.headers.get("Retry-After")
+        self.retry_after = parse_retry_after(header) if header else None
         return response
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
@@ -153,12 +153,16 @@ def _explained(network: _Network | None = None) -> Iterator[None]:
         retry_after = network.retry_after if network is not None else None
         reason = "RateLimited" if error.code == "rateLimited" else "AcmeError"
         raise IssuanceError(reason, _problem(error), retry_after) from None
+    except requests.exceptions.SSLError:  # before ConnectionError, which it is
+        raise IssuanceError(
+            "AcmeServerUntrusted",
+            "the ACME server's HTTPS certificate is not trusted (for a private CA, "
+            "set caBundleSecretRef)",
+        ) from None
     except (requests.ConnectionError, requests.Timeout, http.client.HTTPException) as error:
         raise IssuanceError(
             "AcmeServerUnreachable", f"cannot reach the ACME server: {type(error).__name__}"
         ) from None
-    except requests.exceptions.SSLError as error:  # pragma: no cover - a ConnectionError
-        raise IssuanceError("AcmeServerUntrusted", str(error)) from None
     except errors.Error as error:
         raise IssuanceError("AcmeError", f"{type(error).__name__}: {error}") from None
 
@@ -273,23 +277,26 @@ class Session:
 
     def renewal_info(self, cert_pem: bytes) -> tuple[datetime.datetime | None, datetime.datetime]:
         """ARI: (suggested renewal time or None without ARI, when to ask again)."""
+        default = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(hours=6)
         try:
-            renew_at, next_check = self.client.renewal_time(cert_pem)
+            renew_at, _ = self.client.renewal_time(cert_pem)
         except errors.ARIError as error:
             cause = error.__cause__
             raise IssuanceError(
                 "RenewalInfoFailed",
                 f"cannot fetch renewal info: {type(cause).__name__ if cause else error}",
-                _aware(error.retry_after),
+                self.network.retry_after or default,
             ) from None
-        return (_aware(renew_at) if renew_at else None), _aware(next_check)
-
-
-def _aware(moment: datetime.datetime) -> datetime.datetime:
-    """The `acme` package mixes naive local times and aware UTC ones."""
-    if moment.tzinfo is None:
-        return moment.astimezone(datetime.UTC)
-    return moment
+        except (errors.Error, ValueError) as error:
+            raise IssuanceError(
+                "RenewalInfoFailed", f"unusable renewal info: {type(error).__name__}", default
+            ) from None
+        # The package's own next-poll time is naive, sometimes local, sometimes
+        # UTC; the Retry-After of the response it read is unambiguous.
+        next_check = self.network.retry_after or default
+        if renew_at is not None and renew_at.tzinfo is None:  # pragma: no cover - aware today
+            renew_at = renew_at.replace(tzinfo=datetime.UTC)
+        return renew_at, next_check
 
 
 def _check_issued(fullchain: bytes, key_pem: bytes, names: tuple[str, ...]) -> None:

@@ -21,15 +21,22 @@ class ServedCertificate:
     cert_pem: bytes | None = field(default=None, repr=False)  # tls.crt, for ARI
 
 
-def needs_placeholder(names: list[str], served: ServedCertificate) -> bool:
+def needs_placeholder(
+    names: list[str], served: ServedCertificate, now: datetime.datetime | None = None
+) -> bool:
     """ACME mode: (re)create the placeholder when nothing usable is there yet.
 
     A real certificate is never replaced by a placeholder here: renewal
-    decides about real certificates.
+    decides about real certificates. A placeholder is remade for new names,
+    and when it expires (issuance failing for its whole 90 days).
     """
-    if served.info is None:
+    info = served.info
+    if info is None:
         return True
-    return served.info.is_placeholder and set(served.info.dns_names) != set(names)
+    if not info.is_placeholder:
+        return False
+    expired = now is not None and info.not_after <= now
+    return expired or set(info.dns_names) != set(names)
 
 
 def certificate_verdict(

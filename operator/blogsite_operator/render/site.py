@@ -303,7 +303,7 @@ def render_tls_secret(
 ) -> dict[str, Any]:
     """The operator's own TLS Secret (ACME mode): a placeholder, or the issued chain."""
     metadata = _metadata(site, Component.FRONTEND)
-    metadata["name"] = f"{site.name}-tls"
+    metadata["name"] = tls_secret_name_for(site.name)
     if placeholder:
         metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
     return {
@@ -416,21 +416,40 @@ def challenges_config_map_name(site_name: str) -> str:
     return f"{site_name}-acme-http01"
 
 
-def render_acme_account_secret(site: SiteRef, key_pem: bytes) -> dict[str, Any]:
-    """The ACME account key of a site, generated once and kept."""
-    metadata = _metadata(site, Component.CERT_REFRESH)
-    metadata["name"] = acme_account_secret_name(site.name)
+ACME_ACCOUNT_LABEL = "blog.daedalus.dev/acme-account"
+
+
+def acme_account_secret_name(server: str, email: str, eab_key_id: str = "") -> str:
+    """One account per CA, contact and EAB key id in a namespace, shared by its sites."""
+    digest = hashlib.sha256(f"{server}\n{email}\n{eab_key_id}".encode()).hexdigest()[:12]
+    return f"blogsite-acme-account-{digest}"
+
+
+def render_acme_account_secret(
+    namespace: str, name: str, server: str, email: str, key_pem: bytes
+) -> dict[str, Any]:
+    """An ACME account key, generated once. Owned by no one site: it outlives
+    them, as the account at the CA does."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata,
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, ACME_ACCOUNT_LABEL: "true"},
+            "annotations": {
+                "blog.daedalus.dev/acme-server": server,
+                "blog.daedalus.dev/acme-email": email,
+            },
+        },
         "type": "Opaque",
         "data": {"key.pem": base64.b64encode(key_pem).decode()},
     }
 
 
-def acme_account_secret_name(site_name: str) -> str:
-    return f"{site_name}-acme-account"
+def tls_secret_name_for(site_name: str) -> str:
+    """The Secret the operator owns in ACME mode."""
+    return f"{site_name}-tls"
 
 
 def render_challenges_config_map(site: SiteRef) -> dict[str, Any]:
@@ -465,7 +484,7 @@ def render_cert_refresh_access(site: SiteRef) -> list[dict[str, Any]]:
                 # list and watch are allowed by name only with a metadata.name
                 # field selector, which is how the challenge server asks.
                 "resourceNames": [challenges_config_map_name(site.name)],
-                "verbs": ["get", "list", "watch"],
+                "verbs": ["list", "watch"],
             }
         ],
     }
