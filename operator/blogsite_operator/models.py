@@ -608,6 +608,13 @@ class RenewalInfoStatus(Model):
     next_check: str | None = Field(default=None, description="When to ask the CA again.")
 
 
+class IssuedBy(Model):
+    """Which ACME server issued the certificate the operator last obtained."""
+
+    server: str | None = Field(default=None, description="ACME directory URL.")
+    serial_number: str | None = Field(default=None, description="Serial number (hex).")
+
+
 class CertificateStatus(Model):
     """The certificate currently served, and (ACME) what is being done about it."""
 
@@ -633,6 +640,11 @@ class CertificateStatus(Model):
     )
     renewal_info: RenewalInfoStatus | None = Field(
         default=None, description="The CA's renewal information (ARI), when it offers it."
+    )
+    issued_by: IssuedBy | None = Field(
+        default=None,
+        description="The server of the last order; a certificate from another server than "
+        "spec.tls.acme.server is replaced (staging to production).",
     )
     renewal_request: str | None = Field(
         default=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import itertools
+import secrets
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from tests.integration.conftest import (
@@ -490,3 +491,50 @@ def challenge_ca_file(tmp_path: Path, pebble: Pebble) -> str:
     path = tmp_path / "not-pebbles-root.pem"
     path.write_bytes(pebble.ca_pem)  # the CA of Pebble's HTTPS, not of issued certificates
     return str(path)
+
+
+def test_external_account_binding_rsa_keys_and_a_change_of_server(
+    kubectl: Kubectl,
+    namespace: str,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    hmac = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    with running_pebble({"PEBBLE_EAB_KID": "kid-1", "PEBBLE_EAB_HMAC": hmac}) as pebble:
+        trust_pebble(kubectl, namespace, pebble)
+        binding = {"keyId": "kid-1", "hmacKeySecretRef": {"name": "eab", "key": "hmac"}}
+        site = acme_site(pebble, externalAccountBinding=binding, keyAlgorithm="RSA2048")
+        kubectl.apply(site, namespace)
+
+        # The HMAC Secret is missing: said plainly, and nothing is sent to the CA.
+        def misconfigured() -> dict[str, Any] | None:
+            ready = condition(blogsite(kubectl, namespace), "CertificateReady")
+            return ready if ready.get("reason") == "ConfigurationError" else None
+
+        ready = wait_for(misconfigured, timeout=30, what="ConfigurationError in status")
+        assert "Secret eab does not exist" in ready["message"]
+
+        kubectl.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "eab"},
+                "stringData": {"hmac": hmac},
+            },
+            namespace,
+        )
+        first = wait_for_certificate(kubectl, namespace, timeout=40)["status"]["certificate"]
+        chain, key = served_chain(kubectl, namespace)
+        public = leaf(chain).public_key()
+        assert isinstance(public, rsa.RSAPublicKey)
+        assert public.key_size == 2048
+        assert_no_key_material(str(events(kubectl, namespace)), key)
+        assert hmac not in operator_process.logs()
+        assert first["issuedBy"]["server"] == pebble.directory_url
+
+        # Another directory URL (as from staging to production): a new certificate.
+        moved = pebble.directory_url.replace("127.0.0.1", "localhost")
+        site["spec"]["tls"]["acme"]["server"] = moved
+        kubectl.apply(site, namespace)
+        second = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
+        assert second["status"]["certificate"]["issuedBy"]["server"] == moved

@@ -572,3 +572,35 @@ class TestNothingIsLost:
         assert outcome.fields["renewalInfo"]["renewalTime"] == iso(window)
         assert outcome.fields["renewalTime"] == iso(window)
         assert parse(outcome.fields["renewalInfo"]["nextCheck"]) > NOW
+
+
+class TestServerChange:
+    def test_a_certificate_from_another_server_is_replaced(self) -> None:
+        served = issued()
+        issuer = FakeIssuer(
+            result=JobResult(
+                issue_job(), NOW, serial=serial_of(served), not_after=NOW + datetime.timedelta(80)
+            )
+        )
+        first = drive(issuer, served)
+        assert first.fields["issuedBy"]["serialNumber"] == serial_of(served)
+        other = "https://ca.example/directory"
+        production = ACME.model_copy(update={"server": other})
+        assert first.fields["issuedBy"]["server"] != other
+        outcome = drive_acme(
+            issuer,
+            SITE,
+            production,
+            NAMES,
+            served,
+            previous=status_after(first),
+            base_verdict=certificate_verdict(SPEC, served, NOW),
+            renew_request=None,
+            now=NOW,
+        )
+        assert issuer.jobs == [IssueJob(SITE, tuple(NAMES), production)]
+        assert "the ACME server changed" in outcome.events[0][2]
+        # The same server again orders nothing (it only asks for renewal info).
+        issuer.running = False
+        drive(issuer, served, previous=status_after(first))
+        assert [type(job) for job in issuer.jobs] == [IssueJob, RenewalInfoJob]

@@ -14,8 +14,10 @@ from typing import Any, Protocol
 
 from blogsite_operator import models
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
+from blogsite_operator.issuance.protocol import directory_url
 from blogsite_operator.policies.certificate import (
     RenewalInfo,
+    RenewalPlan,
     ServedCertificate,
     needs_renewal_info,
     next_attempt,
@@ -77,6 +79,8 @@ def drive_acme(
     plan = plan_renewal(
         acme, names, served, state.renewal_info, renewal_requested=requested, now=now
     )
+    if not plan.due and _server_changed(state, served, acme):
+        plan = RenewalPlan(True, "ServerChanged", plan.renewal_time)
     # An order that failed is retried (with backoff) until one succeeds, even
     # when what asked for it (a request, a renewal window) is no longer new.
     due = plan.due or state.failed_attempts > 0
@@ -133,6 +137,7 @@ class _State:
     last_failure: dict[str, str] | None = None
     renewal_info: RenewalInfo | None = None
     renewal_request: str | None = None
+    issued_by: dict[str, str] | None = None  # server and serial of our last order
 
     @classmethod
     def from_status(cls, previous: dict[str, Any]) -> _State:
@@ -151,6 +156,7 @@ class _State:
             last_failure=previous.get("lastFailure"),
             renewal_info=renewal_info,
             renewal_request=previous.get("renewalRequest"),
+            issued_by=previous.get("issuedBy"),
         )
 
     def fold(
@@ -175,6 +181,10 @@ class _State:
             self.next_attempt = None
             self.last_failure = None
             self.renewal_info = None
+            self.issued_by = {
+                "server": directory_url(result.job.acme.server),
+                "serialNumber": result.serial or "",
+            }
             return [
                 (
                     "Normal",
@@ -225,6 +235,7 @@ class _State:
             if info
             else None,
             "renewalRequest": self.renewal_request,
+            "issuedBy": self.issued_by,
         }
 
 
@@ -262,7 +273,18 @@ def _why(reason: str) -> str:
         "RenewalInfo": "the CA's renewal window",
         "ThirdOfLifetimeLeft": "a third of its lifetime left",
         "RetryingFailedOrder": "retrying a failed order",
+        "ServerChanged": "the ACME server changed",
     }.get(reason, reason)
+
+
+def _server_changed(state: _State, served: ServedCertificate, acme: models.Acme) -> bool:
+    """Our certificate came from another CA than the spec names now (staging -> production)."""
+    issued_by = state.issued_by or {}
+    return (
+        served.info is not None
+        and issued_by.get("serialNumber") == served.info.serial
+        and issued_by.get("server") != directory_url(acme.server)
+    )
 
 
 def _next_check(info: RenewalInfo | None) -> datetime.datetime | None:
