@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
@@ -538,3 +539,34 @@ def test_external_account_binding_rsa_keys_and_a_change_of_server(
         kubectl.apply(site, namespace)
         second = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
         assert second["status"]["certificate"]["issuedBy"]["server"] == moved
+
+
+def test_sites_ordering_at_once_share_one_account(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    sites = []
+    for n in range(4):
+        site = acme_site(pebble)
+        site["metadata"]["name"] = f"site-{n}"
+        site["spec"]["domains"] = [f"site-{n}.blog.example"]
+        site["spec"]["redirectDomains"] = []
+        sites.append(site)
+    kubectl.run("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump_all(sites))
+
+    def all_issued() -> bool:
+        items = kubectl.json("get", "blogsites", "-n", namespace)["items"]
+        return len(items) == 4 and all(
+            condition(item, "CertificateReady").get("status") == "True" for item in items
+        )
+
+    wait_for(all_issued, timeout=60, what="four certificates")
+    accounts = kubectl.json(
+        "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+    )["items"]
+    assert len(accounts) == 1
+    assert not failures(kubectl, namespace, "AcmeError"), "no order lost to the shared account"

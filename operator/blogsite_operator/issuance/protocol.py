@@ -203,9 +203,7 @@ class Session:
             try:
                 self.client.new_account(messages.NewRegistration(only_return_existing=True))
             except errors.ConflictError as existing:
-                self.network.account = messages.RegistrationResource(
-                    uri=existing.location, body=messages.Registration()
-                )
+                self._use_account(existing.location)
                 return
             except messages.Error as error:
                 if error.code != "accountDoesNotExist":
@@ -223,8 +221,18 @@ class Session:
                 terms_of_service_agreed=True,
                 external_account_binding=binding,
             )
-            self.client.new_account(registration)
+            try:
+                self.client.new_account(registration)
+            except errors.ConflictError as existing:
+                # Another site's order created it a moment ago (they share the key).
+                self._use_account(existing.location)
+                return
             logger.info("created an ACME account at %s", self.account.server)
+
+    def _use_account(self, location: str) -> None:
+        self.network.account = messages.RegistrationResource(
+            uri=location, body=messages.Registration()
+        )
 
     def order(
         self,
