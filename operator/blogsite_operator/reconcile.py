@@ -270,17 +270,7 @@ def reconcile_site(
     rollout_retry: str | None = previous_status.get("rolloutRetry")
     if spec is not None:
         served = _ensure_tls_secret(api, ref, spec, outcome, issuer, now)
-        facts = SiteFacts()
-        acme_requeue: float | None = None
-        if served is not None:
-            facts = SiteFacts(tls_certificate_hash=served.certificate_hash)
-            (
-                extra_conditions["CertificateReady"],
-                certificate_status,
-                acme_requeue,
-            ) = _certificate(
-                api, ref, spec, served, site=site, issuer=issuer, outcome=outcome, now=now
-            )
+        facts = SiteFacts(tls_certificate_hash=served.certificate_hash if served else None)
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
         objects, extra_conditions["ConfigValid"] = _gate_nginx_config(spec, objects, check_nginx)
@@ -297,12 +287,23 @@ def reconcile_site(
         rollout_memory = gate.memory
         extra_conditions["RolloutHealthy"] = gate.condition
         outcome.events.extend(Event(*event) for event in gate.events)
-        outcome.requeue_after = min(
-            (t for t in (gate.requeue_after, acme_requeue) if t is not None), default=None
-        )
         rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
         _apply_all(api, ref, desired, outcome)
         _prune(api, ref, desired, outcome)
+        acme_requeue: float | None = None
+        if served is not None:
+            # After the apply: a first order can start in this very pass, its
+            # answers ConfigMap now exists.
+            (
+                extra_conditions["CertificateReady"],
+                certificate_status,
+                acme_requeue,
+            ) = _certificate(
+                api, ref, spec, served, site=site, issuer=issuer, outcome=outcome, now=now
+            )
+        outcome.requeue_after = min(
+            (t for t in (gate.requeue_after, acme_requeue) if t is not None), default=None
+        )
         if outcome.conflicts:
             reconciled = Verdict(
                 CONDITION_FALSE,

@@ -95,7 +95,7 @@ class CertificateIssuer:
         api: IssuerApi,
         settings: AcmeSettings,
         notify: Callable[[str, str], None],
-        workers: int = 4,
+        workers: int = 8,  # orders mostly wait on the CA; threads are cheap here
     ) -> None:
         self.api = api
         self.settings = settings
