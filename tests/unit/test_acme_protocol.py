@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-from acme import errors, messages
+from acme import challenges, errors, messages
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwk import JWKEC
 
@@ -20,6 +20,8 @@ from blogsite_operator.issuance.protocol import (
     NONCE_ATTEMPTS,
     Counter,
     IssuanceError,
+    OrderRequest,
+    Session,
     _check_issued,
     _explained,
     _Network,
@@ -250,3 +252,62 @@ def test_requests_are_counted_and_retry_after_is_the_last_responses(loopback: st
 def test_an_absurd_retry_after_does_not_lose_the_response(loopback: str) -> None:
     net = network()
     assert net._send_request("GET", f"{loopback}/absurd").status_code == 429
+
+
+class _FakeCa:
+    """Stands in for ClientV2: one pending authorization per name, deactivations recorded."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.deactivated: list[str] = []
+        self.answered: list[str] = []
+        self.authorizations = [
+            messages.AuthorizationResource(
+                uri=f"https://ca.example/authz/{name}",
+                body=messages.Authorization(
+                    identifier=messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name),
+                    status=messages.STATUS_PENDING,
+                    challenges=[
+                        messages.ChallengeBody(
+                            chall=challenges.HTTP01(token=name.encode().ljust(16, b"-")),
+                            uri=f"https://ca.example/chall/{name}",
+                            status=messages.STATUS_PENDING,
+                        )
+                    ],
+                ),
+            )
+            for name in names
+        ]
+
+    def new_order(self, csr_pem: bytes, profile: str | None = None) -> Any:
+        return messages.OrderResource(authorizations=self.authorizations, csr_pem=csr_pem)
+
+    def deactivate_authorization(self, authorization: Any) -> Any:
+        self.deactivated.append(authorization.uri)
+        return authorization
+
+    def answer_challenge(self, challenge: Any, response: Any) -> Any:
+        self.answered.append(challenge.uri)
+        raise AssertionError("a failed self-check must not answer the CA")
+
+
+def test_a_failed_self_check_deactivates_the_orders_authorizations_and_answers_nothing() -> None:
+    names = ["a.example.com", "b.example.com"]
+    ca = _FakeCa(names)
+    session = Session.__new__(Session)  # no directory fetch: the CA is the fake above
+    session.key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    session.client = ca  # type: ignore[assignment]
+    session.network = None  # type: ignore[assignment]
+    published: list[dict[str, str]] = []
+
+    def self_check(checks: list[tuple[str, str, str]]) -> None:
+        assert sorted(name for name, _, _ in checks) == names
+        raise IssuanceError("SelfCheckFailed", "nobody answers on port 80")
+
+    request = OrderRequest(tuple(names), "ECDSAP256", None, datetime.timedelta(seconds=30))
+    with pytest.raises(IssuanceError) as caught:
+        session.order(request, publish=published.append, self_check=self_check)
+    assert caught.value.reason == "SelfCheckFailed"
+    (answers,) = published
+    assert len(answers) == 2, "both answers were published first"
+    assert ca.deactivated == [f"https://ca.example/authz/{n}" for n in names]
+    assert ca.answered == []

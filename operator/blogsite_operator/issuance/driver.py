@@ -123,7 +123,7 @@ def drive_acme(
     fields["renewalTime"] = _iso(plan.renewal_time) if plan.renewal_time else None
     return AcmeOutcome(
         fields=fields,
-        verdict=_verdict(base_verdict, state, busy and due, acme.server, now),
+        verdict=_verdict(base_verdict, state, busy and due, acme.server),
         events=events,
         requeue_after=max((requeue - now).total_seconds(), 1.0) if requeue else None,
         folded=result,
@@ -239,9 +239,7 @@ class _State:
         }
 
 
-def _verdict(
-    base: Verdict, state: _State, issuing: bool, server: str, now: datetime.datetime
-) -> Verdict:
+def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdict:
     """CertificateReady: the served certificate, plus what ACME is doing about it."""
     failing = ""
     if state.last_failure is not None and state.failed_attempts:

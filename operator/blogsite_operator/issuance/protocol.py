@@ -274,7 +274,11 @@ class Session:
                 responses.append((challenge, response))
             publish(answers)
             if self_check is not None and checks:
-                self_check(checks)
+                try:
+                    self_check(checks)
+                except IssuanceError:
+                    self._abandon(order.authorizations)
+                    raise
             for challenge, response in responses:
                 self.client.answer_challenge(challenge, response)
             order = self.client.poll_authorizations(order, deadline)
@@ -282,6 +286,16 @@ class Session:
         fullchain = order.fullchain_pem.encode()
         _check_issued(fullchain, key_pem, request.names)
         return Issued(fullchain_pem=fullchain, key_pem=key_pem)
+
+    def _abandon(self, authorizations: Any) -> None:
+        """Deactivate the pending authorizations of an order we will not answer:
+        CAs cap how many may be pending per account (Let's Encrypt: 300)."""
+        for authorization in authorizations:
+            if authorization.body.status == messages.STATUS_PENDING:
+                try:
+                    self.client.deactivate_authorization(authorization)
+                except (errors.Error, messages.Error, requests.RequestException):
+                    logger.debug("could not deactivate %s", authorization.uri)
 
     def renewal_info(self, cert_pem: bytes) -> tuple[datetime.datetime | None, datetime.datetime]:
         """ARI: (suggested renewal time or None without ARI, when to ask again)."""
