@@ -267,9 +267,15 @@ class ChallengeServer:
     namespace: str
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    config_map: str | None = None  # serve this one ConfigMap, as in the pod
 
     def start(self) -> None:
         log = self.log_path.open("ab")
+        source = (
+            ["--configmap", self.config_map]
+            if self.config_map
+            else ["--selector", "blog.daedalus.dev/acme-http01-of"]
+        )
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -282,8 +288,7 @@ class ChallengeServer:
                 str(PEBBLE_HTTP01_PORT),
                 "--namespace",
                 self.namespace,
-                "--selector",
-                "blog.daedalus.dev/acme-http01-of",
+                *source,
                 "--kubeconfig",
                 self.kubectl.kubeconfig,
             ],

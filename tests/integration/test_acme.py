@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import itertools
+import json
 import secrets
 import ssl
 import time
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from blogsite_operator import certs
 from tests.integration.conftest import (
     PEBBLE_HTTP01_PORT,
     ChallengeServer,
@@ -570,3 +572,77 @@ def test_sites_ordering_at_once_share_one_account(
     )["items"]
     assert len(accounts) == 1
     assert not failures(kubectl, namespace, "AcmeError"), "no order lost to the shared account"
+
+
+def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    operator_process: OperatorProcess,
+    tmp_path: Path,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    kubectl.apply(acme_site(pebble), namespace)
+    account = f"system:serviceaccount:{namespace}:{SITE}-cert-refresh"
+    wait_for(
+        lambda: kubectl.exists("rolebinding", f"{SITE}-cert-refresh", namespace),
+        what="cert-refresh's RoleBinding",
+    )
+
+    def can(*args: str) -> bool:
+        result = kubectl.run("auth", "can-i", *args, "-n", namespace, "--as", account, check=False)
+        return result.stdout.strip() == "yes"
+
+    answers = f"configmaps/{SITE}-acme-http01"
+    assert can("watch", answers)
+    assert can("list", answers)
+    assert not can("get", "secrets")
+    assert not can("list", "configmaps")  # only its own, by name
+    assert not can("get", f"configmaps/{SITE}-nginx-x")
+    assert not can("create", "configmaps")
+
+    # The challenge server, run as that ServiceAccount exactly as in its pod
+    # (one ConfigMap, by name), is where Pebble validates: issuance works.
+    token = kubectl.run("create", "token", f"{SITE}-cert-refresh", "-n", namespace).stdout.strip()
+    config = yaml.safe_load(Path(kubectl.kubeconfig).read_text(encoding="utf-8"))
+    config["users"] = [{"name": "cert-refresh", "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = "cert-refresh"
+    restricted = tmp_path / "cert-refresh.kubeconfig"
+    restricted.write_text(yaml.safe_dump(config), encoding="utf-8")
+    server = ChallengeServer(
+        Kubectl(kubectl.binary, str(restricted)),
+        namespace,
+        tmp_path / "challenge-server.log",
+        config_map=f"{SITE}-acme-http01",
+    )
+    server.start()
+    try:
+        wait_for_certificate(kubectl, namespace, timeout=60)
+    finally:
+        server.stop()
+    assert "Forbidden" not in server.log_path.read_text(encoding="utf-8")
+
+
+def test_a_deleted_or_damaged_secret_is_reissued(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    kubectl.apply(acme_site(pebble), namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+
+    kubectl.run("delete", "secret", f"{SITE}-tls", "-n", namespace)
+    second = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
+    serial = second["status"]["certificate"]["serialNumber"]
+
+    # A key that does not belong to the certificate: damaged, so replaced.
+    other_key = base64.b64encode(certs.generate_private_key("ECDSAP256")).decode()
+    patch = json.dumps({"data": {"tls.key": other_key}})
+    kubectl.run("patch", "secret", f"{SITE}-tls", "-n", namespace, "--type=merge", "-p", patch)
+    wait_for_certificate(kubectl, namespace, other_than=serial)
+    chain, key = served_chain(kubectl, namespace)
+    assert certs.key_matches(chain, key)
