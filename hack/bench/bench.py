@@ -225,8 +225,18 @@ def measure_revert(
     }
     started = time.monotonic()
     apply(kubectl, [bad])
-    while image() != bad["spec"]["daedalus"]["image"]:
-        time.sleep(0.1)
+
+    def failure_recorded() -> bool:
+        site = api.get(models.KIND, NAMESPACE, name) or {}
+        entry = (site.get("status") or {}).get("components", {}).get("daedalus", {})
+        return bool(entry.get("failedVersion"))
+
+    # The bad template may come and go between two polls (an unpullable image
+    # is reverted in well under a second): its recorded failure counts too.
+    while image() != bad["spec"]["daedalus"]["image"] and not failure_recorded():
+        if time.monotonic() > deadline + timeout:
+            raise SystemExit(f"{name}: the bad image never rolled out")
+        time.sleep(0.05)
     while image() != good_image:
         if time.monotonic() > deadline + timeout:
             raise SystemExit(f"{name}: no revert within {timeout}s")

@@ -121,6 +121,14 @@ def wait_for_certificate(
     return result
 
 
+def first_certificate(kubectl: Kubectl, namespace: str, pebble: Pebble) -> dict[str, Any]:
+    """The example site applied, trusting Pebble: its first status.certificate."""
+    trust_pebble(kubectl, namespace, pebble)
+    kubectl.apply(acme_site(pebble), namespace)
+    certificate: dict[str, Any] = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    return certificate
+
+
 def verify_against_root(chain: bytes, root_pem: bytes, name: str) -> None:
     """Path validation as a TLS client does it: root -> intermediate -> leaf, for `name`."""
     certificates = x509.load_pem_x509_certificates(chain)
@@ -240,9 +248,7 @@ def test_renewal_follows_a_renewal_window_the_ca_moves(
     challenge_server: ChallengeServer,
     operator_process: OperatorProcess,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
-    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    first = first_certificate(kubectl, namespace, pebble)
     chain, _ = served_chain(kubectl, namespace)
     # A 90-day certificate; the CA now says: renew within the next 8-14 s.
     start = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(seconds=8)
@@ -361,9 +367,7 @@ def test_failed_renewal_keeps_the_valid_certificate_serving(
     challenge_server: ChallengeServer,
     operator_process: OperatorProcess,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
-    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    first = first_certificate(kubectl, namespace, pebble)
     chain_before = served_chain(kubectl, namespace)
 
     pebble.stop()
@@ -631,9 +635,7 @@ def test_a_deleted_or_damaged_secret_is_reissued(
     challenge_server: ChallengeServer,
     operator_process: OperatorProcess,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
-    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    first = first_certificate(kubectl, namespace, pebble)
 
     kubectl.run("delete", "secret", f"{SITE}-tls", "-n", namespace)
     second = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
