@@ -16,6 +16,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -203,3 +204,56 @@ def running_pebble(
             yield pebble
         finally:
             pebble.stop()
+
+
+@dataclass
+class ChallengeServer:
+    """The real `challenge-server`, where Pebble's validator connects.
+
+    In a cluster it runs in the cert-refresh pod and watches one ConfigMap
+    (`config_map`); by default here it serves every site of the namespace
+    (`--selector`).
+    """
+
+    kubeconfig: str
+    namespace: str
+    log_path: Path
+    port: int = int(DEFAULT_ENV["PEBBLE_HTTP01_PORT"])
+    config_map: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        source = (
+            ["--configmap", self.config_map]
+            if self.config_map
+            else ["--selector", "blog.daedalus.dev/acme-http01-of"]
+        )
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "blogsite_operator", "challenge-server"),
+                    *("--address", "127.0.0.1", "--port", str(self.port)),
+                    *("--namespace", self.namespace, *source),
+                    *("--kubeconfig", self.kubeconfig),
+                ],
+                env={**os.environ, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1"},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(self._listening, timeout=30, what="the challenge server to listen")
+
+    def _listening(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"challenge-server exited:\n{self.log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

@@ -26,16 +26,12 @@ import base64
 import json
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +42,11 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "operator"))
+sys.path.insert(
+    0, str(ROOT)
+)  # tests.pebble: Pebble and the challenge server, as the tests run them
+
+from tests.pebble import ChallengeServer, running_pebble  # noqa: E402
 
 from blogsite_operator import certs, kube, models  # noqa: E402
 from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noqa: E402
@@ -416,82 +417,6 @@ class AcmeRun:
     writes_by_verb: dict[str, int] = field(default_factory=dict)
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@contextmanager
-def running_pebble(log_path: Path, timeout: float = 600) -> Iterator[Path]:
-    """hack/pebble.sh for the block; yields its state directory (pebble-ca.pem, root.pem).
-
-    The first start may build Pebble (hack/build-tools.sh), hence the long timeout.
-    """
-    ports = [int(PEBBLE_ENV[k]) for k in ("PEBBLE_PORT", "PEBBLE_MANAGEMENT_PORT")]
-    deadline = time.monotonic() + 60
-    while not all(port_free(p) for p in [*ports, HTTP01_PORT]):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"ports {[*ports, HTTP01_PORT]} are busy: another bench running?")
-        time.sleep(1)
-    with tempfile.TemporaryDirectory(prefix="blogsite-bench-pebble-") as state:
-        process = subprocess.Popen(
-            [str(ROOT / "hack" / "pebble.sh")],
-            env={**os.environ, **PEBBLE_ENV, "PEBBLE_STATE_DIR": state},
-            stdout=log_path.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: Pebble and its DNS go together
-        )
-        try:
-            deadline = time.monotonic() + timeout
-            while not (Path(state) / "root.pem").exists():  # written last, once Pebble answers
-                if process.poll() is not None:
-                    raise SystemExit(f"hack/pebble.sh exited with {process.returncode}: {log_path}")
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"Pebble did not start within {timeout}s: {log_path}")
-                time.sleep(0.2)
-            yield Path(state)
-        finally:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                with suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-def start_challenge_server(env: dict[str, str], kubeconfig: str) -> subprocess.Popen[bytes]:
-    """The real `challenge-server`, where Pebble's validator connects, once it listens."""
-    log_path = ARTIFACTS / "bench-challenge-server.log"
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "blogsite_operator", "challenge-server"),
-            *("--address", "127.0.0.1", "--port", str(HTTP01_PORT)),
-            *("--namespace", ACME_NAMESPACE, "--selector", "blog.daedalus.dev/acme-http01-of"),
-            *("--kubeconfig", kubeconfig),
-        ],
-        env={**env, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1"},
-        stdout=log_path.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        if process.poll() is not None:
-            raise SystemExit(f"challenge-server exited with {process.returncode}: {log_path}")
-        with suppress(OSError), socket.create_connection(("127.0.0.1", HTTP01_PORT), timeout=1):
-            return process
-        if time.monotonic() > deadline:
-            stop(process)
-            raise SystemExit(f"challenge-server not listening within 30s: {log_path}")
-        time.sleep(0.2)
-
-
 def acme_manifest(name: str) -> dict[str, Any]:
     """A site whose three names Pebble validates over HTTP-01 (challtestsrv: all 127.0.0.1)."""
     return {
@@ -551,7 +476,7 @@ def wait_for_certificates(
             raise SystemExit(
                 f"ACME: after {timeout:.0f}s, {len(secret_at)}/{len(names)} real certificates "
                 f"and {len(ready_at)}/{len(names)} CertificateReady; see "
-                f"{ARTIFACTS}/bench-acme-*.log, bench-pebble.log, bench-challenge-server.log"
+                f"{ARTIFACTS}/bench-acme-*.log, bench-pebble/pebble.log, bench-challenge-server.log"
             )
         now = time.monotonic() - t0
         for secret in api.list_objects("Secret", ACME_NAMESPACE, ""):
@@ -621,14 +546,14 @@ def measure_acme(
     subprocess.run(
         [*kubectl, "create", "namespace", ACME_NAMESPACE], check=True, capture_output=True
     )
-    pebble_log = ARTIFACTS / "bench-pebble.log"
     operator_log = ARTIFACTS / "bench-acme-operator.log"
     together = [acme_manifest(f"acme-{i:02d}") for i in range(args.acme_sites)]
     one_by_one = [acme_manifest(f"acme-seq-{i:02d}") for i in range(args.acme_sequential)]
     result = AcmeRun(names_per_site=len(expected_names(together + one_by_one)[0]))
     with ExitStack() as stack:
-        pebble = stack.enter_context(running_pebble(pebble_log))
-        ca_pem = (pebble / "pebble-ca.pem").read_bytes()
+        pebble = stack.enter_context(running_pebble(PEBBLE_ENV, ARTIFACTS / "bench-pebble"))
+        pebble_log = pebble.log_path
+        ca_pem = pebble.ca_pem
         apply(
             kubectl,
             [
@@ -641,7 +566,11 @@ def measure_acme(
             ],
         )
         # Stopped in reverse: the operator, the challenge server, then Pebble.
-        stack.callback(stop, start_challenge_server(env, kubeconfig))
+        challenges = ChallengeServer(
+            kubeconfig, ACME_NAMESPACE, ARTIFACTS / "bench-challenge-server.log", port=HTTP01_PORT
+        )
+        challenges.start()
+        stack.callback(challenges.stop)
         operator = start_operator(
             env,
             kubeconfig,
@@ -673,7 +602,7 @@ def measure_acme(
         )
         result.operator_rss = peak_rss_mib(operator.pid)
         result.operator_writes, _, result.writes_by_verb = operator_writes(audit_log, audit_start)
-        root_pem = (pebble / "root.pem").read_bytes()
+        root_pem = pebble.root_pem()
         for manifest in together + one_by_one:
             name = manifest["metadata"]["name"]
             secret = api.get("Secret", ACME_NAMESPACE, f"{name}-tls") or {}

@@ -58,11 +58,7 @@ def self_signed_placeholder(
         .sign(key, hashes.SHA256())
     )
     cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    key_pem = _pkcs8(key)
     return cert_pem, key_pem
 
 
@@ -102,6 +98,10 @@ def generate_private_key(algorithm: str) -> bytes:
         key = rsa.generate_private_key(public_exponent=65537, key_size=int(algorithm[3:]))
     else:
         raise ValueError(f"unknown key algorithm {algorithm!r}")
+    return _pkcs8(key)
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,

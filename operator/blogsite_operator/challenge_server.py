@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -132,7 +132,10 @@ def watch_answers(
             answers.synced.set()
             version = listed.metadata.resource_version
             watcher = watch.Watch()  # type: ignore[no-untyped-call]
-            for event in _stream(watcher, lister, query, version):
+            events = watcher.stream(  # type: ignore[no-untyped-call]
+                lister, resource_version=version, timeout_seconds=300, **query
+            )
+            for event in events:
                 obj = event["object"]
                 if event["type"] == "DELETED":
                     answers.remove(obj.metadata.namespace, obj.metadata.name)
@@ -147,12 +150,6 @@ def watch_answers(
             )
             stop.wait(delay)
             delay = min(delay * 2, 30.0)
-
-
-def _stream(
-    watcher: Any, lister: ListFn, query: dict[str, Any], version: str
-) -> Iterator[dict[str, Any]]:
-    yield from watcher.stream(lister, resource_version=version, timeout_seconds=300, **query)
 
 
 def serve(

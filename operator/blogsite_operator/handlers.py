@@ -91,6 +91,13 @@ class SiteQueue:
             self._issuer = CertificateIssuer(self.api, self.settings.acme, self._trigger_soon)
         return self._issuer
 
+    def shutdown(self) -> None:
+        """Cancel background tasks; drop ACME jobs not yet started."""
+        for task in list(self.tasks):
+            task.cancel()
+        if self._issuer is not None:
+            self._issuer.shutdown()
+
     def _trigger_soon(self, namespace: str, name: str) -> None:
         """Thread-safe: called from an ACME thread when its job ends."""
         if self.loop is not None:
@@ -277,10 +284,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
 
     @kopf.on.cleanup(registry=registry)
     async def stop_background_tasks(**_: Any) -> None:
-        for task in list(queue.tasks):
-            task.cancel()
-        if queue._issuer is not None:
-            queue._issuer.shutdown()
+        queue.shutdown()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import models
 from blogsite_operator.render.site import FIELD_MANAGER
+from blogsite_operator.timestamps import format_time
 
 USER_AGENT = "blogsite-operator/0.1.0"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
@@ -166,7 +167,7 @@ class Api:
     def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on the BlogSite, shown by `kubectl describe`."""
         metadata = site["metadata"]
-        now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = format_time(datetime.datetime.now(tz=datetime.UTC))
         event = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -45,10 +45,12 @@ from blogsite_operator.render.site import (
     NGINX_CONFIG_LABEL,
     Component,
     challenges_config_map_name,
+    is_owned_by,
     render_tls_secret,
     tls_secret_name,
 )
 from blogsite_operator.rollouts import RETRY_ANNOTATION, gate_deployments
+from blogsite_operator.timestamps import format_time
 
 CONDITION_FOR_COMPONENT = {
     Component.FRONTEND: "FrontendAvailable",
@@ -114,11 +116,6 @@ def is_subset(desired: Any, live: Any) -> bool:
 def _is_omitted_empty(value: Any) -> bool:
     """Go's `omitempty` drops zero values from API responses: absent means equal."""
     return value in (0, False, "", None, [], {})
-
-
-def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid for ref in refs)
 
 
 def _condition(
@@ -329,7 +326,7 @@ def reconcile_site(
         verdicts=verdicts,
         deployments=deployments,
         reconciled=reconciled,
-        now=_iso(now),
+        now=format_time(now),
         extra_conditions=extra_conditions,
         certificate=certificate_status,
         frontend_service=frontend_service,
@@ -570,16 +567,12 @@ def _certificate_status(served: ServedCertificate) -> dict[str, Any] | None:
         return None
     return {
         "secretName": served.secret_name,
-        "notBefore": _iso(info.not_before),
-        "notAfter": _iso(info.not_after),
+        "notBefore": format_time(info.not_before),
+        "notAfter": format_time(info.not_after),
         "dnsNames": list(info.dns_names),
         "serialNumber": info.serial,
         "placeholder": info.is_placeholder,
     }
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:

@@ -31,6 +31,7 @@ from blogsite_operator.render.site import (
     selector_labels,
     version_of,
 )
+from blogsite_operator.timestamps import format_time, parse_time
 
 RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
 # Pod events drive most checks; a pod that never becomes Ready produces none,
@@ -109,9 +110,8 @@ def _until_ready_timeout(
     """Seconds until the oldest of these pods reaches the ready timeout."""
     wait = RECHECK_SECONDS
     for pod in pods:
-        created = pod["metadata"].get("creationTimestamp")
-        if created:
-            born = datetime.datetime.fromisoformat(created.replace("Z", "+00:00"))
+        born = parse_time(pod["metadata"].get("creationTimestamp"))
+        if born is not None:
             due = (born - now).total_seconds() + thresholds.ready_timeout_seconds + 1
             wait = min(wait, max(1.0, due))
     return wait
@@ -221,7 +221,7 @@ def _remembered(
     failed_at = None
     if memory.failed is not None:
         same_failure = (previous or {}).get("failedVersion") == memory.failed
-        failed_at = (previous or {}).get("failedAt") if same_failure else _iso(now)
+        failed_at = (previous or {}).get("failedAt") if same_failure else format_time(now)
     return {
         "version": version,
         "lastGoodVersion": memory.last_good,
@@ -229,7 +229,3 @@ def _remembered(
         "failedReason": memory.failed_reason,
         "failedAt": failed_at,
     }
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -27,6 +26,7 @@ import pytest
 import yaml
 
 from tests.pebble import DEFAULT_ENV as PEBBLE_DEFAULT_ENV
+from tests.pebble import ChallengeServer
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,69 +255,9 @@ def operator_process(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterat
         assert "Traceback" not in logs, logs[-5000:]
 
 
-@dataclass
-class ChallengeServer:
-    """The real `challenge-server` where Pebble's validator connects (PEBBLE_HTTP01_PORT).
-
-    In a cluster it runs in the cert-refresh pod and watches one ConfigMap;
-    here it serves every site of the test namespace (`--selector`).
-    """
-
-    kubectl: Kubectl
-    namespace: str
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    config_map: str | None = None  # serve this one ConfigMap, as in the pod
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        source = (
-            ["--configmap", self.config_map]
-            if self.config_map
-            else ["--selector", "blog.daedalus.dev/acme-http01-of"]
-        )
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "blogsite_operator",
-                "challenge-server",
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(PEBBLE_HTTP01_PORT),
-                "--namespace",
-                self.namespace,
-                *source,
-                "--kubeconfig",
-                self.kubectl.kubeconfig,
-            ],
-            env={**os.environ, "PYTHONPATH": str(ROOT / "operator"), "PYTHONUNBUFFERED": "1"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_for(self._healthy, timeout=30, what="the challenge server to answer /healthz")
-
-    def _healthy(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"challenge-server exited:\n{self.log_path.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", PEBBLE_HTTP01_PORT), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
-
-
 @pytest.fixture
 def challenge_server(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterator[ChallengeServer]:
-    server = ChallengeServer(kubectl, namespace, tmp_path / "challenge-server.log")
+    server = ChallengeServer(kubectl.kubeconfig, namespace, tmp_path / "challenge-server.log")
     server.start()
     yield server
     server.stop()

@@ -25,14 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from blogsite_operator import certs
-from tests.integration.conftest import (
-    PEBBLE_HTTP01_PORT,
-    ChallengeServer,
-    Kubectl,
-    OperatorProcess,
-)
+from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess
 from tests.nginx_harness import json_body, launch_nginx, start_stub
-from tests.pebble import Pebble, running_pebble
+from tests.pebble import ChallengeServer, Pebble, running_pebble
 from tests.support import wait_for
 
 DOMAINS = ["blog.example", "www.blog.example"]
@@ -81,6 +76,16 @@ def trust_pebble(kubectl: Kubectl, namespace: str, pebble: Pebble) -> None:
     )
 
 
+def apply_acme_site(
+    kubectl: Kubectl, namespace: str, pebble: Pebble, **acme: Any
+) -> dict[str, Any]:
+    """The example site, ordering from this Pebble and trusting it; returns the manifest."""
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble, **acme)
+    kubectl.apply(site, namespace)
+    return site
+
+
 def blogsite(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     result: dict[str, Any] = kubectl.json("get", "blogsite", SITE, "-n", namespace)
     return result
@@ -123,8 +128,7 @@ def wait_for_certificate(
 
 def first_certificate(kubectl: Kubectl, namespace: str, pebble: Pebble) -> dict[str, Any]:
     """The example site applied, trusting Pebble: its first status.certificate."""
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
+    apply_acme_site(kubectl, namespace, pebble)
     certificate: dict[str, Any] = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
     return certificate
 
@@ -155,8 +159,7 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     challenge_server: ChallengeServer,
     operator_process: OperatorProcess,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
+    apply_acme_site(kubectl, namespace, pebble)
     site = wait_for_certificate(kubectl, namespace)
 
     chain, key = served_chain(kubectl, namespace)
@@ -216,8 +219,7 @@ def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expi
     # Pebble's renewal info for a 20 s certificate suggests a window over its
     # whole lifetime; the operator picks a time in it and renews then.
     with running_pebble({"PEBBLE_SHORTLIVED_SECONDS": "20"}) as pebble:
-        trust_pebble(kubectl, namespace, pebble)
-        kubectl.apply(acme_site(pebble, profile="shortlived"), namespace)
+        apply_acme_site(kubectl, namespace, pebble, profile="shortlived")
         wait_for_certificate(kubectl, namespace)
         seen: dict[str, dict[str, Any]] = {}  # serial -> the last status shown for it
         deadline = time.monotonic() + 50
@@ -277,9 +279,7 @@ def test_changed_names_and_the_renew_annotation_each_reissue(
     challenge_server: ChallengeServer,
     operator_process: OperatorProcess,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    site = acme_site(pebble)
-    kubectl.apply(site, namespace)
+    site = apply_acme_site(kubectl, namespace, pebble)
     first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
     template_hash = tls_hash_of_frontend(kubectl, namespace)
 
@@ -406,10 +406,9 @@ def test_failed_challenge_is_reported_and_retried_until_it_validates(
         extra_env={"BLOGSITE_OPERATOR_ACME_SELF_CHECK": "off"},
     )
     operator.start()
-    server = ChallengeServer(kubectl, namespace, tmp_path / "challenge-server.log")
+    server = ChallengeServer(kubectl.kubeconfig, namespace, tmp_path / "challenge-server.log")
     try:
-        trust_pebble(kubectl, namespace, pebble)
-        kubectl.apply(acme_site(pebble), namespace)
+        apply_acme_site(kubectl, namespace, pebble)
 
         def challenge_failed() -> dict[str, Any] | None:
             site = blogsite(kubectl, namespace)
@@ -438,8 +437,7 @@ def test_issuance_survives_a_high_nonce_rejection_rate(
 ) -> None:
     # Pebble rejects half the nonces: the `acme` package alone retries only once.
     with running_pebble({"PEBBLE_WFE_NONCEREJECT": "50"}) as pebble:
-        trust_pebble(kubectl, namespace, pebble)
-        kubectl.apply(acme_site(pebble), namespace)
+        apply_acme_site(kubectl, namespace, pebble)
         wait_for_certificate(kubectl, namespace, timeout=60)
         chain, _ = served_chain(kubectl, namespace)
         for name in DOMAINS + REDIRECTS:
@@ -455,9 +453,7 @@ def test_issuance_survives_a_high_nonce_rejection_rate(
 def test_end_to_end_real_nginx_serves_the_issued_certificate_for_every_name(
     kubectl: Kubectl, namespace: str, pebble: Pebble, tmp_path: Path
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    site = acme_site(pebble)
-    kubectl.apply(site, namespace)
+    site = apply_acme_site(kubectl, namespace, pebble)
     wait_for_certificate(kubectl, namespace)
     root = tmp_path / "pebble-root.pem"
     root.write_bytes(pebble.root_pem())
@@ -508,10 +504,10 @@ def test_external_account_binding_rsa_keys_and_a_change_of_server(
 ) -> None:
     hmac = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
     with running_pebble({"PEBBLE_EAB_KID": "kid-1", "PEBBLE_EAB_HMAC": hmac}) as pebble:
-        trust_pebble(kubectl, namespace, pebble)
         binding = {"keyId": "kid-1", "hmacKeySecretRef": {"name": "eab", "key": "hmac"}}
-        site = acme_site(pebble, externalAccountBinding=binding, keyAlgorithm="RSA2048")
-        kubectl.apply(site, namespace)
+        site = apply_acme_site(
+            kubectl, namespace, pebble, externalAccountBinding=binding, keyAlgorithm="RSA2048"
+        )
 
         # The HMAC Secret is missing: said plainly, and nothing is sent to the CA.
         def misconfigured() -> dict[str, Any] | None:
@@ -585,8 +581,7 @@ def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
     operator_process: OperatorProcess,
     tmp_path: Path,
 ) -> None:
-    trust_pebble(kubectl, namespace, pebble)
-    kubectl.apply(acme_site(pebble), namespace)
+    apply_acme_site(kubectl, namespace, pebble)
     account = f"system:serviceaccount:{namespace}:{SITE}-cert-refresh"
     wait_for(
         lambda: kubectl.exists("rolebinding", f"{SITE}-cert-refresh", namespace),
@@ -615,7 +610,7 @@ def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
     restricted = tmp_path / "cert-refresh.kubeconfig"
     restricted.write_text(yaml.safe_dump(config), encoding="utf-8")
     server = ChallengeServer(
-        Kubectl(kubectl.binary, str(restricted)),
+        str(restricted),
         namespace,
         tmp_path / "challenge-server.log",
         config_map=f"{SITE}-acme-http01",

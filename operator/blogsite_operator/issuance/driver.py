@@ -26,6 +26,7 @@ from blogsite_operator.policies.certificate import (
 from blogsite_operator.policies.readiness import CONDITION_TRUE, Verdict
 from blogsite_operator.render.site import SiteRef
 from blogsite_operator.settings import AcmeSettings
+from blogsite_operator.timestamps import format_time, parse_time
 
 RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
 
@@ -120,7 +121,7 @@ def drive_acme(
         )
 
     fields = state.to_status()
-    fields["renewalTime"] = _iso(plan.renewal_time) if plan.renewal_time else None
+    fields["renewalTime"] = format_time(plan.renewal_time) if plan.renewal_time else None
     return AcmeOutcome(
         fields=fields,
         verdict=_verdict(base_verdict, state, busy and due, acme.server),
@@ -185,13 +186,14 @@ class _State:
                 "server": directory_url(result.job.acme.server),
                 "serialNumber": result.serial or "",
             }
+            until = format_time(result.not_after) if result.not_after else "?"
             return [
                 (
                     "Normal",
                     "CertificateIssued",
                     (
                         f"issued a certificate for {len(result.job.names)} names, serial "
-                        f"{result.serial}, valid until {result.not_after:%Y-%m-%dT%H:%M:%SZ} "
+                        f"{result.serial}, valid until {until} "
                         f"({result.acme_requests} ACME requests, {result.seconds:.1f}s)"
                     ),
                 )
@@ -206,7 +208,7 @@ class _State:
             jitter=random.uniform(0, 0.1),  # noqa: S311 - spreading retries, not secrecy
         )
         self.last_failure = {
-            "time": _iso(result.finished_at),
+            "time": format_time(result.finished_at),
             "reason": error.reason,
             "message": error.message,
         }
@@ -216,7 +218,7 @@ class _State:
                 error.reason,
                 (
                     f"{error.message}; attempt {self.failed_attempts} failed, next attempt at "
-                    f"{_iso(self.next_attempt)}"
+                    f"{format_time(self.next_attempt)}"
                 ),
             )
         ]
@@ -225,12 +227,12 @@ class _State:
         info = self.renewal_info
         return {
             "failedAttempts": self.failed_attempts or None,
-            "nextAttempt": _iso(self.next_attempt) if self.next_attempt else None,
+            "nextAttempt": format_time(self.next_attempt) if self.next_attempt else None,
             "lastFailure": self.last_failure,
             "renewalInfo": {
                 "serialNumber": info.serial,
-                "renewalTime": _iso(info.renewal_time) if info.renewal_time else None,
-                "nextCheck": _iso(info.next_check),
+                "renewalTime": format_time(info.renewal_time) if info.renewal_time else None,
+                "nextCheck": format_time(info.next_check),
             }
             if info
             else None,
@@ -245,7 +247,8 @@ def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdic
     if state.last_failure is not None and state.failed_attempts:
         failing = (
             f"{state.last_failure.get('message', '')}; {state.failed_attempts} failed "
-            f"attempt(s)" + (f", next at {_iso(state.next_attempt)}" if state.next_attempt else "")
+            f"attempt(s)"
+            + (f", next at {format_time(state.next_attempt)}" if state.next_attempt else "")
         )
     if base.status == CONDITION_TRUE:
         extra = (
@@ -290,13 +293,8 @@ def _next_check(info: RenewalInfo | None) -> datetime.datetime | None:
 
 
 def _parse(value: Any) -> datetime.datetime | None:
-    if not value:
-        return None
+    """A time from our own status; one that does not parse counts as absent."""
     try:
-        return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        return parse_time(str(value) if value else None)
     except ValueError:
         return None
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -33,7 +33,6 @@ from blogsite_operator.issuance.protocol import (
     OrderRequest,
     Session,
     directory_url,
-    new_account_key,
 )
 from blogsite_operator.policies.certificate import RenewalInfo
 from blogsite_operator.render.site import (
@@ -43,6 +42,7 @@ from blogsite_operator.render.site import (
     acme_account_secret_name,
     challenges_config_map_name,
     child_name,
+    is_owned_by,
     render_acme_account_secret,
     render_tls_secret,
     tls_secret_name_for,
@@ -215,7 +215,7 @@ class CertificateIssuer:
             )
         name = tls_secret_name_for(site.name)
         secret = self.api.get("Secret", site.namespace, name)
-        if secret is not None and not _owned_by(secret, site.uid):
+        if secret is not None and not is_owned_by(secret, site.uid):
             raise IssuanceError("NameConflict", f"Secret {name} belongs to someone else")
 
     def _account(self, site: SiteRef, acme: models.Acme, scratch: str) -> AccountConfig:
@@ -236,7 +236,7 @@ class CertificateIssuer:
                     "NameConflict", f"Secret {name} exists and is not an ACME account key"
                 )
             if key_pem is None:
-                key_pem = new_account_key()
+                key_pem = certs.generate_private_key("ECDSAP256")  # ES256
                 self.api.apply(
                     render_acme_account_secret(site.namespace, name, server, acme.email, key_pem)
                 )
@@ -358,11 +358,6 @@ def _secret_value(secret: dict[str, Any] | None, key: str) -> bytes | None:
 def _is_account_secret(secret: dict[str, Any]) -> bool:
     labels = (secret.get("metadata") or {}).get("labels") or {}
     return labels.get(ACME_ACCOUNT_LABEL) == "true"
-
-
-def _owned_by(obj: dict[str, Any], uid: str) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid for ref in refs)
 
 
 def _now() -> datetime.datetime:

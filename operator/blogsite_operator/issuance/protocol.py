@@ -21,7 +21,6 @@ from typing import Any
 import requests
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -123,15 +122,6 @@ def parse_retry_after(value: str, now: datetime.datetime | None = None) -> datet
     except (TypeError, ValueError, OverflowError):
         return None
     return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
-
-
-def new_account_key() -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 @contextmanager

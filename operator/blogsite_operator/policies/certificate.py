@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from blogsite_operator import models
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
+from blogsite_operator.timestamps import format_time
 
 
 @dataclass(frozen=True)
@@ -73,10 +74,12 @@ def certificate_verdict(
         return Verdict(
             CONDITION_FALSE,
             "Expired",
-            f"the certificate in Secret {secret} expired {_iso(info.not_after)}",
+            f"the certificate in Secret {secret} expired {format_time(info.not_after)}",
         )
     return Verdict(
-        CONDITION_TRUE, "Valid", f"serving Secret {secret}, valid until {_iso(info.not_after)}"
+        CONDITION_TRUE,
+        "Valid",
+        f"serving Secret {secret}, valid until {format_time(info.not_after)}",
     )
 
 
@@ -89,10 +92,6 @@ def covers(certificate_names: tuple[str, ...], host: str) -> bool:
         if name.startswith("*.") and "." in host and host.split(".", 1)[1] == name[2:]:
             return True
     return False
-
-
-def _iso(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- ACME: when to (re)issue, and how long to wait after a failure ---------

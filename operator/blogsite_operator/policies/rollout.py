@@ -15,6 +15,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any
 
+from blogsite_operator.timestamps import parse_time
+
 FAILING_WAIT_REASONS = frozenset(
     {
         "CrashLoopBackOff",
@@ -50,12 +52,6 @@ class Health:
 HEALTHY = Health("healthy")
 
 
-def _parse_time(value: str | None) -> datetime.datetime | None:
-    if not value:
-        return None
-    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def _is_ready(pod: dict[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
@@ -79,7 +75,7 @@ def pod_failure(
                 f"pod {name}: container {container.get('name')} restarted {restarts} times "
                 f"(limit {thresholds.max_restarts})"
             )
-    created = _parse_time(pod["metadata"].get("creationTimestamp"))
+    created = parse_time(pod["metadata"].get("creationTimestamp"))
     waited = (now - created).total_seconds() if created is not None else 0.0
     if waited > thresholds.ready_timeout_seconds and not _is_ready(pod):
         # No elapsed time in the message: it lands in status, which must not

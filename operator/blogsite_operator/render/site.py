@@ -107,6 +107,12 @@ def _metadata(site: SiteRef, component: Component) -> dict[str, Any]:
     }
 
 
+def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Does `obj` name the BlogSite with this uid among its owners?"""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
 _DEFAULT_RESOURCES: dict[Component, dict[str, dict[str, str]]] = {
     Component.FRONTEND: {
         "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -257,11 +263,16 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
     ]
 
 
+def tls_secret_name_for(site_name: str) -> str:
+    """The Secret the operator owns in ACME mode."""
+    return f"{site_name}-tls"
+
+
 def tls_secret_name(site_name: str, spec: models.BlogSiteSpec) -> str | None:
     """The Secret nginx serves: the user's own, the operator's ACME one, or none."""
     if spec.tls is None:
         return None
-    return spec.tls.secret_name or f"{site_name}-tls"
+    return spec.tls.secret_name or tls_secret_name_for(site_name)
 
 
 def cluster_nginx_facts(site: SiteRef, spec: models.BlogSiteSpec) -> NginxFacts:
@@ -445,11 +456,6 @@ def render_acme_account_secret(
         "type": "Opaque",
         "data": {"key.pem": base64.b64encode(key_pem).decode()},
     }
-
-
-def tls_secret_name_for(site_name: str) -> str:
-    """The Secret the operator owns in ACME mode."""
-    return f"{site_name}-tls"
 
 
 def render_challenges_config_map(site: SiteRef) -> dict[str, Any]:
