@@ -114,7 +114,7 @@ def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]
 @pytest.mark.parametrize(
     ("behaviour", "why"),
     [
-        ("crash-loop", "CrashLoopBackOff"),
+        ("crash-loop", "restarted"),
         ("never-ready", "not Ready"),
         ("image-pull-fail", "ImagePullBackOff"),
     ],

@@ -44,10 +44,16 @@ def pod(
 class TestPodFailure:
     @pytest.mark.parametrize(
         "reason",
-        ["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"],
+        ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"],
     )
     def test_failing_waiting_reasons(self, reason: str) -> None:
         assert reason in (pod_failure(pod(waiting=reason), LIMITS, NOW) or "")
+
+    def test_one_crash_in_back_off_is_not_a_failure(self) -> None:
+        # What a real kubelet reports after a container crashed once.
+        assert pod_failure(pod(waiting="CrashLoopBackOff", restarts=1), LIMITS, NOW) is None
+        crashing = pod(waiting="CrashLoopBackOff", restarts=3)
+        assert "restarted 3 times" in (pod_failure(crashing, LIMITS, NOW) or "")
 
     def test_restart_count_at_the_limit(self) -> None:
         assert pod_failure(pod(restarts=2), LIMITS, NOW) is None

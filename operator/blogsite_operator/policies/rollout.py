@@ -17,9 +17,12 @@ from typing import Any
 
 from blogsite_operator.timestamps import parse_time
 
+# Waiting reasons that fail a pod at once. CrashLoopBackOff is not among
+# them: a real kubelet shows it during the back-off after even one crash (and
+# `terminated` for most of each back-off), so crashes are judged by
+# restartCount against `maxRestarts`, which then means what it says.
 FAILING_WAIT_REASONS = frozenset(
     {
-        "CrashLoopBackOff",
         "ImagePullBackOff",
         "ErrImagePull",
         "InvalidImageName",
