@@ -8,6 +8,7 @@ import pytest
 
 from blogsite_operator import models
 from blogsite_operator.render import RenderSettings, SiteRef, render_site
+from blogsite_operator.render.site import DRAIN_SECONDS
 
 SITE = SiteRef(name="lethain", namespace="blogs", uid="uid-1")
 
@@ -94,6 +95,14 @@ class TestDeployments:
             if kind == "Deployment":
                 assert obj["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
                 assert obj["spec"]["revisionHistoryLimit"] >= 2
+
+    def test_serving_pods_drain_before_they_stop(self) -> None:
+        objects = rendered()
+        for component in ("frontend", "daedalus"):
+            pod = container(objects[("Deployment", f"lethain-{component}")])
+            assert pod["lifecycle"] == {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}}
+            # The drain fits in the default grace period (30 s).
+            assert DRAIN_SECONDS < 30
 
     def test_containers_are_locked_down(self) -> None:
         for (kind, _), obj in rendered().items():
