@@ -2,6 +2,10 @@
 # carries nginx so the operator can `nginx -t` a configuration before rolling
 # it out. Non-root, read-only root filesystem friendly.
 FROM python:3.11-slim-bookworm AS build
+# uv verifies TLS against the system's CA store (ca-certificates), not its own
+# bundled roots, so a build behind a TLS-intercepting proxy works once the proxy's
+# CA is in that store (hack/images.sh mounts the host's bundle there to build).
+ENV UV_SYSTEM_CERTS=true
 RUN pip install --no-cache-dir uv==0.13.8
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./

@@ -1,0 +1,3 @@
+module blogsite-operator.local/daedalus-standin
+
+go 1.26

@@ -1,0 +1,248 @@
+// Command daedalus-standin stands in for the daedalus blog binary in the
+// integration tests: a small HTTP server whose failure modes are chosen by
+// configuration, so tests can drive health-gated rollouts for real.
+//
+// Configuration (a flag wins over its environment variable):
+//
+//	-behavior  BEHAVIOR        serve (default), crash, crash-once, never-ready
+//	-port      PORT            listen port (default 8080)
+//	-page      PAGE            text shown on every page (default empty)
+//	-version   VERSION         version shown on every page (default: build's)
+//	-crash-marker CRASH_MARKER crash-once's marker (default /dev/shm/daedalus-crashed-once)
+//	-shutdown-delay SHUTDOWN_DELAY
+//	                           how long to keep serving after SIGTERM, with
+//	                           /healthz failing, before closing the listener
+//	                           (default 3s; lets endpoints catch up)
+//
+// GET /healthz answers 200 "ok" (503 when never-ready or shutting down);
+// every other path answers a small HTML page with "daedalus stand-in", the
+// page text, the version, the request's Host and the pod's hostname. A
+// `delay` query parameter (a Go duration, at most 60s) holds the answer back,
+// to test that in-flight requests survive a shutdown.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"html/template"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	behaviorServe      = "serve"
+	behaviorCrash      = "crash"
+	behaviorCrashOnce  = "crash-once"
+	behaviorNeverReady = "never-ready"
+
+	maxDelay        = 60 * time.Second
+	shutdownTimeout = 25 * time.Second
+)
+
+type config struct {
+	behavior      string
+	port          string
+	page          string
+	version       string
+	crashMarker   string
+	shutdownDelay time.Duration
+}
+
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	env := func(name, fallback string) string {
+		if value := getenv(name); value != "" {
+			return value
+		}
+		return fallback
+	}
+	var cfg config
+	flags := flag.NewFlagSet("daedalus-standin", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	flags.StringVar(&cfg.behavior, "behavior", env("BEHAVIOR", behaviorServe),
+		"serve, crash, crash-once or never-ready (env BEHAVIOR)")
+	flags.StringVar(&cfg.port, "port", env("PORT", "8080"), "listen port (env PORT)")
+	flags.StringVar(&cfg.page, "page", getenv("PAGE"), "text shown on every page (env PAGE)")
+	flags.StringVar(&cfg.version, "version", env("VERSION", version),
+		"version shown on every page (env VERSION)")
+	flags.StringVar(&cfg.crashMarker, "crash-marker",
+		env("CRASH_MARKER", "/dev/shm/daedalus-crashed-once"),
+		"file that marks crash-once's first start (env CRASH_MARKER)")
+	delay := flags.String("shutdown-delay", env("SHUTDOWN_DELAY", "3s"),
+		"serving time after SIGTERM before the listener closes (env SHUTDOWN_DELAY)")
+	if err := flags.Parse(args); err != nil {
+		return cfg, err
+	}
+	if flags.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments: %q", flags.Args())
+	}
+	switch cfg.behavior {
+	case behaviorServe, behaviorCrash, behaviorCrashOnce, behaviorNeverReady:
+	default:
+		return cfg, fmt.Errorf("unknown behavior %q (serve, crash, crash-once, never-ready)", cfg.behavior)
+	}
+	if port, err := strconv.Atoi(cfg.port); err != nil || port < 0 || port > 65535 {
+		return cfg, fmt.Errorf("invalid port %q", cfg.port)
+	}
+	var err error
+	if cfg.shutdownDelay, err = time.ParseDuration(*delay); err != nil || cfg.shutdownDelay < 0 {
+		return cfg, fmt.Errorf("invalid shutdown delay %q", *delay)
+	}
+	return cfg, nil
+}
+
+// crashOnce says whether this is the pod's first start, leaving a marker
+// for the next one. A marker it cannot write means serving: a stand-in that
+// crashes forever would test something else.
+func crashOnce(marker string, logf func(string, ...any)) bool {
+	file, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	switch {
+	case err == nil:
+		_ = file.Close()
+		logf("crash-once: first start (created %s), exiting with status 1", marker)
+		return true
+	case errors.Is(err, fs.ErrExist):
+		logf("crash-once: %s exists, so this is a restart: serving", marker)
+	default:
+		logf("crash-once: cannot write %s (%v): serving", marker, err)
+	}
+	return false
+}
+
+type server struct {
+	cfg      config
+	hostname string
+	draining atomic.Bool
+}
+
+var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
+<html>
+<head><meta charset="utf-8"><title>daedalus stand-in</title></head>
+<body>
+<h1>daedalus stand-in</h1>
+<p>page: <span id="page">{{.Page}}</span></p>
+<p>version: <span id="version">{{.Version}}</span></p>
+<p>host: <span id="host">{{.Host}}</span></p>
+<p>path: <span id="path">{{.Path}}</span></p>
+<p>pod: <span id="pod">{{.Pod}}</span></p>
+</body>
+</html>
+`))
+
+func (s *server) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", s.healthz)
+	mux.HandleFunc("/", s.page)
+	return mux
+}
+
+func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.cfg.behavior == behaviorNeverReady || s.draining.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, "not ready\n")
+		return
+	}
+	_, _ = io.WriteString(w, "ok\n")
+}
+
+func (s *server) page(w http.ResponseWriter, r *http.Request) {
+	if raw := r.URL.Query().Get("delay"); raw != "" {
+		delay, err := time.ParseDuration(raw)
+		if err != nil || delay < 0 || delay > maxDelay {
+			http.Error(w, "delay: a duration between 0 and 60s", http.StatusBadRequest)
+			return
+		}
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("X-Daedalus-Version", s.cfg.version)
+	_ = pageTemplate.Execute(w, map[string]string{
+		"Page": s.cfg.page, "Version": s.cfg.version, "Host": r.Host,
+		"Path": r.URL.Path, "Pod": s.hostname,
+	})
+}
+
+// serve answers on ln until ctx ends, then drains: /healthz fails and
+// keep-alives stop for the shutdown delay (new connections are still
+// accepted while endpoints catch up), then the listener closes and in-flight
+// requests finish.
+func (s *server) serve(ctx context.Context, ln net.Listener, logf func(string, ...any)) error {
+	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
+	failed := make(chan error, 1)
+	go func() { failed <- srv.Serve(ln) }()
+	select {
+	case err := <-failed:
+		return err
+	case <-ctx.Done():
+	}
+	s.draining.Store(true)
+	srv.SetKeepAlivesEnabled(false)
+	logf("shutting down: serving %s more, then finishing in-flight requests", s.cfg.shutdownDelay)
+	time.Sleep(s.cfg.shutdownDelay)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	logf("shut down cleanly")
+	return nil
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	logf := func(format string, a ...any) {
+		fmt.Fprintf(stdout, "daedalus-standin: "+format+"\n", a...)
+	}
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
+		return 2
+	}
+	switch cfg.behavior {
+	case behaviorCrash:
+		logf("BEHAVIOR=crash: exiting with status 1")
+		return 1
+	case behaviorCrashOnce:
+		if crashOnce(cfg.crashMarker, logf) {
+			return 1
+		}
+	}
+	hostname, _ := os.Hostname()
+	s := &server{cfg: cfg, hostname: hostname}
+	ln, err := net.Listen("tcp", ":"+cfg.port)
+	if err != nil {
+		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
+		return 1
+	}
+	logf("version %s, behavior %s, listening on %s", cfg.version, cfg.behavior, ln.Addr())
+	if err := s.serve(ctx, ln, logf); err != nil {
+		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}

@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(values map[string]string) func(string) string {
+	return func(name string) string { return values[name] }
+}
+
+func newServer(t *testing.T, values map[string]string, args ...string) *server {
+	t.Helper()
+	cfg, err := parseConfig(args, env(values), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &server{cfg: cfg, hostname: "pod-1"}
+}
+
+func get(t *testing.T, h http.Handler, target, host string) (int, string) {
+	t.Helper()
+	req := httptest.NewRequest(http.MethodGet, target, nil)
+	if host != "" {
+		req.Host = host
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec.Code, rec.Body.String()
+}
+
+func TestHealthz(t *testing.T) {
+	for _, tc := range []struct {
+		behavior string
+		draining bool
+		want     int
+	}{
+		{"serve", false, http.StatusOK},
+		{"crash-once", false, http.StatusOK},
+		{"never-ready", false, http.StatusServiceUnavailable},
+		{"serve", true, http.StatusServiceUnavailable},
+	} {
+		s := newServer(t, map[string]string{"BEHAVIOR": tc.behavior})
+		s.draining.Store(tc.draining)
+		code, body := get(t, s.handler(), "/healthz", "")
+		if code != tc.want {
+			t.Errorf("%s (draining %v): /healthz = %d %q, want %d", tc.behavior, tc.draining, code, body, tc.want)
+		}
+		if code == http.StatusOK && body != "ok\n" {
+			t.Errorf("/healthz body = %q", body)
+		}
+	}
+}
+
+func TestPage(t *testing.T) {
+	s := newServer(t, map[string]string{"PAGE": "hello <world>", "VERSION": "v2"})
+	code, body := get(t, s.handler(), "/posts/1", "lethain.com")
+	if code != http.StatusOK {
+		t.Fatalf("page = %d", code)
+	}
+	for _, want := range []string{
+		"daedalus stand-in", "hello &lt;world&gt;", ">v2<", ">lethain.com<", ">/posts/1<", ">pod-1<",
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("page lacks %q:\n%s", want, body)
+		}
+	}
+}
+
+func TestNeverReadyStillServesPages(t *testing.T) {
+	s := newServer(t, map[string]string{"BEHAVIOR": "never-ready"})
+	if code, body := get(t, s.handler(), "/", "x.test"); code != http.StatusOK || !strings.Contains(body, "daedalus stand-in") {
+		t.Fatalf("page = %d %q", code, body)
+	}
+}
+
+func TestFlagsWinOverEnvironment(t *testing.T) {
+	s := newServer(t, map[string]string{"VERSION": "env", "PAGE": "env"}, "-version", "flag", "-page", "flag")
+	if s.cfg.version != "flag" || s.cfg.page != "flag" {
+		t.Fatalf("config = %+v", s.cfg)
+	}
+	if d := newServer(t, nil); d.cfg.version != version || d.cfg.port != "8080" || d.cfg.behavior != "serve" {
+		t.Fatalf("defaults = %+v", d.cfg)
+	}
+}
+
+func TestDelay(t *testing.T) {
+	s := newServer(t, nil)
+	start := time.Now()
+	if code, _ := get(t, s.handler(), "/?delay=50ms", ""); code != http.StatusOK {
+		t.Fatalf("delayed page = %d", code)
+	}
+	if time.Since(start) < 50*time.Millisecond {
+		t.Fatal("delay not honoured")
+	}
+	if code, _ := get(t, s.handler(), "/?delay=2h", ""); code != http.StatusBadRequest {
+		t.Fatalf("overlong delay = %d", code)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	for _, values := range []map[string]string{
+		{"BEHAVIOR": "explode"}, {"PORT": "http"}, {"SHUTDOWN_DELAY": "soon"},
+	} {
+		var stderr bytes.Buffer
+		if code := run(context.Background(), nil, env(values), io.Discard, &stderr); code != 2 {
+			t.Errorf("%v: exit %d, want 2 (%s)", values, code, stderr.String())
+		}
+	}
+}
+
+func TestCrash(t *testing.T) {
+	var stdout bytes.Buffer
+	if code := run(context.Background(), nil, env(map[string]string{"BEHAVIOR": "crash"}), &stdout, io.Discard); code != 1 {
+		t.Fatalf("crash exited %d", code)
+	}
+	if !strings.Contains(stdout.String(), "crash") {
+		t.Fatalf("crash said %q", stdout.String())
+	}
+}
+
+func TestCrashOnce(t *testing.T) {
+	logf := func(string, ...any) {}
+	marker := filepath.Join(t.TempDir(), "daedalus-crashed-once")
+	if !crashOnce(marker, logf) {
+		t.Fatal("first start did not crash")
+	}
+	if crashOnce(marker, logf) {
+		t.Fatal("restart crashed again")
+	}
+	if crashOnce(filepath.Join(t.TempDir(), "missing", "marker"), logf) {
+		t.Fatal("crashed although the marker cannot be written")
+	}
+	// The whole program: exit 1, then serve until stopped.
+	values := map[string]string{"BEHAVIOR": "crash-once", "CRASH_MARKER": marker + "2", "PORT": "0"}
+	if code := run(context.Background(), nil, env(values), io.Discard, io.Discard); code != 1 {
+		t.Fatalf("first run exited %d", code)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	values["SHUTDOWN_DELAY"] = "0s"
+	if code := run(ctx, nil, env(values), io.Discard, io.Discard); code != 0 {
+		t.Fatalf("second run exited %d", code)
+	}
+	if _, err := os.Stat(marker + "2"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// SIGTERM (the context ending) lets in-flight requests finish, keeps
+// answering during the shutdown delay with /healthz failing, then returns nil.
+func TestGracefulShutdown(t *testing.T) {
+	s := newServer(t, map[string]string{"SHUTDOWN_DELAY": "300ms"})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.serve(ctx, ln, t.Logf) }()
+
+	inflight := make(chan error, 1)
+	go func() {
+		resp, err := http.Get(base + "/?delay=500ms")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "daedalus stand-in") {
+				err = &unexpected{resp.StatusCode}
+			}
+		}
+		inflight <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	time.Sleep(100 * time.Millisecond)
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get(base + "/healthz")
+	if err != nil {
+		t.Fatalf("not answering during the shutdown delay: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("/healthz while draining = %d", resp.StatusCode)
+	}
+	if err := <-inflight; err != nil {
+		t.Fatalf("in-flight request: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("serve did not return")
+	}
+	if _, err := client.Get(base + "/healthz"); err == nil {
+		t.Fatal("still answering after shutdown")
+	}
+}
+
+type unexpected struct{ code int }
+
+func (u *unexpected) Error() string { return http.StatusText(u.code) }

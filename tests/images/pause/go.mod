@@ -1,0 +1,3 @@
+module blogsite-operator.local/pause
+
+go 1.26
