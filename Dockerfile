@@ -16,9 +16,13 @@ RUN uv export --frozen --no-dev --no-emit-project -o requirements.txt \
  && VIRTUAL_ENV=/opt/venv uv pip install --no-cache --no-deps .
 
 FROM python:3.11-slim-bookworm
+# A named user for uid 65532: kopf asks the password database who it runs as.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nginx-light \
- && rm -rf /var/lib/apt/lists/*
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 65532 nonroot \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home \
+      --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 USER 65532:65532
