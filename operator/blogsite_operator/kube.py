@@ -12,6 +12,7 @@ import datetime
 import json
 import secrets
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,8 +59,11 @@ class Kind:
     api_version: str
     plural: str
 
-    def path(self, namespace: str, name: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        """The object's path; with no namespace, the kind across all namespaces."""
         prefix = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if namespace is None:
+            return f"{prefix}/{self.plural}"
         path = f"{prefix}/namespaces/{namespace}/{self.plural}"
         return f"{path}/{name}" if name else path
 
@@ -85,7 +89,7 @@ class Api:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self._api = api or api_client()
 
-    def _call(
+    def _request(
         self,
         method: str,
         path: str,
@@ -93,7 +97,9 @@ class Api:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
-    ) -> dict[str, Any]:
+        timeout: float | None = None,
+    ) -> Any:
+        """The response, its body not yet read (so a watch can be streamed)."""
         headers = {"Accept": "application/json"}
         if content_type is not None:
             headers["Content-Type"] = content_type
@@ -105,8 +111,21 @@ class Api:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self._api.call_api(method, url, header_params=headers, body=body)
-        response.read()  # type: ignore[no-untyped-call]
+        return self._api.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=timeout
+        )
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> dict[str, Any]:
+        response = self._request(method, path, body=body, query=query, content_type=content_type)
+        response.read()
         text = response.data.decode("utf-8") if response.data else ""
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=text, data=None)
@@ -121,6 +140,51 @@ class Api:
             if error.status == 404:
                 return None
             raise
+
+    def list_raw(
+        self, kind: str, namespace: str | None, query: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        """The List object itself: items and the resourceVersion to watch from."""
+        return self._call("GET", KINDS[kind].path(namespace), query=query)
+
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        query: list[tuple[str, str]],
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) as plain dicts until the server ends
+        the watch; an ERROR event (410 Gone) is raised as ApiException."""
+        params = [
+            *query,
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "false"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        response = self._request(
+            "GET", KINDS[kind].path(namespace), query=params, timeout=timeout_seconds + 30
+        )
+        raw = response.response  # urllib3's, unread: events arrive one JSON line each
+        try:
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=raw.read().decode())
+            buffer = b""
+            for chunk in raw.stream(4096, decode_content=True):
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event: dict[str, Any] = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiException(status=status.get("code"), reason=status.get("message"))
+                    yield event
+        finally:
+            raw.release_conn()
 
     def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         result = self._call(
