@@ -26,7 +26,8 @@ built() {  # built NAME START: logs how long a fresh build took
 build_kubernetes() {
   local out="${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
   if [[ -x "${out}/kube-apiserver" && -x "${out}/kube-controller-manager" \
-     && -x "${out}/kube-scheduler" && -x "${out}/kubectl" ]]; then return; fi
+     && -x "${out}/kube-scheduler" && -x "${out}/kubectl" \
+     && -x "${out}/kubelet" && -x "${out}/kube-proxy" ]]; then return; fi
   local start=${SECONDS} src="${cache}/src/kubernetes-${KUBERNETES_VERSION}"
   log "building kubernetes ${KUBERNETES_VERSION} (several minutes)"
   mkdir -p "${src}" "${out}.tmp"
@@ -58,6 +59,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
     go mod tidy >/dev/null
@@ -74,7 +77,9 @@ GO
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubectl
+      k8s.io/kubernetes/cmd/kubectl \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy
   )
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
   built "kubernetes ${KUBERNETES_VERSION}" "${start}"
@@ -116,7 +121,8 @@ build_kwok() {
 
 build_pebble() {
   local out="${cache}/bin/pebble-${PEBBLE_VERSION}"
-  if [[ -x "${out}/pebble" && -x "${out}/pebble-challtestsrv" ]]; then return; fi
+  if [[ -x "${out}/pebble" && -x "${out}/pebble-challtestsrv" \
+     && -f "${out}/pebble.minica.key.pem" ]]; then return; fi
   local start=${SECONDS}
   log "building pebble ${PEBBLE_VERSION}"
   mkdir -p "${out}.tmp"
@@ -126,7 +132,7 @@ build_pebble() {
   # Pebble's own test CA and config live in the module, not the binary.
   local mod
   mod="$(go env GOMODCACHE)/github.com/letsencrypt/pebble/v2@${PEBBLE_VERSION}"
-  cp "${mod}/test/certs/pebble.minica.pem" "${out}.tmp/"
+  cp "${mod}/test/certs/pebble.minica.pem" "${mod}/test/certs/pebble.minica.key.pem" "${out}.tmp/"
   cp "${mod}/test/certs/localhost/cert.pem" "${out}.tmp/localhost-cert.pem"
   cp "${mod}/test/certs/localhost/key.pem" "${out}.tmp/localhost-key.pem"
   chmod 0644 "${out}.tmp/"*.pem
@@ -134,18 +140,64 @@ build_pebble() {
   built "pebble ${PEBBLE_VERSION}" "${start}"
 }
 
+# The real node's container runtime: containerd 2.x (kubelet 1.36 refuses
+# 1.x, all Debian has), its runc shim and ctr.
+build_containerd() {
+  local out="${cache}/bin/containerd-${CONTAINERD_VERSION}"
+  if [[ -x "${out}/containerd" && -x "${out}/containerd-shim-runc-v2" && -x "${out}/ctr" ]]; then return; fi
+  local start=${SECONDS}
+  log "building containerd ${CONTAINERD_VERSION}"
+  mkdir -p "${out}.tmp"
+  local ld="-s -w -X github.com/containerd/containerd/v2/version.Version=${CONTAINERD_VERSION}"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "${ld}" \
+    "github.com/containerd/containerd/v2/cmd/containerd@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@${CONTAINERD_VERSION}" \
+    "github.com/containerd/containerd/v2/cmd/ctr@${CONTAINERD_VERSION}"
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "containerd ${CONTAINERD_VERSION}" "${start}"
+}
+
+# The real node's cluster DNS.
+build_coredns() {
+  local out="${cache}/bin/coredns-${COREDNS_VERSION}"
+  if [[ -x "${out}/coredns" ]]; then return; fi
+  local start=${SECONDS}
+  log "building coredns ${COREDNS_VERSION}"
+  mkdir -p "${out}.tmp"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" \
+    "github.com/coredns/coredns@${COREDNS_VERSION}"
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "coredns ${COREDNS_VERSION}" "${start}"
+}
+
+# The local image registry the real node pulls from (distribution).
+build_registry() {
+  local out="${cache}/bin/registry-${REGISTRY_VERSION}"
+  if [[ -x "${out}/registry" ]]; then return; fi
+  local start=${SECONDS}
+  log "building registry ${REGISTRY_VERSION}"
+  mkdir -p "${out}.tmp"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" \
+    "github.com/distribution/distribution/v3/cmd/registry@${REGISTRY_VERSION}"
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "registry ${REGISTRY_VERSION}" "${start}"
+}
+
 if ! command -v go >/dev/null; then
   log "Go is needed to build the control plane (Go >= 1.26 with the module proxy reachable)"
   exit 1
 fi
 
-want="${*:-kubernetes etcd kwok pebble}"
+want="${*:-kubernetes etcd kwok pebble containerd coredns registry}"
 for tool in ${want}; do
   case "${tool}" in
     kubernetes) build_kubernetes ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
     pebble) build_pebble ;;
+    containerd) build_containerd ;;
+    coredns) build_coredns ;;
+    registry) build_registry ;;
     *) log "unknown tool ${tool}"; exit 2 ;;
   esac
 done
@@ -153,3 +205,6 @@ echo "KUBERNETES_BIN=${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
 echo "ETCD_BIN=${cache}/bin/etcd-${ETCD_VERSION}"
 echo "KWOK_BIN=${cache}/bin/kwok-${KWOK_VERSION}"
 echo "PEBBLE_BIN=${cache}/bin/pebble-${PEBBLE_VERSION}"
+echo "CONTAINERD_BIN=${cache}/bin/containerd-${CONTAINERD_VERSION}"
+echo "COREDNS_BIN=${cache}/bin/coredns-${COREDNS_VERSION}"
+echo "REGISTRY_BIN=${cache}/bin/registry-${REGISTRY_VERSION}"

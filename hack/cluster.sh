@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The local cluster: etcd, kube-apiserver, kube-controller-manager and
 # kube-scheduler built from source (hack/build-tools.sh), run by kwokctl's
-# binary runtime on 127.0.0.1, with KWOK as the kubelet of one fake node.
+# binary runtime, with KWOK as the kubelet of one fake node (kwok-node-0),
+# and one real node running real containers (hack/node.sh, as root).
 #
 #   hack/cluster.sh up          start it (idempotent); prints nothing else on success
 #   hack/cluster.sh down        delete it
@@ -10,14 +11,17 @@
 #
 # BLOGSITE_CLUSTER names the cluster (default: blogsite); KWOK_WORKDIR moves
 # its state (default: ~/.kwok); BLOGSITE_AUDIT_POLICY, when set at creation,
-# turns on the API server's audit log (<workdir>/clusters/<name>/logs/audit.log).
+# turns on the API server's audit log (<workdir>/clusters/<name>/logs/audit.log);
+# BLOGSITE_REAL_NODE=0 leaves the real node out (one machine has at most one).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${here}/versions.env"
 name="${BLOGSITE_CLUSTER:-blogsite}"
 workdir="${KWOK_WORKDIR:-${HOME}/.kwok}"
-kubeconfig="${workdir}/clusters/${name}/kubeconfig.yaml"
+cluster_dir="${workdir}/clusters/${name}"
+kubeconfig="${cluster_dir}/kubeconfig.yaml"
+real_node="${BLOGSITE_REAL_NODE:-1}"
 log() { echo "[cluster] $*" >&2; }
 
 tools() {
@@ -49,6 +53,9 @@ metadata:
     kubernetes.io/hostname: kwok-node-0
     kubernetes.io/os: linux
     type: kwok
+spec:
+  # KWOK hands its fake pods addresses from here (the test range).
+  podCIDR: 198.18.128.0/17
 NODE
   "${kubectl[@]}" wait --for=condition=Ready node/kwok-node-0 --timeout=120s >/dev/null
   # Pods need the namespace's default ServiceAccount, made by the controller-manager.
@@ -59,13 +66,28 @@ NODE
   log "the controller-manager did not create the default ServiceAccount"; return 1
 }
 
+node_up() {
+  [[ "${real_node}" == 1 ]] || return 0
+  "${here}/node.sh" up "${cluster_dir}"
+}
+
+# kwok.yaml with this machine's address and this cluster's directory filled in.
+kwok_config() {
+  local ip
+  ip="$("${here}/node.sh" ip)"
+  mkdir -p "${workdir}"
+  sed -e "s#@NODE_IP@#${ip}#g" -e "s#@CLUSTER_DIR@#${cluster_dir}#g" \
+    "${here}/kwok/kwok.yaml" > "${workdir}/${name}-kwok.yaml"
+  echo "${workdir}/${name}-kwok.yaml"
+}
+
 up() {
   tools
-  if healthy; then ensure_node; return; fi
+  if healthy; then ensure_node; node_up; return; fi
   if [[ -d "${workdir}/clusters/${name}" ]]; then
     log "cluster ${name} exists but is not answering; starting it"
     "${kwokctl}" start cluster --name "${name}" >&2 || true
-    if healthy; then ensure_node; return; fi
+    if healthy; then ensure_node; node_up; return; fi
     log "restart failed; recreating ${name}"
     "${kwokctl}" delete cluster --name "${name}" >&2 || true
   fi
@@ -79,17 +101,23 @@ up() {
     --kube-scheduler-binary "${KUBERNETES_BIN}/kube-scheduler" \
     --kwok-controller-binary "${KWOK_BIN}/kwok" \
     --etcd-binary "${ETCD_BIN}/etcd" \
-    --config "${here}/kwok/kwok.yaml" \
+    --config "$(kwok_config)" \
     ${BLOGSITE_AUDIT_POLICY:+--kube-audit-policy "${BLOGSITE_AUDIT_POLICY}"} \
     --quiet-pull \
     --kubeconfig "" \
     --wait 3m >&2
   ensure_node
-  log "cluster ${name} up in $((SECONDS - start))s; kubeconfig ${kubeconfig}"
+  log "control plane ${name} up in $((SECONDS - start))s; kubeconfig ${kubeconfig}"
+  node_up
+
 }
 
 down() {
   tools
+  # The node first: it belongs to this cluster only if node.sh says so.
+  if [[ "$("${here}/node.sh" status)" == "${cluster_dir}" ]]; then
+    "${here}/node.sh" down "${cluster_dir}"
+  fi
   if [[ -d "${workdir}/clusters/${name}" ]]; then
     "${kwokctl}" delete cluster --name "${name}" >&2
   fi
@@ -99,6 +127,15 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   kubeconfig) echo "${kubeconfig}" ;;
-  env) tools; echo "KUBECTL=${KUBERNETES_BIN}/kubectl"; echo "KUBECONFIG=${kubeconfig}" ;;
+  env)
+    tools
+    echo "KUBECTL=${KUBERNETES_BIN}/kubectl"
+    echo "KUBECONFIG=${kubeconfig}"
+    # The real node's address and images, when this cluster has it.
+    if [[ "$("${here}/node.sh" status)" == "${cluster_dir}" ]]; then
+      echo "NODE_IP=$("${here}/node.sh" ip)"
+      cat /var/lib/blogsite-node/images.env
+    fi
+    ;;
   *) echo "usage: $0 up|down|kubeconfig|env" >&2; exit 2 ;;
 esac

@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: nginx (nginx-light) runs the rendered
-# configurations in tests/nginx and checks them with `nginx -t`.
+# Debian packages the tests need, installed when missing:
+#   nginx-light   runs the rendered configurations in tests/nginx (`nginx -t` too)
+#   runc, containernetworking-plugins, iptables, nftables, conntrack
+#                 the real node's container runtime and pod network (hack/node.sh)
+#   buildah, mmdebstrap
+#                 build the images from the Dockerfile and Debian's packages (hack/images.sh)
 set -euo pipefail
+wanted=(make:make nginx-light:/usr/sbin/nginx runc:/usr/sbin/runc
+  containernetworking-plugins:/usr/lib/cni/bridge iptables:/usr/sbin/iptables nftables:/usr/sbin/nft
+  conntrack:/usr/sbin/conntrack buildah:/usr/bin/buildah mmdebstrap:/usr/bin/mmdebstrap)
 missing=()
-command -v make >/dev/null || missing+=(make)
-[[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null || missing+=(nginx-light)
+for entry in "${wanted[@]}"; do
+  package="${entry%%:*}" probe="${entry#*:}"
+  if [[ "${probe}" == /* ]]; then [[ -x "${probe}" ]] || missing+=("${package}")
+  else command -v "${probe}" >/dev/null || missing+=("${package}"); fi
+done
 ((${#missing[@]})) || exit 0
 if [[ ${EUID} -ne 0 ]]; then
   echo "[system-deps] missing Debian packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
@@ -13,5 +23,5 @@ fi
 echo "[system-deps] installing ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-# The package starts a system nginx on port 80; the tests run their own.
+# The nginx package starts a system nginx on port 80; the tests run their own.
 service nginx stop >/dev/null 2>&1 || true

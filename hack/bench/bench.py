@@ -726,6 +726,9 @@ def main() -> int:
     env = {
         **os.environ,
         "BLOGSITE_CLUSTER": "blogsite-bench",
+        # KWOK only: the real node (one per machine) belongs to the tests and
+        # `make run`, and its kube-proxy would program every bench Service.
+        "BLOGSITE_REAL_NODE": "0",
         "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "bench" / "audit-policy.yaml"),
     }
     cluster("down", env)  # a fresh cluster: auditing on, nothing left over
