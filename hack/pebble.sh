@@ -14,6 +14,11 @@
 # PEBBLE_HTTP01_PORT (default 5002) is where Pebble connects for HTTP-01;
 # PEBBLE_SHORTLIVED_SECONDS sets the validity of the `shortlived` profile;
 # PEBBLE_EAB_KID with PEBBLE_EAB_HMAC turns on External Account Binding.
+# PEBBLE_PUBLIC_ADDRESS (an address of this machine, e.g. the real node's)
+# makes the directory answer there too, under a certificate for that address
+# signed by the same minica, so pods can reach it; PEBBLE_DEFAULT_IPV4
+# changes the address challtestsrv answers (its management API can also
+# answer per name: /add-a).
 # Pebble's own variables (PEBBLE_VA_NOSLEEP=1, PEBBLE_WFE_NONCEREJECT=0, ...)
 # pass through the environment.
 set -euo pipefail
@@ -51,13 +56,24 @@ eab_required=false eab_keys="{}"
 if [[ -n "${PEBBLE_EAB_KID:-}" && -n "${PEBBLE_EAB_HMAC:-}" ]]; then
   eab_required=true eab_keys="{\"${PEBBLE_EAB_KID}\": \"${PEBBLE_EAB_HMAC}\"}"
 fi
+listen=127.0.0.1 certificate="${bin}/localhost-cert.pem" private_key="${bin}/localhost-key.pem"
+if [[ -n "${PEBBLE_PUBLIC_ADDRESS:-}" ]]; then
+  listen=0.0.0.0 certificate="${state}/https-cert.pem" private_key="${state}/https-key.pem"
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+    -keyout "${private_key}" -subj "/CN=pebble" -out "${state}/https.csr" 2>/dev/null
+  openssl x509 -req -in "${state}/https.csr" -CA "${bin}/pebble.minica.pem" \
+    -CAkey "${bin}/pebble.minica.key.pem" -CAcreateserial -CAserial "${state}/minica.srl" \
+    -days 30 -out "${certificate}" 2>/dev/null -extfile <(printf '%s\n' \
+      "subjectAltName=IP:${PEBBLE_PUBLIC_ADDRESS},IP:127.0.0.1,DNS:localhost,DNS:pebble" \
+      "extendedKeyUsage=serverAuth")
+fi
 cat > "${state}/pebble-config.json" <<JSON
 {
   "pebble": {
-    "listenAddress": "127.0.0.1:${port}",
+    "listenAddress": "${listen}:${port}",
     "managementListenAddress": "127.0.0.1:${management_port}",
-    "certificate": "${bin}/localhost-cert.pem",
-    "privateKey": "${bin}/localhost-key.pem",
+    "certificate": "${certificate}",
+    "privateKey": "${private_key}",
     "httpPort": ${PEBBLE_HTTP01_PORT:-5002},
     "tlsPort": 5001,
     "ocspResponderURL": "",
@@ -91,7 +107,7 @@ trap 'exit 130' INT
 "${bin}/pebble-challtestsrv" \
   -dnsserver "127.0.0.1:${dns_port}" \
   -management "127.0.0.1:${PEBBLE_CHALLTESTSRV_PORT:-8055}" \
-  -defaultIPv4 127.0.0.1 -defaultIPv6 "" \
+  -defaultIPv4 "${PEBBLE_DEFAULT_IPV4:-127.0.0.1}" -defaultIPv6 "" \
   -http01 "" -https01 "" -tlsalpn01 "" -doh "" &
 pids+=($!)
 "${bin}/pebble" -config "${state}/pebble-config.json" -dnsserver "127.0.0.1:${dns_port}" &
