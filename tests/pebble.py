@@ -129,6 +129,18 @@ class Pebble:
         with urllib.request.urlopen(request, context=self._tls(), timeout=10):
             pass
 
+    def resolve(self, name: str, address: str) -> None:
+        """Make Pebble's DNS (challtestsrv) answer `address` for `name`."""
+        port = _port(self.env, "PEBBLE_CHALLTESTSRV_PORT", 8055)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/add-a",
+            data=json.dumps({"host": f"{name}.", "addresses": [address]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
     def _tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))
 

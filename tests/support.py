@@ -6,6 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+# Lines a test measured, printed in the run's summary (tests/conftest.py).
+FIGURES: list[str] = []
+
 
 def wait_for(
     predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = ""

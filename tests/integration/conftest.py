@@ -81,19 +81,21 @@ class Kubectl:
         return result.returncode == 0
 
 
-def _kwok_cluster() -> Kubectl:
-    subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=1800, env=TEST_CLUSTER_ENV)
-    env = dict(
-        line.split("=", 1)
-        for line in subprocess.run(
-            [str(HACK / "cluster.sh"), "env"],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=TEST_CLUSTER_ENV,
-        ).stdout.splitlines()
-        if "=" in line
+def cluster_env(*, check: bool = True) -> dict[str, str]:
+    """`hack/cluster.sh env`: kubectl, kubeconfig, and the real node's address and images."""
+    result = subprocess.run(
+        [str(HACK / "cluster.sh"), "env"],
+        check=check,
+        capture_output=True,
+        text=True,
+        env=TEST_CLUSTER_ENV,
     )
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+def _kwok_cluster(request: pytest.FixtureRequest) -> Kubectl:
+    subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=1800, env=TEST_CLUSTER_ENV)
+    env = cluster_env()
     return Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
 
 
@@ -161,7 +163,7 @@ def kubectl(request: pytest.FixtureRequest) -> Kubectl:
     elif request.config.getoption("--cluster") == "kind":
         client = _kind_cluster(request)
     else:
-        client = _kwok_cluster()
+        client = _kwok_cluster(request)
     client.run(
         "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "blogsite.yaml")
     )

@@ -1,0 +1,126 @@
+"""Real HTTP(S) requests to a site's frontend, one at a time or without pause.
+
+`Traffic` is the zero-downtime client: it opens a new connection for every
+request (so each one is balanced afresh by kube-proxy to a Ready pod) and
+counts every request that did not come back as the page expected.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: str
+    peer_certificate: bytes | None = None  # DER, for HTTPS
+
+
+def tls_context(root_pem: bytes, *, check_hostname: bool = True) -> ssl.SSLContext:
+    """Trust only `root_pem` (Pebble's root, or a placeholder's own certificate)."""
+    context = ssl.create_default_context(cadata=root_pem.decode("ascii"))
+    context.check_hostname = check_hostname
+    return context
+
+
+def request(
+    address: str,
+    port: int,
+    host: str,
+    path: str = "/",
+    *,
+    tls: ssl.SSLContext | None = None,
+    timeout: float = 5,
+) -> Response:
+    """GET `path` from address:port with `host` as Host header (and SNI over TLS)."""
+    connection: http.client.HTTPConnection
+    if tls is not None:
+        connection = _SniConnection(address, port, host, tls, timeout)
+    else:
+        connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        connection.connect()
+        # Read now: the connection lets go of its socket once the response is read.
+        peer = None
+        if isinstance(connection.sock, ssl.SSLSocket):
+            peer = connection.sock.getpeercert(binary_form=True)
+        connection.request("GET", path, headers={"Host": host, "Connection": "close"})
+        response = connection.getresponse()
+        body = response.read(65536).decode("utf-8", "replace")
+        return Response(response.status, dict(response.getheaders()), body, peer)
+    finally:
+        connection.close()
+
+
+class _SniConnection(http.client.HTTPSConnection):
+    """HTTPS to an address while naming another host in SNI and certificate checks."""
+
+    def __init__(
+        self, address: str, port: int, server_name: str, context: ssl.SSLContext, timeout: float
+    ) -> None:
+        super().__init__(address, port, timeout=timeout, context=context)
+        self._server_name = server_name
+        self._context = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self._server_name)
+
+
+@dataclass
+class Traffic:
+    """Requests without pause from a background thread, until stopped.
+
+    A request fails when it raises, times out, or does not answer 200 with
+    `expect` in the body.
+    """
+
+    address: str
+    port: int
+    host: str
+    tls: ssl.SSLContext | None
+    expect: str
+    sent: int = 0
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.sent += 1
+            try:
+                response = request(self.address, self.port, self.host, tls=self.tls)
+                if response.status != 200 or self.expect not in response.body:
+                    self.failures.append(f"{response.status}: {response.body[:200]!r}")
+            except (OSError, http.client.HTTPException) as error:
+                self.failures.append(f"{type(error).__name__}: {error}")
+            # About 20 requests a second: enough to see any gap in serving.
+            self._stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))
+
+    def summary(self) -> str:
+        shown = "; ".join(self.failures[:5])
+        return f"{self.sent} requests, {len(self.failures)} failed" + (
+            f" ({shown})" if shown else ""
+        )
