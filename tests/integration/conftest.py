@@ -93,7 +93,39 @@ def cluster_env(*, check: bool = True) -> dict[str, str]:
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
 
+def _cluster_answers() -> bool:
+    """Is the test cluster up already (then this session leaves it up)?"""
+    path = subprocess.run(
+        [str(HACK / "cluster.sh"), "kubeconfig"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=TEST_CLUSTER_ENV,
+    ).stdout.strip()
+    if not Path(path).exists():
+        return False
+    kubectl = cluster_env(check=False)
+    if "KUBECTL" not in kubectl:
+        return False
+    ready = subprocess.run(
+        [kubectl["KUBECTL"], "--kubeconfig", path, "get", "--raw", "/readyz"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return ready.returncode == 0
+
+
 def _kwok_cluster(request: pytest.FixtureRequest) -> Kubectl:
+    # A run stops what it started: the cluster (and its real node, which
+    # changes the machine) goes down at the end unless it was up before, or
+    # unless BLOGSITE_TEST_KEEP_CLUSTER is 1.
+    if not _cluster_answers() and os.environ.get("BLOGSITE_TEST_KEEP_CLUSTER") != "1":
+        request.addfinalizer(
+            lambda: subprocess.run(
+                [str(HACK / "cluster.sh"), "down"], check=True, timeout=600, env=TEST_CLUSTER_ENV
+            )
+        )
     subprocess.run([str(HACK / "cluster.sh"), "up"], check=True, timeout=1800, env=TEST_CLUSTER_ENV)
     env = cluster_env()
     return Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
