@@ -157,30 +157,23 @@ build_containerd() {
   built "containerd ${CONTAINERD_VERSION}" "${start}"
 }
 
-# The real node's cluster DNS.
-build_coredns() {
-  local out="${cache}/bin/coredns-${COREDNS_VERSION}"
-  if [[ -x "${out}/coredns" ]]; then return; fi
-  local start=${SECONDS}
-  log "building coredns ${COREDNS_VERSION}"
+go_install() {  # go_install NAME VERSION PACKAGE...: one `go install`, cached by version
+  local name="$1" version="$2"
+  shift 2
+  local out="${cache}/bin/${name}-${version}" start=${SECONDS}
+  if [[ -x "${out}/${name}" ]]; then return; fi
+  log "building ${name} ${version}"
   mkdir -p "${out}.tmp"
-  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" \
-    "github.com/coredns/coredns@${COREDNS_VERSION}"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" "$@"
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
-  built "coredns ${COREDNS_VERSION}" "${start}"
+  built "${name} ${version}" "${start}"
 }
 
-# The local image registry the real node pulls from (distribution).
+# The real node's cluster DNS, and the registry its images are pulled from.
+build_coredns() { go_install coredns "${COREDNS_VERSION}" "github.com/coredns/coredns@${COREDNS_VERSION}"; }
 build_registry() {
-  local out="${cache}/bin/registry-${REGISTRY_VERSION}"
-  if [[ -x "${out}/registry" ]]; then return; fi
-  local start=${SECONDS}
-  log "building registry ${REGISTRY_VERSION}"
-  mkdir -p "${out}.tmp"
-  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath -ldflags "-s -w" \
+  go_install registry "${REGISTRY_VERSION}" \
     "github.com/distribution/distribution/v3/cmd/registry@${REGISTRY_VERSION}"
-  rm -rf "${out}"; mv "${out}.tmp" "${out}"
-  built "registry ${REGISTRY_VERSION}" "${start}"
 }
 
 if ! command -v go >/dev/null; then
