@@ -13,6 +13,11 @@
 #   DAEDALUS_IMAGE=registry.blogsite.test/daedalus-standin:<tag>   tests/images/daedalus, FROM scratch
 #   PAUSE_IMAGE=registry.blogsite.test/pause:<tag>                 the real node's pod sandbox
 #                                                                  (tests/images/pause, FROM scratch)
+#   DAEDALUS_CRASH_IMAGE=...daedalus-standin:<tag>-crash (and _CRASH_ONCE_, _NEVER_READY_):
+#                                                                  the stand-in misbehaving by default
+#
+# `push` also names the stand-in daedalus-standin:local in the registry, for
+# deploy/examples/local/.
 #
 # registry.blogsite.test resolves nowhere (.test is reserved): the real node's
 # containerd sends every registry name to the local registry, so only the
@@ -402,6 +407,10 @@ if [[ -n "${host}" ]]; then
       || die "pushing ${refs[i]} to http://${destination} failed"
     log "pushed ${destination} in $((SECONDS - start))s"
   done
+  # A stable name for the stand-in, for deploy/examples/local/ (`make run`).
+  bah push --quiet --tls-verify=false --retry 3 "${refs[2]}" \
+    "docker://${host}/daedalus-standin:local" >&2 \
+    || die "pushing ${refs[2]} as daedalus-standin:local failed"
 fi
 
 for i in "${!names[@]}"; do echo "${names[i]}=${refs[i]}"; done

@@ -42,6 +42,27 @@ if [[ ! -s "${pebble_state}/root.pem" ]]; then
 fi
 "${kubectl_bin}" create secret generic pebble-ca --from-file=ca.crt="${pebble_state}/pebble-ca.pem" \
   --dry-run=client -o yaml | "${kubectl_bin}" apply -f - >/dev/null
+
+# With the local cluster's real node: the namespace blogsite-demo sends its
+# pods there (deploy/examples/local/), and the operator renders the images
+# built here for cert-refresh and the frontend.
+node_env="$("${here}/cluster.sh" env | grep -E '^(NODE_IP|OPERATOR_IMAGE|FRONTEND_IMAGE)=' || true)"
+if [[ "${KUBECONFIG}" == "$("${here}/cluster.sh" kubeconfig)" && -n "${node_env}" ]]; then
+  eval "${node_env}"
+  export BLOGSITE_OPERATOR_IMAGE="${OPERATOR_IMAGE}" BLOGSITE_OPERATOR_FRONTEND_IMAGE="${FRONTEND_IMAGE}"
+  "${kubectl_bin}" apply -f - >/dev/null <<'NAMESPACE'
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: blogsite-demo
+  annotations:
+    scheduler.alpha.kubernetes.io/node-selector: type=real
+    scheduler.alpha.kubernetes.io/defaultTolerations: '[{"key": "blog.daedalus.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]'
+NAMESPACE
+  "${kubectl_bin}" create secret generic pebble-ca -n blogsite-demo \
+    --from-file=ca.crt="${pebble_state}/pebble-ca.pem" \
+    --dry-run=client -o yaml | "${kubectl_bin}" apply -f - >/dev/null
+fi
 PYTHONPATH="${root}/operator" "${root}/.venv/bin/python" -m blogsite_operator challenge-server \
   --address 127.0.0.1 --port 5002 --selector blog.daedalus.dev/acme-http01-of &
 children+=($!)
@@ -57,10 +78,14 @@ cat >&2 <<MSG
     kubectl apply -f ${root}/deploy/examples/
     kubectl get blogsites -w          # or: kubectl describe blogsite lethain
 
-  A certificate issued for real (by Pebble, validated over HTTP-01):
+  A blog served by real pods on the real node, with a certificate issued for
+  real (by Pebble, validated over HTTP-01):
 
     kubectl apply -f ${root}/deploy/examples/local/
-    kubectl get blogsite pebble-demo -w    # Cert-Expiry fills in within seconds
+    kubectl get blogsite pebble-demo -n blogsite-demo -w   # until Ready and Cert-Expiry
+    curl --cacert ${pebble_state}/root.pem \\
+      --resolve "blog.localhost.example:443:\$(kubectl get service pebble-demo-frontend \\
+        -n blogsite-demo -o jsonpath='{.spec.clusterIP}')" https://blog.localhost.example/
 
 MSG
 BLOGSITE_OPERATOR_ACME_SELF_CHECK="${BLOGSITE_OPERATOR_ACME_SELF_CHECK:-127.0.0.1:5002}" \
