@@ -56,12 +56,16 @@ system-deps: ## Debian packages the tests need (nginx-light), installed when mis
 test: system-deps lint install tools ## lint, unit and integration tests: what CI runs
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
+.PHONY: images
+images: ## build the operator, frontend, daedalus stand-in and pause images (cached)
+	hack/images.sh build
+
 .PHONY: cluster-up
-cluster-up: ## start the local cluster (idempotent)
+cluster-up: ## start the local cluster with its real node (idempotent; as root)
 	hack/cluster.sh up
 
 .PHONY: cluster-down
-cluster-down: ## delete the local cluster
+cluster-down: ## delete the local cluster and put the machine back as it was
 	hack/cluster.sh down
 
 .PHONY: kubeconfig
