@@ -103,6 +103,14 @@ class TestRolloutHealth:
         health = rollout_health(deployment(updated=1, conditions=conditions), [], LIMITS, NOW)
         assert (health.state, health.reason) == ("failed", "ProgressDeadlineExceeded")
 
+    def test_a_deadline_from_before_the_latest_change_is_not_held_against_it(self) -> None:
+        # Right after an apply the status still describes the previous template.
+        conditions = [
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+        ]
+        stale = deployment(updated=1, conditions=conditions, observedGeneration=1)
+        assert rollout_health(stale, [], LIMITS, NOW).state == "progressing"
+
 
 def decide(**kwargs: Any) -> Any:
     arguments: dict[str, Any] = {

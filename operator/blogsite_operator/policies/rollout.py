@@ -104,8 +104,16 @@ def rollout_health(
 
 
 def _progress_deadline_exceeded(deployment: dict[str, Any]) -> str | None:
-    """The Deployment controller's message when its progress deadline passed."""
-    for condition in (deployment.get("status") or {}).get("conditions") or []:
+    """The Deployment controller's message when its progress deadline passed.
+
+    Only from a status that has seen the latest template: right after an
+    apply the condition still speaks of the version before it.
+    """
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation", 0)
+    if status.get("observedGeneration", 0) < generation:
+        return None
+    for condition in status.get("conditions") or []:
         if (
             condition.get("type") == "Progressing"
             and condition.get("status") == "False"
