@@ -407,7 +407,7 @@ def _gate_nginx_config(
     kept = [
         o
         for o in objects
-        if o["kind"] != "ConfigMap"
+        if not (o["kind"] == "ConfigMap" and NGINX_CONFIG_LABEL in o["metadata"]["labels"])
         and not (o["kind"] == "Deployment" and _component_of(o) == Component.FRONTEND)
     ]
     return kept, Verdict(

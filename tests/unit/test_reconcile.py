@@ -289,6 +289,18 @@ def test_config_refused_by_nginx_is_not_rolled_out() -> None:
     assert any(r == "NginxConfigInvalid" for _, r, _ in api.events)
 
 
+def test_a_refused_config_holds_back_only_the_nginx_config_and_the_frontend() -> None:
+    # A new ACME site whose extraConfig nginx refuses still gets its answers
+    # ConfigMap, so its certificate can be ordered.
+    api = MemoryApi()
+    acme = {"acme": {"email": "ops@example.com"}}
+    broken = site(tls=acme, frontend={"extraConfig": "frobnicate on;"})
+    reconcile_site(api, broken, RenderSettings(), check_nginx=lambda _: 'unknown directive "x"')
+    config_maps = {n for k, _, n in api.objects if k == "ConfigMap"}
+    assert config_maps == {"blog-acme-http01"}
+    assert ("Deployment", "ns", "blog-frontend") not in api.objects
+
+
 def test_merge_patch_deletes_with_null_and_skips_equal_values() -> None:
     old = {"a": 1, "c": {"x": 1, "y": 2}, "l": [1]}
     assert merge_patch(old, {"a": 1, "c": {"x": 1, "y": 2}, "l": [1]}) == {}
