@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -210,10 +211,23 @@ class SiteQueue:
             del self.locks[key]  # a running pass keeps its lock until it ends
 
     async def resync_forever(self, interval: float = RESYNC_SECONDS) -> None:
+        """Every known site once per interval, each at its own offset in it, so
+        a thousand sites are not all reconciled in the same second."""
+        loop = asyncio.get_running_loop()
+        cycle = loop.time() + interval  # the first pass of every site follows its event
         while True:
-            await asyncio.sleep(interval)
-            for namespace, name in sorted(self.known):
-                self._spawn_trigger(namespace, name)
+            cycle += interval
+            for offset, key in sorted((resync_offset(k, interval), k) for k in self.known):
+                await asyncio.sleep(max(0.0, cycle + offset - interval - loop.time()))
+                if key in self.known:
+                    self._spawn_trigger(*key)
+            await asyncio.sleep(max(0.0, cycle - loop.time()))
+
+
+def resync_offset(key: tuple[str, str], interval: float) -> float:
+    """A site's place in the resync interval: stable across restarts, spread evenly."""
+    digest = zlib.crc32(f"{key[0]}/{key[1]}".encode())
+    return interval * digest / 2**32
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> SiteQueue:
