@@ -202,6 +202,8 @@ class SiteQueue:
 
     def forget(self, key: tuple[str, str]) -> None:
         self.known.discard(key)
+        if self._issuer is not None:
+            self._issuer.forget(key)
         self.failures.pop(key, None)
         retry = self.retries.pop(key, None)
         if retry is not None:

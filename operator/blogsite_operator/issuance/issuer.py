@@ -104,6 +104,7 @@ class CertificateIssuer:
         self._lock = threading.Lock()
         self._running: set[SiteKey] = set()
         self._results: dict[SiteKey, JobResult] = {}
+        self._forgotten: set[SiteKey] = set()  # deleted while their job ran
         self._account_lock = threading.Lock()
 
     def state(self, key: SiteKey) -> tuple[bool, JobResult | None]:
@@ -120,6 +121,13 @@ class CertificateIssuer:
         with self._lock:
             if self._results.get(key) is result:
                 del self._results[key]
+
+    def forget(self, key: SiteKey) -> None:
+        """The site is gone: drop its result, and the one of a job still running."""
+        with self._lock:
+            self._results.pop(key, None)
+            if key in self._running:
+                self._forgotten.add(key)
 
     def submit(self, job: IssueJob | RenewalInfoJob) -> bool:
         """Start `job` unless one runs for its site already; True when started."""
@@ -148,10 +156,15 @@ class CertificateIssuer:
             result = JobResult(
                 job, _now(), error=IssuanceError("InternalError", kube.describe_error(error))
             )
-        result = dataclasses.replace(result, seconds=round(time.monotonic() - started, 3))
+        self._finish(key, dataclasses.replace(result, seconds=round(time.monotonic() - started, 3)))
+
+    def _finish(self, key: SiteKey, result: JobResult) -> None:
         with self._lock:
-            self._results[key] = result
             self._running.discard(key)
+            if key in self._forgotten:
+                self._forgotten.discard(key)
+                return
+            self._results[key] = result
         self.notify(*key)
 
     # --- one order ---------------------------------------------------------
