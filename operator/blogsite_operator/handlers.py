@@ -143,6 +143,13 @@ class SiteQueue:
             if error.status == 404:  # deleted while we worked: nothing left to do
                 self.forget(key)
                 return
+            if error.status == 409 and self.failures.get(key, 0) < 3:
+                # The BlogSite changed during the pass: its status patch was
+                # refused. Not a failure: a new pass starts from the new state.
+                logger.info("%s/%s changed during its pass; reconciling again", *key)
+                self.failures[key] = self.failures.get(key, 0) + 1
+                self._spawn_trigger(*key)
+                return
             await self._failed(key, site, error)
             return
         except Exception as error:  # noqa: BLE001 - any failure is retried, never fatal

@@ -224,9 +224,15 @@ class Api:
             content_type=MERGE_PATCH_CONTENT_TYPE,
         )
 
-    def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_blogsite_status(
+        self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+    ) -> None:
+        """A merge patch of the status, computed from the BlogSite at
+        `resource_version`: refused (409) if it changed since (another writer,
+        or deleted and created again), so a stale pass never overwrites."""
         path = KINDS[models.KIND].path(namespace, name) + "/status"
-        self._call("PATCH", path, body={"status": status}, content_type=MERGE_PATCH_CONTENT_TYPE)
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        self._call("PATCH", path, body=body, content_type=MERGE_PATCH_CONTENT_TYPE)
 
     def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
         """A core/v1 Event on the BlogSite, shown by `kubectl describe`."""

@@ -66,7 +66,9 @@ class ClusterApi(Protocol):
         self, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]: ...
     def delete(self, kind: str, namespace: str, name: str, uid: str) -> None: ...
-    def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+    def patch_blogsite_status(
+        self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+    ) -> None: ...
     def post_event(
         self, site: dict[str, Any], event_type: str, reason: str, message: str
     ) -> None: ...
@@ -337,7 +339,7 @@ def reconcile_site(
     outcome.events.extend(_transition_events(previous_status, status))
     patch = merge_patch(previous_status, status)
     if patch:
-        api.patch_blogsite_status(namespace, name, patch)
+        api.patch_blogsite_status(namespace, name, metadata["resourceVersion"], patch)
         outcome.status_written = True
     for event in outcome.events:
         api.post_event(site, event.type, event.reason, event.message)

@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator.policies.readiness import Verdict
 from blogsite_operator.reconcile import is_subset, merge_patch, next_status, reconcile_site
@@ -21,6 +22,9 @@ class MemoryApi:
         self.writes: list[str] = []
         self.events: list[tuple[str, str, str]] = []
         self.status: dict[str, Any] | None = None
+        # When set, the BlogSite's current resourceVersion: a status patch
+        # from another one is refused, as the API server does.
+        self.site_version: str | None = None
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((kind, namespace, name))
@@ -62,8 +66,12 @@ class MemoryApi:
         self.writes.append(f"delete {kind} {name}")
         del self.objects[(kind, namespace, name)]
 
-    def patch_blogsite_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    def patch_blogsite_status(
+        self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+    ) -> None:
         """Applies a JSON merge patch, as the API server does."""
+        if self.site_version is not None and resource_version != self.site_version:
+            raise ApiException(status=409, reason="Conflict")
         self.writes.append("status")
         self.status = merge(self.status or {}, status)
 
@@ -87,7 +95,13 @@ def site(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "blog.daedalus.dev/v1alpha1",
         "kind": "BlogSite",
-        "metadata": {"name": "blog", "namespace": "ns", "uid": "u1", "generation": 1},
+        "metadata": {
+            "name": "blog",
+            "namespace": "ns",
+            "uid": "u1",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
         "spec": {"domains": ["blog.example.com"], "daedalus": {"image": "d:1"}, **spec},
     }
     if status is not None:
@@ -299,6 +313,17 @@ def test_a_refused_config_holds_back_only_the_nginx_config_and_the_frontend() ->
     config_maps = {n for k, _, n in api.objects if k == "ConfigMap"}
     assert config_maps == {"blog-acme-http01"}
     assert ("Deployment", "ns", "blog-frontend") not in api.objects
+
+
+def test_status_from_a_stale_read_is_refused_not_written() -> None:
+    api = MemoryApi()
+    api.site_version = "2"  # the BlogSite changed after this pass read version 1
+    with pytest.raises(ApiException, match="Conflict"):
+        reconcile_site(api, site(), RenderSettings())
+    assert api.status is None
+    api.site_version = "1"
+    reconcile_site(api, site(), RenderSettings())
+    assert api.status is not None
 
 
 def test_merge_patch_deletes_with_null_and_skips_equal_values() -> None:
