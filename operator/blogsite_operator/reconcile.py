@@ -519,6 +519,10 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     secret_name = tls_secret_name(ref.name, spec)
     if spec.tls is None or secret_name is None:
         return None
+    # While an order runs, its result (not a placeholder) is what comes next.
+    # Asked before the Secret is read: an order that ends in between has
+    # written its certificate by then, and the read sees it.
+    ordering = issuer is not None and issuer.state((ref.namespace, ref.name))[0]
     live = api.get("Secret", ref.namespace, secret_name)
     served = read_served_certificate(secret_name, live)
     if spec.tls.acme is None:
@@ -527,8 +531,6 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
         outcome.conflicts.append(f"Secret {secret_name}")
         return served
     names = [*spec.domains, *spec.redirect_domains]
-    # While an order runs, its result (not a placeholder) is what comes next.
-    ordering = issuer is not None and issuer.state((ref.namespace, ref.name))[0]
     if needs_placeholder(names, served, now) and not ordering:
         cert_pem, key_pem = certs.self_signed_placeholder(names)
         secret = render_tls_secret(ref, cert_pem, key_pem)

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from blogsite_operator import certs
 from blogsite_operator.policies.readiness import Verdict
 from blogsite_operator.reconcile import is_subset, merge_patch, next_status, reconcile_site
 from blogsite_operator.render import RenderSettings
-from blogsite_operator.render.site import Component
+from blogsite_operator.render.site import Component, SiteRef, render_tls_secret
+from blogsite_operator.settings import AcmeSettings
 
 
 class MemoryApi:
@@ -237,6 +239,43 @@ class TestTls:
         reconcile_site(api, again, RenderSettings())
         assert len(api.writes) == writes
         assert api.objects[("Secret", "ns", "blog-tls")]["data"] == secret["data"]
+
+    def test_an_order_finishing_mid_pass_is_never_covered_by_a_placeholder(self) -> None:
+        """The order writes its certificate just after the pass read the Secret:
+        the pass must have asked "is an order running?" before it read."""
+        issued = render_tls_secret(
+            SiteRef("blog", "ns", "u1"),
+            *certs.self_signed_placeholder(["blog.example.com"]),
+            placeholder=False,
+        )
+
+        class Issuer:
+            running = True
+            settings = AcmeSettings()
+
+            def state(self, key: tuple[str, str]) -> tuple[bool, None]:
+                return self.running, None
+
+            def submit(self, job: object) -> bool:
+                return False
+
+            def acknowledge(self, key: tuple[str, str], result: object) -> None:
+                pass
+
+        issuer = Issuer()
+
+        class RacingApi(MemoryApi):
+            def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+                read = super().get(kind, namespace, name)
+                if kind == "Secret" and issuer.running:  # the order ends right now
+                    issuer.running = False
+                    self.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(issued)
+                return read
+
+        api = RacingApi()
+        acme = {"acme": {"email": "ops@example.com"}}
+        reconcile_site(api, site(tls=acme), RenderSettings(), issuer=issuer)
+        assert api.objects[("Secret", "ns", "blog-tls")]["data"] == issued["data"]
 
     def test_placeholder_follows_the_names(self) -> None:
         api = MemoryApi()
