@@ -8,7 +8,8 @@
 set -euo pipefail
 wanted=(make:make nginx-light:/usr/sbin/nginx runc:/usr/sbin/runc
   containernetworking-plugins:/usr/lib/cni/bridge iptables:/usr/sbin/iptables nftables:/usr/sbin/nft
-  conntrack:/usr/sbin/conntrack buildah:/usr/bin/buildah mmdebstrap:/usr/bin/mmdebstrap)
+  conntrack:/usr/sbin/conntrack buildah:/usr/bin/buildah mmdebstrap:/usr/bin/mmdebstrap
+  curl:/usr/bin/curl openssl:/usr/bin/openssl)
 missing=()
 for entry in "${wanted[@]}"; do
   package="${entry%%:*}" probe="${entry#*:}"
