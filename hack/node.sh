@@ -459,6 +459,9 @@ up() {
   start_containerd "${ip}" "${pause_image}"
   start_kubelet "${cluster_dir}" "${ip}"
   start_kube_proxy "${cluster_dir}" "${ip}"
+  # The kubelet's own health first: after a restart the Node may still show
+  # the Ready of the kubelet before.
+  wait_for 60 "the kubelet" curl -fsS http://127.0.0.1:10248/healthz
   wait_for 120 "node ${NODE_NAME}" node_ready
   start_coredns "${cluster_dir}" "${ip}"
   log "node ${NODE_NAME} (${ip}) Ready in $((SECONDS - start))s"
