@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import ipaddress
 import json
 import os
@@ -25,6 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from blogsite_operator.render.site import TLS_HASH_ANNOTATION
 from tests.integration.conftest import ROOT, Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, wait_for
@@ -419,8 +421,11 @@ def served_site(
         f"real node: ACME site applied -> certified and Ready in {time.monotonic() - started:.1f}s"
     )
     root = pebble.root_pem()
+    # Ready and CertificateReady may come before the frontend pods carry the
+    # certificate (issue 12's first item): wait until every one does.
+    issued = served_certificate(kubectl, namespace)
     wait_for(
-        lambda: rolled_out(kubectl, namespace, "frontend"),
+        lambda: frontend_serves(kubectl, namespace, issued),
         timeout=120,
         what="the frontend rolled out with the issued certificate",
     )
@@ -473,6 +478,16 @@ def serial_served(site: ServedSite, tls: ssl.SSLContext) -> int | str:
     except OSError as error:
         return str(error)
     return x509.load_der_x509_certificate(der or b"").serial_number
+
+
+def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
+    """Every frontend pod runs the template made for this certificate."""
+    template = deployment(kubectl, namespace, "frontend")["spec"]["template"]
+    annotations = template["metadata"].get("annotations") or {}
+    wanted = hashlib.sha256(cert_pem).hexdigest()
+    return annotations.get(TLS_HASH_ANNOTATION) == wanted and rolled_out(
+        kubectl, namespace, "frontend"
+    )
 
 
 def assert_page(response: Response) -> None:
@@ -639,7 +654,7 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
         tls = tls_context(site.root_pem)
         wait_for(
             lambda: (
-                rolled_out(kubectl, site.namespace, "frontend")
+                frontend_serves(kubectl, site.namespace, renewed)
                 and serial_served(site, tls) == serial
             ),
             timeout=120,
