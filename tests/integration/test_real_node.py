@@ -26,7 +26,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from blogsite_operator.render.site import TLS_HASH_ANNOTATION
+from blogsite_operator.render.site import TLS_HASH_ANNOTATION, VERSION_LABEL
 from tests.integration.conftest import ROOT, Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, wait_for
@@ -481,13 +481,19 @@ def serial_served(site: ServedSite, tls: ssl.SSLContext) -> int | str:
 
 
 def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
-    """Every frontend pod runs the template made for this certificate."""
+    """Every frontend pod runs the template made for this certificate, and the
+    pods before it are gone: while they drain (5 s) they still serve theirs."""
     template = deployment(kubectl, namespace, "frontend")["spec"]["template"]
     annotations = template["metadata"].get("annotations") or {}
-    wanted = hashlib.sha256(cert_pem).hexdigest()
-    return annotations.get(TLS_HASH_ANNOTATION) == wanted and rolled_out(
-        kubectl, namespace, "frontend"
-    )
+    if annotations.get(TLS_HASH_ANNOTATION) != hashlib.sha256(cert_pem).hexdigest():
+        return False
+    if not rolled_out(kubectl, namespace, "frontend"):
+        return False
+    version = template["metadata"]["labels"][VERSION_LABEL]
+    pods = kubectl.json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
+    )["items"]
+    return all(p["metadata"]["labels"].get(VERSION_LABEL) == version for p in pods)
 
 
 def assert_page(response: Response) -> None:
