@@ -571,7 +571,8 @@ def test_sites_ordering_at_once_share_one_account(
         "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
     )["items"]
     assert len(accounts) == 1
-    assert not failures(kubectl, namespace, "AcmeError"), "no order lost to the shared account"
+    lost = failures(kubectl, namespace, "AcmeError")
+    assert not lost, [event["message"] for event in lost]  # no order lost to the shared account
 
 
 def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
