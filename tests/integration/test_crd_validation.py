@@ -181,7 +181,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "source-range-without-lb",
-        with_frontend(service={"type": "ClusterIP", "loadBalancerSourceRanges": ["10.0.0.0/8"]}),
+        with_frontend(service={"type": "ClusterIP", "loadBalancerSourceRanges": ["198.18.0.0/15"]}),
         ["spec.frontend.service.loadBalancerSourceRanges", "only to type LoadBalancer"],
     ),
     (
