@@ -487,6 +487,11 @@ def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
     annotations = template["metadata"].get("annotations") or {}
     if annotations.get(TLS_HASH_ANNOTATION) != hashlib.sha256(cert_pem).hexdigest():
         return False
+    return frontend_replaced(kubectl, namespace, template)
+
+
+def frontend_replaced(kubectl: Kubectl, namespace: str, template: dict[str, Any]) -> bool:
+    """The frontend rolled out to this template and no older pod is left."""
     if not rolled_out(kubectl, namespace, "frontend"):
         return False
     version = template["metadata"]["labels"][VERSION_LABEL]
@@ -612,7 +617,7 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
     before = served_certificate(kubectl, site.namespace)
     frontend_version = deployment(kubectl, site.namespace, "frontend")["spec"]["template"][
         "metadata"
-    ]["labels"]["blog.daedalus.dev/version"]
+    ]["labels"][VERSION_LABEL]
     with site.traffic() as traffic:
         # (c) a frontend change: plain HTTP now redirects (a new nginx config).
         kubectl.apply(
@@ -621,17 +626,16 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
             ),
             site.namespace,
         )
+        # Old pods answer 200 while they drain, so wait until they are gone.
         wait_for(
             lambda: (
-                rolled_out(kubectl, site.namespace, "frontend")
-                and deployment(kubectl, site.namespace, "frontend")["spec"]["template"]["metadata"][
-                    "labels"
-                ]["blog.daedalus.dev/version"]
-                != frontend_version
+                (template := deployment(kubectl, site.namespace, "frontend")["spec"]["template"])
+                and template["metadata"]["labels"][VERSION_LABEL] != frontend_version
+                and frontend_replaced(kubectl, site.namespace, template)
             ),
             timeout=120,
             interval=1,
-            what="the frontend change rolled out",
+            what="the frontend change rolled out and the old pods gone",
         )
     FIGURES.append(f"real node: frontend change; traffic: {traffic.summary()}")
     assert not traffic.failures, traffic.summary()
