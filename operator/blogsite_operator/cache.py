@@ -101,12 +101,14 @@ class CachedApi(kube.Api):
         super().__init__(api)
         self.cache = cache
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(
+        self, kind: str, namespace: str, name: str, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         if kind in CACHED_KINDS:
             cached = self.cache.get(kind, namespace, name)
             if cached is not None:
                 return cached
-        live = super().get(kind, namespace, name)
+        live = super().get(kind, namespace, name, timeout)
         if live is not None and kind in CACHED_KINDS and _is_managed(live):
             self.cache.store({**live, "kind": kind})
         return live

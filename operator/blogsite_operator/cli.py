@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 import yaml
@@ -15,6 +18,10 @@ import yaml
 from blogsite_operator import crd, models
 from blogsite_operator.render import SiteRef, render_site
 from blogsite_operator.settings import OperatorSettings
+
+if TYPE_CHECKING:
+    from blogsite_operator.health import Health
+    from blogsite_operator.leader import LeaderElector
 
 
 class CliError(Exception):
@@ -62,6 +69,7 @@ def run_command(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - keeps `render` and `crd` free of the heavy import
 
     from blogsite_operator import handlers, kube  # noqa: PLC0415
+    from blogsite_operator.health import Health  # noqa: PLC0415
 
     settings = OperatorSettings.from_env()
     namespaces = tuple(args.namespace) or settings.namespaces
@@ -78,16 +86,68 @@ def run_command(args: argparse.Namespace) -> int:
     # nothing a user of this operator needs (our own log lines say what happened).
     logging.getLogger("acme").setLevel(logging.INFO)
     kube.load_config(args.kubeconfig)
+    health = Health()
+    if args.health_address:
+        health.serve(args.health_address)
+    elector = None
+    if settings.leader_lease is not None:
+        elector = _lead(settings.leader_lease, settings.leader_lease_seconds, health)
+        if elector is None:
+            return 0  # stopped while waiting to lead
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, settings)
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        liveness_endpoint=args.liveness or None,
-    )
+    queue = handlers.register(registry, settings)
+
+    @kopf.on.startup(registry=registry)
+    async def start_heartbeat(**_: Any) -> None:
+        health.start_beating()
+
+    health.role = "leader"
+    try:
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+        )
+    finally:
+        health.role = "stopping"
+        queue.wait_for_acme_jobs()
+        if elector is not None:
+            elector.release()  # nothing of ours writes any more
     return 0
+
+
+def _lead(lease: tuple[str, str], seconds: float, health: Health) -> LeaderElector | None:
+    """Wait for the leader Lease; keep renewing it. None if told to stop first."""
+    from blogsite_operator import kube, leader  # noqa: PLC0415
+    from blogsite_operator.policies.lease import LeaseTimings  # noqa: PLC0415
+
+    namespace, name = lease
+    elector = leader.LeaderElector(
+        kube.Api(),
+        namespace=namespace,
+        name=name,
+        identity=kube.PROCESS_IDENTITY,
+        timings=LeaseTimings.scaled(seconds),
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    health.role = "candidate"
+    if not elector.acquire(stop):
+        return None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)  # kopf installs its own next
+    elector.keep_leading(on_lost=_exit_at_once)
+    return elector
+
+
+def _exit_at_once() -> None:
+    """Leadership lost: stop every write now, threads included, before
+    another replica may start; the kubelet restarts us as a candidate."""
+    logging.getLogger("blogsite_operator").critical("leadership lost; exiting")
+    logging.shutdown()
+    os._exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     run.add_argument("--log-format", choices=["plain", "full", "json"], help="log format")
     run.add_argument(
-        "--liveness", default="", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+        "--health-address",
+        default="",
+        help="serve /healthz and /readyz on HOST:PORT, e.g. 0.0.0.0:8080; default: off",
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=run_command)

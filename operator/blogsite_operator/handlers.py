@@ -99,6 +99,12 @@ class SiteQueue:
         if self._issuer is not None:
             self._issuer.shutdown()
 
+    def wait_for_acme_jobs(self) -> None:
+        """After the event loop stopped: a running order ends (its Secret
+        written or not at all) before the process gives up the lead."""
+        if self._issuer is not None:
+            self._issuer.shutdown(wait=True)
+
     def _trigger_soon(self, namespace: str, name: str) -> None:
         """Thread-safe: called from an ACME thread when its job ends."""
         if self.loop is not None:

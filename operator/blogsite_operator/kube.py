@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime
 import json
 import secrets
+import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,9 @@ from blogsite_operator.render.site import FIELD_MANAGER
 from blogsite_operator.timestamps import format_time
 
 USER_AGENT = "blogsite-operator/0.1.0"
+# This process among all operator processes, ever: a pod's hostname is its
+# name, and the suffix tells a restarted container from the one before.
+PROCESS_IDENTITY = f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 MERGE_PATCH_CONTENT_TYPE = "application/merge-patch+json"
 
@@ -47,8 +52,9 @@ def api_client(pool_size: int = 16) -> client.ApiClient:
             configuration = client.Configuration.get_default_copy()
             configuration.connection_pool_maxsize = pool_size
             _api_client = client.ApiClient(configuration)
-            # Named in audit logs, so its requests can be told from other clients'.
-            _api_client.user_agent = USER_AGENT
+            # Named in audit logs, so its requests can be told from other
+            # clients', and one process's from another's (leader election).
+            _api_client.user_agent = f"{USER_AGENT} ({PROCESS_IDENTITY})"
         return _api_client
 
 
@@ -79,6 +85,7 @@ KINDS: dict[str, Kind] = {
     "ServiceAccount": Kind("v1", "serviceaccounts"),
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Lease": Kind("coordination.k8s.io/v1", "leases"),
     models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
 }
 
@@ -123,8 +130,11 @@ class Api:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
-        response = self._request(method, path, body=body, query=query, content_type=content_type)
+        response = self._request(
+            method, path, body=body, query=query, content_type=content_type, timeout=timeout
+        )
         response.read()
         text = response.data.decode("utf-8") if response.data else ""
         if not 200 <= response.status <= 299:
@@ -132,10 +142,12 @@ class Api:
         data: dict[str, Any] = json.loads(text) if text else {}
         return data
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(
+        self, kind: str, namespace: str, name: str, timeout: float | None = None
+    ) -> dict[str, Any] | None:
         """The live object, or None when it does not exist."""
         try:
-            return self._call("GET", KINDS[kind].path(namespace, name))
+            return self._call("GET", KINDS[kind].path(namespace, name), timeout=timeout)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -212,6 +224,17 @@ class Api:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type=APPLY_CONTENT_TYPE,
         )
+
+    def create(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Create; 409 if it exists already."""
+        path = KINDS[obj["kind"]].path(obj["metadata"]["namespace"])
+        return self._call("POST", path, body=obj, timeout=timeout)
+
+    def replace(self, obj: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Replace the whole object; 409 unless its resourceVersion is current."""
+        metadata = obj["metadata"]
+        path = KINDS[obj["kind"]].path(metadata["namespace"], metadata["name"])
+        return self._call("PUT", path, body=obj, timeout=timeout)
 
     def merge_patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any]

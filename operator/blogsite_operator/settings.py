@@ -41,6 +41,11 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS ask the CA's renewal info at least
           this often (21600, the ARI default; the CA's Retry-After may say sooner)
       BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS give up on one order after (180)
+      BLOGSITE_OPERATOR_LEADER_LEASE    NAMESPACE/NAME of a coordination.k8s.io Lease:
+          run only while holding it, so several replicas never write at once;
+          default: no leader election (one replica only)
+      BLOGSITE_OPERATOR_LEADER_LEASE_SECONDS  how long a silent leader keeps the
+          Lease (15); it stops itself after 2/3 of that without renewing
     """
 
     namespaces: tuple[str, ...] = ()
@@ -48,6 +53,8 @@ class OperatorSettings:
     workers: int = 16
     nginx_binary: str | None = None
     allow_extra_config: bool = False
+    leader_lease: tuple[str, str] | None = None
+    leader_lease_seconds: float = 15.0
     render: RenderSettings = field(default_factory=RenderSettings)
     acme: AcmeSettings = field(default_factory=AcmeSettings)
 
@@ -74,6 +81,8 @@ class OperatorSettings:
             nginx_binary=get("NGINX"),
             allow_extra_config=(get("ALLOW_EXTRA_CONFIG") or "false").lower()
             in ("1", "true", "yes"),
+            leader_lease=_lease(get("LEADER_LEASE")),
+            leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(
                 self_check=_self_check(get("ACME_SELF_CHECK")),
                 backoff_seconds=_seconds(get, "ACME_BACKOFF_SECONDS", 300),
@@ -105,3 +114,17 @@ def _self_check(raw: str | None) -> str | None:
     if raw == "frontend" or re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", raw):
         return raw
     raise ValueError(f"{ENV_PREFIX}ACME_SELF_CHECK must be off, frontend or host:port, not {raw!r}")
+
+
+DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
+
+def _lease(raw: str | None) -> tuple[str, str] | None:
+    if raw is None:
+        return None
+    namespace, _, name = raw.partition("/")
+    if not re.fullmatch(DNS_LABEL, namespace) or not re.fullmatch(
+        rf"{DNS_LABEL}(\.{DNS_LABEL})*", name
+    ):
+        raise ValueError(f"{ENV_PREFIX}LEADER_LEASE must be NAMESPACE/NAME, not {raw!r}")
+    return namespace, name

@@ -139,8 +139,9 @@ class CertificateIssuer:
         self._pool.submit(self._run, key, job)
         return True
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def shutdown(self, *, wait: bool = False) -> None:
+        """Drop jobs not yet started; with `wait`, also let running ones end."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _run(self, key: SiteKey, job: IssueJob | RenewalInfoJob) -> None:
         started = time.monotonic()

@@ -1,0 +1,51 @@
+"""Operator settings from the environment (settings.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from blogsite_operator.settings import OperatorSettings
+
+
+def test_defaults_watch_every_namespace_without_leader_election() -> None:
+    settings = OperatorSettings.from_env({})
+    assert settings.namespaces == ()
+    assert settings.leader_lease is None
+    assert settings.allow_extra_config is False
+    assert settings.acme.self_check is None
+
+
+def test_values_are_read_and_trimmed() -> None:
+    settings = OperatorSettings.from_env(
+        {
+            "BLOGSITE_OPERATOR_NAMESPACES": " blogs, other ,",
+            "BLOGSITE_OPERATOR_LEADER_LEASE": "blogsite-system/blogsite-operator",
+            "BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG": "true",
+            "BLOGSITE_OPERATOR_ACME_SELF_CHECK": "frontend",
+            "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS": "2.5",
+            "BLOGSITE_OPERATOR_LOG_FORMAT": "json",
+        }
+    )
+    assert settings.namespaces == ("blogs", "other")
+    assert settings.leader_lease == ("blogsite-system", "blogsite-operator")
+    assert settings.allow_extra_config is True
+    assert settings.acme.self_check == "frontend"
+    assert settings.acme.backoff_seconds == 2.5
+    assert settings.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("LEADER_LEASE", "blogsite-operator", "LEADER_LEASE must be NAMESPACE/NAME"),
+        ("LEADER_LEASE", "Blogs/lease", "LEADER_LEASE must be NAMESPACE/NAME"),
+        ("LEADER_LEASE", "blogs/", "LEADER_LEASE must be NAMESPACE/NAME"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT must be plain, full or json"),
+        ("ACME_BACKOFF_SECONDS", "soon", "ACME_BACKOFF_SECONDS must be a number"),
+        ("ACME_BACKOFF_SECONDS", "-1", "ACME_BACKOFF_SECONDS must be positive"),
+        ("ACME_SELF_CHECK", "http://x", "ACME_SELF_CHECK must be off, frontend or host:port"),
+    ],
+)
+def test_bad_values_are_refused_by_name(key: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OperatorSettings.from_env({f"BLOGSITE_OPERATOR_{key}": value})
