@@ -59,3 +59,16 @@ def test_the_result_of_a_job_running_when_its_site_is_deleted_is_dropped() -> No
     assert issuer.submit(IssueJob(SITE, ("a.example.com",), ACME))
     assert issuer.done.wait(10)
     issuer.shutdown()
+
+
+def test_after_shutdown_no_job_starts_and_a_running_one_is_waited_for() -> None:
+    issuer = HeldIssuer()
+    assert issuer.submit(IssueJob(SITE, ("a.example.com",), ACME))
+    issuer.shutdown()
+    other = SiteRef(name="other", namespace="ns", uid="uid-2")
+    # A pass still running while the operator stops asks for an order: refused quietly.
+    assert not issuer.submit(IssueJob(other, ("b.example.com",), ACME))
+    threading.Timer(0.2, issuer.release.set).start()
+    issuer.shutdown(wait=True)  # returns only once the running order has ended
+    assert issuer.done.is_set()
+    assert issuer.state(("ns", "other")) == (False, None)

@@ -106,6 +106,7 @@ class CertificateIssuer:
         self._results: dict[SiteKey, JobResult] = {}
         self._forgotten: set[SiteKey] = set()  # deleted while their job ran
         self._account_lock = threading.Lock()
+        self._stopping = False
 
     def state(self, key: SiteKey) -> tuple[bool, JobResult | None]:
         """(a job runs for this site, the last finished job's result), read at once.
@@ -133,14 +134,17 @@ class CertificateIssuer:
         """Start `job` unless one runs for its site already; True when started."""
         key = (job.site.namespace, job.site.name)
         with self._lock:
-            if key in self._running:
-                return False
+            if key in self._running or self._stopping:
+                return False  # stopping: the next leader (or start) orders
             self._running.add(key)
-        self._pool.submit(self._run, key, job)
+            self._pool.submit(self._run, key, job)
         return True
 
     def shutdown(self, *, wait: bool = False) -> None:
-        """Drop jobs not yet started; with `wait`, also let running ones end."""
+        """Drop jobs not yet started, start no more; with `wait`, also let
+        running ones end."""
+        with self._lock:
+            self._stopping = True
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _run(self, key: SiteKey, job: IssueJob | RenewalInfoJob) -> None:
