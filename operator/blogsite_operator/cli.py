@@ -17,7 +17,7 @@ import yaml
 
 from blogsite_operator import crd, models
 from blogsite_operator.render import SiteRef, render_site
-from blogsite_operator.settings import OperatorSettings
+from blogsite_operator.settings import OperatorSettings, namespace_names
 
 if TYPE_CHECKING:
     from blogsite_operator.health import Health
@@ -71,8 +71,11 @@ def run_command(args: argparse.Namespace) -> int:
     from blogsite_operator import handlers, kube  # noqa: PLC0415
     from blogsite_operator.health import Health  # noqa: PLC0415
 
-    settings = OperatorSettings.from_env()
-    namespaces = tuple(args.namespace) or settings.namespaces
+    try:
+        settings = OperatorSettings.from_env()
+        namespaces = namespace_names(args.namespace) or settings.namespaces
+    except ValueError as error:
+        raise CliError(str(error)) from error
     log_format = {
         "plain": kopf.LogFormat.PLAIN,
         "full": kopf.LogFormat.FULL,
@@ -86,6 +89,11 @@ def run_command(args: argparse.Namespace) -> int:
     # nothing a user of this operator needs (our own log lines say what happened).
     logging.getLogger("acme").setLevel(logging.INFO)
     kube.load_config(args.kubeconfig)
+    if not kube.Api().serves(f"{models.GROUP}/{models.VERSION}", models.PLURAL):
+        raise CliError(
+            f"the {models.KIND} CRD is not installed: kubectl apply -f crds/ "
+            "(or install the Helm chart with crds.install=true)"
+        )
     health = Health()
     if args.health_address:
         health.serve(args.health_address)

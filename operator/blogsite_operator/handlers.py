@@ -257,6 +257,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
             ThreadPoolExecutor(max_workers=queue.settings.workers, thread_name_prefix="reconcile")
         )
         settings.posting.enabled = False  # our Events are written by kube.Api
+        # Watched namespaces are exact names and the CRD is checked before
+        # start (cli.py): kopf need not list namespaces or watch CRDs, which
+        # would take cluster-wide rights the namespaced install must not have.
+        settings.scanning.disabled = True
         settings.networking.error_backoffs = EndlessBackoffs()
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330

@@ -153,6 +153,16 @@ class Api:
                 return None
             raise
 
+    def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API serves this resource (its CRD is installed)."""
+        try:
+            found = self._call("GET", f"/apis/{api_version}")
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(r.get("name") == plural for r in found.get("resources") or [])
+
     def list_raw(
         self, kind: str, namespace: str | None, query: list[tuple[str, str]]
     ) -> dict[str, Any]:

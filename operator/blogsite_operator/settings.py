@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from blogsite_operator.render import RenderSettings
@@ -68,7 +68,9 @@ class OperatorSettings:
 
         defaults = cls()
         render_defaults = RenderSettings()
-        namespaces = tuple(n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip())
+        namespaces = namespace_names(
+            n.strip() for n in (get("NAMESPACES") or "").split(",") if n.strip()
+        )
         log_format = get("LOG_FORMAT") or defaults.log_format
         if log_format not in ("plain", "full", "json"):
             raise ValueError(
@@ -117,6 +119,15 @@ def _self_check(raw: str | None) -> str | None:
 
 
 DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+
+
+def namespace_names(names: Iterable[str]) -> tuple[str, ...]:
+    """Exact namespace names (no patterns: the operator does not list namespaces)."""
+    result = tuple(names)
+    for name in result:
+        if not re.fullmatch(DNS_LABEL, name):
+            raise ValueError(f"{name!r} is not a namespace name (lowercase DNS label)")
+    return result
 
 
 def _lease(raw: str | None) -> tuple[str, str] | None:

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import config
 
+from blogsite_operator import kube
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.support import wait_for
 
@@ -346,3 +348,18 @@ def test_old_nginx_configs_go_once_no_replica_set_needs_them(
         what="the unused config to be deleted",
     )
     assert kubectl.exists("configmap", second, namespace)
+
+
+def test_the_crd_check_before_start_tells_a_served_resource_from_a_missing_one(
+    kubectl: Kubectl,
+) -> None:
+    """What `run` asks before it starts (it refuses to run without the CRD)."""
+    api_client = config.new_client_from_config(config_file=kubectl.kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        api = kube.Api(api_client)
+        assert api.serves("blog.daedalus.dev/v1alpha1", "blogsites")
+        assert not api.serves("blog.daedalus.dev/v1alpha1", "blogposts")
+        assert not api.serves("blog.daedalus.dev/v9", "blogsites")
+        assert not api.serves("nothing.example.test/v1", "blogsites")
+    finally:
+        api_client.close()

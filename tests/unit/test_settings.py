@@ -40,6 +40,7 @@ def test_values_are_read_and_trimmed() -> None:
         ("LEADER_LEASE", "blogsite-operator", "LEADER_LEASE must be NAMESPACE/NAME"),
         ("LEADER_LEASE", "Blogs/lease", "LEADER_LEASE must be NAMESPACE/NAME"),
         ("LEADER_LEASE", "blogs/", "LEADER_LEASE must be NAMESPACE/NAME"),
+        ("NAMESPACES", "blogs,team-*", "'team-\\*' is not a namespace name"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be plain, full or json"),
         ("ACME_BACKOFF_SECONDS", "soon", "ACME_BACKOFF_SECONDS must be a number"),
         ("ACME_BACKOFF_SECONDS", "-1", "ACME_BACKOFF_SECONDS must be positive"),
