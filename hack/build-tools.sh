@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok, kwokctl) and the test ACME server
-# (pebble, pebble-challtestsrv) from the Go module proxy at the
+# (pebble, pebble-challtestsrv), the real node's parts and helm from the Go module proxy at the
 # versions pinned in hack/versions.env. Binaries are stripped, built with
 # -trimpath, and cached outside the repository under
 #   ${BLOGSITE_TOOLS_CACHE:-~/.cache/blogsite-operator}/bin/<tool>-<version>/
@@ -176,12 +176,25 @@ build_registry() {
     "github.com/distribution/distribution/v3/cmd/registry@${REGISTRY_VERSION}"
 }
 
+# The operator's installer, for the chart's tests and a user's first install.
+build_helm() {
+  local out="${cache}/bin/helm-${HELM_VERSION}" start=${SECONDS}
+  if [[ -x "${out}/helm" ]]; then return; fi
+  log "building helm ${HELM_VERSION}"
+  mkdir -p "${out}.tmp"
+  GOBIN="${out}.tmp" go install -p "${jobs}" -trimpath \
+    -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=${HELM_VERSION}" \
+    "helm.sh/helm/v4/cmd/helm@${HELM_VERSION}"
+  rm -rf "${out}"; mv "${out}.tmp" "${out}"
+  built "helm ${HELM_VERSION}" "${start}"
+}
+
 if ! command -v go >/dev/null; then
   log "Go is needed to build the control plane (Go >= 1.26 with the module proxy reachable)"
   exit 1
 fi
 
-want="${*:-kubernetes etcd kwok pebble containerd coredns registry}"
+want="${*:-kubernetes etcd kwok pebble containerd coredns registry helm}"
 for tool in ${want}; do
   case "${tool}" in
     kubernetes) build_kubernetes ;;
@@ -191,6 +204,7 @@ for tool in ${want}; do
     containerd) build_containerd ;;
     coredns) build_coredns ;;
     registry) build_registry ;;
+    helm) build_helm ;;
     *) log "unknown tool ${tool}"; exit 2 ;;
   esac
 done
@@ -198,6 +212,7 @@ echo "KUBERNETES_BIN=${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
 echo "ETCD_BIN=${cache}/bin/etcd-${ETCD_VERSION}"
 echo "KWOK_BIN=${cache}/bin/kwok-${KWOK_VERSION}"
 echo "PEBBLE_BIN=${cache}/bin/pebble-${PEBBLE_VERSION}"
+echo "HELM_BIN=${cache}/bin/helm-${HELM_VERSION}"
 echo "CONTAINERD_BIN=${cache}/bin/containerd-${CONTAINERD_VERSION}"
 echo "COREDNS_BIN=${cache}/bin/coredns-${COREDNS_VERSION}"
 echo "REGISTRY_BIN=${cache}/bin/registry-${REGISTRY_VERSION}"
