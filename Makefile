@@ -37,8 +37,9 @@ lint: install ## ruff (lint + format check) and mypy --strict
 	$(BIN)/mypy --strict tests
 
 .PHONY: crd
-crd: install ## regenerate crds/blogsite.yaml from the models
+crd: install ## regenerate crds/blogsite.yaml (and the chart's copy) from the models
 	$(BIN)/blogsite-operator crd > crds/blogsite.yaml
+	cp crds/blogsite.yaml deploy/helm/blogsite-operator/files/blogsite-crd.yaml
 
 .PHONY: unit
 unit: install ## unit tests (no cluster)

@@ -1,0 +1,51 @@
+"""The Helm chart, rendered and checked by the real helm (hack/build-tools.sh)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "blogsite-operator"
+
+
+def helm_binary() -> str:
+    """helm at the pinned version, built if missing (a missing one fails)."""
+    result = subprocess.run(
+        [str(ROOT / "hack" / "build-tools.sh"), "helm"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    paths = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return str(Path(paths["HELM_BIN"]) / "helm")
+
+
+class Helm:
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [self.binary, *args], capture_output=True, text=True, check=False, timeout=300
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def template(
+        self, *sets: str, release: str = "blogsite-operator", namespace: str = "blogsite-system"
+    ) -> list[dict[str, Any]]:
+        args = ["template", release, str(CHART), "--namespace", namespace]
+        for value in sets:
+            args += ["--set", value]
+        return [d for d in yaml.safe_load_all(self.run(*args).stdout) if d]
+
+
+@pytest.fixture(scope="session")
+def helm() -> Helm:
+    return Helm(helm_binary())

@@ -1,0 +1,223 @@
+"""What the chart renders, for the default values and others, and what its
+schema refuses. helm itself renders; the tests read the objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.conftest import CHART, ROOT, Helm
+
+VALUE_SETS = [
+    (),
+    ("watchNamespaces={blogs,team-a}",),
+    ("replicaCount=1", "leaderElection.enabled=false"),
+    ("crds.install=false", "serviceAccount.create=false", "serviceAccount.name=existing"),
+    ("image.digest=sha256:" + "a" * 64, "logFormat=json", "acme.selfCheck=frontend"),
+]
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def deployment(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (found,) = by_kind(documents, "Deployment")
+    return found
+
+
+def container_env(documents: list[dict[str, Any]]) -> dict[str, str]:
+    container = deployment(documents)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+@pytest.mark.parametrize("sets", VALUE_SETS, ids=lambda s: ",".join(s) or "defaults")
+def test_helm_lint_passes(helm: Helm, sets: tuple[str, ...]) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    for value in sets:
+        args += ["--set", value]
+    helm.run(*args)
+
+
+def test_defaults_run_two_replicas_with_a_lease_and_cluster_wide_rights(helm: Helm) -> None:
+    documents = helm.template()
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ]
+    spec = deployment(documents)["spec"]
+    assert spec["replicas"] == 2
+    assert "strategy" not in spec  # rolling: the Lease keeps writers apart
+    env = container_env(documents)
+    assert env["BLOGSITE_OPERATOR_LEADER_LEASE"] == "blogsite-system/blogsite-operator"
+    assert env["BLOGSITE_OPERATOR_NAMESPACES"] == ""
+    assert env["BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG"] == "false"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/daedalus-dev/blogsite-operator:0.1.0"
+    assert env["BLOGSITE_OPERATOR_IMAGE"] == container["image"]  # cert-refresh runs it too
+    (binding,) = by_kind(documents, "ClusterRoleBinding")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "blogsite-operator", "namespace": "blogsite-system"}
+    ]
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard(helm: Helm) -> None:
+    pod = deployment(helm.template())["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert pod["terminationGracePeriodSeconds"] >= 180  # a whole ACME order
+
+
+def test_the_service_account_token_goes_only_to_the_operator_pod(helm: Helm) -> None:
+    documents = helm.template()
+    (account,) = by_kind(documents, "ServiceAccount")
+    assert account["automountServiceAccountToken"] is False
+    assert deployment(documents)["spec"]["template"]["spec"]["automountServiceAccountToken"]
+
+
+def rbac_roles(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return by_kind(documents, "Role")
+
+
+def rules(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [rule for role in by_kind(documents, kind) for rule in role["rules"]]
+
+
+@pytest.mark.parametrize("sets", VALUE_SETS, ids=lambda s: ",".join(s) or "defaults")
+def test_no_rule_has_a_wildcard_or_deletes_blogsites(helm: Helm, sets: tuple[str, ...]) -> None:
+    documents = helm.template(*sets)
+    for rule in rules(documents, "ClusterRole") + rules(documents, "Role"):
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        if "blogsites" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+        if "blogsites/status" in rule["resources"]:
+            assert rule["verbs"] == ["patch"], rule
+
+
+def test_namespaced_mode_has_roles_in_the_watched_namespaces_only(helm: Helm) -> None:
+    documents = helm.template("watchNamespaces={blogs,team-a}")
+    assert not by_kind(documents, "ClusterRole")
+    assert not by_kind(documents, "ClusterRoleBinding")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in rbac_roles(documents)}
+    assert roles == {
+        ("blogs", "blogsite-operator"),
+        ("team-a", "blogsite-operator"),
+        ("blogsite-system", "blogsite-operator-leader-election"),
+    }
+    assert container_env(documents)["BLOGSITE_OPERATOR_NAMESPACES"] == "blogs,team-a"
+
+
+def test_the_lease_role_names_its_lease(helm: Helm) -> None:
+    documents = helm.template("leaderElection.leaseName=my-lease")
+    (role,) = [r for r in by_kind(documents, "Role") if r["metadata"]["name"].endswith("election")]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["my-lease"],
+            "verbs": ["get", "update"],
+        },
+    ]
+
+
+def test_without_leader_election_one_replica_is_replaced_not_rolled(helm: Helm) -> None:
+    documents = helm.template("replicaCount=1", "leaderElection.enabled=false")
+    assert deployment(documents)["spec"]["strategy"] == {"type": "Recreate"}
+    assert "BLOGSITE_OPERATOR_LEADER_LEASE" not in container_env(documents)
+    assert not by_kind(documents, "PodDisruptionBudget")
+    assert not [r for r in by_kind(documents, "Role") if "election" in r["metadata"]["name"]]
+
+
+def test_the_crd_is_the_projects_own_and_outlives_the_release(helm: Helm) -> None:
+    (crd,) = by_kind(helm.template(), "CustomResourceDefinition")
+    ours = yaml.safe_load((ROOT / "crds" / "blogsite.yaml").read_text(encoding="utf-8"))
+    assert crd["spec"] == ours["spec"], "the chart's CRD is stale: run `make crd`"
+    assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    (crd,) = by_kind(helm.template("crds.keep=false"), "CustomResourceDefinition")
+    assert "annotations" not in crd["metadata"]
+    assert not by_kind(helm.template("crds.install=false"), "CustomResourceDefinition")
+
+
+def test_a_digest_pins_the_image(helm: Helm) -> None:
+    digest = "sha256:" + "a" * 64
+    documents = helm.template("image.digest=" + digest, "image.tag=9.9.9")
+    image = container_env(documents)["BLOGSITE_OPERATOR_IMAGE"]
+    assert image == f"ghcr.io/daedalus-dev/blogsite-operator@{digest}"
+
+
+def test_names_are_cut_to_63_characters(helm: Helm) -> None:
+    release = "a-release-name-as-long-as-helm-allows-it-to-be-53-chr"
+    assert len(release) == 53
+    for document in helm.template(release=release):
+        metadata = document["metadata"]
+        if document["kind"] != "CustomResourceDefinition":
+            assert len(metadata["name"]) <= 63, metadata["name"]
+        for value in (metadata.get("labels") or {}).values():
+            assert len(value) <= 63, value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("replicaCount=0", "at '/replicaCount': minimum: got 0, want 1"),
+        ("logFormat=xml", "at '/logFormat': value must be one of 'plain', 'full', 'json'"),
+        ("watchNamespaces={Team_A}", "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+        ("image.tag=has space", "at '/image/tag'"),
+        ("image.digest=sha256:short", "at '/image/digest'"),
+        ("acme.selfCheck=always", "at '/acme/selfCheck'"),
+        ("healthPort=80", "at '/healthPort': minimum: got 80, want 1,024"),
+        ("allowExtraConfig=maybe", "at '/allowExtraConfig': got string, want boolean"),
+        (
+            "leaderElection.enabled=false",
+            "replicaCount above 1 needs leaderElection.enabled=true",
+        ),
+        (
+            "serviceAccount.create=false",
+            "serviceAccount.name is needed when serviceAccount.create is false",
+        ),
+    ],
+)
+def test_bad_values_are_refused_with_a_message_naming_the_value(
+    helm: Helm, value: str, message: str
+) -> None:
+    result = helm.run("template", "blogsite-operator", str(CHART), "--set", value, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_the_notes_say_what_to_do_next(helm: Helm) -> None:
+    result = helm.run(
+        "install",
+        "blogsite-operator",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        "blogsite-system",
+        "--set",
+        "watchNamespaces={blogs}",
+    )
+    notes = result.stdout.split("NOTES:", 1)[1]
+    assert "kubectl -n blogsite-system rollout status deployment/blogsite-operator" in notes
+    assert "the namespaces blogs" in notes
+    assert "kubectl apply -n blogs -f blogsite.yaml" in notes
+    assert "kubectl delete crd blogsites.blog.daedalus.dev" in notes
