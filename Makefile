@@ -49,13 +49,18 @@ unit: install ## unit tests (no cluster)
 integration: install tools ## integration tests on the local control plane
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
+.PHONY: kind-test
+kind-test: install ## with a Docker engine and kind: the chart on kind, one end-to-end scenario
+	hack/build-tools.sh helm >/dev/null
+	$(BIN)/pytest tests/kind $(PYTEST_ARGS)
+
 .PHONY: system-deps
 system-deps: ## Debian packages the tests need (nginx-light), installed when missing
 	hack/system-deps.sh
 
 .PHONY: test
 test: system-deps lint install tools ## lint, unit and integration tests: what CI runs
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+	$(BIN)/pytest tests --ignore=tests/kind $(PYTEST_ARGS)
 
 .PHONY: images
 images: ## build the operator, frontend, daedalus stand-in and pause images (cached)
