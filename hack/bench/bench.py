@@ -729,7 +729,7 @@ def main() -> int:
         # KWOK only: the real node (one per machine) belongs to the tests and
         # `make run`, and its kube-proxy would program every bench Service.
         "BLOGSITE_REAL_NODE": "0",
-        "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "bench" / "audit-policy.yaml"),
+        "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "kwok" / "audit-policy.yaml"),
     }
     cluster("down", env)  # a fresh cluster: auditing on, nothing left over
     started = time.monotonic()

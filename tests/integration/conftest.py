@@ -37,6 +37,8 @@ HACK = ROOT / "hack"
 TEST_CLUSTER_ENV = {
     **os.environ,
     "BLOGSITE_CLUSTER": os.environ.get("BLOGSITE_TEST_CLUSTER", "blogsite-test"),
+    # Who wrote what, from the API server's own record (leader election tests).
+    "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "kwok" / "audit-policy.yaml"),
 }
 
 

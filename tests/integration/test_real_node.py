@@ -12,10 +12,15 @@ import base64
 import datetime
 import hashlib
 import ipaddress
+import itertools
 import json
 import os
+import shutil
+import signal
 import ssl
+import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +32,8 @@ import yaml
 from cryptography import x509
 
 from blogsite_operator.render.site import TLS_HASH_ANNOTATION, VERSION_LABEL
-from tests.integration.conftest import ROOT, Kubectl, cluster_env
+from tests.chart.conftest import CHART, helm_binary
+from tests.integration.conftest import Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, wait_for
 from tests.traffic import Response, Traffic, request, tls_context
@@ -127,73 +133,150 @@ def pebble(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield running
 
 
-def operator_manifests(node: RealNode, watched: str) -> list[dict[str, Any]]:
-    """deploy/operator/operator.yaml with the images built here and test timings."""
-    text = (ROOT / "deploy" / "operator" / "operator.yaml").read_text(encoding="utf-8")
-    text = text.replace("@OPERATOR_IMAGE@", node.operator_image)
-    text = text.replace("@FRONTEND_IMAGE@", node.frontend_image)
-    documents = [d for d in yaml.safe_load_all(text) if d]
-    for document in documents:
-        if document["kind"] == "Namespace":
-            document["metadata"]["annotations"] = REAL_NODE_ANNOTATIONS
-        if document["kind"] == "Deployment":
-            container = document["spec"]["template"]["spec"]["containers"][0]
-            container["env"] += [
-                {"name": "BLOGSITE_OPERATOR_NAMESPACES", "value": watched},
-                {"name": "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS", "value": "2"},
-                {"name": "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS", "value": "8"},
-                {"name": "BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS", "value": "120"},
-            ]
-    return documents
+RELEASE = "blogsite-operator"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=blogsite-operator"
+LEASE = "blogsite-operator"
 
 
-@pytest.fixture(scope="module")
-def operator_pod(
-    kubectl: Kubectl, real_node: RealNode, real_namespace: str
-) -> Iterator[dict[str, Any]]:
-    """The operator, from the image built from the Dockerfile, in a pod on the real node."""
-    documents = operator_manifests(real_node, real_namespace)
-    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(documents))
+@dataclass
+class Release:
+    """The operator installed with the chart: two replicas, one leading."""
 
-    def ready() -> dict[str, Any] | None:
-        for pod in kubectl.json(
-            "get",
-            "pods",
+    kubectl: Kubectl
+    helm: str
+    values_path: Path
+    watched: str
+
+    # A test that kills an operator process says so.
+    restarts_expected: bool = False
+
+    def helm_run(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(
+            [self.helm, "--kubeconfig", self.kubectl.kubeconfig, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        assert result.returncode == 0 or not check, f"helm {' '.join(args)}:\n{result.stderr}"
+        return result.stdout
+
+    def install_or_upgrade(
+        self, chart: Path = CHART, *sets: str, flags: tuple[str, ...] = ()
+    ) -> None:
+        args = ["upgrade", "--install", RELEASE, str(chart), "-n", OPERATOR_NAMESPACE, *flags]
+        args += ["-f", str(self.values_path), "--wait", "--timeout", "5m"]
+        for value in sets:
+            args += ["--set", value]
+        self.helm_run(*args)
+
+    def pods(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.kubectl.json(
+            "get", "pods", "-n", OPERATOR_NAMESPACE, "-l", OPERATOR_SELECTOR
+        )["items"]
+        return items
+
+    def holder(self) -> str:
+        """The Lease's holder: POD_PROCESS ("" when none)."""
+        if not self.kubectl.exists("lease", LEASE, OPERATOR_NAMESPACE):
+            return ""
+        spec = self.kubectl.json("get", "lease", LEASE, "-n", OPERATOR_NAMESPACE)["spec"]
+        return str(spec.get("holderIdentity") or "")
+
+    def leader(self) -> dict[str, Any]:
+        """The Ready pod holding the Lease, once there is one."""
+
+        def find() -> dict[str, Any] | None:
+            holder = self.holder().rsplit("_", 1)[0]
+            for pod in self.pods():
+                for status in pod["status"].get("containerStatuses") or []:
+                    if status["restartCount"] > 0 and not self.restarts_expected:
+                        raise AssertionError(f"an operator pod restarted:\n{self.logs()[-3000:]}")
+                ready = all(s.get("ready") for s in pod["status"].get("containerStatuses") or [{}])
+                if pod["metadata"]["name"] == holder and ready:
+                    return pod
+            return None
+
+        pod: dict[str, Any] = wait_for(
+            find, timeout=180, interval=0.5, what="an operator pod leading"
+        )
+        return pod
+
+    def logs(self) -> str:
+        """Every operator pod's log, each line prefixed with its pod."""
+        return self.kubectl.run(
+            "logs",
             "-n",
             OPERATOR_NAMESPACE,
             "-l",
-            "app.kubernetes.io/name=blogsite-operator",
-        )["items"]:
-            for status in pod["status"].get("containerStatuses") or []:
-                if status["restartCount"] > 0:  # fail at once, with its words
-                    logs = kubectl.run(
-                        "logs",
-                        "-n",
-                        OPERATOR_NAMESPACE,
-                        pod["metadata"]["name"],
-                        "--previous",
-                        check=False,
-                    )
-                    raise AssertionError(f"the operator pod crashed:\n{logs.stdout[-3000:]}")
-                if status.get("ready"):
-                    return dict(pod)
-        return None
+            OPERATOR_SELECTOR,
+            "--prefix",
+            "--tail=-1",
+            check=False,
+        ).stdout
 
-    pod = wait_for(ready, timeout=180, interval=1, what="the operator pod Ready")
-    yield pod
-    logs = kubectl.run(
-        "logs", "-n", OPERATOR_NAMESPACE, "deployment/blogsite-operator", check=False
-    ).stdout
+
+def release_values(node: RealNode, watched: str) -> dict[str, Any]:
+    """The chart's values for this cluster: images built here, one watched
+    namespace (the namespaced mode), test timings for ACME."""
+    repository, tag = node.operator_image.rsplit(":", 1)
+    return {
+        "image": {"repository": repository, "tag": tag},
+        "frontendImage": node.frontend_image,
+        "watchNamespaces": [watched],
+        "acme": {"selfCheck": "frontend"},
+        "extraEnv": [
+            {"name": "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS", "value": "2"},
+            {"name": "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS", "value": "8"},
+            {"name": "BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS", "value": "120"},
+        ],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
+    }
+
+
+@pytest.fixture(scope="module")
+def release(
+    kubectl: Kubectl,
+    real_node: RealNode,
+    real_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    """`helm install` of the chart, as the README says, into a namespace that
+    enforces the restricted Pod Security Standard."""
     kubectl.run(
-        "delete",
+        "apply",
         "-f",
         "-",
-        "--wait=true",
-        stdin=yaml.safe_dump_all(documents),
-        check=False,
-        timeout=180,
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": OPERATOR_NAMESPACE,
+                    "annotations": REAL_NODE_ANNOTATIONS,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+        ),
+    )
+    values_path = tmp_path_factory.mktemp("helm") / "values.yaml"
+    values_path.write_text(yaml.safe_dump(release_values(real_node, real_namespace)))
+    handle = Release(kubectl, helm_binary(), values_path, real_namespace)
+    # The session installed the CRD from crds/ (kubectl apply), as a user
+    # who had it before the chart did: the README's way to hand it over.
+    handle.install_or_upgrade(flags=("--take-ownership",))
+    yield handle
+    logs = handle.logs()
+    handle.helm_run(
+        "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "5m", check=False
     )
     assert "Traceback" not in logs, logs[-5000:]
+
+
+@pytest.fixture(scope="module")
+def operator_pod(release: Release) -> dict[str, Any]:
+    """The leading operator pod, from the image built from the Dockerfile."""
+    return release.leader()
 
 
 def in_operator_pod(kubectl: Kubectl, code: str) -> str:
@@ -202,7 +285,7 @@ def in_operator_pod(kubectl: Kubectl, code: str) -> str:
         "exec",
         "-n",
         OPERATOR_NAMESPACE,
-        "deployment/blogsite-operator",
+        f"deployment/{RELEASE}",
         "--",
         "python",
         "-c",
@@ -291,6 +374,112 @@ def test_images_come_only_from_the_local_registry(kubectl: Kubectl, real_namespa
         encoding="utf-8", errors="replace"
     )
     kubectl.run("delete", "pod", "elsewhere", "-n", real_namespace, "--wait=false")
+
+
+# --- the chart's identity: what it may and may not do ------------------------
+
+OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{RELEASE}"
+
+
+def can_i(kubectl: Kubectl, user: str, *request: str) -> bool:
+    result = kubectl.run("auth", "can-i", *request, f"--as={user}", check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+# (verb, resource[#subresource], namespace or "*" for all namespaces);
+# "WATCHED" is the namespace the release runs sites in.
+MUST = [
+    ("watch", "blogsites.blog.daedalus.dev", "WATCHED"),
+    ("patch", "blogsites.blog.daedalus.dev#status", "WATCHED"),
+    ("create", "deployments.apps", "WATCHED"),
+    ("patch", "secrets", "WATCHED"),
+    ("delete", "configmaps", "WATCHED"),
+    ("create", "roles.rbac.authorization.k8s.io", "WATCHED"),
+    ("create", "events", "WATCHED"),
+    ("list", "pods", "WATCHED"),
+]
+MUST_NOT = [
+    ("delete", "blogsites.blog.daedalus.dev", "WATCHED"),
+    ("update", "blogsites.blog.daedalus.dev", "WATCHED"),
+    ("patch", "blogsites.blog.daedalus.dev", "WATCHED"),
+    ("delete", "deployments.apps", "WATCHED"),
+    ("delete", "secrets", "WATCHED"),
+    ("patch", "pods", "WATCHED"),
+    ("create", "pods#exec", "WATCHED"),
+    ("get", "nodes", "*"),
+    ("create", "clusterroles.rbac.authorization.k8s.io", "*"),
+    ("create", "clusterrolebindings.rbac.authorization.k8s.io", "*"),
+    ("delete", "customresourcedefinitions.apiextensions.k8s.io", "*"),
+    ("escalate", "roles.rbac.authorization.k8s.io", "WATCHED"),
+    ("bind", "roles.rbac.authorization.k8s.io", "WATCHED"),
+    ("impersonate", "serviceaccounts", "WATCHED"),
+]
+NAMESPACED_MUST_NOT = [
+    ("get", "secrets", "kube-system"),
+    ("list", "secrets", "*"),
+    ("list", "pods", "*"),
+    ("watch", "blogsites.blog.daedalus.dev", "*"),
+    ("list", "blogsites.blog.daedalus.dev", "default"),
+    ("create", "deployments.apps", "default"),
+]
+CLUSTER_WIDE_MUST = [
+    ("list", "secrets", "*"),
+    ("watch", "blogsites.blog.daedalus.dev", "*"),
+    ("create", "deployments.apps", "default"),
+]
+
+
+def check_rights(
+    kubectl: Kubectl, user: str, watched: str, rules: list[tuple[str, str, str]], expected: bool
+) -> None:
+    wrong = []
+    for verb, resource, namespace in rules:
+        where = ["--all-namespaces"] if namespace == "*" else ["-n", namespace]
+        where = ["-n", watched] if namespace == "WATCHED" else where
+        kind, _, subresource = resource.partition("#")
+        sub = [f"--subresource={subresource}"] if subresource else []
+        if can_i(kubectl, user, verb, kind, *sub, *where) != expected:
+            wrong.append(f"{verb} {resource} in {namespace}")
+    assert not wrong, f"{user} {'may not' if expected else 'may'}: {wrong}"
+
+
+def test_the_namespaced_release_has_the_rights_it_needs_and_no_others(
+    kubectl: Kubectl, release: Release, operator_pod: dict[str, Any]
+) -> None:
+    assert operator_pod["spec"]["serviceAccountName"] == RELEASE
+    check_rights(kubectl, OPERATOR_USER, release.watched, MUST, expected=True)
+    check_rights(kubectl, OPERATOR_USER, release.watched, MUST_NOT, expected=False)
+    check_rights(kubectl, OPERATOR_USER, release.watched, NAMESPACED_MUST_NOT, expected=False)
+    # Its Lease, and no other.
+    lease = ["-n", OPERATOR_NAMESPACE]
+    assert can_i(kubectl, OPERATOR_USER, "update", f"leases/{LEASE}", *lease)
+    assert not can_i(kubectl, OPERATOR_USER, "update", "leases/kube-scheduler", *lease)
+    assert not can_i(kubectl, OPERATOR_USER, "get", "secrets", *lease)
+
+
+def test_the_cluster_wide_rules_allow_every_namespace_and_nothing_more(
+    kubectl: Kubectl, release: Release, namespace: str
+) -> None:
+    """The other mode's RBAC, rendered by helm and applied on its own."""
+    rendered = release.helm_run(
+        "template",
+        "probe",
+        str(CHART),
+        "-n",
+        namespace,
+        "--show-only",
+        "templates/serviceaccount.yaml",
+        "--show-only",
+        "templates/rbac.yaml",
+    )
+    kubectl.run("apply", "-f", "-", stdin=rendered)
+    try:
+        user = f"system:serviceaccount:{namespace}:probe-blogsite-operator"
+        check_rights(kubectl, user, "default", MUST + CLUSTER_WIDE_MUST, expected=True)
+        check_rights(kubectl, user, "default", MUST_NOT, expected=False)
+    finally:
+        kubectl.run("delete", "-f", "-", stdin=rendered, check=False)
 
 
 # --- one ACME site, served by real pods -----------------------------------------
@@ -434,7 +623,7 @@ def served_site(
 
 
 def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
-    kubectl: Kubectl, served_site: ServedSite, pebble: Pebble
+    kubectl: Kubectl, served_site: ServedSite, pebble: Pebble, release: Release
 ) -> None:
     site = served_site
     issued = x509.load_pem_x509_certificate(served_certificate(kubectl, site.namespace))
@@ -467,8 +656,7 @@ def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
     challenge = request(site.frontend_ip, 80, DOMAINS[0], "/.well-known/acme-challenge/none")
     assert challenge.status == 404
     # The operator checked its answers through the frontend Service itself.
-    logs = kubectl.run("logs", "-n", OPERATOR_NAMESPACE, "deployment/blogsite-operator").stdout
-    assert "SelfCheckFailed" not in logs
+    assert "SelfCheckFailed" not in release.logs()
 
 
 def serial_served(site: ServedSite, tls: ssl.SSLContext) -> int | str:
@@ -673,3 +861,268 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
         )
     FIGURES.append(f"real node: certificate renewal; traffic: {traffic.summary()}")
     assert not traffic.failures, traffic.summary()
+
+
+# --- high availability, upgrade and uninstall, under traffic -----------------
+
+
+def apply_daedalus_replicas(
+    kubectl: Kubectl, node: RealNode, pebble: Pebble, site: ServedSite, replicas: int
+) -> float:
+    """Change the site (the spec the tests above left, but for daedalus'
+    replicas); seconds until the operator has applied it."""
+    started = time.monotonic()
+    changed = blogsite(
+        node,
+        pebble,
+        site.good_image,
+        frontend={"replicas": 2, "http": "redirect"},
+        daedalus={"replicas": replicas},
+    )
+    kubectl.apply(changed, site.namespace)
+    wait_for(
+        lambda: deployment(kubectl, site.namespace, "daedalus")["spec"]["replicas"] == replicas,
+        timeout=120,
+        interval=0.2,
+        what=f"daedalus scaled to {replicas} by the operator",
+    )
+    return time.monotonic() - started
+
+
+def new_holder(release: Release, before: str) -> str:
+    holder: str = wait_for(
+        lambda: (holder := release.holder()) not in ("", before) and holder,
+        timeout=120,
+        interval=0.2,
+        what="another operator process leading",
+    )
+    return holder
+
+
+def test_a_site_outside_the_watched_namespaces_is_left_alone(
+    kubectl: Kubectl, release: Release, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    other = f"real-{uuid.uuid4().hex[:6]}"
+    create_real_namespace(kubectl, other)
+    try:
+        kubectl.apply(blogsite(real_node, pebble, real_node.daedalus()), other)
+        # Evidence that the operator worked meanwhile: a change made after it.
+        apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 3)
+        apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 2)
+        assert kubectl.json("get", "all", "-n", other)["items"] == []
+        assert "status" not in kubectl.json("get", "blogsite", SITE, "-n", other)
+        assert "Forbidden" not in release.logs()
+    finally:
+        kubectl.run("delete", "namespace", other, "--wait=false", check=False)
+
+
+def test_the_leader_pod_deleted_under_traffic_hands_over_in_seconds(
+    kubectl: Kubectl,
+    release: Release,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+) -> None:
+    leader = release.leader()
+    before = release.holder()
+    with served_site.traffic() as traffic:
+        started = time.monotonic()
+        kubectl.run(
+            "delete", "pod", leader["metadata"]["name"], "-n", OPERATOR_NAMESPACE, "--wait=false"
+        )
+        new_holder(release, before)
+        takeover = time.monotonic() - started
+        applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 3)
+    FIGURES.append(
+        f"real node: leader pod deleted -> another leading after {takeover:.1f}s, "
+        f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
+    )
+    assert not traffic.failures, traffic.summary()
+    release.leader()
+
+
+def operator_pids(pod_uid: str) -> list[int]:
+    """Host PIDs of `blogsite-operator run` in this pod (the node is this machine)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cgroup = (proc / "cgroup").read_text()
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            f"pod{pod_uid}" in cgroup
+            and b"run" in argv
+            and any(arg.endswith(b"blogsite-operator") for arg in argv)
+        ):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
+    kubectl: Kubectl,
+    release: Release,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+) -> None:
+    leader = release.leader()
+    before = release.holder()
+    pids = operator_pids(leader["metadata"]["uid"])
+    assert pids, "the leader's process was not found on the node"
+    release.restarts_expected = True  # the killed container restarts, as a standby
+    with served_site.traffic() as traffic:
+        started = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)  # no release: the Lease must run out
+        new_holder(release, before)
+        takeover = time.monotonic() - started
+        applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 2)
+    FIGURES.append(
+        f"real node: leader SIGKILLed -> another leading after {takeover:.1f}s (lease 15 s), "
+        f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
+    )
+    assert not traffic.failures, traffic.summary()
+    release.leader()
+
+
+def retag(node: RealNode, image: str, suffix: str) -> str:
+    """The same image under a new tag in the local registry; returns the tag."""
+    repository, tag = image.split("/", 1)[1].rsplit(":", 1)
+    registry = f"http://{node.ip}:5000/v2/{repository}/manifests"
+    accept = ", ".join(
+        [
+            "application/vnd.oci.image.index.v1+json",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.distribution.manifest.list.v2+json",
+        ]
+    )
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{registry}/{tag}", headers={"Accept": accept}), timeout=30
+    ) as response:
+        manifest, media_type = response.read(), response.headers["Content-Type"]
+    new_tag = f"{tag}-{suffix}"
+    put = urllib.request.Request(
+        f"{registry}/{new_tag}", data=manifest, method="PUT", headers={"Content-Type": media_type}
+    )
+    with urllib.request.urlopen(put, timeout=30) as response:
+        assert response.status == 201, response.status
+    return new_tag
+
+
+def chart_with_changed_crd(tmp_path: Path) -> Path:
+    """A copy of the chart whose CRD has one more printer column."""
+    chart = tmp_path / "blogsite-operator"
+    shutil.copytree(CHART, chart)
+    crd_path = chart / "files" / "blogsite-crd.yaml"
+    crd = yaml.safe_load(crd_path.read_text(encoding="utf-8"))
+    for version in crd["spec"]["versions"]:
+        version["additionalPrinterColumns"].append(
+            {"name": "Upgraded", "type": "string", "jsonPath": ".metadata.uid", "priority": 1}
+        )
+    crd_path.write_text(yaml.safe_dump(crd), encoding="utf-8")
+    return chart
+
+
+def test_an_upgrade_rolls_the_operator_under_traffic_and_reaches_the_crd(  # noqa: PLR0917
+    kubectl: Kubectl,
+    release: Release,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+    tmp_path: Path,
+) -> None:
+    new_tag = retag(real_node, real_node.operator_image, "upgrade")
+    chart = chart_with_changed_crd(tmp_path)
+    before = release.holder()
+    with served_site.traffic() as traffic:
+        started = time.monotonic()
+        # kubectl still co-owns the CRD's fields it applied (server-side):
+        # the README's first CRD-changing upgrade after a hand-over forces.
+        release.install_or_upgrade(
+            chart, f"image.tag={new_tag}", "logFormat=json", flags=("--force-conflicts",)
+        )
+        upgraded = time.monotonic() - started
+        new_holder(release, before)
+        applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 3)
+    FIGURES.append(
+        f"real node: helm upgrade (image, values, CRD) in {upgraded:.1f}s, "
+        f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
+    )
+    assert not traffic.failures, traffic.summary()
+
+    # helm --wait returns once the new pods are Ready; the old ones end after.
+    def two_pods() -> list[dict[str, Any]] | None:
+        pods = release.pods()
+        return pods if len(pods) == 2 else None
+
+    pods = wait_for(two_pods, timeout=240, what="the old operator pods gone")
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert container["image"].endswith(f":{new_tag}")
+        assert "--log-format=json" in container["args"]
+    crd = kubectl.json("get", "crd", "blogsites.blog.daedalus.dev")
+    columns = crd["spec"]["versions"][0]["additionalPrinterColumns"]
+    assert "Upgraded" in [c["name"] for c in columns]
+    release.leader()
+
+
+AUDIT_WRITES = ("create", "update", "patch", "delete", "deletecollection")
+
+
+def test_the_audit_log_shows_one_writing_operator_process_at_a_time(
+    kubectl: Kubectl, release: Release
+) -> None:
+    """Across the takeovers and the upgrade above, from the API server's own
+    record: each process's writes (Lease renewals aside) form one span, and
+    no span begins before the one before it ended."""
+    audit = Path(kubectl.kubeconfig).parent / "logs" / "audit.log"
+    assert audit.exists(), "no audit log: recreate the test cluster (hack/cluster.sh down)"
+    spans: dict[str, list[str]] = {}
+    with audit.open(encoding="utf-8") as lines:
+        for line in lines:
+            event = json.loads(line)
+            if (
+                event.get("stage") != "ResponseComplete"
+                or event.get("verb") not in AUDIT_WRITES
+                or event["user"].get("username") != OPERATOR_USER
+                or event["objectRef"].get("resource") == "leases"
+            ):
+                continue
+            process = event.get("userAgent", "").rpartition("(")[2].rstrip(")")
+            pod = event["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+            assert process.startswith(f"{pod}_"), (process, pod)  # the pod and its process
+            span = spans.setdefault(process, [event["requestReceivedTimestamp"], ""])
+            span[1] = max(span[1], event["stageTimestamp"])
+    ordered = sorted(spans.items(), key=lambda item: item[1][0])
+    FIGURES.append(f"real node: {len(ordered)} operator processes wrote, one after another")
+    assert len(ordered) >= 4, ordered  # first leader, two takeovers, the upgrade
+    for (before, (_, ended)), (after, (began, _)) in itertools.pairwise(ordered):
+        assert ended < began, f"{after} wrote from {began}, before {before} stopped at {ended}"
+
+
+def test_uninstall_leaves_the_crd_the_blogsites_and_the_sites_serving(
+    kubectl: Kubectl,
+    release: Release,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+) -> None:
+    with served_site.traffic() as traffic:
+        release.helm_run(
+            "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "5m"
+        )
+        wait_for(lambda: not release.pods(), timeout=300, what="the operator pods gone")
+    assert not traffic.failures, traffic.summary()
+    assert kubectl.exists("crd", "blogsites.blog.daedalus.dev", "default")
+    assert kubectl.exists("blogsite", SITE, served_site.namespace)
+    assert_page(
+        request(served_site.frontend_ip, 443, DOMAINS[0], tls=tls_context(served_site.root_pem))
+    )
+    # Installed again, it takes the kept CRD back and runs the site again.
+    release.install_or_upgrade()
+    release.leader()
+    apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 2)
