@@ -131,6 +131,14 @@ class SiteQueue:
         retry = self.retries.pop(key, None)
         if retry is not None:
             retry.cancel()
+        logger.debug("pass over %s/%s begins", namespace, name)
+        try:
+            await self._pass(key)
+        finally:
+            logger.debug("pass over %s/%s ends", namespace, name)
+
+    async def _pass(self, key: tuple[str, str]) -> None:
+        namespace, name = key
         site: dict[str, Any] | None = None
         try:
             site = await asyncio.to_thread(self.api.get, models.KIND, namespace, name)

@@ -242,19 +242,31 @@ class OperatorProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    # Watch every namespace (no -n), as an operator with the default setting.
+    cluster_wide: bool = False
+    started_at: int = 0  # where the current process's log begins
 
     def start(self) -> None:
         env = {
             **os.environ,
             "KUBECONFIG": self.kubectl.kubeconfig,
             "PYTHONUNBUFFERED": "1",
-            "BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG": "true",
             **ACME_TEST_ENV,
             **self.extra_env,
         }
         log = self.log_path.open("ab")
+        self.started_at = self.log_size()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "blogsite_operator", "run", "-n", self.namespace, "--verbose"],
+            [
+                sys.executable,
+                "-m",
+                "blogsite_operator",
+                "run",
+                *([] if self.cluster_wide else ["-n", self.namespace]),
+                "--verbose",
+                *self.extra_args,
+            ],
             cwd=ROOT,
             env={**env, "PYTHONPATH": str(ROOT / "operator")},
             stdout=log,
@@ -264,6 +276,17 @@ class OperatorProcess:
     def stop(self) -> int:
         """SIGTERM, as Kubernetes would; returns the exit code."""
         assert self.process is not None
+
+        # A process still importing has no handler yet and dies of the signal.
+        def started() -> bool:
+            log = self.logs()[self.started_at :]
+            return bool(
+                "Initial authentication has finished" in log  # kopf runs: handlers set
+                or "waiting to lead" in log  # a candidate: its own handlers set
+                or (self.process is not None and self.process.poll() is not None)
+            )
+
+        wait_for(started, timeout=60, what="the operator started")
         self.process.send_signal(signal.SIGTERM)
         try:
             code = self.process.wait(timeout=30)
@@ -276,6 +299,43 @@ class OperatorProcess:
 
     def logs(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_size(self) -> int:
+        """A mark in the log (which restarts append to): `wait_for_pass` looks after it."""
+        return len(self.logs())
+
+    def wait_for_pass(self, name: str, after: int, timeout: float = 60) -> None:
+        """Until a whole pass over the BlogSite `name` began and ended after
+        the mark `after`: evidence that the operator looked at the state of
+        then, instead of a sleep."""
+        site = re.escape(f"{self.namespace}/{name}")
+
+        def passed() -> bool:
+            return bool(
+                re.search(
+                    rf"pass over {site} begins.*pass over {site} ends", self.logs()[after:], re.S
+                )
+            )
+
+        wait_for(passed, timeout=timeout, interval=0.2, what=f"a pass over {name} after the mark")
+
+    def looked_again(self, name: str) -> None:
+        """Poke the BlogSite `name` and wait for a whole pass after the poke."""
+        mark = self.log_size()
+        self.poke(name)
+        self.wait_for_pass(name, after=mark)
+
+    def poke(self, name: str) -> None:
+        """Make the operator look at the BlogSite again (an annotation it ignores)."""
+        self.kubectl.run(
+            "annotate",
+            "blogsite",
+            name,
+            "-n",
+            self.namespace,
+            "--overwrite",
+            f"test.blog.daedalus.dev/poke={uuid.uuid4().hex}",
+        )
 
 
 @pytest.fixture
