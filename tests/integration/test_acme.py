@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import itertools
 import json
 import secrets
@@ -20,15 +21,18 @@ from typing import Any
 
 import pytest
 import yaml
+from acme import messages
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from blogsite_operator import certs
+from blogsite_operator.issuance.protocol import AccountConfig, IssuanceError, OrderRequest, Session
 from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess
 from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import ChallengeServer, Pebble, running_pebble
-from tests.support import wait_for
+from tests.support import FIGURES, wait_for
 
 DOMAINS = ["blog.example", "www.blog.example"]
 REDIRECTS = ["old-blog.example", "www.old-blog.example"]
@@ -146,10 +150,38 @@ def events(kubectl: Kubectl, namespace: str, reason: str | None = None) -> list[
     return [e for e in items if reason is None or e.get("reason") == reason]
 
 
-def assert_no_key_material(text: str, key_pem: bytes) -> None:
+def key_probes(key_pem: bytes) -> list[str]:
+    """Parts of a private key that only it has, in every form it travels in:
+    its PEM body, the base64 of the PEM (a Secret's data), and the private
+    value itself in hex. (A PEM's first characters are a header that every
+    key of the same type shares.)"""
     body = b"".join(key_pem.strip().splitlines()[1:-1]).decode()
+    as_secret_data = base64.b64encode(key_pem).decode()
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        secret = format(key.private_numbers().private_value, "x")
+    else:
+        assert isinstance(key, rsa.RSAPrivateKey)
+        secret = format(key.private_numbers().d, "x")
+    return [
+        body[-40:-4],
+        as_secret_data[len(as_secret_data) // 2 :][:32],
+        secret[8:40],
+    ]
+
+
+def assert_no_key_material(text: str, *keys_pem: bytes) -> None:
     assert "PRIVATE KEY" not in text
-    assert body[:40] not in text
+    for key_pem in keys_pem:
+        for probe in key_probes(key_pem):
+            assert probe not in text, "private key material leaked"
+
+
+def account_key(kubectl: Kubectl, namespace: str) -> bytes:
+    (secret,) = kubectl.json(
+        "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+    )["items"]
+    return base64.b64decode(secret["data"]["key.pem"])
 
 
 def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
@@ -167,7 +199,7 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     root = pebble.root_pem()
     for name in DOMAINS + REDIRECTS:
         verify_against_root(chain, root, name)
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError, match="no matching subjectAltName"):
         verify_against_root(chain, root, "not-on-it.example")
     certificate = leaf(chain)
     assert isinstance(certificate.public_key(), ec.EllipticCurvePublicKey), "P-256 by default"
@@ -185,15 +217,17 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     assert len(accounts) == 1, "one account key, kept for every later order"
 
     # The frontend picks the certificate up through a rollout of its template.
-    frontend = kubectl.json("get", "deployment", f"{SITE}-frontend", "-n", namespace)
-    annotations = frontend["spec"]["template"]["metadata"].get("annotations") or {}
-    assert any(v for k, v in annotations.items() if "tls-certificate" in k)
+    wait_for(
+        lambda: tls_hash_of_frontend(kubectl, namespace) == hashlib.sha256(chain).hexdigest(),
+        what="the frontend template carrying the issued certificate",
+    )
 
     issued = events(kubectl, namespace, "CertificateIssued")
     assert issued, "a CertificateIssued Event"
-    everything = "\n".join(e.get("message", "") for e in events(kubectl, namespace))
-    assert_no_key_material(everything + str(site), key)
-    assert_no_key_material(operator_process.logs(), key)
+    everything = "\n".join(json.dumps(e) for e in events(kubectl, namespace))
+    keys = (key, account_key(kubectl, namespace))
+    assert_no_key_material(everything + json.dumps(site), *keys)
+    assert_no_key_material(operator_process.logs(), *keys)
     # The answers are gone once the order is over.
     answers = kubectl.json("get", "configmap", f"{SITE}-acme-http01", "-n", namespace)
     assert not answers.get("data")
@@ -238,9 +272,16 @@ def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expi
         # On time: not before the planned moment, and before the old one expired.
         assert parse_time(new["notBefore"]) >= planned - datetime.timedelta(seconds=1)
         assert parse_time(new["notBefore"]) < parse_time(old["notAfter"])
-        info = old.get("renewalInfo") or {}
-        if info.get("serialNumber") == old["serialNumber"] and info.get("renewalTime"):
-            assert old["renewalTime"] == info["renewalTime"], "the ARI time was followed"
+    # The CA's renewal info was asked for and followed: by every certificate
+    # that had it in status before its renewal, and at least one did.
+    with_info = [
+        s
+        for s in certificates[:-1]
+        if (s.get("renewalInfo") or {}).get("serialNumber") == s["serialNumber"]
+    ]
+    assert with_info, "no certificate's status shows the CA's renewal info"
+    for status in with_info:
+        assert status["renewalTime"] == status["renewalInfo"]["renewalTime"], status
 
 
 def test_renewal_follows_a_renewal_window_the_ca_moves(
@@ -269,7 +310,14 @@ def test_renewal_follows_a_renewal_window_the_ca_moves(
     assert start - second <= parse_time(planned) <= end
     renewed = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
     issued_at = parse_time(renewed["status"]["certificate"]["notBefore"])
-    assert start - second <= issued_at <= end + 10 * second
+    # Not before the window opened (each renewal-info check picks a new random
+    # time in it, so the plan read above may have moved since). How late after
+    # the window it came is a figure, not a rule: a loaded machine is slow.
+    assert issued_at >= start - second
+    FIGURES.append(
+        f"ACME: renewal issued {(issued_at - start).total_seconds():.0f}s after the CA's "
+        f"6 s window opened"
+    )
 
 
 def test_changed_names_and_the_renew_annotation_each_reissue(
@@ -304,10 +352,12 @@ def test_changed_names_and_the_renew_annotation_each_reissue(
     )
     third = wait_for_certificate(kubectl, namespace, other_than=second["serialNumber"])
     assert third["status"]["certificate"]["renewalRequest"] == "1"
-    # The same value again asks for nothing: no fourth certificate.
-    time.sleep(5)
+    # The same value again asks for nothing: a pass after it starts no order.
+    operator_process.looked_again(SITE)
+    site_now = blogsite(kubectl, namespace)
+    assert condition(site_now, "CertificateReady")["reason"] != "Issuing"
     assert (
-        certificate_status(kubectl, namespace)["serialNumber"]
+        site_now["status"]["certificate"]["serialNumber"]
         == (third["status"]["certificate"]["serialNumber"])
     )
 
@@ -344,13 +394,21 @@ def test_acme_server_down_backs_off_then_recovers(
     assert status["placeholder"] is True
     assert status["lastFailure"]["reason"] == "AcmeServerUnreachable"
     assert "next attempt" in condition(site, "CertificateReady")["message"] or status["nextAttempt"]
-    # Backoff: 2 s, 4 s, 8 s, 8 s ... (base 2, cap 8 in the test settings), so in
-    # 20 s of outage only a handful of attempts, never a hot loop.
-    time.sleep(20)
-    attempts = certificate_status(kubectl, namespace)["failedAttempts"]
-    assert 3 <= attempts <= 6, attempts
-    warned = failures(kubectl, namespace, "AcmeServerUnreachable")
-    assert len(warned) == attempts, "one Warning Event per failed attempt"
+
+    # Backoff: 2 s, 4 s, 8 s, 8 s ... (base 2, cap 8 in the test settings).
+    # Each wait is at least what the schedule says: never a hot loop.
+    def five_attempts() -> list[dict[str, Any]] | None:
+        attempts = certificate_status(kubectl, namespace).get("failedAttempts", 0)
+        warned = failures(kubectl, namespace, "AcmeServerUnreachable")
+        # One Warning Event per failed attempt.
+        return warned if attempts >= 5 and len(warned) == attempts else None
+
+    warned = wait_for(five_attempts, timeout=120, what="five failed attempts, an Event each")
+    times = [parse_time(e["firstTimestamp"]) for e in warned]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
+    # Event times are whole seconds: allow one.
+    for gap, backoff in zip(gaps, (2, 4, 8, 8), strict=False):
+        assert gap >= backoff - 1, gaps
 
     pebble.start()
     recovered = wait_for_certificate(kubectl, namespace, timeout=40)
@@ -477,7 +535,7 @@ def test_end_to_end_real_nginx_serves_the_issued_certificate_for_every_name(
             assert response.status == 301, name
             assert response.getheader("Location") == f"https://{DOMAINS[0]}/post?id=7"
         # Trusting anything else fails: this really is Pebble's chain.
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(ssl.SSLCertVerificationError, match="certificate verify failed"):
             nginx.https(DOMAINS[0], "/", trust=Path(challenge_ca_file(tmp_path, pebble)))
         # Port 80 hands ACME challenges to cert-refresh, for every name.
         for name in DOMAINS + REDIRECTS:
@@ -574,6 +632,42 @@ def test_sites_ordering_at_once_share_one_account(
     lost = failures(kubectl, namespace, "AcmeError")
     assert not lost, [event["message"] for event in lost]  # no order lost to the shared account
 
+    # Another email is another account.
+    other = acme_site(pebble)
+    other["metadata"]["name"] = "site-other"
+    other["spec"]["domains"] = ["other.blog.example"]
+    other["spec"]["redirectDomains"] = []
+    other["spec"]["tls"]["acme"]["email"] = "someone-else@example.test"
+    kubectl.apply(other, namespace)
+    wait_for(
+        lambda: (
+            condition(
+                kubectl.json("get", "blogsite", "site-other", "-n", namespace), "CertificateReady"
+            ).get("status")
+            == "True"
+        ),
+        timeout=60,
+        what="the other account's certificate",
+    )
+
+    def account_secrets() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = kubectl.json(
+            "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+        )["items"]
+        return items
+
+    assert len(account_secrets()) == 2
+    # The accounts outlive every site (a new site reuses them; no new account).
+    kubectl.run("delete", "blogsites", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
+    wait_for(
+        lambda: not kubectl.exists("secret", "site-0-tls", namespace),
+        timeout=90,
+        what="the sites' own Secrets collected",
+    )
+    kept = account_secrets()
+    assert len(kept) == 2
+    assert all(not s["metadata"].get("ownerReferences") for s in kept)
+
 
 def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
     kubectl: Kubectl,
@@ -644,3 +738,77 @@ def test_a_deleted_or_damaged_secret_is_reissued(
     wait_for_certificate(kubectl, namespace, other_than=serial)
     chain, key = served_chain(kubectl, namespace)
     assert certs.key_matches(chain, key)
+
+
+def test_a_tls_secret_that_belongs_to_someone_else_is_never_written(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{SITE}-tls", "labels": {"owner": "someone-else"}},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": base64.b64encode(b"theirs").decode(), "tls.key": ""},
+    }
+    kubectl.apply(theirs, namespace)
+    before = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
+    apply_acme_site(kubectl, namespace, pebble)
+
+    def reported() -> dict[str, Any] | None:
+        site = blogsite(kubectl, namespace)
+        return site if condition(site, "Reconciled").get("reason") == "NameConflict" else None
+
+    site = wait_for(reported, timeout=60, what="the name conflict reported")
+    assert f"{SITE}-tls" in condition(site, "Reconciled")["message"]
+    # Passes after it (an order among them, if one were made) leave it alone.
+    for _ in range(2):
+        operator_process.looked_again(SITE)
+    after = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["data"] == before["data"]
+    assert not events(kubectl, namespace, "CertificateIssued")
+
+
+def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
+    pebble: Pebble,
+) -> None:
+    """Against Pebble itself: an order the operator will not answer leaves no
+    authorization pending at the CA (which caps them per account)."""
+    account = AccountConfig(
+        server=pebble.directory_url,
+        email="ops@blog.example",
+        key_pem=certs.generate_private_key("ECDSAP256"),
+        ca_bundle_path=str(pebble.state_dir / "pebble-ca.pem"),
+    )
+    session = Session(account)
+    session.register()
+    orders: list[Any] = []
+    new_order = session.client.new_order
+
+    def recording_new_order(*args: Any, **kwargs: Any) -> Any:
+        order = new_order(*args, **kwargs)  # the real request to Pebble
+        orders.append(order)
+        return order
+
+    session.client.new_order = recording_new_order  # type: ignore[method-assign]
+
+    def failing_self_check(checks: list[tuple[str, str, str]]) -> None:
+        raise IssuanceError("SelfCheckFailed", "the frontend did not answer")
+
+    request = OrderRequest(
+        names=("a.blog.example", "b.blog.example"),
+        key_algorithm="ECDSAP256",
+        profile=None,
+        timeout=datetime.timedelta(seconds=30),
+    )
+    with pytest.raises(IssuanceError, match="the frontend did not answer"):
+        session.order(request, publish=lambda answers: None, self_check=failing_self_check)
+    (order,) = orders
+    assert len(order.authorizations) == 2
+    for authorization in order.authorizations:
+        polled, _ = session.client.poll(authorization)
+        assert polled.body.status == messages.STATUS_DEACTIVATED, polled.body.status
