@@ -6,7 +6,6 @@ annotation kwok.blogsite.daedalus.dev/behavior.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -86,7 +85,13 @@ def test_never_ready(kubectl: Kubectl, namespace: str, select_by: str) -> None:
     )
     assert ready(pod) == "False"
     assert "running" in container_status(pod)["state"]
-    time.sleep(3)  # and it stays not Ready
+    # And it stays not Ready: a pod created after it gets through KWOK's
+    # stages to Ready, so KWOK has had its chance to change this one too.
+    create_deployment(kubectl, namespace, "later", "example.com/app:v1")
+    wait_for(
+        lambda: (p := pod_of(kubectl, namespace, "later")) and ready(p) == "True",
+        what="a later pod Ready",
+    )
     pod = pod_of(kubectl, namespace, "never")
     assert pod is not None
     assert ready(pod) == "False"

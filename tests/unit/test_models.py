@@ -36,7 +36,7 @@ class TestDefaults:
 
     def test_models_are_frozen(self) -> None:
         parsed = models.parse_spec(spec())
-        with pytest.raises(pydantic.ValidationError):
+        with pytest.raises(pydantic.ValidationError, match="Instance is frozen"):
             parsed.domains = ["other.example.com"]  # type: ignore[misc]
 
 
@@ -75,7 +75,8 @@ class TestNames:
         "name", ["Blog.example.com", "*.example.com", "blog.example.com.", "-a.com", "a_b.com", ""]
     )
     def test_bad_hostnames_are_refused(self, name: str) -> None:
-        with pytest.raises(pydantic.ValidationError):
+        message = "at least 1 character" if not name else "must be a lowercase RFC 1123 hostname"
+        with pytest.raises(pydantic.ValidationError, match=message):
             models.parse_spec(spec(domains=[name]))
 
     def test_a_name_in_both_lists_is_refused(self) -> None:
@@ -117,7 +118,7 @@ class TestOtherFields:
 
     @pytest.mark.parametrize("port", [0, 65536, -1])
     def test_port_range(self, port: int) -> None:
-        with pytest.raises(pydantic.ValidationError):
+        with pytest.raises(pydantic.ValidationError, match=r"daedalus.port\n.*(equal to 1 |65535)"):
             models.parse_spec(spec(daedalus={"image": "d:1", "port": port}))
 
     @pytest.mark.parametrize("path", ["healthz", "/a b", "/x;y", '/"q"', "/{x}"])

@@ -71,7 +71,9 @@ def test_hostnames_are_checked_again_even_if_a_model_is_built_unvalidated() -> N
 
 
 def test_extra_config_is_opt_in_and_lands_in_the_domain_servers() -> None:
-    assert "extraConfig" not in render_nginx_conf(spec(), FACTS)
+    plain = render_nginx_conf(spec(), FACTS)
+    assert "user-supplied" not in plain  # the marker comment of the block below
+    assert "add_header" not in plain
     conf = render_nginx_conf(
         spec(frontend={"extraConfig": "add_header X-Blog yes;"}, tls={"secretName": "x"}), TLS_FACTS
     )

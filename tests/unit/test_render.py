@@ -94,7 +94,8 @@ class TestDeployments:
         for (kind, _), obj in rendered().items():
             if kind == "Deployment":
                 assert obj["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-                assert obj["spec"]["revisionHistoryLimit"] >= 2
+                # The README promises ten: the last good version's ReplicaSet is kept.
+                assert obj["spec"]["revisionHistoryLimit"] == 10
 
     def test_serving_pods_drain_before_they_stop(self) -> None:
         objects = rendered()

@@ -190,3 +190,12 @@ class TestDecideVersion:
             decision = decide(live=live, health=health, memory=memory)
             assert decision.apply_version == "v1"
             memory = decision.memory
+
+    def test_the_known_good_version_failing_is_degraded_and_kept(self) -> None:
+        # Nothing better to go back to: keep it, and say that it fails.
+        memory = VersionMemory("v1")
+        decision = decide(desired="v1", live="v1", health=FAILED, memory=memory)
+        assert decision.apply_version == "v1"
+        assert decision.condition[:2] == ("False", "Degraded")
+        assert "the known-good version v1 is failing" in decision.condition[2]
+        assert decision.memory == memory
