@@ -5,11 +5,12 @@
 #                 the real node's container runtime and pod network (hack/node.sh)
 #   buildah, mmdebstrap
 #                 build the images from the Dockerfile and Debian's packages (hack/images.sh)
+#   prometheus    promtool checks the alert rules and the /metrics output
 set -euo pipefail
 wanted=(make:make nginx-light:/usr/sbin/nginx runc:/usr/sbin/runc
   containernetworking-plugins:/usr/lib/cni/bridge iptables:/usr/sbin/iptables nftables:/usr/sbin/nft
   conntrack:/usr/sbin/conntrack buildah:/usr/bin/buildah mmdebstrap:/usr/bin/mmdebstrap
-  curl:/usr/bin/curl openssl:/usr/bin/openssl)
+  curl:/usr/bin/curl openssl:/usr/bin/openssl prometheus:/usr/bin/promtool)
 missing=()
 for entry in "${wanted[@]}"; do
   package="${entry%%:*}" probe="${entry#*:}"
@@ -24,5 +25,8 @@ fi
 echo "[system-deps] installing ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-# The nginx package starts a system nginx on port 80; the tests run their own.
+# The nginx package starts a system nginx on port 80, and the prometheus
+# package a Prometheus (and node exporter) of its own; the tests run their own.
 service nginx stop >/dev/null 2>&1 || true
+service prometheus stop >/dev/null 2>&1 || true
+service prometheus-node-exporter stop >/dev/null 2>&1 || true

@@ -70,6 +70,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     from blogsite_operator import handlers, kube  # noqa: PLC0415
     from blogsite_operator.health import Health  # noqa: PLC0415
+    from blogsite_operator.metrics import METRICS  # noqa: PLC0415
 
     try:
         settings = OperatorSettings.from_env()
@@ -96,7 +97,7 @@ def run_command(args: argparse.Namespace) -> int:
         )
     health = Health()
     if args.health_address:
-        health.serve(args.health_address)
+        health.serve(args.health_address, METRICS if settings.metrics else None)
     elector = None
     if settings.leader_lease is not None:
         elector = _lead(settings.leader_lease, settings.leader_lease_seconds, health)
@@ -110,6 +111,7 @@ def run_command(args: argparse.Namespace) -> int:
         health.start_beating()
 
     health.role = "leader"
+    METRICS.leader.set(1)
     try:
         kopf.run(
             registry=registry,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from blogsite_operator import kube, models
 from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.issuance.issuer import CertificateIssuer
+from blogsite_operator.metrics import METRICS
 from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
@@ -78,6 +80,7 @@ class SiteQueue:
         self.tasks: set[asyncio.Future[None]] = set()
         self.known: set[tuple[str, str]] = set()
         self.cache = ChildCache()
+        METRICS.cache_objects.set_function(lambda: len(self.cache))
         self.nginx = NginxChecker(
             settings.nginx_binary, allow_extra_config=settings.allow_extra_config
         )
@@ -121,9 +124,13 @@ class SiteQueue:
         if key in self.pending:
             return  # a reconcile is already queued and will see the latest state
         self.pending.add(key)
+        METRICS.queue_depth.set(len(self.pending))
+        queued_at = time.monotonic()
         lock = self.locks.setdefault(key, asyncio.Lock())
         async with lock:
             self.pending.discard(key)
+            METRICS.queue_depth.set(len(self.pending))
+            METRICS.queue_wait.observe(time.monotonic() - queued_at)
             await self._run(key)
 
     async def _run(self, key: tuple[str, str]) -> None:
@@ -132,19 +139,25 @@ class SiteQueue:
         if retry is not None:
             retry.cancel()
         logger.debug("pass over %s/%s begins", namespace, name)
+        started = time.monotonic()
+        outcome = "error"
         try:
-            await self._pass(key)
+            outcome = await self._pass(key)
         finally:
+            METRICS.reconcile_duration.observe(time.monotonic() - started)
+            if outcome != "gone":
+                METRICS.reconciles.labels(outcome).inc()
             logger.debug("pass over %s/%s ends", namespace, name)
 
-    async def _pass(self, key: tuple[str, str]) -> None:
+    async def _pass(self, key: tuple[str, str]) -> str:
+        """One pass; its outcome: success, conflict, error or gone."""
         namespace, name = key
         site: dict[str, Any] | None = None
         try:
             site = await asyncio.to_thread(self.api.get, models.KIND, namespace, name)
             if site is None or site["metadata"].get("deletionTimestamp"):
                 self.forget(key)
-                return
+                return "gone"
             outcome = await asyncio.to_thread(
                 reconcile_site,
                 self.api,
@@ -156,20 +169,24 @@ class SiteQueue:
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do
                 self.forget(key)
-                return
+                return "gone"
             if error.status == 409 and self.failures.get(key, 0) < 3:
                 # The BlogSite changed during the pass: its status patch was
                 # refused. Not a failure: a new pass starts from the new state.
                 logger.info("%s/%s changed during its pass; reconciling again", *key)
                 self.failures[key] = self.failures.get(key, 0) + 1
                 self._spawn_trigger(*key)
-                return
+                return "conflict"
             await self._failed(key, site, error)
-            return
+            return "error"
         except Exception as error:  # noqa: BLE001 - any failure is retried, never fatal
             await self._failed(key, site, error)
-            return
+            return "error"
         self.failures.pop(key, None)
+        if outcome.status:
+            METRICS.observe_site(namespace, name, outcome.status)
+        for component, why in outcome.reverts:
+            METRICS.reverts.labels(component, why).inc()
         if outcome.requeue_after is not None and key not in self.retries:
             loop = asyncio.get_running_loop()
             self.retries[key] = loop.call_later(outcome.requeue_after, self._spawn_trigger, *key)
@@ -182,6 +199,7 @@ class SiteQueue:
                 "updated" if outcome.status_written else "unchanged",
                 f"; conflicts: {', '.join(outcome.conflicts)}" if outcome.conflicts else "",
             )
+        return "success"
 
     async def _failed(
         self, key: tuple[str, str], site: dict[str, Any] | None, error: Exception
@@ -223,6 +241,7 @@ class SiteQueue:
 
     def forget(self, key: tuple[str, str]) -> None:
         self.known.discard(key)
+        METRICS.forget_site(*key)
         if self._issuer is not None:
             self._issuer.forget(key)
         self.failures.pop(key, None)

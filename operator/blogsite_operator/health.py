@@ -5,6 +5,7 @@ from a live one.
   /healthz  200 while the process works: a candidate waiting for the Lease,
             or a leader whose event loop has beaten recently
   /readyz   200 once the process is a candidate or a running leader
+  /metrics  Prometheus metrics (unless turned off)
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from blogsite_operator.metrics import CONTENT_TYPE, Metrics
 
 logger = logging.getLogger("blogsite_operator.health")
 
@@ -59,22 +62,29 @@ class Health:
             role = self.role
         return role in ("candidate", "leader"), role
 
-    def serve(self, address: str) -> ThreadingHTTPServer:
-        """Serve on HOST:PORT from a daemon thread."""
+    def serve(self, address: str, metrics: Metrics | None = None) -> ThreadingHTTPServer:
+        """Serve on HOST:PORT from a daemon thread (and /metrics, if given)."""
         host, _, port = address.rpartition(":")
         health = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                path = self.path.split("?")[0]
+                if path == "/metrics" and metrics is not None:
+                    self._answer(200, metrics.expose(), CONTENT_TYPE)
+                    return
                 checks = {"/healthz": health.alive, "/readyz": health.ready}
-                check = checks.get(self.path.split("?")[0])
+                check = checks.get(path)
                 if check is None:
                     self.send_error(404)
                     return
                 ok, detail = check()
                 body = f"{'ok' if ok else 'failing'}: {detail}\n".encode()
-                self.send_response(200 if ok else 503)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
+                self._answer(200 if ok else 503, body, "text/plain; charset=utf-8")
+
+            def _answer(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

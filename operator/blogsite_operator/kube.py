@@ -22,6 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import models
+from blogsite_operator.metrics import METRICS, verb_of
 from blogsite_operator.render.site import FIELD_MANAGER
 from blogsite_operator.timestamps import format_time
 
@@ -135,6 +136,7 @@ class Api:
         response = self._request(
             method, path, body=body, query=query, content_type=content_type, timeout=timeout
         )
+        METRICS.api_requests.labels(verb_of(method, path, query), str(response.status)).inc()
         response.read()
         text = response.data.decode("utf-8") if response.data else ""
         if not 200 <= response.status <= 299:
@@ -189,6 +191,7 @@ class Api:
         response = self._request(
             "GET", KINDS[kind].path(namespace), query=params, timeout=timeout_seconds + 30
         )
+        METRICS.api_requests.labels("watch", str(response.status)).inc()
         raw = response.response  # urllib3's, unread: events arrive one JSON line each
         try:
             if not 200 <= response.status <= 299:

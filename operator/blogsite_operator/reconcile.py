@@ -93,6 +93,8 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     # Run once the status is written (an ACME result it now records).
     after_status: list[Callable[[], None]] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)  # as written, for metrics
+    reverts: list[tuple[str, str]] = field(default_factory=list)  # (component, why)
 
 
 def is_subset(desired: Any, live: Any) -> bool:
@@ -286,6 +288,7 @@ def reconcile_site(
         rollout_memory = gate.memory
         extra_conditions["RolloutHealthy"] = gate.condition
         outcome.events.extend(Event(*event) for event in gate.events)
+        outcome.reverts.extend(gate.reverts)
         rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
         _apply_all(api, ref, desired, outcome)
         _prune(api, ref, desired, outcome)
@@ -337,6 +340,7 @@ def reconcile_site(
     if rollout_retry is not None:
         status["rolloutRetry"] = rollout_retry
     outcome.events.extend(_transition_events(previous_status, status))
+    outcome.status = status
     patch = merge_patch(previous_status, status)
     if patch:
         api.patch_blogsite_status(namespace, name, metadata["resourceVersion"], patch)

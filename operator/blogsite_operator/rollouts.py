@@ -57,6 +57,7 @@ class GateResult:
     events: list[tuple[str, str, str]] = field(default_factory=list)
     requeue_after: float | None = None
     retry_consumed: str | None = None
+    reverts: list[tuple[str, str]] = field(default_factory=list)  # (component, why), for metrics
 
 
 def _selector(labels: dict[str, str]) -> str:
@@ -192,6 +193,9 @@ def gate_deployments(
         )
         if decision.event is not None:
             result.events.append(decision.event)
+            if decision.event[1] == "RolledBack":
+                why = (decision.memory.failed_reason or "Unknown").split(":", 1)[0]
+                result.reverts.append((component.value, why))
         status, reason, message = decision.condition
         if status != CONDITION_TRUE:
             problems.append(Verdict(status, reason, message))

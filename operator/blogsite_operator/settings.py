@@ -41,6 +41,7 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS ask the CA's renewal info at least
           this often (21600, the ARI default; the CA's Retry-After may say sooner)
       BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS give up on one order after (180)
+      BLOGSITE_OPERATOR_METRICS         true (default): serve /metrics on the health address
       BLOGSITE_OPERATOR_LEADER_LEASE    NAMESPACE/NAME of a coordination.k8s.io Lease:
           run only while holding it, so several replicas never write at once;
           default: no leader election (one replica only)
@@ -53,6 +54,7 @@ class OperatorSettings:
     workers: int = 16
     nginx_binary: str | None = None
     allow_extra_config: bool = False
+    metrics: bool = True
     leader_lease: tuple[str, str] | None = None
     leader_lease_seconds: float = 15.0
     render: RenderSettings = field(default_factory=RenderSettings)
@@ -83,6 +85,7 @@ class OperatorSettings:
             nginx_binary=get("NGINX"),
             allow_extra_config=(get("ALLOW_EXTRA_CONFIG") or "false").lower()
             in ("1", "true", "yes"),
+            metrics=_flag(get, "METRICS", default=True),
             leader_lease=_lease(get("LEADER_LEASE")),
             leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(
@@ -139,3 +142,14 @@ def _lease(raw: str | None) -> tuple[str, str] | None:
     ):
         raise ValueError(f"{ENV_PREFIX}LEADER_LEASE must be NAMESPACE/NAME, not {raw!r}")
     return namespace, name
+
+
+def _flag(get: Callable[[str], str | None], key: str, *, default: bool) -> bool:
+    raw = get(key)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ENV_PREFIX}{key} must be true or false, not {raw!r}")

@@ -34,6 +34,7 @@ from blogsite_operator.issuance.protocol import (
     Session,
     directory_url,
 )
+from blogsite_operator.metrics import METRICS
 from blogsite_operator.policies.certificate import RenewalInfo
 from blogsite_operator.render.site import (
     ACME_ACCOUNT_LABEL,
@@ -161,7 +162,11 @@ class CertificateIssuer:
             result = JobResult(
                 job, _now(), error=IssuanceError("InternalError", kube.describe_error(error))
             )
-        self._finish(key, dataclasses.replace(result, seconds=round(time.monotonic() - started, 3)))
+        seconds = time.monotonic() - started
+        if isinstance(job, IssueJob):
+            METRICS.acme_orders.labels(result.error.reason if result.error else "issued").inc()
+            METRICS.acme_order_duration.observe(seconds)
+        self._finish(key, dataclasses.replace(result, seconds=round(seconds, 3)))
 
     def _finish(self, key: SiteKey, result: JobResult) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
 from blogsite_operator import certs
+from blogsite_operator.metrics import METRICS, acme_endpoint
 
 logger = logging.getLogger("blogsite_operator.acme")
 
@@ -90,10 +91,19 @@ class _Network(client.ClientNetwork):
         super().__init__(key, alg=ES256, verify_ssl=verify, user_agent=USER_AGENT)  # type: ignore[arg-type]
         self.counter = counter
         self.retry_after: datetime.datetime | None = None
+        # name -> URL from the CA's directory, once read: names requests in metrics.
+        self.directory_urls: dict[str, str] = {}
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         self.counter.requests += 1
-        response = super()._send_request(method, url, *args, **kwargs)
+        try:
+            response = super()._send_request(method, url, *args, **kwargs)
+        except requests.RequestException:  # no answer at all
+            METRICS.acme_requests.labels(acme_endpoint(url, self.directory_urls), "error").inc()
+            raise
+        METRICS.acme_requests.labels(
+            acme_endpoint(url, self.directory_urls), str(response.status_code)
+        ).inc()
         # The last response's: an error is explained by the response that carried it.
         header = response.headers.get("Retry-After")
         self.retry_after = parse_retry_after(header) if header else None
@@ -184,6 +194,10 @@ class Session:
         self.network = _Network(self.key, verify, self.counter)
         with _explained(self.network):
             directory = client.ClientV2.get_directory(account.server, self.network)
+        self.network.directory_urls = {
+            "directory": account.server,
+            **{k: v for k, v in directory.to_partial_json().items() if isinstance(v, str)},
+        }
         self.client = client.ClientV2(directory, self.network)
 
     def register(self) -> None:
