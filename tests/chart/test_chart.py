@@ -52,6 +52,7 @@ def test_defaults_run_two_replicas_with_a_lease_and_cluster_wide_rights(helm: He
         "PodDisruptionBudget",
         "Role",
         "RoleBinding",
+        "Service",
         "ServiceAccount",
     ]
     spec = deployment(documents)["spec"]
@@ -221,3 +222,30 @@ def test_the_notes_say_what_to_do_next(helm: Helm) -> None:
     assert "the namespaces blogs" in notes
     assert "kubectl apply -n blogs -f blogsite.yaml" in notes
     assert "kubectl delete crd blogsites.blog.daedalus.dev" in notes
+
+
+def test_metrics_are_scraped_through_a_service_and_can_be_turned_off(helm: Helm) -> None:
+    documents = helm.template("metrics.serviceMonitor.enabled=true")
+    (service,) = by_kind(documents, "Service")
+    (monitor,) = by_kind(documents, "ServiceMonitor")
+    pod_labels = deployment(documents)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
+    assert container_env(documents)["BLOGSITE_OPERATOR_METRICS"] == "true"
+    off = helm.template("metrics.enabled=false", "metrics.serviceMonitor.enabled=true")
+    assert not by_kind(off, "Service")
+    assert not by_kind(off, "ServiceMonitor")
+    assert container_env(off)["BLOGSITE_OPERATOR_METRICS"] == "false"
+
+
+def test_the_prometheus_rule_carries_the_projects_alert_rules(helm: Helm) -> None:
+    assert not by_kind(helm.template(), "PrometheusRule")
+    (rule,) = by_kind(helm.template("prometheusRule.enabled=true"), "PrometheusRule")
+    rules_file = ROOT / "deploy" / "prometheus" / "blogsite-operator.rules.yaml"
+    ours = yaml.safe_load(rules_file.read_text(encoding="utf-8"))
+    assert rule["spec"]["groups"] == ours["groups"], (
+        f"the chart's files/alerts.yaml is stale: copy {rules_file.relative_to(ROOT)} over it"
+    )
