@@ -97,6 +97,11 @@ class Api:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self._api = api or api_client()
 
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return str(self._api.configuration.host)
+
     def _request(
         self,
         method: str,
@@ -215,6 +220,13 @@ class Api:
         result = self._call(
             "GET", KINDS[kind].path(namespace), query=[("labelSelector", label_selector)]
         )
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
+
+    def events_of(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The Events about the BlogSite `name` (kubectl describe's list)."""
+        query = [("fieldSelector", f"involvedObject.kind={models.KIND},involvedObject.name={name}")]
+        result = self._call("GET", f"/api/v1/namespaces/{namespace}/events", query=query)
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 

@@ -1,0 +1,56 @@
+"""`kubectl blogsite status`'s screen, from a BlogSite (pure)."""
+
+from __future__ import annotations
+
+from blogsite_operator.plugin import status_screen
+
+SITE = {
+    "metadata": {"name": "notes", "namespace": "blogs", "generation": 3},
+    "spec": {"domains": ["notes.example.org"], "tls": {"acme": {"email": "a@example.org"}}},
+    "status": {
+        "observedGeneration": 3,
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "Available", "message": "serving"},
+            {"type": "CertificateReady", "status": "False", "reason": "AcmeServerUnreachable"},
+        ],
+        "certificate": {
+            "placeholder": False,
+            "serialNumber": "1f",
+            "notBefore": "2026-11-01T00:00:00Z",
+            "notAfter": "2027-01-30T00:00:00Z",
+            "renewalTime": "2026-12-31T00:00:00Z",
+            "lastFailure": {"reason": "AcmeServerUnreachable", "message": "connection refused"},
+            "failedAttempts": 2,
+            "nextAttempt": "2026-11-29T12:00:00Z",
+        },
+        "components": {
+            "daedalus": {
+                "image": "ghcr.io/example/daedalus:1",
+                "replicas": 2,
+                "availableReplicas": 2,
+                "version": "d:1",
+                "lastGoodVersion": "d:1",
+                "failedVersion": "d:2",
+                "failedReason": "PodsFailing: crash",
+            }
+        },
+    },
+}
+EVENTS = [
+    {"lastTimestamp": f"2026-11-29T10:0{i}:00Z", "type": "Normal", "reason": f"R{i}"}
+    for i in range(10)
+]
+
+
+def test_one_screen_says_what_is_wrong_and_what_comes_next() -> None:
+    screen = status_screen(SITE, EVENTS)
+    assert "BlogSite blogs/notes  (generation 3, observed 3)" in screen
+    assert "CertificateReady   False   AcmeServerUnreachable" in screen
+    assert "issued, serial 1f" in screen
+    assert "renewal  planned 2026-12-31T00:00:00Z" in screen
+    assert "last failure: AcmeServerUnreachable: connection refused (2 attempt(s); next" in screen
+    assert "daedalus      ghcr.io/example/daedalus:1  2/2 available" in screen
+    assert "version d:1, last good d:1, failed d:2 (PodsFailing: crash)" in screen
+    shown = screen.split("Events:", 1)[1]
+    assert "R9" in shown
+    assert "R1" not in shown  # only the latest eight
