@@ -14,6 +14,7 @@ import itertools
 import json
 import secrets
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +27,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+from kubernetes import config
 
-from blogsite_operator import certs
+from blogsite_operator import certs, kube, models
+from blogsite_operator.issuance.issuer import CertificateIssuer, IssueJob
 from blogsite_operator.issuance.protocol import AccountConfig, IssuanceError, OrderRequest, Session
+from blogsite_operator.render.site import SiteRef, render_challenges_config_map
+from blogsite_operator.settings import AcmeSettings
 from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess
 from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import ChallengeServer, Pebble, running_pebble
@@ -812,3 +817,35 @@ def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
     for authorization in order.authorizations:
         polled, _ = session.client.poll(authorization)
         assert polled.body.status == messages.STATUS_DEACTIVATED, polled.body.status
+
+
+def test_a_certificate_for_names_the_spec_no_longer_has_is_never_written(
+    kubectl: Kubectl, namespace: str, pebble: Pebble, challenge_server: ChallengeServer
+) -> None:
+    """The issuer itself, against this cluster and Pebble: an order whose names
+    the BlogSite dropped while it ran ends Superseded, and its certificate is
+    not written over the one the site needs."""
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble)
+    kubectl.apply(site, namespace)
+    body = blogsite(kubectl, namespace)
+    ref = SiteRef(name=SITE, namespace=namespace, uid=body["metadata"]["uid"])
+    kubectl.apply(render_challenges_config_map(ref), namespace)
+    api_client = config.new_client_from_config(config_file=kubectl.kubeconfig)  # type: ignore[no-untyped-call]
+    finished = threading.Event()
+    issuer = CertificateIssuer(kube.Api(api_client), AcmeSettings(), lambda *_: finished.set())
+    try:
+        acme = models.parse_spec(site["spec"]).tls.acme  # type: ignore[union-attr]
+        assert acme is not None
+        # The names of an order started before the spec dropped one.
+        stale = (*DOMAINS, *REDIRECTS, "dropped.blog.example")
+        assert issuer.submit(IssueJob(ref, stale, acme))
+        assert finished.wait(60), "the order never ended"
+        _, result = issuer.state((namespace, SITE))
+        assert result is not None
+        assert result.error is not None
+        assert result.error.reason == "Superseded", result.error.message
+        assert not kubectl.exists("secret", f"{SITE}-tls", namespace)
+    finally:
+        issuer.shutdown(wait=True)
+        api_client.close()
