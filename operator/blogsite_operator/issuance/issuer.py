@@ -305,7 +305,12 @@ class CertificateIssuer:
             self.api.merge_patch("ConfigMap", site.namespace, name, patch)
         except Exception as error:  # noqa: BLE001 - any API failure means the same here
             if clear:  # the order is over either way; a leftover answer is harmless
-                logger.warning("could not clear challenge answers of %s: %s", name, error)
+                logger.warning(
+                    "could not clear the challenge answers of %s/%s: %s",
+                    site.namespace,
+                    site.name,
+                    kube.describe_error(error),
+                )
                 return
             raise IssuanceError(
                 "PublishFailed",
