@@ -95,7 +95,8 @@ def run_command(args: argparse.Namespace) -> int:
             f"the {models.KIND} CRD is not installed: kubectl apply -f crds/ "
             "(or install the Helm chart with crds.install=true)"
         )
-    health = Health()
+    health = Health(watch_dead_after=settings.watch_dead_seconds)
+    logging.getLogger("kopf").addHandler(health.watch_failures)
     if args.health_address:
         health.serve(args.health_address, METRICS if settings.metrics else None)
     elector = None

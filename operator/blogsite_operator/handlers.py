@@ -289,8 +289,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         # would take cluster-wide rights the namespaced install must not have.
         settings.scanning.disabled = True
         settings.networking.error_backoffs = EndlessBackoffs()
-        settings.watching.server_timeout = 300
-        settings.watching.client_timeout = 330
+        settings.watching.server_timeout = int(queue.settings.watch_timeout_seconds)
+        settings.watching.client_timeout = int(queue.settings.watch_timeout_seconds) + 30
         settings.execution.max_workers = queue.settings.workers
         queue.loop = asyncio.get_running_loop()
         resync = asyncio.ensure_future(queue.resync_forever())

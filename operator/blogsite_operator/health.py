@@ -3,7 +3,10 @@ they answer while the process waits to lead, and tell a stuck event loop
 from a live one.
 
   /healthz  200 while the process works: a candidate waiting for the Lease,
-            or a leader whose event loop has beaten recently
+            or a leader whose event loop has beaten recently and none of
+            whose watches has been dead, or failing without a break, for
+            longer than a bound (kopf retries a failing watch for ever and
+            does not respawn one that died: a restart is the cure)
   /readyz   200 once the process is a candidate or a running leader
   /metrics  Prometheus metrics (unless turned off)
 """
@@ -12,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 from blogsite_operator.metrics import CONTENT_TYPE, Metrics
 
@@ -26,16 +31,77 @@ logger = logging.getLogger("blogsite_operator.health")
 STUCK_AFTER_SECONDS = 30.0
 
 
-class Health:
+# kopf names each watch-stream task so (orchestration.py).
+WATCHER_TASK_PREFIX = "watcher for "
+# kopf retries a failing watch request for ever (403s included: they happen
+# during upgrades) and logs each failure; failures further apart than this
+# are separate streaks (our backoffs are at most 10 s).
+FAILURE_STREAK_GAP_SECONDS = 30.0
+_FAILED_WATCH = re.compile(r"Request attempt #\d+ failed; .*?GET (\S+?)\?\S*watch=true")
+
+
+class WatchFailures(logging.Handler):
+    """Reads kopf's log for watch requests that keep failing (a lost
+    permission, a gone resource): the watch is as good as dead."""
+
     def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self._streaks: dict[str, tuple[float, float]] = {}  # URL path -> (first, last)
+        self._lock_streaks = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = _FAILED_WATCH.search(record.getMessage())
+        if match is None:
+            return
+        path, now = urlsplit(match.group(1)).path, time.monotonic()
+        with self._lock_streaks:
+            first, last = self._streaks.get(path, (now, now))
+            if now - last > FAILURE_STREAK_GAP_SECONDS:
+                first = now
+            self._streaks[path] = (first, now)
+
+    def failing(self, longer_than: float) -> list[tuple[str, float]]:
+        """Watches failing without a break for longer than `longer_than` seconds."""
+        now = time.monotonic()
+        with self._lock_streaks:
+            return sorted(
+                (path, now - first)
+                for path, (first, last) in self._streaks.items()
+                if now - last <= FAILURE_STREAK_GAP_SECONDS and now - first > longer_than
+            )
+
+
+class Health:
+    def __init__(self, watch_dead_after: float = 60.0) -> None:
         self.role = "starting"  # starting | candidate | leader | stopping
+        self.watch_dead_after = watch_dead_after
+        self.watch_failures = WatchFailures()
         self._beat_at: float | None = None
         self._beating: asyncio.Future[None] | None = None
+        self._watchers: dict[str, asyncio.Task[object]] = {}
+        self._dead: list[str] = []
+        self._dead_since: float | None = None
         self._lock = threading.Lock()
 
     def beat(self) -> None:
+        """From the event loop: it is free, and which watches are dead."""
+        for task in asyncio.all_tasks():
+            if task.get_name().startswith(WATCHER_TASK_PREFIX):
+                self._watchers[task.get_name()] = task
+        dead = sorted(
+            name.removeprefix(WATCHER_TASK_PREFIX)
+            for name, task in self._watchers.items()
+            if task.done() and not task.cancelled()
+        )
+        now = time.monotonic()
         with self._lock:
-            self._beat_at = time.monotonic()
+            self._beat_at = now
+            if dead and self._dead_since is None:
+                logger.error("watches died and are not restarted: %s", ", ".join(dead))
+                self._dead_since = now
+            elif not dead:
+                self._dead_since = None
+            self._dead = dead
 
     def start_beating(self) -> None:
         """From the event loop: beat every second while the loop is free."""
@@ -49,12 +115,21 @@ class Health:
     def alive(self) -> tuple[bool, str]:
         with self._lock:
             role, beat_at = self.role, self._beat_at
+            dead, dead_since = list(self._dead), self._dead_since
         if role == "leader":
             if beat_at is None:
                 return True, "leader, starting"
-            silent = time.monotonic() - beat_at
+            now = time.monotonic()
+            silent = now - beat_at
             if silent > STUCK_AFTER_SECONDS:
                 return False, f"leader, event loop silent for {silent:.0f}s"
+            if dead_since is not None and now - dead_since > self.watch_dead_after:
+                return False, f"leader, watches dead for {now - dead_since:.0f}s: {', '.join(dead)}"
+            failing = self.watch_failures.failing(longer_than=self.watch_dead_after)
+            if failing:
+                worst = max(seconds for _, seconds in failing)
+                paths = ", ".join(path for path, _ in failing)
+                return False, f"leader, watches failing for {worst:.0f}s: {paths}"
         return True, role
 
     def ready(self) -> tuple[bool, str]:

@@ -42,6 +42,10 @@ class OperatorSettings:
           this often (21600, the ARI default; the CA's Retry-After may say sooner)
       BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS give up on one order after (180)
       BLOGSITE_OPERATOR_METRICS         true (default): serve /metrics on the health address
+      BLOGSITE_OPERATOR_WATCH_DEAD_SECONDS  /healthz fails once a watch has been dead this
+          long (60): kopf does not restart a watch that died, the kubelet restarts us
+      BLOGSITE_OPERATOR_WATCH_TIMEOUT_SECONDS  how long one watch request lasts before it
+          is made again (300)
       BLOGSITE_OPERATOR_LEADER_LEASE    NAMESPACE/NAME of a coordination.k8s.io Lease:
           run only while holding it, so several replicas never write at once;
           default: no leader election (one replica only)
@@ -55,6 +59,8 @@ class OperatorSettings:
     nginx_binary: str | None = None
     allow_extra_config: bool = False
     metrics: bool = True
+    watch_dead_seconds: float = 60.0
+    watch_timeout_seconds: float = 300.0
     leader_lease: tuple[str, str] | None = None
     leader_lease_seconds: float = 15.0
     render: RenderSettings = field(default_factory=RenderSettings)
@@ -86,6 +92,8 @@ class OperatorSettings:
             allow_extra_config=(get("ALLOW_EXTRA_CONFIG") or "false").lower()
             in ("1", "true", "yes"),
             metrics=_flag(get, "METRICS", default=True),
+            watch_dead_seconds=_seconds(get, "WATCH_DEAD_SECONDS", 60),
+            watch_timeout_seconds=_seconds(get, "WATCH_TIMEOUT_SECONDS", 300),
             leader_lease=_lease(get("LEADER_LEASE")),
             leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(

@@ -15,6 +15,8 @@ def test_defaults_watch_every_namespace_without_leader_election() -> None:
     assert settings.acme.self_check is None
     assert settings.metrics is True
     assert OperatorSettings.from_env({"BLOGSITE_OPERATOR_METRICS": "false"}).metrics is False
+    assert settings.watch_dead_seconds == 60
+    assert settings.watch_timeout_seconds == 300
 
 
 def test_values_are_read_and_trimmed() -> None:
@@ -44,6 +46,7 @@ def test_values_are_read_and_trimmed() -> None:
         ("LEADER_LEASE", "blogs/", "LEADER_LEASE must be NAMESPACE/NAME"),
         ("NAMESPACES", "blogs,team-*", "'team-\\*' is not a namespace name"),
         ("METRICS", "maybe", "METRICS must be true or false"),
+        ("WATCH_DEAD_SECONDS", "0", "WATCH_DEAD_SECONDS must be positive"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be plain, full or json"),
         ("ACME_BACKOFF_SECONDS", "soon", "ACME_BACKOFF_SECONDS must be a number"),
         ("ACME_BACKOFF_SECONDS", "-1", "ACME_BACKOFF_SECONDS must be positive"),
