@@ -24,7 +24,7 @@ import pytest
 
 from blogsite_operator import certs, models
 from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 
 def nginx_binary() -> str:
@@ -34,12 +34,6 @@ def nginx_binary() -> str:
     if binary is None:
         pytest.fail("nginx is not installed (apt-get install nginx-light); these tests need it")
     return binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class EchoHandler(BaseHTTPRequestHandler):

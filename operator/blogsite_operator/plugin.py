@@ -21,9 +21,9 @@ from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import kube, models
 from blogsite_operator.cli import CliError, render_command
+from blogsite_operator.issuance.driver import RENEW_ANNOTATION
+from blogsite_operator.rollouts import RETRY_ANNOTATION
 
-RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
-RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
 EVENTS_SHOWN = 8
 
 

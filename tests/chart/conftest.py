@@ -26,12 +26,16 @@ def helm_binary() -> str:
 
 
 class Helm:
-    def __init__(self, binary: str) -> None:
+    """The real helm; with a kubeconfig, against that cluster."""
+
+    def __init__(self, binary: str, kubeconfig: str | None = None) -> None:
         self.binary = binary
+        self.kubeconfig = kubeconfig
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        target = ["--kubeconfig", self.kubeconfig] if self.kubeconfig else []
         result = subprocess.run(
-            [self.binary, *args], capture_output=True, text=True, check=False, timeout=300
+            [self.binary, *target, *args], capture_output=True, text=True, check=False, timeout=600
         )
         if check and result.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stderr}")

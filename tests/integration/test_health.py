@@ -4,24 +4,15 @@ for ever, blind meanwhile), so that the kubelet restarts it."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.chart.conftest import CHART, helm_binary
+from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration.conftest import Kubectl, OperatorProcess
-from tests.support import wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.support import free_port, wait_for
 
 
 def healthz(port: int) -> tuple[int, str]:
@@ -48,9 +39,9 @@ def test_a_watch_that_keeps_failing_for_a_lost_permission_fails_liveness(
     kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:
     # The chart's namespaced RBAC, for this namespace only.
-    rbac = subprocess.run(
-        [
-            helm_binary(),
+    rbac = (
+        Helm(helm_binary())
+        .run(
             "template",
             "probe",
             str(CHART),
@@ -62,11 +53,9 @@ def test_a_watch_that_keeps_failing_for_a_lost_permission_fails_liveness(
             "templates/serviceaccount.yaml",
             "--show-only",
             "templates/rbac.yaml",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+        )
+        .stdout
+    )
     kubectl.run("apply", "-f", "-", stdin=rbac)
     account_config = service_account_kubeconfig(
         kubectl, namespace, "probe-blogsite-operator", tmp_path / "account.yaml"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import urllib.parse
 import urllib.request
@@ -29,16 +28,9 @@ from tests.integration.test_acme import (
     wait_for_certificate,
 )
 from tests.pebble import ChallengeServer, Pebble
-from tests.support import FIGURES, wait_for
+from tests.support import FIGURES, free_port, wait_for
 
 CRASHING = "ghcr.io/example/daedalus:2-kwok-crash-loop"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

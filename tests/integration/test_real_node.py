@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import ssl
-import subprocess
 import time
 import urllib.request
 import uuid
@@ -32,7 +31,7 @@ import yaml
 from cryptography import x509
 
 from blogsite_operator.render.site import TLS_HASH_ANNOTATION, VERSION_LABEL
-from tests.chart.conftest import CHART, helm_binary
+from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration.conftest import Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, wait_for
@@ -146,7 +145,7 @@ class Release:
     """The operator installed with the chart: two replicas, one leading."""
 
     kubectl: Kubectl
-    helm: str
+    helm: Helm
     values_path: Path
     watched: str
 
@@ -154,15 +153,7 @@ class Release:
     restarts_expected: bool = False
 
     def helm_run(self, *args: str, check: bool = True) -> str:
-        result = subprocess.run(
-            [self.helm, "--kubeconfig", self.kubectl.kubeconfig, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        assert result.returncode == 0 or not check, f"helm {' '.join(args)}:\n{result.stderr}"
-        return result.stdout
+        return self.helm.run(*args, check=check).stdout
 
     def install_or_upgrade(
         self, chart: Path = CHART, *sets: str, flags: tuple[str, ...] = ()
@@ -264,7 +255,7 @@ def release(
     )
     values_path = tmp_path_factory.mktemp("helm") / "values.yaml"
     values_path.write_text(yaml.safe_dump(release_values(real_node, real_namespace)))
-    handle = Release(kubectl, helm_binary(), values_path, real_namespace)
+    handle = Release(kubectl, Helm(helm_binary(), kubectl.kubeconfig), values_path, real_namespace)
     # The session installed the CRD from crds/ (kubectl apply), as a user
     # who had it before the chart did: the README's way to hand it over.
     handle.install_or_upgrade(flags=("--take-ownership",))

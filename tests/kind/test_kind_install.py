@@ -86,6 +86,12 @@ def condition(cluster: Any, kind: str) -> dict[str, Any]:
     return {}
 
 
+def wait_for_condition(cluster: Any, kind: str, field: str, value: str, what: str) -> None:
+    wait_for(
+        lambda: condition(cluster, kind).get(field) == value, timeout=300, interval=2, what=what
+    )
+
+
 def test_the_chart_on_kind_serves_a_site_and_reverts_a_crashing_version(kind: Any) -> None:
     kubectl(kind, "create", "namespace", NAMESPACE)
     repository, tag = OPERATOR_IMAGE.split(":")
@@ -108,12 +114,7 @@ def test_the_chart_on_kind_serves_a_site_and_reverts_a_crashing_version(kind: An
         "5m",
     )
     kubectl(kind, "apply", "-f", "-", stdin=yaml.safe_dump(site(DAEDALUS_IMAGE)))
-    wait_for(
-        lambda: condition(kind, "Ready").get("status") == "True",
-        timeout=300,
-        interval=2,
-        what="the site Ready",
-    )
+    wait_for_condition(kind, "Ready", "status", "True", "the site Ready")
     # The page through the frontend Service, from inside the cluster.
     fetch = (
         "import urllib.request as u;"
@@ -135,11 +136,8 @@ def test_the_chart_on_kind_serves_a_site_and_reverts_a_crashing_version(kind: An
     assert "daedalus stand-in" in page, page
 
     kubectl(kind, "apply", "-f", "-", stdin=yaml.safe_dump(site(CRASHING_IMAGE)))
-    wait_for(
-        lambda: condition(kind, "RolloutHealthy").get("reason") == "RolledBack",
-        timeout=300,
-        interval=2,
-        what="the crashing version reverted",
+    wait_for_condition(
+        kind, "RolloutHealthy", "reason", "RolledBack", "the crashing version reverted"
     )
     deployment = json.loads(
         kubectl(kind, "get", "deployment", "blog-daedalus", "-n", NAMESPACE, "-o", "json")

@@ -7,7 +7,6 @@ the rest serve `make_handler` on loopback in a thread, with answers set directly
 from __future__ import annotations
 
 import http.client
-import socket
 import subprocess
 import sys
 import threading
@@ -20,15 +19,9 @@ from pathlib import Path
 import pytest
 
 from blogsite_operator.challenge_server import Answers, make_handler
-from tests.support import wait_for
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
