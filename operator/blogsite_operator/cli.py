@@ -105,7 +105,8 @@ def run_command(args: argparse.Namespace) -> int:
         if elector is None:
             return 0  # stopped while waiting to lead
     registry = kopf.OperatorRegistry()
-    queue = handlers.register(registry, settings)
+    queue = handlers.register(registry, settings, namespaces)
+    health.synced = queue.synced
 
     @kopf.on.startup(registry=registry)
     async def start_heartbeat(**_: Any) -> None:

@@ -1,10 +1,12 @@
 """Thin kopf wiring: watch events in, `reconcile_site` out.
 
-Only `on.event` and nothing that persists state: kopf writes no annotations,
-finalizers or `status.kopf` onto BlogSites or their children, so an idle
-operator makes no API writes. Events for one BlogSite are coalesced (a burst
-of child updates runs one reconcile) and failures are retried with backoff,
-since `on.event` handlers are not retried by kopf itself.
+Only `on.event` and `index`, nothing that persists state: kopf writes no
+annotations, finalizers or `status.kopf` onto BlogSites or their children, so
+an idle operator makes no API writes. The indexes fill the cache and hold
+every event handler until each watch has listed once. Events for one BlogSite
+are coalesced (a burst of child updates runs one reconcile) into a pass that
+runs in a task of its own, off kopf's per-object worker, and failures are
+retried with backoff, since `on.event` handlers are not retried by kopf itself.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -79,6 +82,10 @@ class SiteQueue:
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
         self.known: set[tuple[str, str]] = set()
+        # Set once kopf lets events through, which it does only after every
+        # watch has listed once (see `register`): readiness, and proof that
+        # the cache holds every kind.
+        self.synced = threading.Event()
         self.cache = ChildCache()
         METRICS.cache_objects.set_function(lambda: len(self.cache))
         self.nginx = NginxChecker(
@@ -239,6 +246,35 @@ class SiteQueue:
         self.tasks.add(task)  # asyncio keeps only weak references to tasks
         task.add_done_callback(self.tasks.discard)
 
+    def enqueue(self, namespace: str, name: str) -> None:
+        """From an event handler: the pass runs in a task of its own, so kopf's
+        per-object worker is free at once for the next event."""
+        self.synced.set()
+        self._spawn_trigger(namespace, name)
+
+    async def confirm_synced_when_empty(self, namespaces: Sequence[str]) -> None:
+        """Readiness needs an event to prove the watches have listed; when none
+        of the watched objects exists there will be none, and one LIST of each
+        kind that finds nothing proves there was nothing to wait for."""
+        while True:
+            try:
+                found = await asyncio.to_thread(self._anything_to_list, namespaces)
+                break
+            except Exception as error:  # noqa: BLE001 - the API may not answer yet
+                logger.debug("could not list the watched kinds: %s", kube.describe_error(error))
+                await asyncio.sleep(2.0)
+        if not found:
+            self.synced.set()
+
+    def _anything_to_list(self, namespaces: Sequence[str]) -> bool:
+        watched = [(models.KIND, ""), *((kind, CHILD_SELECTOR) for kind, _ in WATCHED_CHILDREN)]
+        scopes: list[str | None] = [*namespaces] or [None]  # None: all namespaces
+        return any(
+            self.api.list_raw(kind, scope, [("labelSelector", selector), ("limit", "1")])["items"]
+            for kind, selector in watched
+            for scope in scopes
+        )
+
     def forget(self, key: tuple[str, str]) -> None:
         self.known.discard(key)
         METRICS.forget_site(*key)
@@ -272,8 +308,19 @@ def resync_offset(key: tuple[str, str], interval: float) -> float:
     return interval * digest / 2**32
 
 
-def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> SiteQueue:
-    """Register the handlers on `registry`; returns the queue for tests."""
+async def _hold_events_until_listed(**_: Any) -> None:
+    """An index that stores nothing, for BlogSites (children index into the
+    cache). kopf calls no event handler until every indexed resource has been
+    listed once and each listed object indexed, so no pass runs before the
+    cache has seen every kind: a pass over half a list would find no pods and
+    judge a rollout on nothing."""
+
+
+def register(
+    registry: kopf.OperatorRegistry, settings: OperatorSettings, namespaces: Sequence[str] = ()
+) -> SiteQueue:
+    """Register the handlers on `registry` for `namespaces` (None or empty:
+    all); returns the queue for tests."""
     queue = SiteQueue(settings)
 
     @kopf.on.startup(registry=registry)
@@ -293,8 +340,11 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
         settings.watching.client_timeout = int(queue.settings.watch_timeout_seconds) + 30
         settings.execution.max_workers = queue.settings.workers
         queue.loop = asyncio.get_running_loop()
-        resync = asyncio.ensure_future(queue.resync_forever())
-        queue.tasks.add(resync)
+        for background in (
+            queue.resync_forever(),
+            queue.confirm_synced_when_empty(namespaces),
+        ):
+            queue.tasks.add(asyncio.ensure_future(background))
         for _kind, (_group, _version, plural) in WATCHED_CHILDREN:
             # Filtered by the API server: only the operator's children are sent.
             settings.watching.label_selectors[plural] = CHILD_SELECTOR
@@ -312,7 +362,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
             queue.forget((namespace, name))
             return
         queue.known.add((namespace, name))
-        await queue.trigger(namespace, name)
+        queue.enqueue(namespace, name)
 
     def make_child_handler(kind: str) -> Any:
         async def child_event(
@@ -326,21 +376,35 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Sit
                 return
             if type == "DELETED":
                 queue.cache.forget(kind, namespace, name)
-            else:
-                queue.cache.store({**dict(body), "kind": kind})
             # Every child, pods included, names its site in this label (and the
             # watch only sends objects labelled as managed by this operator).
             site = body.metadata.get("labels", {}).get("app.kubernetes.io/instance")
             if site:
-                await queue.trigger(namespace, site)
+                queue.enqueue(namespace, site)
+            else:
+                queue.synced.set()
 
         return child_event
+
+    def make_child_index(kind: str) -> Any:
+        async def store_child(body: kopf.Body, **_: Any) -> None:
+            # Indexing runs for every event before kopf's gate, so the cache
+            # holds every listed object before the first pass starts.
+            queue.cache.store({**dict(body), "kind": kind})
+
+        return store_child
 
     managed = {"app.kubernetes.io/managed-by": MANAGED_BY}
     for kind, (group, version, plural) in WATCHED_CHILDREN:
         kopf.on.event(group, version, plural, registry=registry, labels=managed, id=kind)(
             make_child_handler(kind)
         )
+        kopf.index(group, version, plural, registry=registry, labels=managed, id=f"{kind}-cache")(
+            make_child_index(kind)
+        )
+    kopf.index(models.GROUP, models.VERSION, models.PLURAL, registry=registry, id="listed")(
+        _hold_events_until_listed
+    )
 
     @kopf.on.cleanup(registry=registry)
     async def stop_background_tasks(**_: Any) -> None:

@@ -7,7 +7,8 @@ from a live one.
             whose watches has been dead, or failing without a break, for
             longer than a bound (kopf retries a failing watch for ever and
             does not respawn one that died: a restart is the cure)
-  /readyz   200 once the process is a candidate or a running leader
+  /readyz   200 while the process is a candidate, or a leader whose watches
+            have all listed once (before that its passes are held back)
   /metrics  Prometheus metrics (unless turned off)
 """
 
@@ -74,6 +75,7 @@ class WatchFailures(logging.Handler):
 class Health:
     def __init__(self, watch_dead_after: float = 60.0) -> None:
         self.role = "starting"  # starting | candidate | leader | stopping
+        self.synced: threading.Event | None = None  # a leader's watches have listed
         self.watch_dead_after = watch_dead_after
         self.watch_failures = WatchFailures()
         self._beat_at: float | None = None
@@ -135,6 +137,8 @@ class Health:
     def ready(self) -> tuple[bool, str]:
         with self._lock:
             role = self.role
+        if role == "leader" and self.synced is not None and not self.synced.is_set():
+            return False, "leader, waiting for every watch to list once"
         return role in ("candidate", "leader"), role
 
     def serve(self, address: str, metrics: Metrics | None = None) -> ThreadingHTTPServer:

@@ -1,9 +1,10 @@
-"""Health: a leader whose watch died is not alive once the bound has passed."""
+"""Health: liveness fails on dead or failing watches; readiness waits for the first lists."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 
 from blogsite_operator.health import Health
@@ -100,3 +101,16 @@ def test_a_watch_kopf_keeps_retrying_fails_liveness_once_its_streak_is_long() ->
     assert "watches failing for" in detail
     assert "/api/v1/namespaces/blogs/pods" in detail
     assert "secrets" not in detail
+
+
+def test_a_leader_is_ready_only_once_its_watches_have_listed() -> None:
+    health = Health()
+    health.role = "candidate"
+    assert health.ready() == (True, "candidate")
+    health.synced = threading.Event()
+    health.role = "leader"
+    assert health.ready() == (False, "leader, waiting for every watch to list once")
+    health.synced.set()
+    assert health.ready() == (True, "leader")
+    health.role = "stopping"
+    assert health.ready() == (False, "stopping")
