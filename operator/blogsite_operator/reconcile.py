@@ -30,6 +30,7 @@ from blogsite_operator.policies.readiness import (
     Verdict,
     component_facts,
     component_verdict,
+    progressing_verdict,
     site_verdict,
 )
 from blogsite_operator.render import (
@@ -160,8 +161,21 @@ def next_status(
     ready = site_verdict(verdicts)
     if reconciled.status != CONDITION_TRUE:
         ready = Verdict(CONDITION_FALSE, reconciled.reason, reconciled.message)
+    progressing = (
+        progressing_verdict(
+            [component_facts(c, d) for c, d in deployments.items()],
+            (extra_conditions or {}).get("RolloutHealthy"),
+        )
+        if verdicts
+        else None
+    )
     conditions = [
         _condition("Ready", ready, generation, old_conditions, now),
+        *(
+            [_condition("Progressing", progressing, generation, old_conditions, now)]
+            if progressing
+            else []
+        ),
         _condition("Reconciled", reconciled, generation, old_conditions, now),
         *(
             _condition(CONDITION_FOR_COMPONENT[c], v, generation, old_conditions, now)

@@ -82,24 +82,23 @@ def wait_for_rollout(
     return result
 
 
-class AvailabilityWatch:
-    """Every value a Deployment's availableReplicas takes, from a watch (each
-    status write is one event, so no dip falls between two samples)."""
+class Watch:
+    """Every value a jsonpath takes on one object, from a watch (each write is
+    one event, so no dip falls between two samples)."""
 
-    def __init__(self, kubectl: Kubectl, namespace: str, component: str) -> None:
-        self.samples: list[int] = []
+    def __init__(self, kubectl: Kubectl, namespace: str, target: str, jsonpath: str) -> None:
+        self.samples: list[str] = []
         self._process = subprocess.Popen(
             [
                 kubectl.binary,
                 "--kubeconfig",
                 kubectl.kubeconfig,
                 "get",
-                "deployment",
-                f"blog-{component}",
+                target,
                 "-n",
                 namespace,
                 "--watch",
-                "--output=jsonpath={.status.availableReplicas}{'\\n'}",
+                f"--output=jsonpath={jsonpath}{{'\\n'}}",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -110,9 +109,9 @@ class AvailabilityWatch:
     def _read(self) -> None:
         assert self._process.stdout is not None
         for line in self._process.stdout:
-            self.samples.append(int(line.strip() or 0))
+            self.samples.append(line.rstrip("\n"))
 
-    def __enter__(self) -> AvailabilityWatch:
+    def __enter__(self) -> Watch:
         self._reader.start()
         wait_for(lambda: self.samples, timeout=30, interval=0.1, what="the watch's first event")
         return self
@@ -124,7 +123,15 @@ class AvailabilityWatch:
         self._reader.join(timeout=10)
         assert self._process.stderr is not None
         # The watch must have run all along: a watch that died saw nothing.
-        assert code is None, f"the availability watch ended early: {self._process.stderr.read()}"
+        assert code is None, f"the watch ended early: {self._process.stderr.read()}"
+
+
+def availability_watch(kubectl: Kubectl, namespace: str, component: str) -> Watch:
+    return Watch(kubectl, namespace, f"deployment/blog-{component}", "{.status.availableReplicas}")
+
+
+def available(watch: Watch) -> list[int]:
+    return [int(sample or 0) for sample in watch.samples]
 
 
 def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
@@ -150,7 +157,7 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
 
     bad_image = f"ghcr.io/example/daedalus:2.0.0-kwok-{behaviour}"
     started = time.monotonic()
-    with AvailabilityWatch(kubectl, namespace, "daedalus") as watch:
+    with availability_watch(kubectl, namespace, "daedalus") as watch:
         kubectl.apply(blogsite(bad_image), namespace)
 
         def rolled_back() -> dict[str, Any] | None:
@@ -164,7 +171,7 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
             what="the Deployment back on the good image",
         )
     elapsed = time.monotonic() - started
-    assert min(watch.samples) >= 2, f"available replicas dropped: {watch.samples}"
+    assert min(available(watch)) >= 2, f"available replicas dropped: {watch.samples}"
 
     entry = body["status"]["components"]["daedalus"]
     assert entry["lastGoodVersion"] == good
@@ -192,6 +199,38 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
     assert image_of(after) == GOOD
     table = kubectl.run("get", "blogsite", "blog", "-n", namespace, "--no-headers").stdout
     assert "RolledBack" in table
+
+
+def test_a_good_rollout_keeps_ready_true_and_shows_in_progressing(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    kubectl.apply(blogsite(), namespace)
+    wait_until_healthy(kubectl, namespace)
+    conditions = (
+        '{.metadata.generation} {.status.conditions[?(@.type=="Ready")].status} '
+        '{.status.conditions[?(@.type=="Progressing")].status} '
+        '{.status.conditions[?(@.type=="Progressing")].observedGeneration}'
+    )
+    with Watch(kubectl, namespace, "blogsite/blog", conditions) as watch:
+        kubectl.apply(blogsite(BETTER), namespace)
+        generation = str(site(kubectl, namespace)["metadata"]["generation"])
+        # Complete: Progressing False at the new generation, the new version good.
+        wait_for(
+            lambda: f"{generation} True False {generation}" in watch.samples,
+            timeout=90,
+            what=f"Progressing False at generation {generation}",
+        )
+        done = site(kubectl, namespace)
+    samples = [sample.split() for sample in watch.samples]
+    # Ready stayed True in every status written while the new pods came up,
+    # which Progressing showed instead.
+    assert all(ready == "True" for _, ready, *_ in samples), watch.samples
+    assert ["True", generation] in [sample[2:] for sample in samples], watch.samples
+    assert image_of(deployment(kubectl, namespace, "daedalus")) == BETTER
+    entry = done["status"]["components"]["daedalus"]
+    assert entry["lastGoodVersion"] == entry["version"]
+    assert condition(done, "Progressing")["reason"] == "Complete"
+    assert events(kubectl, namespace, "NotReady") == []
 
 
 def test_new_image_after_a_revert_rolls_out_and_retry_tries_the_failed_one(

@@ -9,8 +9,14 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import certs
-from blogsite_operator.policies.readiness import Verdict
-from blogsite_operator.reconcile import is_subset, merge_patch, next_status, reconcile_site
+from blogsite_operator.policies.readiness import Verdict, component_facts, component_verdict
+from blogsite_operator.reconcile import (
+    _transition_events,
+    is_subset,
+    merge_patch,
+    next_status,
+    reconcile_site,
+)
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import Component, SiteRef, render_tls_secret
 from blogsite_operator.settings import AcmeSettings
@@ -211,6 +217,46 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     first = next_status(previous={}, now="2026-01-01T00:00:00Z", **common)
     second = next_status(previous=first, now="2026-01-02T00:00:00Z", **common)
     assert first == second
+
+
+def test_a_rollout_beside_serving_pods_keeps_ready_and_posts_no_not_ready_event() -> None:
+    def frontend(updated: int, total: int) -> dict[str, Any]:
+        return {
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"image": "nginx"}]}}},
+            "status": {
+                "observedGeneration": 2,
+                "replicas": total,
+                "updatedReplicas": updated,
+                "availableReplicas": 2,
+            },
+        }
+
+    def status(deployment: dict[str, Any], previous: dict[str, Any]) -> dict[str, Any]:
+        facts = component_facts(Component.FRONTEND, deployment)
+        return next_status(
+            spec=None,
+            generation=2,
+            previous=previous,
+            verdicts={Component.FRONTEND: component_verdict(facts)},
+            deployments={Component.FRONTEND: deployment},
+            reconciled=Verdict("True", "Applied", "fine"),
+            now="2026-01-01T00:00:00Z",
+        )
+
+    def conditions(body: dict[str, Any]) -> dict[str, tuple[str, str]]:
+        return {c["type"]: (c["status"], c["reason"]) for c in body["conditions"]}
+
+    settled = status(frontend(updated=2, total=2), {})
+    assert conditions(settled)["Progressing"] == ("False", "Complete")
+    # A new certificate rolls the frontend: one new pod surges beside the two old.
+    rolling = status(frontend(updated=1, total=3), settled)
+    assert conditions(rolling)["Ready"] == ("True", "Available")
+    assert conditions(rolling)["Progressing"] == ("True", "RollingOut")
+    assert _transition_events(settled, rolling) == []
+    done = status(frontend(updated=2, total=2), rolling)
+    assert conditions(done)["Progressing"] == ("False", "Complete")
+    assert _transition_events(rolling, done) == []
 
 
 class TestTls:

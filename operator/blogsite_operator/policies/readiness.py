@@ -1,4 +1,8 @@
-"""Is the site serving? Derived from the live Deployments of its components."""
+"""Is the site serving, and is a rollout under way? Derived from the live
+Deployments of its components, as a Deployment tells `Available` from
+`Progressing`: a rollout surges new pods beside the old ones (maxUnavailable
+0), so the old version keeps the site serving, and Ready True, until the new
+one takes over; only Progressing says a rollout is running."""
 
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ class ComponentFacts:
     ready_replicas: int = 0
     available_replicas: int = 0
     updated_replicas: int = 0
+    total_replicas: int = 0  # pods of every version, old ones still terminating included
     up_to_date: bool = False  # the controller has observed the latest generation
     image: str | None = None
 
@@ -48,26 +53,23 @@ def component_facts(component: Component, deployment: dict[str, Any] | None) -> 
         ready_replicas=int(status.get("readyReplicas", 0)),
         available_replicas=int(status.get("availableReplicas", 0)),
         updated_replicas=int(status.get("updatedReplicas", 0)),
+        total_replicas=int(status.get("replicas", 0)),
         up_to_date=status.get("observedGeneration", 0) >= metadata.get("generation", 0),
         image=containers[0].get("image"),
     )
 
 
 def component_verdict(facts: ComponentFacts) -> Verdict:
-    """Available: every desired replica is updated, available, and observed."""
+    """Available: at least the desired number of replicas available, of
+    whichever version (a Deployment's minimum availability with maxUnavailable 0)."""
     name = facts.component.value
     if not facts.exists:
         return Verdict(CONDITION_FALSE, "Missing", f"the {name} Deployment does not exist yet")
-    if not facts.up_to_date:
-        return Verdict(
-            CONDITION_FALSE, "Progressing", f"{name}: the latest change is not yet observed"
-        )
-    if facts.updated_replicas < facts.replicas or facts.available_replicas < facts.replicas:
+    if facts.available_replicas < facts.replicas:
         return Verdict(
             CONDITION_FALSE,
-            "Progressing",
-            f"{name}: {facts.available_replicas}/{facts.replicas} replicas available, "
-            f"{facts.updated_replicas}/{facts.replicas} updated",
+            "MinimumReplicasUnavailable",
+            f"{name}: {facts.available_replicas}/{facts.replicas} replicas available",
         )
     return Verdict(
         CONDITION_TRUE,
@@ -76,9 +78,38 @@ def component_verdict(facts: ComponentFacts) -> Verdict:
     )
 
 
+def rollout_in_progress(facts: ComponentFacts) -> str | None:
+    """What of this component is still rolling out; None once every replica
+    runs its latest template, is available, and no old one is left."""
+    name = facts.component.value
+    if not facts.exists:
+        return f"the {name} Deployment does not exist yet"
+    if not facts.up_to_date:
+        return f"{name}: the latest change is not yet observed"
+    if facts.updated_replicas < facts.replicas:
+        return f"{name}: {facts.updated_replicas}/{facts.replicas} replicas updated"
+    if facts.available_replicas < facts.replicas:
+        return f"{name}: {facts.available_replicas}/{facts.replicas} replicas available"
+    if facts.total_replicas > facts.replicas:
+        return f"{name}: {facts.total_replicas - facts.replicas} old replicas still running"
+    return None
+
+
 def site_verdict(verdicts: dict[Component, Verdict]) -> Verdict:
     """Ready when every component is Available; otherwise say which are not."""
     waiting = [v.message for v in verdicts.values() if v.status != CONDITION_TRUE]
     if not waiting:
         return Verdict(CONDITION_TRUE, "Available", "all components are available")
     return Verdict(CONDITION_FALSE, "ComponentsNotAvailable", "; ".join(waiting))
+
+
+def progressing_verdict(facts: list[ComponentFacts], rollout: Verdict | None) -> Verdict:
+    """Progressing: True while any component rolls out. A rollout judged
+    failed (RolloutHealthy False) is not progressing, as a Deployment past its
+    deadline is not: it says why instead."""
+    if rollout is not None and rollout.status != CONDITION_TRUE:
+        return Verdict(CONDITION_FALSE, rollout.reason, rollout.message)
+    rolling = [message for f in facts if (message := rollout_in_progress(f)) is not None]
+    if rolling:
+        return Verdict(CONDITION_TRUE, "RollingOut", "; ".join(rolling))
+    return Verdict(CONDITION_FALSE, "Complete", "every component runs its latest version")
