@@ -73,7 +73,7 @@ PEBBLE_DIRECTORY = f"https://127.0.0.1:{PEBBLE_ENV['PEBBLE_PORT']}/dir"
 HTTP01_PORT = int(PEBBLE_ENV["PEBBLE_HTTP01_PORT"])
 # blogsite_operator.issuance.issuer logs one such line per certificate issued.
 ISSUED_LINE = re.compile(
-    r"issued a certificate for (?P<namespace>[^/\s]+)/(?P<site>\S+): (?P<names>\d+) names, "
+    r"\[(?P<namespace>[^/\s]+)/(?P<site>[^\]\s]+)\] issued a certificate: (?P<names>\d+) names, "
     r"serial (?P<serial>[0-9a-fA-F]+), valid until \S+; (?P<requests>\d+) ACME requests"
 )
 # The CertificateIssued Event adds how long the order itself took.

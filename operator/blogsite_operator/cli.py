@@ -68,7 +68,7 @@ def crd_command(_: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - keeps `render` and `crd` free of the heavy import
 
-    from blogsite_operator import handlers, kube  # noqa: PLC0415
+    from blogsite_operator import handlers, kube, sitelog  # noqa: PLC0415
     from blogsite_operator.health import Health  # noqa: PLC0415
     from blogsite_operator.metrics import METRICS  # noqa: PLC0415
 
@@ -82,7 +82,11 @@ def run_command(args: argparse.Namespace) -> int:
         "full": kopf.LogFormat.FULL,
         "json": kopf.LogFormat.JSON,
     }[args.log_format or settings.log_format]
-    kopf.configure(verbose=args.verbose, log_format=log_format)
+    # Plain lines about a site start with [namespace/name]; JSON ones carry it
+    # in an `object` field (kopf's formatters, fed by sitelog's filter).
+    kopf.configure(verbose=args.verbose, log_format=log_format, log_prefix=None)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(sitelog.SiteReference())
     if not args.verbose:
         # kopf reports every event handler's success at INFO; keep its warnings.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from blogsite_operator import kube, models
+from blogsite_operator import kube, models, sitelog
 from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.issuance.issuer import CertificateIssuer
 from blogsite_operator.metrics import METRICS
@@ -141,20 +141,20 @@ class SiteQueue:
             await self._run(key)
 
     async def _run(self, key: tuple[str, str]) -> None:
-        namespace, name = key
         retry = self.retries.pop(key, None)
         if retry is not None:
             retry.cancel()
-        logger.debug("pass over %s/%s begins", namespace, name)
-        started = time.monotonic()
-        outcome = "error"
-        try:
-            outcome = await self._pass(key)
-        finally:
-            METRICS.reconcile_duration.observe(time.monotonic() - started)
-            if outcome != "gone":
-                METRICS.reconciles.labels(outcome).inc()
-            logger.debug("pass over %s/%s ends", namespace, name)
+        with sitelog.about(*key):
+            logger.debug("pass begins")
+            started = time.monotonic()
+            outcome = "error"
+            try:
+                outcome = await self._pass(key)
+            finally:
+                METRICS.reconcile_duration.observe(time.monotonic() - started)
+                if outcome != "gone":
+                    METRICS.reconciles.labels(outcome).inc()
+                logger.debug("pass ends")
 
     async def _pass(self, key: tuple[str, str]) -> str:
         """One pass; its outcome: success, conflict, error or gone."""
@@ -180,7 +180,7 @@ class SiteQueue:
             if error.status == 409 and self.failures.get(key, 0) < 3:
                 # The BlogSite changed during the pass: its status patch was
                 # refused. Not a failure: a new pass starts from the new state.
-                logger.info("%s/%s changed during its pass; reconciling again", *key)
+                logger.info("changed during its pass; reconciling again")
                 self.failures[key] = self.failures.get(key, 0) + 1
                 self._spawn_trigger(*key)
                 return "conflict"
@@ -199,9 +199,7 @@ class SiteQueue:
             self.retries[key] = loop.call_later(outcome.requeue_after, self._spawn_trigger, *key)
         if outcome.applied or outcome.status_written or outcome.conflicts:
             logger.info(
-                "reconciled %s/%s: applied %s; status %s%s",
-                namespace,
-                name,
+                "reconciled: applied %s; status %s%s",
                 ", ".join(outcome.applied) or "nothing",
                 "updated" if outcome.status_written else "unchanged",
                 f"; conflicts: {', '.join(outcome.conflicts)}" if outcome.conflicts else "",
@@ -222,24 +220,21 @@ class SiteQueue:
                 self.api.post_event, site, "Warning", "ReconcileFailed", message
             )
         except Exception:  # noqa: BLE001 - the API may be what is failing
-            logger.warning("could not post the ReconcileFailed Event for %s/%s", *key)
+            logger.warning("could not post the ReconcileFailed Event")
 
     def _schedule_retry(self, key: tuple[str, str], error: Exception) -> None:
-        namespace, name = key
         attempt = self.failures.get(key, 0)
         self.failures[key] = attempt + 1
         delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
         logger.error(
-            "reconcile of %s/%s failed (attempt %d); retrying in %.0fs: %s",
-            namespace,
-            name,
+            "reconcile failed (attempt %d); retrying in %.0fs: %s",
             attempt + 1,
             delay,
             kube.describe_error(error),
             exc_info=error if not isinstance(error, ApiException) else None,
         )
         loop = asyncio.get_running_loop()
-        self.retries[key] = loop.call_later(delay, self._spawn_trigger, namespace, name)
+        self.retries[key] = loop.call_later(delay, self._spawn_trigger, *key)
 
     def _spawn_trigger(self, namespace: str, name: str) -> None:
         task = asyncio.ensure_future(self.trigger(namespace, name))

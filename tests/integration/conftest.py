@@ -308,13 +308,11 @@ class OperatorProcess:
         """Until a whole pass over the BlogSite `name` began and ended after
         the mark `after`: evidence that the operator looked at the state of
         then, instead of a sleep."""
-        site = re.escape(f"{self.namespace}/{name}")
+        site = re.escape(f"[{self.namespace}/{name}]")
 
         def passed() -> bool:
             return bool(
-                re.search(
-                    rf"pass over {site} begins.*pass over {site} ends", self.logs()[after:], re.S
-                )
+                re.search(rf"{site} pass begins.*{site} pass ends", self.logs()[after:], re.S)
             )
 
         wait_for(passed, timeout=timeout, interval=0.2, what=f"a pass over {name} after the mark")

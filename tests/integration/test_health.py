@@ -131,7 +131,7 @@ def test_no_pass_runs_and_readiness_waits_until_every_watch_has_listed_once(
             503,
             "failing: leader, waiting for every watch to list once\n",
         )
-        assert "pass over" not in operator.logs()
+        assert "pass begins" not in operator.logs()
         assert not kubectl.exists("deployment", "ready-daedalus", namespace)
 
         kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))

@@ -439,7 +439,7 @@ def test_a_certificate_the_user_brings_is_served_and_never_written(
     assert not kubectl.exists("secret", "lethain-tls", namespace)
 
 
-def test_json_logs_are_one_object_per_line(
+def test_json_logs_are_one_object_per_line_and_name_the_site(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
     assert operator_process.stop() == 0
@@ -447,11 +447,25 @@ def test_json_logs_are_one_object_per_line(
     mark = operator_process.log_size()
     operator_process.start()
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    operator_process.wait_for_pass("lethain", after=mark)
-    lines = operator_process.logs()[mark:].splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    assert {"message", "timestamp", "severity"} <= records[0].keys(), records[0]
-    assert any("pass over" in r["message"] for r in records)
+    site = {"namespace": namespace, "name": "lethain"}
+
+    def records() -> list[dict[str, Any]]:
+        lines = operator_process.logs()[mark:].splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def about_the_site(record: dict[str, Any]) -> bool:
+        return site.items() <= (record.get("object") or {}).items()
+
+    wait_for(
+        lambda: any(r["message"] == "pass ends" and about_the_site(r) for r in records()),
+        what="a pass over the site, logged as JSON",
+    )
+    assert {"message", "timestamp", "severity"} <= records()[0].keys(), records()[0]
+    # Every line of the pass names the site: the applies it made included.
+    reconciled = [r for r in records() if r["message"].startswith("reconciled: applied")]
+    assert reconciled, records()
+    assert all(about_the_site(r) for r in reconciled), reconciled
+    assert all(r["object"]["kind"] == "BlogSite" for r in reconciled)
 
 
 def test_with_no_namespaces_set_every_namespace_is_watched(

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from blogsite_operator import certs, kube, models
+from blogsite_operator import certs, kube, models, sitelog
 from blogsite_operator.issuance.protocol import (
     AccountConfig,
     IssuanceError,
@@ -149,6 +149,10 @@ class CertificateIssuer:
         self._pool.shutdown(wait=wait, cancel_futures=True)
 
     def _run(self, key: SiteKey, job: IssueJob | RenewalInfoJob) -> None:
+        with sitelog.about(*key):
+            self._run_job(key, job)
+
+    def _run_job(self, key: SiteKey, job: IssueJob | RenewalInfoJob) -> None:
         started = time.monotonic()
         try:
             if isinstance(job, IssueJob):
@@ -158,7 +162,7 @@ class CertificateIssuer:
         except IssuanceError as error:
             result = JobResult(job, _now(), error=error)
         except Exception as error:  # reported on the site, never lost
-            logger.exception("ACME job for %s/%s failed unexpectedly", *key)
+            logger.exception("the ACME job failed unexpectedly")
             result = JobResult(
                 job, _now(), error=IssuanceError("InternalError", kube.describe_error(error))
             )
@@ -207,9 +211,7 @@ class CertificateIssuer:
         )
         info = certs.certificate_info(issued.fullchain_pem)
         logger.info(
-            "issued a certificate for %s/%s: %d names, serial %s, valid until %s; %d ACME requests",
-            site.namespace,
-            site.name,
+            "issued a certificate: %d names, serial %s, valid until %s; %d ACME requests",
             len(job.names),
             info.serial,
             info.not_after.isoformat(),
@@ -306,9 +308,7 @@ class CertificateIssuer:
         except Exception as error:  # noqa: BLE001 - any API failure means the same here
             if clear:  # the order is over either way; a leftover answer is harmless
                 logger.warning(
-                    "could not clear the challenge answers of %s/%s: %s",
-                    site.namespace,
-                    site.name,
+                    "could not clear the challenge answers: %s",
                     kube.describe_error(error),
                 )
                 return
