@@ -69,7 +69,7 @@ def run_command(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - keeps `render` and `crd` free of the heavy import
 
     from blogsite_operator import handlers, kube, sitelog  # noqa: PLC0415
-    from blogsite_operator.health import Health  # noqa: PLC0415
+    from blogsite_operator.health import WATCHING_LOGGER, Health  # noqa: PLC0415
     from blogsite_operator.metrics import METRICS  # noqa: PLC0415
 
     try:
@@ -99,8 +99,13 @@ def run_command(args: argparse.Namespace) -> int:
             f"the {models.KIND} CRD is not installed: kubectl apply -f crds/ "
             "(or install the Helm chart with crds.install=true)"
         )
-    health = Health(watch_dead_after=settings.watch_dead_seconds)
+    health = Health(watch_dead_after=settings.watch_dead_seconds, metrics=METRICS)
     logging.getLogger("kopf").addHandler(health.watch_failures)
+    # kopf says a watch expired only at DEBUG: let those records reach the
+    # counting handler while the printing handlers keep the chosen level.
+    logging.getLogger(WATCHING_LOGGER).setLevel(logging.DEBUG)
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.getLogger().level)
     if args.health_address:
         health.serve(args.health_address, METRICS if settings.metrics else None)
     elector = None

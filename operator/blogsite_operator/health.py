@@ -38,28 +38,44 @@ WATCHER_TASK_PREFIX = "watcher for "
 # during upgrades) and logs each failure; failures further apart than this
 # are separate streaks (our backoffs are at most 10 s).
 FAILURE_STREAK_GAP_SECONDS = 30.0
-_FAILED_WATCH = re.compile(r"Request attempt #\d+ failed; .*?GET (\S+?)\?\S*watch=true")
+_FAILED_REQUEST = re.compile(r"Request attempt #\d+ failed; .*?GET ([^?\s]+)")
+# At DEBUG, from the logger below: a watch whose resourceVersion expired.
+_EXPIRED_WATCH = re.compile(r"Restarting the watch-stream for ([a-z0-9-]+)")
+WATCHING_LOGGER = "kopf._cogs.clients.watching"
 
 
 class WatchFailures(logging.Handler):
     """Reads kopf's log for watch requests that keep failing (a lost
-    permission, a gone resource): the watch is as good as dead."""
+    permission, a gone resource: the watch is as good as dead), and counts
+    the restarts of every watch for the metrics (kopf keeps no count)."""
 
-    def __init__(self) -> None:
-        super().__init__(level=logging.ERROR)
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.metrics = metrics
         self._streaks: dict[str, tuple[float, float]] = {}  # URL path -> (first, last)
         self._lock_streaks = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        match = _FAILED_WATCH.search(record.getMessage())
+        message = record.getMessage()
+        expired = _EXPIRED_WATCH.search(message)
+        if expired is not None:
+            self._count(expired.group(1), "expired")
+            return
+        match = _FAILED_REQUEST.search(message) if record.levelno >= logging.ERROR else None
         if match is None:
             return
+        # A list or a watch request: either way the stream of that path is down.
         path, now = urlsplit(match.group(1)).path, time.monotonic()
+        self._count(path.rsplit("/", 1)[-1], "failed")
         with self._lock_streaks:
             first, last = self._streaks.get(path, (now, now))
             if now - last > FAILURE_STREAK_GAP_SECONDS:
                 first = now
             self._streaks[path] = (first, now)
+
+    def _count(self, resource: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.watch_restarts.labels(resource, reason).inc()
 
     def failing(self, longer_than: float) -> list[tuple[str, float]]:
         """Watches failing without a break for longer than `longer_than` seconds."""
@@ -73,11 +89,11 @@ class WatchFailures(logging.Handler):
 
 
 class Health:
-    def __init__(self, watch_dead_after: float = 60.0) -> None:
+    def __init__(self, watch_dead_after: float = 60.0, metrics: Metrics | None = None) -> None:
         self.role = "starting"  # starting | candidate | leader | stopping
         self.synced: threading.Event | None = None  # a leader's watches have listed
         self.watch_dead_after = watch_dead_after
-        self.watch_failures = WatchFailures()
+        self.watch_failures = WatchFailures(metrics)
         self._beat_at: float | None = None
         self._beating: asyncio.Future[None] | None = None
         self._watchers: dict[str, asyncio.Task[object]] = {}

@@ -115,6 +115,13 @@ class Metrics:
             "Objects in the operator's watch-fed cache.",
             registry=r,
         )
+        self.watch_restarts = Counter(
+            f"{PREFIX}_watch_restarts_total",
+            "Watch streams started again, by resource and reason: expired (410 Gone, "
+            "listed again) or failed (a list or watch request failed and is retried).",
+            ["resource", "reason"],
+            registry=r,
+        )
         self.api_requests = Counter(
             f"{PREFIX}_kube_api_requests_total",
             "Requests to the Kubernetes API by the operator's own client, by verb and code.",

@@ -7,6 +7,7 @@ until each watch has listed once."""
 from __future__ import annotations
 
 import copy
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -104,6 +105,15 @@ def test_a_watch_that_keeps_failing_for_a_lost_permission_fails_liveness(
         # good as dead once it has failed without a break for the bound.
         assert "watches failing for" in body, body
         assert f"/namespaces/{namespace}/" in body, body  # names the watch
+        # Each refused request is a watch restart in the metrics.
+        _, metrics = probe(port, "/metrics")
+        restarts = re.findall(
+            r'^blogsite_watch_restarts_total\{reason="failed",resource="([a-z]+)"\} ([0-9.]+)$',
+            metrics,
+            re.M,
+        )
+        assert restarts, metrics
+        assert all(float(count) >= 1 for _, count in restarts)
     finally:
         assert operator.stop() == 0
 

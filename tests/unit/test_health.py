@@ -7,7 +7,8 @@ import logging
 import threading
 import time
 
-from blogsite_operator.health import Health
+from blogsite_operator.health import Health, WatchFailures
+from blogsite_operator.metrics import Metrics
 
 
 def test_a_dead_watch_fails_liveness_after_the_bound_and_a_live_one_does_not() -> None:
@@ -92,15 +93,48 @@ def test_a_watch_kopf_keeps_retrying_fails_liveness_once_its_streak_is_long() ->
         None,
         None,
     )
-    health.watch_failures.emit(listing)  # not a watch: not counted
     assert health.alive() == (True, "leader")
     health.watch_failures.emit(failed)
+    health.watch_failures.emit(listing)  # a list that fails: its watch never starts
     time.sleep(0.01)
     ok, detail = health.alive()
     assert not ok
     assert "watches failing for" in detail
-    assert "/api/v1/namespaces/blogs/pods" in detail
-    assert "secrets" not in detail
+    assert "/api/v1/namespaces/blogs/pods, /api/v1/namespaces/blogs/secrets" in detail
+
+
+def record(level: int, message: str) -> logging.LogRecord:
+    return logging.LogRecord("kopf", level, __file__, 1, message, None, None)
+
+
+def test_watch_restarts_are_counted_by_resource_and_reason() -> None:
+    metrics = Metrics()
+    failures = WatchFailures(metrics)
+    for message in (
+        "Restarting the watch-stream for pods.v1 in 'blogs'.",
+        "Restarting the watch-stream for deployments.v1.apps cluster-wide.",
+        "Restarting the watch-stream for pods.v1 in 'other'.",
+    ):
+        failures.emit(record(logging.DEBUG, message))
+    failures.emit(
+        record(
+            logging.ERROR,
+            "Request attempt #2 failed; will retry: GET https://127.0.0.1:6443/apis/apps/v1/"
+            "namespaces/blogs/deployments?watch=true -> APIServerError('500')",
+        )
+    )
+    # The same words at DEBUG are kopf's note before a retry, not a failure.
+    failures.emit(record(logging.DEBUG, "Request attempt #3 failed; GET https://h/api/v1/pods"))
+
+    def count(resource: str, reason: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "blogsite_watch_restarts_total", {"resource": resource, "reason": reason}
+        )
+
+    assert count("pods", "expired") == 2
+    assert count("deployments", "expired") == 1
+    assert count("deployments", "failed") == 1
+    assert count("pods", "failed") is None
 
 
 def test_a_leader_is_ready_only_once_its_watches_have_listed() -> None:
