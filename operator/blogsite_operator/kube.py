@@ -45,6 +45,11 @@ def load_config(kubeconfig: str | None = None) -> None:
         config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
 
 
+# No request waits longer: an API server that stops answering mid-response
+# must not hold a reconcile thread (and, all of them taken, the operator) for ever.
+REQUEST_TIMEOUT_SECONDS = 30.0
+
+
 def api_client(pool_size: int = 16) -> client.ApiClient:
     """One shared ApiClient, its connection pool sized to the worker threads."""
     global _api_client  # noqa: PLW0603 - one client per process, created lazily
@@ -139,7 +144,12 @@ class Api:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         response = self._request(
-            method, path, body=body, query=query, content_type=content_type, timeout=timeout
+            method,
+            path,
+            body=body,
+            query=query,
+            content_type=content_type,
+            timeout=REQUEST_TIMEOUT_SECONDS if timeout is None else timeout,
         )
         METRICS.api_requests.labels(verb_of(method, path, query), str(response.status)).inc()
         response.read()
