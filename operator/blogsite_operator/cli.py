@@ -116,6 +116,7 @@ def run_command(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     queue = handlers.register(registry, settings, namespaces)
     health.synced = queue.synced
+    health.longest_pass = queue.longest_pass
 
     @kopf.on.startup(registry=registry)
     async def start_heartbeat(**_: Any) -> None:

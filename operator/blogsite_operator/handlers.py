@@ -78,6 +78,7 @@ class SiteQueue:
         self.settings = settings
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}
         self.pending: set[tuple[str, str]] = set()
+        self.running: dict[tuple[str, str], float] = {}  # site -> when its pass began
         self.failures: dict[tuple[str, str], int] = {}
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
@@ -146,11 +147,12 @@ class SiteQueue:
             retry.cancel()
         with sitelog.about(*key):
             logger.debug("pass begins")
-            started = time.monotonic()
+            started = self.running[key] = time.monotonic()
             outcome = "error"
             try:
                 outcome = await self._pass(key)
             finally:
+                del self.running[key]
                 METRICS.reconcile_duration.observe(time.monotonic() - started)
                 if outcome != "gone":
                     METRICS.reconciles.labels(outcome).inc()
@@ -240,6 +242,14 @@ class SiteQueue:
         task = asyncio.ensure_future(self.trigger(namespace, name))
         self.tasks.add(task)  # asyncio keeps only weak references to tasks
         task.add_done_callback(self.tasks.discard)
+
+    def longest_pass(self) -> tuple[tuple[str, str], float] | None:
+        """The site whose running pass began first, and for how long it has run."""
+        running = dict(self.running)  # read from the health thread
+        if not running:
+            return None
+        key, started = min(running.items(), key=lambda item: item[1])
+        return key, time.monotonic() - started
 
     def enqueue(self, namespace: str, name: str) -> None:
         """From an event handler: the pass runs in a task of its own, so kopf's

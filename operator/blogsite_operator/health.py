@@ -6,7 +6,8 @@ from a live one.
             or a leader whose event loop has beaten recently and none of
             whose watches has been dead, or failing without a break, for
             longer than a bound (kopf retries a failing watch for ever and
-            does not respawn one that died: a restart is the cure)
+            does not respawn one that died: a restart is the cure), and
+            no pass has run for longer than a bound (a reconcile thread stuck)
   /readyz   200 while the process is a candidate, or a leader whose watches
             have all listed once (before that its passes are held back)
   /metrics  Prometheus metrics (unless turned off)
@@ -19,6 +20,7 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -30,6 +32,10 @@ logger = logging.getLogger("blogsite_operator.health")
 # is stuck (a blocking call in a coroutine, a deadlock): let the kubelet
 # restart the process.
 STUCK_AFTER_SECONDS = 30.0
+# A pass takes well under a second, its API requests at most 30 s each
+# (kube.py); one running this long has a reconcile thread stuck, and with
+# every thread stuck nothing is reconciled while the event loop still beats.
+PASS_STUCK_AFTER_SECONDS = 600.0
 
 
 # kopf names each watch-stream task so (orchestration.py).
@@ -92,6 +98,8 @@ class Health:
     def __init__(self, watch_dead_after: float = 60.0, metrics: Metrics | None = None) -> None:
         self.role = "starting"  # starting | candidate | leader | stopping
         self.synced: threading.Event | None = None  # a leader's watches have listed
+        # The site whose pass has run longest, and for how long (SiteQueue).
+        self.longest_pass: Callable[[], tuple[tuple[str, str], float] | None] = lambda: None
         self.watch_dead_after = watch_dead_after
         self.watch_failures = WatchFailures(metrics)
         self._beat_at: float | None = None
@@ -143,6 +151,10 @@ class Health:
                 return False, f"leader, event loop silent for {silent:.0f}s"
             if dead_since is not None and now - dead_since > self.watch_dead_after:
                 return False, f"leader, watches dead for {now - dead_since:.0f}s: {', '.join(dead)}"
+            longest = self.longest_pass()
+            if longest is not None and longest[1] > PASS_STUCK_AFTER_SECONDS:
+                (namespace, name), seconds = longest
+                return False, f"leader, the pass over {namespace}/{name} stuck for {seconds:.0f}s"
             failing = self.watch_failures.failing(longer_than=self.watch_dead_after)
             if failing:
                 worst = max(seconds for _, seconds in failing)

@@ -7,8 +7,10 @@ import logging
 import threading
 import time
 
-from blogsite_operator.health import Health, WatchFailures
+from blogsite_operator.handlers import SiteQueue
+from blogsite_operator.health import PASS_STUCK_AFTER_SECONDS, Health, WatchFailures
 from blogsite_operator.metrics import Metrics
+from blogsite_operator.settings import OperatorSettings
 
 
 def test_a_dead_watch_fails_liveness_after_the_bound_and_a_live_one_does_not() -> None:
@@ -148,3 +150,38 @@ def test_a_leader_is_ready_only_once_its_watches_have_listed() -> None:
     assert health.ready() == (True, "leader")
     health.role = "stopping"
     assert health.ready() == (False, "stopping")
+
+
+def test_a_pass_running_past_the_bound_fails_liveness() -> None:
+    health = Health()
+    health.role = "leader"
+
+    async def beat() -> None:
+        health.beat()
+
+    asyncio.run(beat())
+    health.longest_pass = lambda: (("blogs", "lethain"), 30.0)
+    assert health.alive() == (True, "leader")
+    health.longest_pass = lambda: (("blogs", "lethain"), PASS_STUCK_AFTER_SECONDS + 1)
+    ok, detail = health.alive()
+    assert not ok
+    assert "the pass over blogs/lethain stuck for" in detail
+
+
+def test_the_queue_names_the_pass_running_longest_while_it_runs() -> None:
+    queue = SiteQueue(OperatorSettings())
+    assert queue.longest_pass() is None
+    seen: list[tuple[tuple[str, str], float] | None] = []
+
+    async def a_pass(key: tuple[str, str]) -> str:
+        seen.append(queue.longest_pass())
+        return "success"
+
+    queue._pass = a_pass  # type: ignore[method-assign]
+    asyncio.run(queue.trigger("blogs", "lethain"))
+    (longest,) = seen
+    assert longest is not None
+    key, seconds = longest
+    assert key == ("blogs", "lethain")
+    assert 0 <= seconds < 5
+    assert queue.longest_pass() is None
