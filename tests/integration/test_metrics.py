@@ -27,6 +27,7 @@ from tests.integration.test_acme import (
     trust_pebble,
     wait_for_certificate,
 )
+from tests.integration.test_plugin import plugin
 from tests.pebble import ChallengeServer, Pebble
 from tests.support import FIGURES, free_port, wait_for
 
@@ -192,6 +193,13 @@ def test_prometheus_sees_the_certificate_a_revert_and_the_passes(  # noqa: PLR09
     FIGURES.append(
         f"metrics: Prometheus saw expiry {not_after:.0f}, {passes:.0f} passes, 1 revert, 1 order"
     )
+    FIGURES.append(f"metrics: Prometheus answers {expiry}: {prometheus.query(expiry)}")
+
+    # The day-2 screen of the same site tells the same story.
+    screen = plugin(kubectl, "status", SITE, "-n", namespace).stdout
+    assert "CertificateReady   True" in screen, screen
+    assert "RolledBack" in screen, screen
+    FIGURES.append(f"kubectl blogsite status {SITE} -n {namespace}:\n{screen.rstrip()}")
 
     # promtool finds nothing wrong with the live /metrics.
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
