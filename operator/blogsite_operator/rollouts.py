@@ -25,6 +25,7 @@ from blogsite_operator.policies.rollout import (
     rollout_health,
 )
 from blogsite_operator.render.site import (
+    TLS_HASH_ANNOTATION,
     VERSION_LABEL,
     Component,
     SiteRef,
@@ -119,14 +120,27 @@ def _until_ready_timeout(
 
 
 def _template_of_version(
-    api: RolloutApi, ref: SiteRef, component: Component, version: str
+    api: RolloutApi, ref: SiteRef, component: Component, version: str, desired: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The exact pod template of `version`, from a ReplicaSet that ran it."""
+    """The pod template of `version`, from a ReplicaSet that ran it, with the
+    desired template's certificate: a revert never brings an old one back."""
     labels = {**selector_labels(ref.name, component), VERSION_LABEL: version}
     for replica_set in api.list_objects("ReplicaSet", ref.namespace, _selector(labels)):
         template = copy.deepcopy(replica_set["spec"]["template"])
-        template["metadata"].get("labels", {}).pop("pod-template-hash", None)
-        template["metadata"].pop("creationTimestamp", None)
+        metadata = template["metadata"]
+        metadata.get("labels", {}).pop("pod-template-hash", None)
+        metadata.pop("creationTimestamp", None)
+        annotations = {**(metadata.get("annotations") or {})}
+        annotations.pop(TLS_HASH_ANNOTATION, None)
+        certificate = (desired["spec"]["template"]["metadata"].get("annotations") or {}).get(
+            TLS_HASH_ANNOTATION
+        )
+        if certificate is not None:
+            annotations[TLS_HASH_ANNOTATION] = certificate
+        if annotations:
+            metadata["annotations"] = annotations
+        else:
+            metadata.pop("annotations", None)
         return dict(template)
     return None
 
@@ -174,7 +188,7 @@ def gate_deployments(
         )
         chosen = obj
         if decision.apply_version != desired:
-            template = _template_of_version(api, ref, component, decision.apply_version)
+            template = _template_of_version(api, ref, component, decision.apply_version, obj)
             if template is None:
                 problems.append(
                     Verdict(

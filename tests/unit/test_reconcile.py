@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+import datetime
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from blogsite_operator import certs
+from blogsite_operator import certs, models
 from blogsite_operator.policies.readiness import Verdict, component_facts, component_verdict
 from blogsite_operator.reconcile import (
     _transition_events,
@@ -18,7 +19,16 @@ from blogsite_operator.reconcile import (
     reconcile_site,
 )
 from blogsite_operator.render import RenderSettings
-from blogsite_operator.render.site import Component, SiteRef, render_tls_secret
+from blogsite_operator.render.site import (
+    TLS_HASH_ANNOTATION,
+    Component,
+    SiteFacts,
+    SiteRef,
+    render_site,
+    render_tls_secret,
+    version_of,
+)
+from blogsite_operator.rollouts import gate_deployments
 from blogsite_operator.settings import AcmeSettings
 
 
@@ -443,3 +453,57 @@ def test_a_field_removed_from_the_spec_is_removed_from_the_object() -> None:
     assert "Service blog-frontend" in outcome.applied
     service = api.objects[("Service", "ns", "blog-frontend")]
     assert "lb.example.com/internal" not in service["metadata"]["annotations"]
+
+
+def test_a_revert_keeps_the_current_certificate() -> None:
+    def frontend(certificate_hash: str, http: str) -> dict[str, Any]:
+        spec = models.parse_spec(
+            {
+                "domains": ["example.com"],
+                "daedalus": {"image": "d:1"},
+                "frontend": {"http": http},
+                "tls": {"acme": {"email": "ops@example.com"}},
+            }
+        )
+        facts = SiteFacts(tls_certificate_hash=certificate_hash)
+        objects = render_site(REF, spec, RenderSettings(), facts)
+        return next(o for o in objects if o["metadata"]["name"] == "blog-frontend")
+
+    good, bad = frontend("old", "serve"), frontend("new", "redirect")
+    api = MemoryApi()
+    replica_set = {
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": "blog-frontend-1",
+            "namespace": "ns",
+            "labels": good["spec"]["template"]["metadata"]["labels"],
+        },
+        "spec": {"template": copy.deepcopy(good["spec"]["template"])},
+    }
+    api.objects[("ReplicaSet", "ns", "blog-frontend-1")] = replica_set
+    memory = {"lastGoodVersion": version_of(good), "failedVersion": version_of(bad)}
+    gate = gate_deployments(
+        api,
+        ref=REF,
+        spec=models.parse_spec(
+            {
+                "domains": ["example.com"],
+                "daedalus": {"image": "d:1"},
+                "tls": {"acme": {"email": "ops@example.com"}},
+            }
+        ),
+        objects=[bad],
+        previous_status={"components": {"frontend": memory}},
+        retry_token=None,
+        now=datetime.datetime.now(tz=datetime.UTC),
+    )
+    (chosen,) = gate.objects
+    template = chosen["spec"]["template"]
+    assert version_of(chosen) == version_of(good)  # the last good version...
+    assert (
+        template["metadata"]["annotations"][TLS_HASH_ANNOTATION] == "new"
+    )  # ...on today's certificate
+    assert template["spec"] == good["spec"]["template"]["spec"]
+
+
+REF = SiteRef("blog", "ns", "u1")

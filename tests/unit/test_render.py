@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from blogsite_operator import models
-from blogsite_operator.render import RenderSettings, SiteRef, render_site
-from blogsite_operator.render.site import DRAIN_SECONDS
+from blogsite_operator.render import RenderSettings, SiteFacts, SiteRef, render_site
+from blogsite_operator.render.site import DRAIN_SECONDS, template_version, version_of
 
 SITE = SiteRef(name="lethain", namespace="blogs", uid="uid-1")
 
@@ -264,6 +264,32 @@ class TestNginxConfig:
             for v in acme[("Deployment", "lethain-frontend")]["spec"]["template"]["spec"]["volumes"]
         }
         assert volumes["tls"]["secret"]["secretName"] == "lethain-tls"
+
+
+class TestVersions:
+    def frontend(self, certificate_hash: str | None, **overrides: Any) -> dict[str, Any]:
+        raw: dict[str, Any] = {
+            "domains": ["lethain.com"],
+            "daedalus": {"image": "ghcr.io/example/daedalus:3f2c1a9"},
+            "tls": {"acme": {"email": "a@example.com"}},
+            **overrides,
+        }
+        facts = SiteFacts(tls_certificate_hash=certificate_hash)
+        objects = render_site(SITE, models.parse_spec(raw), RenderSettings(), facts)
+        return next(o for o in objects if o["metadata"]["name"] == "lethain-frontend")
+
+    def test_a_new_certificate_rolls_the_frontend_as_the_same_version(self) -> None:
+        before, after = self.frontend("aaa"), self.frontend("bbb")
+        assert before["spec"]["template"] != after["spec"]["template"]  # new pods load it
+        assert version_of(before) == version_of(after)
+        changed = self.frontend("aaa", frontend={"replicas": 2, "http": "redirect"})
+        assert version_of(changed) != version_of(before)
+
+    def test_templates_without_a_certificate_keep_their_version_hash(self) -> None:
+        # The hash of such a template is what earlier operator versions
+        # stamped; an upgrade must not roll every site.
+        template = {"metadata": {"labels": {"a": "b"}}, "spec": {"x": 1}}
+        assert template_version(template) == "258856622107b85b"
 
 
 class TestDisruptionBudgets:

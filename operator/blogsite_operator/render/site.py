@@ -556,10 +556,22 @@ def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[st
 
 
 def template_version(template: dict[str, Any]) -> str:
-    """A short, stable hash of a pod template, ignoring its own version label."""
-    labels = dict((template.get("metadata") or {}).get("labels") or {})
+    """A short, stable hash of a pod template, ignoring its own version label
+    and the certificate's hash.
+
+    A renewed certificate rolls the frontend (new pods load the new Secret),
+    but it is the same version: a renewal whose pods fail is not reverted to
+    the old certificate, and a revert of a bad version keeps the current one.
+    """
+    metadata = dict(template.get("metadata") or {})
+    labels = dict(metadata.get("labels") or {})
     labels.pop(VERSION_LABEL, None)
-    unlabelled = {**template, "metadata": {**(template.get("metadata") or {}), "labels": labels}}
+    metadata["labels"] = labels
+    annotations = dict(metadata.pop("annotations", None) or {})
+    annotations.pop(TLS_HASH_ANNOTATION, None)
+    if annotations:
+        metadata["annotations"] = annotations
+    unlabelled = {**template, "metadata": metadata}
     canonical = json.dumps(unlabelled, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
