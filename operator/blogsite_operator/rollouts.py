@@ -22,6 +22,7 @@ from blogsite_operator.policies.rollout import (
     VersionMemory,
     decide_version,
     is_rolled_out,
+    ready_clock_start,
     rollout_health,
 )
 from blogsite_operator.render.site import (
@@ -32,7 +33,7 @@ from blogsite_operator.render.site import (
     selector_labels,
     version_of,
 )
-from blogsite_operator.timestamps import format_time, parse_time
+from blogsite_operator.timestamps import format_time
 
 RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
 # Pod events drive most checks; a pod that never becomes Ready produces none,
@@ -112,9 +113,9 @@ def _until_ready_timeout(
     """Seconds until the oldest of these pods reaches the ready timeout."""
     wait = RECHECK_SECONDS
     for pod in pods:
-        born = parse_time(pod["metadata"].get("creationTimestamp"))
-        if born is not None:
-            due = (born - now).total_seconds() + thresholds.ready_timeout_seconds + 1
+        started = ready_clock_start(pod)
+        if started is not None:
+            due = (started - now).total_seconds() + thresholds.ready_timeout_seconds + 1
             wait = min(wait, max(1.0, due))
     return wait
 

@@ -23,25 +23,61 @@ FAILED = Health("failed", "PodsFailing", "pod p: container c CrashLoopBackOff")
 PROGRESSING = Health("progressing")
 
 
+def ago(seconds: int) -> str:
+    return (NOW - datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def pod(
     *,
     age: int = 10,
     ready: bool = False,
     waiting: str | None = None,
     restarts: int = 0,
+    scheduled: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     state: dict[str, Any] = {"waiting": {"reason": waiting}} if waiting else {"running": {}}
-    created = NOW - datetime.timedelta(seconds=age)
+    conditions = [{"type": "Ready", "status": "True" if ready else "False"}]
+    if scheduled is not None:
+        conditions.append({"type": "PodScheduled", **scheduled})
     return {
-        "metadata": {"name": "p", "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "metadata": {"name": "p", "creationTimestamp": ago(age)},
         "status": {
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "conditions": conditions,
             "containerStatuses": [{"name": "c", "state": state, "restartCount": restarts}],
         },
     }
 
 
+UNSCHEDULABLE = {"status": "False", "reason": "Unschedulable"}
+
+
 class TestPodFailure:
+    def test_a_pod_waiting_for_a_node_is_no_evidence_against_its_version(self) -> None:
+        waiting = pod(age=1000, scheduled=UNSCHEDULABLE)
+        assert pod_failure(waiting, LIMITS, NOW) is None
+        # Nor is the Deployment's deadline, passed while it waited.
+        deadline = {
+            "metadata": {"generation": 2},
+            "spec": {"replicas": 2},
+            "status": {
+                "observedGeneration": 2,
+                "conditions": [
+                    {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded"}
+                ],
+            },
+        }
+        assert rollout_health(deadline, [waiting], LIMITS, NOW) == PROGRESSING
+        assert rollout_health(deadline, [pod(ready=True)], LIMITS, NOW).failed
+
+    def test_the_ready_timeout_counts_from_getting_a_node(self) -> None:
+        late = {"status": "True", "lastTransitionTime": ago(60)}
+        assert pod_failure(pod(age=1000, scheduled=late), LIMITS, NOW) is None
+        early = {"status": "True", "lastTransitionTime": ago(121)}
+        assert "not Ready within 120s" in (
+            pod_failure(pod(age=1000, scheduled=early), LIMITS, NOW) or ""
+        )
+        assert "not Ready within 120s" in (pod_failure(pod(age=121), LIMITS, NOW) or "")
+
     @pytest.mark.parametrize(
         "reason",
         ["ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError"],

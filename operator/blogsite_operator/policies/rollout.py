@@ -55,9 +55,30 @@ class Health:
 HEALTHY = Health("healthy")
 
 
-def _is_ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any]:
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return dict(condition)
+    return {}
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return _condition(pod, "Ready").get("status") == "True"
+
+
+def is_unschedulable(pod: dict[str, Any]) -> bool:
+    """Waiting for room on a node: nothing is known about the version yet."""
+    scheduled = _condition(pod, "PodScheduled")
+    return scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+
+
+def ready_clock_start(pod: dict[str, Any]) -> datetime.datetime | None:
+    """Where the ready timeout starts: when the pod got a node, if known (a
+    pod that waited for room had no chance to become Ready), else its creation."""
+    scheduled = _condition(pod, "PodScheduled")
+    if scheduled.get("status") == "True" and scheduled.get("lastTransitionTime"):
+        return parse_time(scheduled["lastTransitionTime"])
+    return parse_time(pod["metadata"].get("creationTimestamp"))
 
 
 def pod_failure(
@@ -78,12 +99,14 @@ def pod_failure(
                 f"pod {name}: container {container.get('name')} restarted {restarts} times "
                 f"(limit {thresholds.max_restarts})"
             )
-    created = parse_time(pod["metadata"].get("creationTimestamp"))
-    waited = (now - created).total_seconds() if created is not None else 0.0
-    if waited > thresholds.ready_timeout_seconds and not _is_ready(pod):
+    if is_unschedulable(pod):
+        return None
+    started = ready_clock_start(pod)
+    waited = (now - started).total_seconds() if started is not None else 0.0
+    if waited > thresholds.ready_timeout_seconds and not is_ready(pod):
         # No elapsed time in the message: it lands in status, which must not
         # change on every pass.
-        return f"pod {name}: not Ready within {thresholds.ready_timeout_seconds}s of creation"
+        return f"pod {name}: not Ready within {thresholds.ready_timeout_seconds}s of getting a node"
     return None
 
 
@@ -97,6 +120,10 @@ def rollout_health(
     failures = [reason for pod in new_pods if (reason := pod_failure(pod, thresholds, now))]
     if failures:
         return Health("failed", "PodsFailing", "; ".join(sorted(failures)[:5]))
+    if any(is_unschedulable(pod) for pod in new_pods):
+        # The Deployment's deadline passes too while pods wait for a node; a
+        # full cluster is not the version's fault: it waits, as Kubernetes does.
+        return Health("progressing")
     deadline = _progress_deadline_exceeded(deployment)
     if deadline is not None:
         return Health("failed", "ProgressDeadlineExceeded", deadline)
