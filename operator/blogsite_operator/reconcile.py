@@ -23,6 +23,7 @@ from blogsite_operator.policies.certificate import (
     ServedCertificate,
     certificate_verdict,
     needs_placeholder,
+    served_by_frontend,
 )
 from blogsite_operator.policies.readiness import (
     CONDITION_FALSE,
@@ -33,6 +34,7 @@ from blogsite_operator.policies.readiness import (
     progressing_verdict,
     site_verdict,
 )
+from blogsite_operator.policies.rollout import is_ready
 from blogsite_operator.render import (
     COMPONENTS,
     RenderSettings,
@@ -44,6 +46,7 @@ from blogsite_operator.render import (
 )
 from blogsite_operator.render.site import (
     NGINX_CONFIG_LABEL,
+    TLS_HASH_ANNOTATION,
     Component,
     challenges_config_map_name,
     is_owned_by,
@@ -377,9 +380,18 @@ def _certificate(
     outcome: Outcome,
     now: datetime.datetime,
 ) -> tuple[Verdict, dict[str, Any] | None, float | None]:
-    """CertificateReady, status.certificate and when to look again (ACME)."""
-    verdict = certificate_verdict(spec, served, now)
-    status = _certificate_status(served)
+    """CertificateReady, status.certificate and when to look again (ACME).
+
+    Both describe what the frontend serves; ACME decides from the Secret.
+    """
+    verdict, status = served_by_frontend(
+        certificate_verdict(spec, served, now),
+        _certificate_status(served),
+        on_every_ready_pod=_on_every_ready_frontend_pod(api, ref, served.certificate_hash),
+        previous_status=(site.get("status") or {}).get("certificate"),
+        secret_name=served.secret_name,
+        now=now,
+    )
     acme = spec.tls.acme if spec.tls is not None else None
     if issuer is None or acme is None or f"Secret {served.secret_name}" in outcome.conflicts:
         return verdict, status, None
@@ -401,6 +413,21 @@ def _certificate(
         folded = driven.folded
         outcome.after_status.append(lambda: issuer.acknowledge((ref.namespace, ref.name), folded))
     return driven.verdict, {**(status or {}), **driven.fields}, driven.requeue_after
+
+
+def _on_every_ready_frontend_pod(
+    api: ClusterApi, ref: SiteRef, certificate_hash: str | None
+) -> bool:
+    """Every Ready frontend pod was started with this certificate (and one is Ready)."""
+    selector = ",".join(
+        f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
+    )
+    loaded = {
+        (pod["metadata"].get("annotations") or {}).get(TLS_HASH_ANNOTATION)
+        for pod in api.list_objects("Pod", ref.namespace, selector)
+        if not pod["metadata"].get("deletionTimestamp") and is_ready(pod)
+    }
+    return loaded == {certificate_hash}
 
 
 def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:

@@ -367,10 +367,14 @@ def test_changed_names_and_the_renew_annotation_each_reissue(
     )
 
 
+TLS_HASH = "blog.daedalus.dev/tls-certificate-sha256"
+FRONTEND_PODS = f"app.kubernetes.io/instance={SITE},app.kubernetes.io/component=frontend"
+
+
 def tls_hash_of_frontend(kubectl: Kubectl, namespace: str) -> str:
     frontend = kubectl.json("get", "deployment", f"{SITE}-frontend", "-n", namespace)
     annotations = frontend["spec"]["template"]["metadata"].get("annotations") or {}
-    return str(annotations.get("blog.daedalus.dev/tls-certificate-sha256"))
+    return str(annotations.get(TLS_HASH))
 
 
 def failures(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]]:
@@ -453,6 +457,70 @@ def test_failed_renewal_keeps_the_valid_certificate_serving(
     chain, _ = served_chain(kubectl, namespace)
     verify_against_root(chain, pebble.root_pem(), DOMAINS[0])
     assert "failedAttempts" not in renewed["status"]["certificate"]
+
+
+def test_a_renewal_waiting_for_room_is_not_reverted_and_status_shows_what_is_served(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble)
+    site["spec"]["rollout"] = {"readyTimeoutSeconds": 5}
+    kubectl.apply(site, namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    try:
+        # No room anywhere: the renewed certificate's frontend pod stays Pending.
+        kubectl.run("cordon", "kwok-node-0")
+        kubectl.run(
+            "annotate", "blogsite", SITE, "-n", namespace, "blog.daedalus.dev/renew-certificate=1"
+        )
+        wait_for(
+            lambda: (
+                leaf(served_chain(kubectl, namespace)[0]).serial_number
+                != int(first["serialNumber"], 16)
+            ),
+            timeout=60,
+            what="the renewed certificate in the Secret",
+        )
+        renewed_hash = hashlib.sha256(served_chain(kubectl, namespace)[0]).hexdigest()
+
+        def waited_past_the_ready_timeout() -> bool:
+            pods = kubectl.json("get", "pods", "-n", namespace, "-l", FRONTEND_PODS)["items"]
+            return any(
+                (pod["metadata"].get("annotations") or {}).get(TLS_HASH) == renewed_hash
+                and any(
+                    c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
+                    for c in pod["status"].get("conditions") or []
+                )
+                and time.time() - parse_time(pod["metadata"]["creationTimestamp"]).timestamp() > 7
+                for pod in pods
+            )
+
+        wait_for(waited_past_the_ready_timeout, timeout=60, what="a renewed pod Pending for 7s")
+        operator_process.looked_again(SITE)
+        waiting = blogsite(kubectl, namespace)
+        # Not judged, not reverted: the Deployment still asks for the renewal.
+        assert condition(waiting, "RolloutHealthy")["reason"] == "Progressing", waiting["status"]
+        assert tls_hash_of_frontend(kubectl, namespace) == renewed_hash
+        # And the status says what nginx serves: the first certificate.
+        assert waiting["status"]["certificate"]["serialNumber"] == first["serialNumber"]
+        ready = condition(waiting, "CertificateReady")
+        assert ready["status"] == "True", ready
+        assert (
+            f"serving the previous certificate (serial {first['serialNumber']}" in ready["message"]
+        )
+    finally:
+        kubectl.run("uncordon", "kwok-node-0")
+    renewed = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
+    assert leaf(served_chain(kubectl, namespace)[0]).serial_number == int(
+        renewed["status"]["certificate"]["serialNumber"], 16
+    )
+    assert condition(renewed, "Ready")["status"] == "True"
+    assert events(kubectl, namespace, "NotReady") == []
+    assert events(kubectl, namespace, "RolledBack") == []
 
 
 def test_failed_challenge_is_reported_and_retried_until_it_validates(

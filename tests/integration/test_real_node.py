@@ -604,8 +604,8 @@ def served_site(
         f"real node: ACME site applied -> certified and Ready in {time.monotonic() - started:.1f}s"
     )
     root = pebble.root_pem()
-    # Ready and CertificateReady may come before the frontend pods carry the
-    # certificate (issue 12's first item): wait until every one does.
+    # CertificateReady counts Ready frontend pods only, and judges them by
+    # their template's hash: check what each real nginx serves, too.
     issued = served_certificate(kubectl, namespace)
     wait_for(
         lambda: frontend_serves(kubectl, namespace, issued),

@@ -20,7 +20,9 @@ from blogsite_operator.policies.certificate import (
     next_attempt,
     plan_renewal,
     renewal_time,
+    served_by_frontend,
 )
+from blogsite_operator.policies.readiness import Verdict
 
 NOW = datetime.datetime(2026, 11, 25, tzinfo=datetime.UTC)
 
@@ -290,3 +292,58 @@ class TestNextAttempt:
         with_header = backoff(12, cap=long_cap, retry_after=NOW + datetime.timedelta(days=10))
         assert without == long_cap
         assert with_header >= without
+
+
+SERVED_NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
+SERVED_OLD = {"serialNumber": "01", "notAfter": "2026-12-20T00:00:00Z", "placeholder": False}
+SERVED_NEW = {"serialNumber": "02", "notAfter": "2027-02-20T00:00:00Z", "placeholder": False}
+SERVED_VALID = Verdict("True", "Valid", "serving Secret s-tls, valid until 2027-02-20T00:00:00Z")
+
+
+class TestServedByFrontend:
+    """CertificateReady and status.certificate describe what nginx serves."""
+
+    def served(self, previous: dict[str, object] | None, *, loaded: bool) -> tuple[Verdict, object]:
+        return served_by_frontend(
+            SERVED_VALID,
+            SERVED_NEW,
+            on_every_ready_pod=loaded,
+            previous_status=previous,
+            secret_name="s-tls",
+            now=SERVED_NOW,
+        )
+
+    def test_once_every_ready_pod_loaded_it_the_new_certificate_is_served(self) -> None:
+        assert self.served(SERVED_OLD, loaded=True) == (SERVED_VALID, SERVED_NEW)
+
+    def test_a_renewal_rolling_out_keeps_the_old_certificate_in_status(self) -> None:
+        verdict, described = self.served(SERVED_OLD, loaded=False)
+        assert described == SERVED_OLD
+        assert (verdict.status, verdict.reason) == ("True", "Valid")
+        assert "serving the previous certificate (serial 01" in verdict.message
+        assert "serial 02 from Secret s-tls" in verdict.message
+
+    def test_the_first_certificate_rolling_out_over_the_placeholder_is_not_ready(self) -> None:
+        placeholder = {**SERVED_OLD, "placeholder": True}
+        verdict, described = self.served(placeholder, loaded=False)
+        assert described == placeholder
+        assert (verdict.status, verdict.reason) == ("False", "RollingOut")
+        expired = {**SERVED_OLD, "notAfter": "2026-11-25T11:00:00Z"}
+        assert self.served(expired, loaded=False)[0].reason == "RollingOut"
+
+    def test_a_certificate_not_yet_on_any_pod_is_not_ready(self) -> None:
+        verdict, described = self.served(None, loaded=False)
+        assert (verdict.status, verdict.reason) == ("False", "RollingOut")
+        assert described == SERVED_NEW
+
+    def test_a_secret_that_is_not_usable_says_so_whatever_the_pods_run(self) -> None:
+        missing = Verdict("False", "SecretMissing", "Secret s-tls does not exist")
+        result = served_by_frontend(
+            missing,
+            None,
+            on_every_ready_pod=False,
+            previous_status=SERVED_OLD,
+            secret_name="s-tls",
+            now=SERVED_NOW,
+        )
+        assert result == (missing, None)

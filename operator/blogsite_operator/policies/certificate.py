@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass, field
+from typing import Any
 
 from blogsite_operator import models
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
-from blogsite_operator.timestamps import format_time
+from blogsite_operator.timestamps import format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,52 @@ def certificate_verdict(
         CONDITION_TRUE,
         "Valid",
         f"serving Secret {secret}, valid until {format_time(info.not_after)}",
+    )
+
+
+def served_by_frontend(
+    stored: Verdict,
+    stored_status: dict[str, Any] | None,
+    *,
+    on_every_ready_pod: bool,
+    previous_status: dict[str, Any] | None,
+    secret_name: str,
+    now: datetime.datetime,
+) -> tuple[Verdict, dict[str, Any] | None]:
+    """CertificateReady and status.certificate's description of what nginx
+    serves, not only what the Secret holds.
+
+    nginx loads the Secret when its pod starts, so a certificate written to
+    the Secret is served once every Ready frontend pod was started with it
+    (`on_every_ready_pod`, from the pods' certificate-hash annotation). Until
+    then the frontend serves the one the status described before: a renewal
+    still rolling out (or waiting for room on a node) leaves the old one, still
+    valid, in the status and in CertificateReady's message.
+    """
+    if stored.status != CONDITION_TRUE or on_every_ready_pod:
+        return stored, stored_status
+    new = stored_status or {}
+    old = previous_status or {}
+    if old.get("serialNumber") and old.get("serialNumber") != new.get("serialNumber"):
+        still_valid = (parse_time(old.get("notAfter")) or now) > now
+        if still_valid and not old.get("placeholder"):
+            return Verdict(
+                CONDITION_TRUE,
+                "Valid",
+                f"serving the previous certificate (serial {old['serialNumber']}, valid until "
+                f"{old.get('notAfter')}) until every frontend pod has loaded serial "
+                f"{new.get('serialNumber')} from Secret {secret_name}",
+            ), old
+        return _rolling_out(secret_name, new), old
+    return _rolling_out(secret_name, new), stored_status
+
+
+def _rolling_out(secret_name: str, new: dict[str, Any]) -> Verdict:
+    return Verdict(
+        CONDITION_FALSE,
+        "RollingOut",
+        f"the certificate in Secret {secret_name} (serial {new.get('serialNumber')}, valid until "
+        f"{new.get('notAfter')}) is not yet loaded by every Ready frontend pod",
     )
 
 
