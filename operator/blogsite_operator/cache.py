@@ -5,6 +5,9 @@ reconcile pass reads from it instead of asking the API server for every
 object on every pass. A miss falls back to a real GET, so a cold or lagging
 cache costs a request, never correctness; what the operator applies or
 deletes is recorded at once, so the next pass does not act on stale data.
+A watch that expires (410 Gone) lists again, and a list reports no deletion
+it missed: from then on only what the new list brings counts (`relisting`),
+so a pod deleted during an outage is not judged for ever after.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 
 from blogsite_operator import kube
 
-# An entry not confirmed by a watch event or a read for this long is read
-# again: a watch re-list after an outage reports no deletions it missed.
+# A single entry not confirmed by a watch event or a read for this long is
+# read again before it is trusted.
 MAX_AGE_SECONDS = 300.0
 
 # Kinds that carry the operator's labels and are watched (handlers.py).
@@ -43,8 +46,27 @@ class ChildCache:
     def __init__(self, max_age: float = MAX_AGE_SECONDS) -> None:
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._stored_at: dict[tuple[str, str, str], float] = {}
+        # (kind, namespace or None for all): when its watch expired and listed again.
+        self._relisted_at: dict[tuple[str, str | None], float] = {}
         self._max_age = max_age
         self._lock = threading.Lock()
+
+    def relisting(self, kind: str, namespace: str | None) -> None:
+        """The watch of `kind` expired (410 Gone) and lists again. A list
+        sends no DELETED for what went meanwhile: from now on an entry counts
+        only if the new list (or a later event or read) stored it again."""
+        with self._lock:
+            self._relisted_at[(kind, namespace)] = time.monotonic()
+
+    def _is_current(self, key: tuple[str, str, str]) -> bool:
+        """Called with the lock held."""
+        kind, namespace, _ = key
+        stored = self._stored_at.get(key, float("-inf"))
+        relisted = max(
+            self._relisted_at.get((kind, namespace), float("-inf")),
+            self._relisted_at.get((kind, None), float("-inf")),
+        )
+        return stored > relisted
 
     def store(self, obj: dict[str, Any]) -> None:
         metadata = obj["metadata"]
@@ -67,17 +89,22 @@ class ChildCache:
         with self._lock:
             if time.monotonic() - self._stored_at.get(key, float("-inf")) > self._max_age:
                 return None
+            if not self._is_current(key):
+                return None
             return self._objects.get(key)
 
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._lock:
-            return [
-                obj
-                for (k, ns, _), obj in self._objects.items()
-                if k == kind
-                and ns == namespace
-                and labels.items() <= ((obj["metadata"].get("labels") or {}).items())
-            ]
+            found = []
+            for key, obj in list(self._objects.items()):
+                if key[0] != kind or key[1] != namespace:
+                    continue
+                if not self._is_current(key):
+                    # Gone unless listed again, and then stored anew: drop it.
+                    del self._objects[key], self._stored_at[key]
+                elif labels.items() <= (obj["metadata"].get("labels") or {}).items():
+                    found.append(obj)
+            return found
 
     def __len__(self) -> int:
         with self._lock:

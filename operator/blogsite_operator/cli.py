@@ -117,6 +117,7 @@ def run_command(args: argparse.Namespace) -> int:
     queue = handlers.register(registry, settings, namespaces)
     health.synced = queue.synced
     health.longest_pass = queue.longest_pass
+    health.watch_failures.on_expired = queue.relisting
 
     @kopf.on.startup(registry=registry)
     async def start_heartbeat(**_: Any) -> None:

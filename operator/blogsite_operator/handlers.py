@@ -251,6 +251,12 @@ class SiteQueue:
         key, started = min(running.items(), key=lambda item: item[1])
         return key, time.monotonic() - started
 
+    def relisting(self, plural: str, namespace: str | None) -> None:
+        """A watch expired and lists again (WatchFailures.on_expired)."""
+        for kind, (_group, _version, watched) in WATCHED_CHILDREN:
+            if watched == plural:
+                self.cache.relisting(kind, namespace)
+
     def enqueue(self, namespace: str, name: str) -> None:
         """From an event handler: the pass runs in a task of its own, so kopf's
         per-object worker is free at once for the next event."""

@@ -45,8 +45,11 @@ WATCHER_TASK_PREFIX = "watcher for "
 # are separate streaks (our backoffs are at most 10 s).
 FAILURE_STREAK_GAP_SECONDS = 30.0
 _FAILED_REQUEST = re.compile(r"Request attempt #\d+ failed; .*?GET ([^?\s]+)")
-# At DEBUG, from the logger below: a watch whose resourceVersion expired.
-_EXPIRED_WATCH = re.compile(r"Restarting the watch-stream for ([a-z0-9-]+)")
+# At DEBUG, from the logger below: a watch whose resourceVersion expired,
+# about to list again.
+_EXPIRED_WATCH = re.compile(
+    r"Restarting the watch-stream for ([a-z0-9-]+)\S* (?:in '([^']+)'|cluster-wide)"
+)
 WATCHING_LOGGER = "kopf._cogs.clients.watching"
 
 
@@ -58,6 +61,9 @@ class WatchFailures(logging.Handler):
     def __init__(self, metrics: Metrics | None = None) -> None:
         super().__init__(level=logging.DEBUG)
         self.metrics = metrics
+        # Told of each expired watch (resource plural, namespace or None),
+        # before its new list begins: the cache stops trusting what it had.
+        self.on_expired: Callable[[str, str | None], None] = lambda plural, namespace: None
         self._streaks: dict[str, tuple[float, float]] = {}  # URL path -> (first, last)
         self._lock_streaks = threading.Lock()
 
@@ -66,6 +72,7 @@ class WatchFailures(logging.Handler):
         expired = _EXPIRED_WATCH.search(message)
         if expired is not None:
             self._count(expired.group(1), "expired")
+            self.on_expired(expired.group(1), expired.group(2))
             return
         match = _FAILED_REQUEST.search(message) if record.levelno >= logging.ERROR else None
         if match is None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from blogsite_operator.cache import CachedApi, ChildCache
+from blogsite_operator.handlers import SiteQueue
+from blogsite_operator.health import WatchFailures
+from blogsite_operator.settings import OperatorSettings
 
 
 def obj(kind: str, name: str, version: str, **labels: str) -> dict[str, Any]:
@@ -66,3 +70,43 @@ def test_entries_too_old_to_trust_are_misses() -> None:
     cache = ChildCache(max_age=0.0)
     cache.store(obj("Service", "a", "1"))
     assert cache.get("Service", "ns", "a") is None
+
+
+def test_after_an_expired_watch_only_what_the_new_list_brings_counts() -> None:
+    cache = ChildCache()
+    cache.store(obj("Pod", "ghost", "5", app="x"))  # deleted while the watch was down
+    cache.store(obj("Pod", "alive", "6", app="x"))
+    other = {**obj("Pod", "elsewhere", "7", app="x")}
+    other["metadata"] = {**other["metadata"], "namespace": "other"}
+    cache.store(other)
+    cache.relisting("Pod", "ns")
+    cache.store(obj("Pod", "alive", "6", app="x"))  # the new list has it again
+    assert [p["metadata"]["name"] for p in cache.select("Pod", "ns", {"app": "x"})] == ["alive"]
+    assert cache.get("Pod", "ns", "ghost") is None
+    assert len(cache) == 2  # the ghost is gone, not only hidden
+    assert [p["metadata"]["name"] for p in cache.select("Pod", "other", {"app": "x"})] == [
+        "elsewhere"
+    ]
+    cache.relisting("Pod", None)  # a cluster-wide watch: every namespace
+    assert cache.select("Pod", "other", {"app": "x"}) == []
+
+
+def test_kopfs_expired_watch_line_tells_the_queue_which_cache_to_distrust() -> None:
+    queue = SiteQueue(OperatorSettings())
+    failures = WatchFailures()
+    failures.on_expired = queue.relisting
+    queue.cache.store(obj("Pod", "ghost", "5", app="x"))
+    queue.cache.store(obj("Deployment", "d", "5", app="x"))
+    failures.emit(
+        logging.LogRecord(
+            "kopf._cogs.clients.watching",
+            logging.DEBUG,
+            __file__,
+            1,
+            "Restarting the watch-stream for pods.v1 in 'ns'.",
+            None,
+            None,
+        )
+    )
+    assert queue.cache.select("Pod", "ns", {"app": "x"}) == []
+    assert queue.cache.select("Deployment", "ns", {"app": "x"}) != []
