@@ -651,6 +651,11 @@ class CertificateStatus(Model):
         description="The last value of the blog.daedalus.dev/renew-certificate annotation "
         "acted on.",
     )
+    last_job: str | None = Field(
+        default=None,
+        description="The ACME job whose result this status records last: a result is taken "
+        "in once, however often a pass is retried.",
+    )
 
 
 class BlogSiteStatus(Model):

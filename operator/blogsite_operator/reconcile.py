@@ -11,6 +11,7 @@ import base64
 import datetime
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,6 +46,8 @@ from blogsite_operator.render import (
     selector_labels,
 )
 from blogsite_operator.render.site import (
+    ISSUED_BY_JOB_ANNOTATION,
+    ISSUED_BY_SERVER_ANNOTATION,
     NGINX_CONFIG_LABEL,
     TLS_HASH_ANNOTATION,
     Component,
@@ -55,6 +58,8 @@ from blogsite_operator.render.site import (
 )
 from blogsite_operator.rollouts import RETRY_ANNOTATION, gate_deployments
 from blogsite_operator.timestamps import format_time
+
+logger = logging.getLogger("blogsite_operator")
 
 CONDITION_FOR_COMPONENT = {
     Component.FRONTEND: "FrontendAvailable",
@@ -363,10 +368,19 @@ def reconcile_site(
         api.patch_blogsite_status(namespace, name, metadata["resourceVersion"], patch)
         outcome.status_written = True
     for event in outcome.events:
-        api.post_event(site, event.type, event.reason, event.message)
+        _post_best_effort(api, site, event)
     for done in outcome.after_status:
         done()
     return outcome
+
+
+def _post_best_effort(api: ClusterApi, site: dict[str, Any], event: Event) -> None:
+    """An Event is news, not state: a refused one (429, a timeout) is logged
+    and the pass goes on, so what the status now records is acknowledged."""
+    try:
+        api.post_event(site, event.type, event.reason, event.message)
+    except Exception as error:  # noqa: BLE001 - any failure to post means the same
+        logger.warning("could not post the %s Event: %s", event.reason, error)
 
 
 def _certificate(
@@ -607,7 +621,18 @@ def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedC
     if not certs.key_matches(cert_pem, base64.b64decode(data["tls.key"])):
         return ServedCertificate(name, None, "tls.key is not the private key of tls.crt")
     digest = hashlib.sha256(cert_pem).hexdigest()
-    return ServedCertificate(name, info, certificate_hash=digest, cert_pem=cert_pem)
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    job, server = (
+        annotations.get(ISSUED_BY_JOB_ANNOTATION),
+        annotations.get(ISSUED_BY_SERVER_ANNOTATION),
+    )
+    return ServedCertificate(
+        name,
+        info,
+        certificate_hash=digest,
+        cert_pem=cert_pem,
+        issued_by=(job, server) if job and server else None,
+    )
 
 
 def _certificate_status(served: ServedCertificate) -> dict[str, Any] | None:

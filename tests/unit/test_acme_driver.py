@@ -21,7 +21,7 @@ from cryptography.x509.oid import NameOID
 from blogsite_operator import certs, models
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION, AcmeOutcome, drive_acme
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
-from blogsite_operator.issuance.protocol import IssuanceError
+from blogsite_operator.issuance.protocol import IssuanceError, directory_url
 from blogsite_operator.policies.certificate import (
     RenewalInfo,
     ServedCertificate,
@@ -29,7 +29,11 @@ from blogsite_operator.policies.certificate import (
 )
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE
 from blogsite_operator.reconcile import read_served_certificate
-from blogsite_operator.render.site import SiteRef
+from blogsite_operator.render.site import (
+    ISSUED_BY_JOB_ANNOTATION,
+    ISSUED_BY_SERVER_ANNOTATION,
+    SiteRef,
+)
 from blogsite_operator.settings import AcmeSettings
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
@@ -55,12 +59,15 @@ CA_KEY = ec.generate_private_key(ec.SECP256R1())
 CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tiny Test CA")])
 
 
-def secret(cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+def secret(
+    cert_pem: bytes, key_pem: bytes, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
+        "metadata": {"annotations": annotations or {}},
         "data": {
             "tls.crt": base64.b64encode(cert_pem).decode(),
             "tls.key": base64.b64encode(key_pem).decode(),
-        }
+        },
     }
 
 
@@ -69,6 +76,7 @@ def issued(
     *,
     not_before: datetime.datetime = NOW - datetime.timedelta(days=10),
     days: int = 90,
+    by_job: str | None = None,
 ) -> ServedCertificate:
     """A CA-signed certificate for `names`, as the reconciler reads its Secret."""
     key_pem = certs.generate_private_key("ECDSAP256")
@@ -86,7 +94,15 @@ def issued(
         .sign(CA_KEY, hashes.SHA256())
     )
     cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
-    served = read_served_certificate("lethain-tls", secret(cert_pem, key_pem))
+    annotations = (
+        {
+            ISSUED_BY_JOB_ANNOTATION: by_job,
+            ISSUED_BY_SERVER_ANNOTATION: directory_url("letsencrypt"),
+        }
+        if by_job
+        else None
+    )
+    served = read_served_certificate("lethain-tls", secret(cert_pem, key_pem, annotations))
     assert served.info is not None
     assert not served.info.is_placeholder
     return served
@@ -545,6 +561,47 @@ class TestNothingIsLost:
         assert parse(again.fields["nextAttempt"]) > NOW
         assert issuer.jobs == [], "the failure's backoff holds: no new order"
         assert issuer.result is None
+
+    def test_a_result_the_status_records_is_not_folded_twice(self) -> None:
+        # The status write went through, then the pass failed before it
+        # acknowledged the result (a timeout): the result is still there.
+        down = JobResult(issue_job(), NOW, error=IssuanceError("AcmeServerUnreachable", "down"))
+        issuer = FakeIssuer(result=down)
+        first = drive(issuer, placeholder(), status_written=False)
+        assert first.fields["failedAttempts"] == 1
+        assert first.fields["lastJob"] == down.job.id
+        again = drive(issuer, placeholder(), previous=status_after(first))
+        assert again.fields["failedAttempts"] == 1, "one failure, counted once"
+        assert again.fields["nextAttempt"] == first.fields["nextAttempt"]
+        assert again.events == []
+        assert issuer.result is None, "acknowledged now"
+
+    def test_a_certificate_whose_result_was_lost_is_recovered_not_ordered_again(self) -> None:
+        # Two failures, then an order wrote its certificate and the operator
+        # stopped before the result reached the status.
+        served = issued(by_job="job-7")
+        issuer = FakeIssuer()
+        outcome = drive(issuer, served, previous={**failed(attempts=2), "issuedBy": None})
+        orders = [job for job in issuer.jobs if isinstance(job, IssueJob)]
+        assert orders == [], "no new order (only the CA's renewal info is asked for)"
+        assert outcome.fields["failedAttempts"] is None
+        assert outcome.fields["lastFailure"] is None
+        assert outcome.fields["lastJob"] == "job-7"
+        assert outcome.fields["issuedBy"] == {
+            "server": directory_url("letsencrypt"),
+            "serialNumber": serial_of(served),
+        }
+        assert [reason for _, reason, _ in outcome.events] == ["CertificateRecovered"]
+        assert outcome.verdict.status == CONDITION_TRUE
+        # Once recorded, nothing more happens.
+        later = drive(issuer, served, previous=status_after(outcome))
+        assert later.events == []
+        assert [job for job in issuer.jobs if isinstance(job, IssueJob)] == []
+
+    def test_a_certificate_not_written_by_an_order_is_not_taken_for_one(self) -> None:
+        issuer = FakeIssuer()
+        drive(issuer, issued(), previous=failed(attempts=2, next_in=datetime.timedelta(0)))
+        assert issuer.jobs == [issue_job()], "the failed order is retried, as before"
 
     def test_an_order_overtaken_by_a_spec_change_is_not_a_failure(self) -> None:
         stale = JobResult(issue_job(), NOW, error=IssuanceError("Superseded", "names changed"))

@@ -507,3 +507,17 @@ def test_a_revert_keeps_the_current_certificate() -> None:
 
 
 REF = SiteRef("blog", "ns", "u1")
+
+
+def test_an_event_the_api_refuses_does_not_fail_the_pass() -> None:
+    class Throttled(MemoryApi):
+        def post_event(
+            self, site: dict[str, Any], event_type: str, reason: str, message: str
+        ) -> None:
+            self.events.append((event_type, reason, "refused"))
+            raise ApiException(status=429, reason="Too Many Requests")
+
+    api = Throttled()
+    outcome = reconcile_site(api, site(), RenderSettings())  # no exception
+    assert api.status is not None, "the status was written"
+    assert len(api.events) == len(outcome.events) > 1, "every Event was tried"

@@ -67,8 +67,10 @@ def drive_acme(
     events: list[tuple[str, str, str]] = []
 
     busy, result = issuer.state(key)
-    if result is not None:
+    if result is not None and result.job.id != state.last_job:
         events.extend(state.fold(result, issuer.settings, now))
+    elif result is None and not busy:
+        events.extend(state.recover(served))
     # The served certificate was read before this result: after a success the
     # new Secret's own event brings the next pass, which plans from it.
     just_issued = result is not None and isinstance(result.job, IssueJob) and result.error is None
@@ -139,6 +141,7 @@ class _State:
     renewal_info: RenewalInfo | None = None
     renewal_request: str | None = None
     issued_by: dict[str, str] | None = None  # server and serial of our last order
+    last_job: str | None = None  # the last job whose result is in status
 
     @classmethod
     def from_status(cls, previous: dict[str, Any]) -> _State:
@@ -158,12 +161,14 @@ class _State:
             renewal_info=renewal_info,
             renewal_request=previous.get("renewalRequest"),
             issued_by=previous.get("issuedBy"),
+            last_job=previous.get("lastJob"),
         )
 
     def fold(
         self, result: JobResult, settings: AcmeSettings, now: datetime.datetime
     ) -> list[tuple[str, str, str]]:
         """Take in what a finished job did; the Events that tell the user."""
+        self.last_job = result.job.id
         error = result.error
         if isinstance(result.job, RenewalInfoJob):
             if error is None:
@@ -223,6 +228,34 @@ class _State:
             )
         ]
 
+    def recover(self, served: ServedCertificate) -> list[tuple[str, str, str]]:
+        """A certificate our order wrote to the Secret whose result never
+        reached the status (the operator stopped in between): take it in as
+        that order's success, instead of ordering again."""
+        info = served.info
+        if served.issued_by is None or info is None or info.is_placeholder:
+            return []
+        if (self.issued_by or {}).get("serialNumber") == info.serial:
+            return []  # its result was folded
+        job, server = served.issued_by
+        self.failed_attempts = 0
+        self.next_attempt = None
+        self.last_failure = None
+        self.renewal_info = None
+        self.issued_by = {"server": server, "serialNumber": info.serial}
+        self.last_job = job
+        return [
+            (
+                "Normal",
+                "CertificateRecovered",
+                (
+                    f"Secret {served.secret_name} holds serial {info.serial}, valid until "
+                    f"{format_time(info.not_after)}, from an order whose result was not "
+                    "recorded (the operator stopped): taken as issued, no new order"
+                ),
+            )
+        ]
+
     def to_status(self) -> dict[str, Any]:
         info = self.renewal_info
         return {
@@ -238,6 +271,7 @@ class _State:
             else None,
             "renewalRequest": self.renewal_request,
             "issuedBy": self.issued_by,
+            "lastJob": self.last_job,
         }
 
 

@@ -20,9 +20,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,11 +64,18 @@ class IssuerApi(Protocol):
     ) -> dict[str, Any]: ...
 
 
+def new_job_id() -> str:
+    """Names one job: status records the last one folded, the Secret the one
+    that wrote it."""
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass(frozen=True)
 class IssueJob:
     site: SiteRef
     names: tuple[str, ...]
     acme: models.Acme
+    id: str = field(default_factory=new_job_id, compare=False)  # written on the Secret it issues
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,7 @@ class RenewalInfoJob:
     acme: models.Acme
     cert_pem: bytes
     serial: str
+    id: str = field(default_factory=new_job_id, compare=False)
 
 
 @dataclass(frozen=True)
@@ -207,7 +216,13 @@ class CertificateIssuer:
                 self._publish(site, {}, clear=True)
         self._check_still_wanted(job)
         self.api.apply(
-            render_tls_secret(site, issued.fullchain_pem, issued.key_pem, placeholder=False)
+            render_tls_secret(
+                site,
+                issued.fullchain_pem,
+                issued.key_pem,
+                placeholder=False,
+                issued_by=(job.id, directory_url(job.acme.server)),
+            )
         )
         info = certs.certificate_info(issued.fullchain_pem)
         logger.info(

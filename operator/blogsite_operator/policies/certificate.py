@@ -21,6 +21,7 @@ class ServedCertificate:
     problem: str | None = None  # why `info` is None, when the Secret exists
     certificate_hash: str | None = None  # sha256 of tls.crt
     cert_pem: bytes | None = field(default=None, repr=False)  # tls.crt, for ARI
+    issued_by: tuple[str, str] | None = None  # (job, server) of the order that wrote it
 
 
 def needs_placeholder(

@@ -32,6 +32,8 @@ PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
 # can serve every site of a cluster (`challenge-server --selector`).
 CHALLENGES_LABEL = "blog.daedalus.dev/acme-http01-of"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
+ISSUED_BY_JOB_ANNOTATION = "blog.daedalus.dev/acme-job"
+ISSUED_BY_SERVER_ANNOTATION = "blog.daedalus.dev/acme-server"
 # The version of a pod template: a hash of everything else in it. Carried by
 # the Deployment's template, so its ReplicaSets and pods say which they run.
 VERSION_LABEL = "blog.daedalus.dev/version"
@@ -321,13 +323,26 @@ def render_nginx_config_map(site: SiteRef, spec: models.BlogSiteSpec) -> dict[st
 
 
 def render_tls_secret(
-    site: SiteRef, cert_pem: bytes, key_pem: bytes, *, placeholder: bool = True
+    site: SiteRef,
+    cert_pem: bytes,
+    key_pem: bytes,
+    *,
+    placeholder: bool = True,
+    issued_by: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The operator's own TLS Secret (ACME mode): a placeholder, or the issued chain."""
+    """The operator's own TLS Secret (ACME mode): a placeholder, or the issued
+    chain with the job that ordered it and its server (`issued_by`), so a
+    result lost to a restart is found again here instead of ordered again."""
     metadata = _metadata(site, Component.FRONTEND)
     metadata["name"] = tls_secret_name_for(site.name)
     if placeholder:
         metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
+    elif issued_by is not None:
+        job, server = issued_by
+        metadata["annotations"] = {
+            ISSUED_BY_JOB_ANNOTATION: job,
+            ISSUED_BY_SERVER_ANNOTATION: server,
+        }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
