@@ -53,6 +53,7 @@ from blogsite_operator.render.site import (
     Component,
     challenges_config_map_name,
     is_owned_by,
+    may_write_tls_secret,
     render_tls_secret,
     tls_secret_name,
 )
@@ -586,7 +587,7 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     served = read_served_certificate(secret_name, live)
     if spec.tls.acme is None:
         return served  # the user's Secret: read, never written
-    if live is not None and not is_owned_by(live, ref.uid):
+    if live is not None and not may_write_tls_secret(live, ref):
         outcome.conflicts.append(f"Secret {secret_name}")
         return served
     names = [*spec.domains, *spec.redirect_domains]

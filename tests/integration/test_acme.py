@@ -523,6 +523,35 @@ def test_a_renewal_waiting_for_room_is_not_reverted_and_status_shows_what_is_ser
     assert events(kubectl, namespace, "RolledBack") == []
 
 
+def test_a_certificate_outlives_its_blogsite_and_is_reused_when_it_comes_back(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    site = apply_acme_site(kubectl, namespace, pebble)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    secret_uid = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)["metadata"]["uid"]
+    for _ in range(2):  # a migration, a GitOps prune, a re-install
+        kubectl.run("delete", "blogsite", SITE, "-n", namespace, "--wait=true")
+        wait_for(
+            lambda: not kubectl.exists("deployment", f"{SITE}-frontend", namespace),
+            what="the BlogSite's Deployments collected",
+        )
+        assert kubectl.exists("secret", f"{SITE}-tls", namespace), "the certificate is kept"
+        kubectl.apply(site, namespace)
+        again = wait_for_certificate(kubectl, namespace)
+        assert again["status"]["certificate"]["serialNumber"] == first["serialNumber"]
+    secret = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
+    assert secret["metadata"]["uid"] == secret_uid, "the same Secret, never rewritten"
+    assert not secret["metadata"].get("ownerReferences")
+    orders = operator_process.logs().count(f"[{namespace}/{SITE}] issued a certificate")
+    assert orders == 1, f"{orders} orders for one site deleted and created twice"
+    assert len(events(kubectl, namespace, "CertificateRecovered")) >= 1
+    FIGURES.append("ACME: a site deleted and created again twice: 1 order in all")
+
+
 def test_failed_challenge_is_reported_and_retried_until_it_validates(
     kubectl: Kubectl,
     namespace: str,

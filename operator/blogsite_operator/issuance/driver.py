@@ -229,9 +229,10 @@ class _State:
         ]
 
     def recover(self, served: ServedCertificate) -> list[tuple[str, str, str]]:
-        """A certificate our order wrote to the Secret whose result never
-        reached the status (the operator stopped in between): take it in as
-        that order's success, instead of ordering again."""
+        """A certificate our order wrote to the Secret whose result this
+        status has no record of (the operator stopped before taking it in, or
+        the BlogSite was deleted and created again): take it in as that
+        order's success instead of ordering again."""
         info = served.info
         if served.issued_by is None or info is None or info.is_placeholder:
             return []
@@ -250,8 +251,9 @@ class _State:
                 "CertificateRecovered",
                 (
                     f"Secret {served.secret_name} holds serial {info.serial}, valid until "
-                    f"{format_time(info.not_after)}, from an order whose result was not "
-                    "recorded (the operator stopped): taken as issued, no new order"
+                    f"{format_time(info.not_after)}, from an order this status has no "
+                    "record of (a restart, or this BlogSite created again): taken as issued, "
+                    "no new order"
                 ),
             )
         ]

@@ -44,7 +44,7 @@ from blogsite_operator.render.site import (
     acme_account_secret_name,
     challenges_config_map_name,
     child_name,
-    is_owned_by,
+    may_write_tls_secret,
     render_acme_account_secret,
     render_tls_secret,
     tls_secret_name_for,
@@ -255,7 +255,7 @@ class CertificateIssuer:
             )
         name = tls_secret_name_for(site.name)
         secret = self.api.get("Secret", site.namespace, name)
-        if secret is not None and not is_owned_by(secret, site.uid):
+        if secret is not None and not may_write_tls_secret(secret, site):
             raise IssuanceError("NameConflict", f"Secret {name} belongs to someone else")
 
     def _account(self, site: SiteRef, acme: models.Acme, scratch: str) -> AccountConfig:

@@ -115,6 +115,24 @@ def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
+def is_kept_certificate_of(obj: dict[str, Any], site_name: str) -> bool:
+    """A certificate an ACME order of this operator wrote for a BlogSite of
+    this name. It has no owner, so deleting the BlogSite keeps it, and the
+    next BlogSite of the same name takes it up instead of ordering again."""
+    metadata = obj.get("metadata") or {}
+    labels = metadata.get("labels") or {}
+    return (
+        labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+        and labels.get("app.kubernetes.io/instance") == site_name
+        and ISSUED_BY_JOB_ANNOTATION in (metadata.get("annotations") or {})
+        and not metadata.get("ownerReferences")
+    )
+
+
+def may_write_tls_secret(obj: dict[str, Any], site: SiteRef) -> bool:
+    return is_owned_by(obj, site.uid) or is_kept_certificate_of(obj, site.name)
+
+
 _DEFAULT_RESOURCES: dict[Component, dict[str, dict[str, str]]] = {
     Component.FRONTEND: {
         "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -343,6 +361,8 @@ def render_tls_secret(
             ISSUED_BY_JOB_ANNOTATION: job,
             ISSUED_BY_SERVER_ANNOTATION: server,
         }
+        # Kept when the BlogSite goes (see is_kept_certificate_of).
+        del metadata["ownerReferences"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
