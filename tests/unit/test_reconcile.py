@@ -296,43 +296,42 @@ class TestTls:
         assert len(api.writes) == writes
         assert api.objects[("Secret", "ns", "blog-tls")]["data"] == secret["data"]
 
-    def test_a_certificate_kept_from_a_deleted_blogsite_of_the_same_name_is_taken_up(
-        self,
-    ) -> None:
-        names = ["blog.example.com"]
-        placeholder = render_tls_secret(
-            SiteRef("blog", "ns", "u0"), *certs.self_signed_placeholder(names)
-        )
-        assert placeholder["metadata"]["ownerReferences"], "a placeholder goes with its site"
-        kept = render_tls_secret(
-            SiteRef("blog", "ns", "u0"),  # the BlogSite before it was deleted
-            *certs.self_signed_placeholder(names),
-            placeholder=False,
-            issued_by=("job-1", "https://ca.example/dir"),
-        )
-        assert "ownerReferences" not in kept["metadata"], "an issued certificate is kept"
-        api = MemoryApi()
-        api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(kept)
-        reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
-        assert "apply Secret blog-tls" not in api.writes
-        assert api.status is not None
-        reconciled = next(c for c in api.status["conditions"] if c["type"] == "Reconciled")
-        assert reconciled["status"] == "True", reconciled
-
-    def test_a_kept_certificate_of_another_name_is_someone_elses(self) -> None:
-        kept = render_tls_secret(
-            SiteRef("other", "ns", "u0"),
+    @staticmethod
+    def kept_certificate(written_for: str) -> dict[str, Any]:
+        """NAME-tls as an order wrote it for a BlogSite since deleted."""
+        return render_tls_secret(
+            SiteRef(written_for, "ns", "u0"),
             *certs.self_signed_placeholder(["blog.example.com"]),
             placeholder=False,
             issued_by=("job-1", "https://ca.example/dir"),
         )
-        kept["metadata"]["name"] = "blog-tls"  # in the way of "blog"
+
+    @staticmethod
+    def reconciled_over(secret: dict[str, Any]) -> tuple[MemoryApi, dict[str, Any]]:
+        """One pass of the ACME site "blog" over this Secret in the way."""
         api = MemoryApi()
-        api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(kept)
+        api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(secret)
         reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
         assert "apply Secret blog-tls" not in api.writes
         assert api.status is not None
-        reconciled = next(c for c in api.status["conditions"] if c["type"] == "Reconciled")
+        return api, next(c for c in api.status["conditions"] if c["type"] == "Reconciled")
+
+    def test_a_certificate_kept_from_a_deleted_blogsite_of_the_same_name_is_taken_up(
+        self,
+    ) -> None:
+        placeholder = render_tls_secret(
+            SiteRef("blog", "ns", "u0"), *certs.self_signed_placeholder(["blog.example.com"])
+        )
+        assert placeholder["metadata"]["ownerReferences"], "a placeholder goes with its site"
+        kept = self.kept_certificate("blog")
+        assert "ownerReferences" not in kept["metadata"], "an issued certificate is kept"
+        _, reconciled = self.reconciled_over(kept)
+        assert reconciled["status"] == "True", reconciled
+
+    def test_a_kept_certificate_of_another_name_is_someone_elses(self) -> None:
+        kept = self.kept_certificate("other")
+        kept["metadata"]["name"] = "blog-tls"  # in the way of "blog"
+        _, reconciled = self.reconciled_over(kept)
         assert reconciled["reason"] == "NameConflict"
 
     def test_an_order_finishing_mid_pass_is_never_covered_by_a_placeholder(self) -> None:
