@@ -504,6 +504,7 @@ class BlogSiteSpec(Model):
                 f" <= {MAX_NAMES}",
                 f"domains and redirectDomains together may hold at most {MAX_NAMES} names "
                 "(the limit of one certificate)",
+                field_path=".domains",
             ),
             cel(
                 "!has(self.frontend) || !has(self.frontend.http) "

@@ -98,7 +98,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
             domains=[f"d{i}.example.com" for i in range(60)],
             redirectDomains=[f"r{i}.example.com" for i in range(41)],
         ),
-        ["at most 100 names"],
+        ["spec.domains: Invalid value", "at most 100 names"],
     ),
     ("no-image", with_daedalus(image=None), ["spec.daedalus.image", "Required"]),
     (
