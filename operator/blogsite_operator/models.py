@@ -8,7 +8,9 @@ in a `cel(...)` rule next to the field it guards.
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import urllib.parse
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -365,6 +367,38 @@ class FrontendService(Model):
         ),
     )
 
+    @model_validator(mode="after")
+    def _same_rules_as_the_crd(self) -> FrontendService:
+        """The CEL rules above, checked in Python too (the operator parses
+        specs the API server stored before a CRD upgrade, and `render`)."""
+        for key in self.annotations:
+            if len(key) > 253 or not re.fullmatch(ANNOTATION_KEY_PATTERN, key):
+                raise ValueError(
+                    f"annotations: {key!r}: annotation keys must be valid Kubernetes "
+                    "annotation keys, e.g. example.com/setting"
+                )
+        for source in self.load_balancer_source_ranges:
+            if not _is_cidr(source):
+                raise ValueError(
+                    f"loadBalancerSourceRanges: {source!r}: every entry must be a CIDR such "
+                    "as 203.0.113.0/24"
+                )
+        if self.load_balancer_source_ranges and self.type != ServiceType.LOAD_BALANCER:
+            raise ValueError("loadBalancerSourceRanges applies only to type LoadBalancer")
+        return self
+
+
+def _is_cidr(value: str) -> bool:
+    """As CEL's isCIDR: an address and a prefix length (host bits may be set)."""
+    address, slash, length = value.partition("/")
+    if not slash or not length.isdigit():
+        return False
+    try:
+        ipaddress.ip_network(f"{address}/{length}", strict=False)
+    except ValueError:
+        return False
+    return True
+
 
 class Frontend(Model):
     """nginx: TLS termination, plain-HTTP policy, redirects, proxy to daedalus."""
@@ -442,6 +476,17 @@ class Acme(Model):
     ca_bundle_secret_ref: SecretKeyRef | None = Field(
         default=None, description="PEM CA bundle to trust for a private ACME server."
     )
+
+    @model_validator(mode="after")
+    def _https_server(self) -> Acme:
+        """The CEL rule above, checked in Python too."""
+        named = self.server in ("letsencrypt", "letsencrypt-staging")
+        if not named and urllib.parse.urlsplit(self.server).scheme != "https":
+            raise ValueError(
+                "server must be 'letsencrypt', 'letsencrypt-staging' or an https:// "
+                "ACME directory URL"
+            )
+        return self
 
 
 class Tls(Model):

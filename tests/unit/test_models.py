@@ -144,3 +144,34 @@ class TestOtherFields:
 
 def test_cel_string_round_trips_quotes_and_backslashes() -> None:
     assert models.cel_string("a'b\"c\\.d") == '"a\'b\\"c\\\\.d"'
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"service": {"annotations": {"bad key": "v"}}}, "annotation keys must be valid"),
+        ({"service": {"loadBalancerSourceRanges": ["10.0.0.1"]}}, "must be a CIDR"),
+        (
+            {"service": {"type": "ClusterIP", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+            "applies only to type LoadBalancer",
+        ),
+    ],
+)
+def test_the_frontend_service_rules_of_the_crd_hold_in_python_too(
+    change: dict[str, Any], message: str
+) -> None:
+    raw = {"domains": ["a.example.com"], "daedalus": {"image": "d:1"}, "frontend": change}
+    with pytest.raises(pydantic.ValidationError, match=message):
+        models.parse_spec(raw)
+
+
+def test_an_acme_server_must_be_named_or_https_in_python_too() -> None:
+    raw: dict[str, Any] = {
+        "domains": ["a.example.com"],
+        "daedalus": {"image": "d:1"},
+        "tls": {"acme": {"email": "ops@example.com", "server": "http://acme.example/dir"}},
+    }
+    with pytest.raises(pydantic.ValidationError, match="https:// ACME directory URL"):
+        models.parse_spec(raw)
+    raw["tls"]["acme"]["server"] = "https://acme.example/dir"
+    assert models.parse_spec(raw).tls is not None
