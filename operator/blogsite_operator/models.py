@@ -9,6 +9,7 @@ in a `cel(...)` rule next to the field it guards.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import urllib.parse
 from enum import StrEnum
@@ -734,8 +735,12 @@ class BlogSiteStatus(Model):
 
 
 def parse_spec(spec: Any) -> BlogSiteSpec:
-    """Validate a raw `spec` mapping (from the API or a file) into the model."""
-    return BlogSiteSpec.model_validate(dict(spec or {}))
+    """Validate a raw `spec` mapping (from the API or a file) into the model.
+
+    Strictly, as JSON: a "80" where a number belongs is refused here as the
+    API server refuses it, so `render -f` does not accept what it would not.
+    """
+    return BlogSiteSpec.model_validate_json(json.dumps(dict(spec or {})), strict=True)
 
 
 def is_hostname(value: str) -> bool:
