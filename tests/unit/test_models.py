@@ -179,5 +179,5 @@ def test_an_acme_server_must_be_named_or_https_in_python_too() -> None:
 
 def test_a_string_where_a_number_belongs_is_refused_as_the_api_server_refuses_it() -> None:
     raw = {"domains": ["a.example.com"], "daedalus": {"image": "d:1", "port": "80"}}
-    with pytest.raises(pydantic.ValidationError, match="daedalus.port"):
+    with pytest.raises(pydantic.ValidationError, match=r"daedalus\.port"):
         models.parse_spec(raw)
