@@ -77,9 +77,11 @@ def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
     if spec.get("redirectDomains"):
         lines.append(f"  redirect: {', '.join(spec['redirectDomains'])}")
     lines += ["", "Conditions:"]
-    for condition in status.get("conditions") or []:
+    conditions = status.get("conditions") or []
+    width = max((len(c["type"]) for c in conditions), default=0)
+    for condition in conditions:
         lines.append(
-            f"  {condition['type']:<18} {condition.get('status', '?'):<7} "
+            f"  {condition['type']:<{width}} {condition.get('status', '?'):<7} "
             f"{condition.get('reason', ''):<22} {condition.get('message', '')}"
         )
     certificate = status.get("certificate")

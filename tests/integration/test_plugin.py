@@ -4,6 +4,7 @@ local cluster."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,9 +41,8 @@ def test_status_renew_and_retry_on_a_running_site(
 ) -> None:
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
     wait_for(
-        lambda: (
-            "Ready              True"
-            in plugin(kubectl, "status", "lethain", "-n", namespace).stdout
+        lambda: re.search(
+            r"^  Ready +True ", plugin(kubectl, "status", "lethain", "-n", namespace).stdout, re.M
         ),
         timeout=90,
         what="kubectl blogsite status showing Ready",
@@ -50,6 +50,9 @@ def test_status_renew_and_retry_on_a_running_site(
     shown = plugin(kubectl, "status", "lethain", "-n", namespace)
     assert shown.returncode == 0, shown.stderr
     screen = shown.stdout
+    # One column for every condition type, the longest included.
+    assert re.search(r"^  CertRefreshAvailable True ", screen, re.M), screen
+    assert re.search(r"^  Ready {16}True ", screen, re.M), screen
     assert f"BlogSite {namespace}/lethain" in screen
     assert "domains:  lethain.com, www.lethain.com" in screen
     assert "Certificate:\n  none (plain HTTP)" in screen

@@ -45,7 +45,9 @@ EVENTS = [
 def test_one_screen_says_what_is_wrong_and_what_comes_next() -> None:
     screen = status_screen(SITE, EVENTS)
     assert "BlogSite blogs/notes  (generation 3, observed 3)" in screen
-    assert "CertificateReady   False   AcmeServerUnreachable" in screen
+    assert (
+        "CertificateReady False   AcmeServerUnreachable" in screen
+    )  # the longest type sets the column
     assert "issued, serial 1f" in screen
     assert "renewal  planned 2026-12-31T00:00:00Z" in screen
     assert "last failure: AcmeServerUnreachable: connection refused (2 attempt(s); next" in screen
