@@ -468,7 +468,7 @@ def test_a_renewal_waiting_for_room_is_not_reverted_and_status_shows_what_is_ser
 ) -> None:
     trust_pebble(kubectl, namespace, pebble)
     site = acme_site(pebble)
-    site["spec"]["rollout"] = {"readyTimeoutSeconds": 5}
+    site["spec"]["rollout"] = {"readyTimeoutSeconds": 10}
     kubectl.apply(site, namespace)
     first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
     try:
@@ -495,11 +495,11 @@ def test_a_renewal_waiting_for_room_is_not_reverted_and_status_shows_what_is_ser
                     c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable"
                     for c in pod["status"].get("conditions") or []
                 )
-                and time.time() - parse_time(pod["metadata"]["creationTimestamp"]).timestamp() > 7
+                and time.time() - parse_time(pod["metadata"]["creationTimestamp"]).timestamp() > 12
                 for pod in pods
             )
 
-        wait_for(waited_past_the_ready_timeout, timeout=60, what="a renewed pod Pending for 7s")
+        wait_for(waited_past_the_ready_timeout, timeout=60, what="a renewed pod Pending for 12s")
         operator_process.looked_again(SITE)
         waiting = blogsite(kubectl, namespace)
         # Not judged, not reverted: the Deployment still asks for the renewal.
@@ -762,13 +762,14 @@ def test_sites_ordering_at_once_share_one_account(
     # The accounts outlive every site (a new site reuses them; no new account).
     kubectl.run("delete", "blogsites", "--all", "-n", namespace, "--wait=true", "--timeout=60s")
     wait_for(
-        lambda: not kubectl.exists("secret", "site-0-tls", namespace),
+        lambda: not kubectl.exists("deployment", "site-0-frontend", namespace),
         timeout=90,
-        what="the sites' own Secrets collected",
+        what="the sites' children collected",
     )
     kept = account_secrets()
     assert len(kept) == 2
     assert all(not s["metadata"].get("ownerReferences") for s in kept)
+    assert kubectl.exists("secret", "site-0-tls", namespace), "issued certificates are kept too"
 
 
 def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
