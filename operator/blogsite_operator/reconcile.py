@@ -399,11 +399,12 @@ def _certificate(
 
     Both describe what the frontend serves; ACME decides from the Secret.
     """
+    previous: dict[str, Any] | None = (site.get("status") or {}).get("certificate")
     verdict, status = served_by_frontend(
         certificate_verdict(spec, served, now),
         _certificate_status(served),
         on_every_ready_pod=_on_every_ready_frontend_pod(api, ref, served.certificate_hash),
-        previous_status=(site.get("status") or {}).get("certificate"),
+        previous_status=previous,
         secret_name=served.secret_name,
         now=now,
     )
@@ -427,7 +428,12 @@ def _certificate(
     if driven.folded is not None:
         folded = driven.folded
         outcome.after_status.append(lambda: issuer.acknowledge((ref.namespace, ref.name), folded))
-    return driven.verdict, {**(status or {}), **driven.fields}, driven.requeue_after
+    fields = dict(driven.fields)
+    if previous is not None and status is previous:
+        # The frontend still serves the previous certificate: keep the renewal
+        # time planned for it beside it, not the new one's.
+        fields["renewalTime"] = previous.get("renewalTime")
+    return driven.verdict, {**(status or {}), **fields}, driven.requeue_after
 
 
 def _on_every_ready_frontend_pod(
