@@ -62,6 +62,11 @@ system-deps: ## Debian packages the tests need (nginx-light), installed when mis
 test: system-deps lint install tools ## lint, unit and integration tests: what CI runs
 	$(BIN)/pytest tests --ignore=tests/kind $(PYTEST_ARGS)
 
+.PHONY: chaos
+chaos: system-deps install tools ## the chaos test at full size: 50 sites, 20 SIGKILLs (BLOGSITE_CHAOS_SEED repeats one)
+	BLOGSITE_CHAOS_SITES=$${BLOGSITE_CHAOS_SITES:-50} BLOGSITE_CHAOS_KILLS=$${BLOGSITE_CHAOS_KILLS:-20} \
+		$(BIN)/pytest tests/integration/test_chaos.py $(PYTEST_ARGS)
+
 .PHONY: images
 images: ## build the operator, frontend, daedalus stand-in and pause images (cached)
 	hack/images.sh build
