@@ -331,6 +331,17 @@ class TestBackoff:
 
 
 class TestSuccess:
+    def test_a_pass_that_read_the_secret_before_the_result_keeps_the_old_plan(self) -> None:
+        old = issued(not_before=NOW - datetime.timedelta(days=80))  # read before the order ended
+        result = JobResult(
+            issue_job(), NOW, serial="beef", not_after=NOW + datetime.timedelta(days=90)
+        )
+        previous = {"renewalTime": iso(NOW - datetime.timedelta(minutes=5))}
+        outcome = drive(FakeIssuer(result=result), old, previous=previous)
+        # Not the old certificate's plan, computed again without its renewal
+        # info: the next pass plans from the new one.
+        assert outcome.fields["renewalTime"] == previous["renewalTime"]
+
     def test_clears_failures_and_says_so(self) -> None:
         served = issued()
         result = JobResult(

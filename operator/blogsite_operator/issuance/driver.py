@@ -124,6 +124,10 @@ def drive_acme(
 
     fields = state.to_status()
     fields["renewalTime"] = format_time(plan.renewal_time) if plan.renewal_time else None
+    if just_issued:
+        # Planned from the certificate read before this result: keep the plan
+        # that led to the order until the next pass plans from the new one.
+        fields["renewalTime"] = previous.get("renewalTime")
     return AcmeOutcome(
         fields=fields,
         verdict=_verdict(base_verdict, state, busy and due, acme.server),
