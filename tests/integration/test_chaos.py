@@ -1,5 +1,6 @@
 """Chaos: the operator SIGKILLed at random moments while sites are created,
-changed and issued certificates, and started again each time.
+changed and issued certificates, and started again each time; and SIGTERMed
+in the middle of orders.
 
 Bounded in `make test` (20 sites, 6 kills); `make chaos` runs 50 sites and
 20 kills (BLOGSITE_CHAOS_SITES, BLOGSITE_CHAOS_KILLS). Afterwards every site
@@ -20,6 +21,7 @@ from typing import Any
 
 from cryptography import x509
 
+from blogsite_operator.reconcile import read_served_certificate
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
 from tests.pebble import ChallengeServer, Pebble
@@ -154,3 +156,51 @@ def test_sigkill_at_random_moments_loses_nothing(
         "after the first; "
         f"orders per ACME site: {dict(Counter(orders.values()))} (count: sites)"
     )
+
+
+def test_sigterm_during_an_order_ends_it_cleanly_and_writes_nothing_half(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,  # noqa: F811 - the fixture imported above
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    sites = range(0, 8, 2)  # ACME sites, ordering at once
+    for index in sites:
+        kubectl.apply(site(index, pebble, IMAGES[0]), namespace)
+
+    def answers_published() -> bool:
+        maps = kubectl.json("get", "configmaps", "-n", namespace)["items"]
+        return any(m["metadata"]["name"].endswith("-acme-http01") and m.get("data") for m in maps)
+
+    # An order is half-way: its answers are up for the CA to fetch.
+    wait_for(answers_published, timeout=60, interval=0.05, what="an order under way")
+    stopping = time.monotonic()
+    assert operator_process.stop() == 0  # SIGTERM; fails past 30 s
+    stopped = time.monotonic() - stopping
+    # Nothing half-written: each TLS Secret is a placeholder or a chain whose
+    # key is its own.
+    for index in sites:
+        secret = kubectl.json("get", "secret", f"c{index}-tls", "-n", namespace)
+        served = read_served_certificate(f"c{index}-tls", secret)
+        assert served.info is not None, served.problem
+    # Started again, it finishes the work with no second certificate.
+    operator_process.start()
+    wait_for(
+        lambda: all(
+            any(
+                c["type"] == "CertificateReady" and c["status"] == "True"
+                for c in kubectl.json("get", "blogsite", f"c{i}", "-n", namespace)["status"][
+                    "conditions"
+                ]
+            )
+            for i in sites
+        ),
+        timeout=120,
+        what="every site certified after the restart",
+    )
+    logs = operator_process.logs()
+    for index in sites:
+        assert logs.count(f"[{namespace}/c{index}] issued a certificate") <= 1
+    FIGURES.append(f"chaos: SIGTERM during {len(sites)} orders: stopped in {stopped:.1f}s, exit 0")
