@@ -153,7 +153,7 @@ MUTATIONS: list[tuple[str, st.SearchStrategy[Any]]] = [
     ("frontend.service.annotations", HOSTILE.map(lambda k: {k: "v"})),
     (
         "frontend.service.loadBalancerSourceRanges",
-        st.sampled_from([["x"], ["10.0.0.1"], ["1.2.3.4/33"]]),
+        st.sampled_from([["x"], ["198.18.0.1"], ["198.18.0.1/33"]]),
     ),
     ("frontend.extraConfig", HOSTILE),
     ("tls.secretName", st.one_of(HOSTILE, st.just("Bad_Name"))),

@@ -150,9 +150,9 @@ def test_cel_string_round_trips_quotes_and_backslashes() -> None:
     ("change", "message"),
     [
         ({"service": {"annotations": {"bad key": "v"}}}, "annotation keys must be valid"),
-        ({"service": {"loadBalancerSourceRanges": ["10.0.0.1"]}}, "must be a CIDR"),
+        ({"service": {"loadBalancerSourceRanges": ["198.18.0.1"]}}, "must be a CIDR"),
         (
-            {"service": {"type": "ClusterIP", "loadBalancerSourceRanges": ["10.0.0.0/8"]}},
+            {"service": {"type": "ClusterIP", "loadBalancerSourceRanges": ["198.18.0.0/15"]}},
             "applies only to type LoadBalancer",
         ),
     ],
