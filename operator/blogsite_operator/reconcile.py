@@ -53,6 +53,7 @@ from blogsite_operator.render.site import (
     Component,
     challenges_config_map_name,
     is_owned_by,
+    label_selector,
     may_write_tls_secret,
     render_tls_secret,
     tls_secret_name,
@@ -418,7 +419,7 @@ def _certificate(
         acme,
         [*spec.domains, *spec.redirect_domains],
         served,
-        previous=(site.get("status") or {}).get("certificate") or {},
+        previous=previous or {},
         base_verdict=verdict,
         renew_request=(site["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
         now=now,
@@ -440,9 +441,7 @@ def _on_every_ready_frontend_pod(
     api: ClusterApi, ref: SiteRef, certificate_hash: str | None
 ) -> bool:
     """Every Ready frontend pod was started with this certificate (and one is Ready)."""
-    selector = ",".join(
-        f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
-    )
+    selector = label_selector(selector_labels(ref.name, Component.FRONTEND))
     loaded = {
         (pod["metadata"].get("annotations") or {}).get(TLS_HASH_ANNOTATION)
         for pod in api.list_objects("Pod", ref.namespace, selector)
@@ -550,9 +549,7 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
     in_use.update(_config_maps_of((live or {}).get("spec", {}).get("template")))
     if all(c["metadata"]["name"] in in_use for c in configs):
         return  # nothing old to consider: skip reading the ReplicaSets
-    frontend = ",".join(
-        f"{k}={v}" for k, v in selector_labels(ref.name, Component.FRONTEND).items()
-    )
+    frontend = label_selector(selector_labels(ref.name, Component.FRONTEND))
     for replica_set in api.list_objects("ReplicaSet", ref.namespace, frontend):
         in_use.update(_config_maps_of(replica_set["spec"]["template"]))
     for config in configs:

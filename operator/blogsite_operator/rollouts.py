@@ -30,6 +30,7 @@ from blogsite_operator.render.site import (
     VERSION_LABEL,
     Component,
     SiteRef,
+    label_selector,
     selector_labels,
     version_of,
 )
@@ -62,10 +63,6 @@ class GateResult:
     reverts: list[tuple[str, str]] = field(default_factory=list)  # (component, why), for metrics
 
 
-def _selector(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
 def _memory_from_status(entry: dict[str, Any]) -> VersionMemory:
     return VersionMemory(
         last_good=entry.get("lastGoodVersion"),
@@ -84,7 +81,7 @@ def _pods_of(
         labels[VERSION_LABEL] = version
     return [
         p
-        for p in api.list_objects("Pod", ref.namespace, _selector(labels))
+        for p in api.list_objects("Pod", ref.namespace, label_selector(labels))
         if not p["metadata"].get("deletionTimestamp")
     ]
 
@@ -126,7 +123,7 @@ def _template_of_version(
     """The pod template of `version`, from a ReplicaSet that ran it, with the
     desired template's certificate: a revert never brings an old one back."""
     labels = {**selector_labels(ref.name, component), VERSION_LABEL: version}
-    for replica_set in api.list_objects("ReplicaSet", ref.namespace, _selector(labels)):
+    for replica_set in api.list_objects("ReplicaSet", ref.namespace, label_selector(labels)):
         template = copy.deepcopy(replica_set["spec"]["template"])
         metadata = template["metadata"]
         metadata.get("labels", {}).pop("pod-template-hash", None)

@@ -78,6 +78,11 @@ def child_name(site_name: str, component: Component) -> str:
     return f"{site_name}-{component.value}"
 
 
+def label_selector(labels: dict[str, str]) -> str:
+    """The API's labelSelector for exactly these labels."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def selector_labels(site_name: str, component: Component) -> dict[str, str]:
     """Labels that select a component's pods; immutable once a Deployment exists."""
     return {
