@@ -1,6 +1,7 @@
 """Chaos: the operator SIGKILLed at random moments while sites are created,
-changed and issued certificates, and started again each time; and SIGTERMed
-in the middle of orders.
+changed and issued certificates, and started again each time; SIGTERMed in
+the middle of orders; and left running while kube-apiserver and etcd restart
+and its watches expire.
 
 Bounded in `make test` (20 sites, 6 kills); `make chaos` runs 50 sites and
 20 kills (BLOGSITE_CHAOS_SITES, BLOGSITE_CHAOS_KILLS). Afterwards every site
@@ -14,31 +15,38 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from blogsite_operator.reconcile import read_served_certificate
+from tests.control_plane import ControlPlane
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
+from tests.integration.test_health import probe
 from tests.pebble import ChallengeServer, Pebble
-from tests.support import FIGURES, wait_for
+from tests.support import FIGURES, free_port, wait_for
 
 SITES = int(os.environ.get("BLOGSITE_CHAOS_SITES", "20"))
 KILLS = int(os.environ.get("BLOGSITE_CHAOS_KILLS", "6"))
 IMAGES = ["ghcr.io/example/daedalus:1", "ghcr.io/example/daedalus:2", "ghcr.io/example/daedalus:3"]
 
 
-def site(index: int, ca: Pebble, image: str) -> dict[str, Any]:
+def site(index: int, ca: Pebble | None, image: str) -> dict[str, Any]:
+    """Site c<index>; with a CA, the even ones order certificates."""
     spec: dict[str, Any] = {
         "domains": [f"c{index}.chaos.example"],
         "daedalus": {"image": image, "replicas": 1},
         "frontend": {"replicas": 1},
     }
-    if index % 2 == 0:
+    if ca is not None and index % 2 == 0:
         spec["tls"] = {
             "acme": {
                 "server": ca.directory_url,
@@ -59,6 +67,45 @@ def kill(operator: OperatorProcess) -> None:
     operator.process.send_signal(signal.SIGKILL)
     operator.process.wait(timeout=30)
     operator.process = None
+
+
+def converged(
+    kubectl: Kubectl, namespace: str, wanted: dict[int, str], acme: Callable[[int], bool]
+) -> bool:
+    """Every site `wanted` names (index -> image) exists, is Ready and done
+    rolling out on its latest spec and image; `acme` ones hold a certificate."""
+    sites = kubectl.json("get", "blogsites", "-n", namespace)["items"]
+    deployments = {
+        d["metadata"]["name"]: d
+        for d in kubectl.json("get", "deployments", "-n", namespace)["items"]
+    }
+    for body in sites:
+        index = int(body["metadata"]["name"][1:])
+        status = body.get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions") or []}
+        daedalus = deployments.get(f"c{index}-daedalus")
+        if (
+            status.get("observedGeneration") != body["metadata"]["generation"]
+            or conditions.get("Ready", {}).get("status") != "True"
+            or conditions.get("Progressing", {}).get("status") != "False"
+            or daedalus is None
+            or daedalus["spec"]["template"]["spec"]["containers"][0]["image"] != wanted[index]
+        ):
+            return False
+        if acme(index) and conditions.get("CertificateReady", {}).get("status") != "True":
+            return False
+    return len(sites) == len(wanted)
+
+
+def assert_three_children_each(kubectl: Kubectl, namespace: str, sites: int) -> None:
+    """Nothing orphaned or duplicated: three Deployments and Services per site."""
+    for kind in ("deployments", "services"):
+        owners = Counter(
+            obj["metadata"]["labels"]["app.kubernetes.io/instance"]
+            for obj in kubectl.json("get", kind, "-n", namespace)["items"]
+            if "app.kubernetes.io/instance" in (obj["metadata"].get("labels") or {})
+        )
+        assert owners == {f"c{i}": 3 for i in range(sites)}, (kind, owners)
 
 
 def test_sigkill_at_random_moments_loses_nothing(
@@ -98,45 +145,15 @@ def test_sigkill_at_random_moments_loses_nothing(
         kubectl.apply(site(created, pebble, IMAGES[0]), namespace)
         created += 1
 
-    def converged() -> bool:
-        sites = kubectl.json("get", "blogsites", "-n", namespace)["items"]
-        deployments = {
-            d["metadata"]["name"]: d
-            for d in kubectl.json("get", "deployments", "-n", namespace)["items"]
-        }
-        for body in sites:
-            index = int(body["metadata"]["name"][1:])
-            status = body.get("status") or {}
-            conditions = {c["type"]: c for c in status.get("conditions") or []}
-            daedalus = deployments.get(f"c{index}-daedalus")
-            if (
-                status.get("observedGeneration") != body["metadata"]["generation"]
-                or conditions.get("Ready", {}).get("status") != "True"
-                or conditions.get("Progressing", {}).get("status") != "False"
-                or daedalus is None
-                or daedalus["spec"]["template"]["spec"]["containers"][0]["image"] != wanted[index]
-            ):
-                return False
-            if index % 2 == 0 and conditions.get("CertificateReady", {}).get("status") != "True":
-                return False
-        return len(sites) == SITES
-
     wait_for(
-        converged,
+        lambda: converged(kubectl, namespace, wanted, acme=lambda index: index % 2 == 0),
         timeout=300,
         interval=1,
         what=f"{SITES} sites converged, {KILLS} kills, seed {seed}",
     )
     elapsed = time.monotonic() - started
 
-    # Nothing orphaned or duplicated: three Deployments and Services per site.
-    for kind in ("deployments", "services"):
-        owners = Counter(
-            obj["metadata"]["labels"]["app.kubernetes.io/instance"]
-            for obj in kubectl.json("get", kind, "-n", namespace)["items"]
-            if "app.kubernetes.io/instance" in (obj["metadata"].get("labels") or {})
-        )
-        assert owners == {f"c{i}": 3 for i in range(SITES)}, (kind, owners)
+    assert_three_children_each(kubectl, namespace, SITES)
 
     # Every ACME site serves one valid certificate for its name, and the
     # kills cost no site more than one extra order each.
@@ -204,3 +221,110 @@ def test_sigterm_during_an_order_ends_it_cleanly_and_writes_nothing_half(
     for index in sites:
         assert logs.count(f"[{namespace}/c{index}] issued a certificate") <= 1
     FIGURES.append(f"chaos: SIGTERM during {len(sites)} orders: stopped in {stopped:.1f}s, exit 0")
+
+
+def watch_restarts(port: int, reason: str) -> float:
+    """blogsite_watch_restarts_total{reason=...} over every resource."""
+    status, metrics = probe(port, "/metrics")
+    assert status == 200, metrics
+    counts = re.findall(
+        rf'^blogsite_watch_restarts_total\{{reason="{reason}",resource="[a-z]+"\}} ([0-9.]+)$',
+        metrics,
+        re.M,
+    )
+    return sum(float(count) for count in counts)
+
+
+def api_ready(kubectl: Kubectl) -> bool:
+    return kubectl.run("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
+
+
+def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    if os.environ.get("BLOGSITE_TEST_KUBECONFIG"):
+        pytest.skip("restarts the processes of hack/cluster.sh's control plane; this is another")
+    control_plane = ControlPlane(Path(kubectl.kubeconfig).parent)
+    port = free_port()
+    operator = OperatorProcess(
+        kubectl,
+        namespace,
+        tmp_path / "operator.log",
+        extra_args=["--health-address", f"127.0.0.1:{port}"],
+    )
+    wanted = dict.fromkeys(range(6), IMAGES[0])
+
+    def change(*indexes: int) -> None:
+        for index in indexes:
+            wanted[index] = IMAGES[(IMAGES.index(wanted.get(index, IMAGES[0])) + 1) % 3]
+            kubectl.apply(site(index, None, wanted[index]), namespace)
+
+    def settled(what: str, since: float) -> str:
+        wait_for(
+            lambda: converged(kubectl, namespace, wanted, acme=lambda _: False),
+            timeout=180,
+            interval=1,
+            what=what,
+        )
+        return f"{what}: converged {time.monotonic() - since:.0f}s after the fault began"
+
+    for index in wanted:
+        kubectl.apply(site(index, None, wanted[index]), namespace)
+    operator.start()
+    figures = []
+    try:
+        settled("the sites at the start", time.monotonic())
+        process = operator.process
+        assert process is not None
+
+        # kube-apiserver goes away and comes back; the changes that follow apply.
+        began, failed = time.monotonic(), watch_restarts(port, "failed")
+        with control_plane.apiserver.stopped():
+            wait_for(
+                lambda: watch_restarts(port, "failed") > failed,
+                timeout=60,
+                what="the operator's watches failing",
+            )
+        wait_for(lambda: api_ready(kubectl), timeout=120, what="kube-apiserver back")
+        change(0, 1)
+        wanted[6] = IMAGES[0]
+        kubectl.apply(site(6, None, IMAGES[0]), namespace)
+        figures.append(settled("kube-apiserver restarted", began))
+
+        # etcd goes away under the API server and comes back.
+        began = time.monotonic()
+        with control_plane.etcd.stopped():
+            wait_for(lambda: not api_ready(kubectl), timeout=60, what="the API server unready")
+        wait_for(lambda: api_ready(kubectl), timeout=120, what="etcd back")
+        change(2)
+        figures.append(settled("etcd restarted", began))
+
+        # The watches expire. The operator is frozen; the API server restarts
+        # under it, so its streams end with no event in flight; then children
+        # go, a spec changes, and etcd forgets that history. Every watch
+        # resumes into 410 Gone and lists again, and a list sends no DELETED:
+        # the operator must not go on trusting what it had.
+        began, expired = time.monotonic(), watch_restarts(port, "expired")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            with control_plane.apiserver.stopped():
+                pass
+            wait_for(lambda: api_ready(kubectl), timeout=120, what="kube-apiserver back")
+            kubectl.run("delete", "deployment", "c3-daedalus", "-n", namespace)
+            kubectl.run("delete", "service", "c4-frontend", "-n", namespace)
+            change(5)
+            revision = control_plane.compact_etcd()
+        finally:
+            process.send_signal(signal.SIGCONT)
+        figures.append(settled(f"watches expired (etcd compacted at {revision})", began))
+        assert_three_children_each(kubectl, namespace, len(wanted))
+        assert watch_restarts(port, "expired") > expired, "no watch saw 410 Gone"
+
+        # All of it in the one process: nothing restarted the operator.
+        assert operator.process is process
+        assert process.poll() is None
+    finally:
+        code = operator.stop()
+    assert code == 0
+    assert "Traceback" not in operator.logs(), operator.logs()[-5000:]
+    FIGURES.extend(f"chaos: {figure}" for figure in figures)
