@@ -23,6 +23,7 @@ from blogsite_operator.policies.certificate import (
     served_by_frontend,
 )
 from blogsite_operator.policies.readiness import Verdict
+from blogsite_operator.timestamps import format_time, parse_time
 
 NOW = datetime.datetime(2026, 11, 25, tzinfo=datetime.UTC)
 
@@ -278,6 +279,15 @@ class TestNextAttempt:
     def test_retry_after_later_than_the_backoff_wins(self) -> None:
         later = NOW + datetime.timedelta(hours=1)
         assert backoff(1, retry_after=later) == datetime.timedelta(hours=1)
+
+    def test_a_retry_after_between_seconds_is_kept_to_the_second_above(self) -> None:
+        # Status keeps whole seconds; read back, the time must not be early.
+        later = NOW + datetime.timedelta(hours=1, milliseconds=300)
+        assert backoff(1, retry_after=later) == datetime.timedelta(hours=1, seconds=1)
+        at = next_attempt(1, NOW, base=BASE, cap=CAP, retry_after=later)
+        reread = parse_time(format_time(at))
+        assert reread is not None
+        assert reread >= later
 
     def test_retry_after_earlier_than_the_backoff_is_not_a_shortcut(self) -> None:
         assert backoff(2, retry_after=NOW + datetime.timedelta(seconds=10)) == BASE * 2

@@ -26,7 +26,7 @@ from blogsite_operator.policies.certificate import (
 from blogsite_operator.policies.readiness import CONDITION_TRUE, Verdict
 from blogsite_operator.render.site import SiteRef
 from blogsite_operator.settings import AcmeSettings
-from blogsite_operator.timestamps import format_time, parse_time
+from blogsite_operator.timestamps import ceil_second, format_time, parse_time
 
 RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
 
@@ -179,7 +179,9 @@ class _State:
                 self.renewal_info = result.renewal_info
                 return []
             # Ask again later; a window the CA gave before still stands.
-            retry = error.retry_after or now + datetime.timedelta(seconds=settings.backoff_seconds)
+            retry = ceil_second(
+                error.retry_after or now + datetime.timedelta(seconds=settings.backoff_seconds)
+            )
             known = self.renewal_info
             kept = known.renewal_time if known and known.serial == result.job.serial else None
             self.renewal_info = RenewalInfo(result.job.serial, kept, retry)

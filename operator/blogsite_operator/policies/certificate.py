@@ -9,7 +9,7 @@ from typing import Any
 from blogsite_operator import models
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
-from blogsite_operator.timestamps import format_time, parse_time
+from blogsite_operator.timestamps import ceil_second, format_time, parse_time
 
 
 @dataclass(frozen=True)
@@ -250,4 +250,5 @@ def next_attempt(
     at = now + delay
     if retry_after is not None:
         at = max(at, min(retry_after, now + MAX_RETRY_AFTER))
-    return at
+    # Status keeps whole seconds: cut down, a Retry-After would come early.
+    return ceil_second(at)
