@@ -13,22 +13,26 @@ certificate, and no site needed more orders than the kills it went through.
 from __future__ import annotations
 
 import base64
+import itertools
+import json
 import os
 import random
 import re
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
 
+from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.reconcile import read_served_certificate
+from tests.acme_faults import AcmeFaultProxy
 from tests.control_plane import ControlPlane
-from tests.integration.conftest import Kubectl, OperatorProcess
+from tests.integration.conftest import ACME_TEST_ENV, Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
 from tests.integration.test_health import probe
 from tests.pebble import ChallengeServer, Pebble
@@ -36,20 +40,27 @@ from tests.support import FIGURES, free_port, wait_for
 
 SITES = int(os.environ.get("BLOGSITE_CHAOS_SITES", "20"))
 KILLS = int(os.environ.get("BLOGSITE_CHAOS_KILLS", "6"))
+# A CA down this long (make chaos: BLOGSITE_CHAOS_CA_DOWN_SECONDS=180) outlasts
+# many backoff steps of the test settings.
+CA_DOWN_SECONDS = int(os.environ.get("BLOGSITE_CHAOS_CA_DOWN_SECONDS", "40"))
+RETRY_AFTER_SECONDS = 6
+BACKOFF_SECONDS = float(ACME_TEST_ENV["BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS"])
+MAX_BACKOFF_SECONDS = float(ACME_TEST_ENV["BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS"])
+RENEWAL_INFO_SECONDS = float(ACME_TEST_ENV["BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS"])
 IMAGES = ["ghcr.io/example/daedalus:1", "ghcr.io/example/daedalus:2", "ghcr.io/example/daedalus:3"]
 
 
-def site(index: int, ca: Pebble | None, image: str) -> dict[str, Any]:
-    """Site c<index>; with a CA, the even ones order certificates."""
+def site(index: int, image: str, acme_server: str | None = None) -> dict[str, Any]:
+    """Site c<index>; with an ACME server, one that orders its certificate there."""
     spec: dict[str, Any] = {
         "domains": [f"c{index}.chaos.example"],
         "daedalus": {"image": image, "replicas": 1},
         "frontend": {"replicas": 1},
     }
-    if ca is not None and index % 2 == 0:
+    if acme_server is not None:
         spec["tls"] = {
             "acme": {
-                "server": ca.directory_url,
+                "server": acme_server,
                 "email": "ops@chaos.example",
                 "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
             }
@@ -119,6 +130,10 @@ def test_sigkill_at_random_moments_loses_nothing(
     seed = os.environ.get("BLOGSITE_CHAOS_SEED") or str(random.SystemRandom().randrange(10**6))
     chance = random.Random(seed)  # noqa: S311 - timing, not secrecy
     trust_pebble(kubectl, namespace, pebble)
+
+    def acme(index: int) -> str | None:
+        return pebble.directory_url if index % 2 == 0 else None
+
     wanted: dict[int, str] = {}  # site -> the image its spec asks for now
     started = time.monotonic()
     created = 0
@@ -127,22 +142,22 @@ def test_sigkill_at_random_moments_loses_nothing(
         for _ in range(max(1, SITES // KILLS)):
             if created < SITES:
                 wanted[created] = IMAGES[0]
-                kubectl.apply(site(created, pebble, IMAGES[0]), namespace)
+                kubectl.apply(site(created, IMAGES[0], acme(created)), namespace)
                 created += 1
         for index in chance.sample(sorted(wanted), k=min(2, len(wanted))):
             wanted[index] = chance.choice(IMAGES)
-            kubectl.apply(site(index, pebble, wanted[index]), namespace)
+            kubectl.apply(site(index, wanted[index], acme(index)), namespace)
         # Killed at a random moment of that work, orders included.
         time.sleep(chance.uniform(0.2, 3.0))
         kill(operator_process)
         # A change while it is down must not be lost.
         index = chance.choice(sorted(wanted))
         wanted[index] = chance.choice(IMAGES)
-        kubectl.apply(site(index, pebble, wanted[index]), namespace)
+        kubectl.apply(site(index, wanted[index], acme(index)), namespace)
         operator_process.start()
     while created < SITES:
         wanted[created] = IMAGES[0]
-        kubectl.apply(site(created, pebble, IMAGES[0]), namespace)
+        kubectl.apply(site(created, IMAGES[0], acme(created)), namespace)
         created += 1
 
     wait_for(
@@ -185,7 +200,7 @@ def test_sigterm_during_an_order_ends_it_cleanly_and_writes_nothing_half(
     trust_pebble(kubectl, namespace, pebble)
     sites = range(0, 8, 2)  # ACME sites, ordering at once
     for index in sites:
-        kubectl.apply(site(index, pebble, IMAGES[0]), namespace)
+        kubectl.apply(site(index, IMAGES[0], pebble.directory_url), namespace)
 
     def answers_published() -> bool:
         maps = kubectl.json("get", "configmaps", "-n", namespace)["items"]
@@ -257,7 +272,7 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
     def change(*indexes: int) -> None:
         for index in indexes:
             wanted[index] = IMAGES[(IMAGES.index(wanted.get(index, IMAGES[0])) + 1) % 3]
-            kubectl.apply(site(index, None, wanted[index]), namespace)
+            kubectl.apply(site(index, wanted[index]), namespace)
 
     def settled(what: str, since: float) -> str:
         wait_for(
@@ -269,7 +284,7 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
         return f"{what}: converged {time.monotonic() - since:.0f}s after the fault began"
 
     for index in wanted:
-        kubectl.apply(site(index, None, wanted[index]), namespace)
+        kubectl.apply(site(index, wanted[index]), namespace)
     operator.start()
     figures = []
     try:
@@ -288,7 +303,7 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
         wait_for(lambda: api_ready(kubectl), timeout=120, what="kube-apiserver back")
         change(0, 1)
         wanted[6] = IMAGES[0]
-        kubectl.apply(site(6, None, IMAGES[0]), namespace)
+        kubectl.apply(site(6, IMAGES[0]), namespace)
         figures.append(settled("kube-apiserver restarted", began))
 
         # etcd goes away under the API server and comes back.
@@ -327,4 +342,128 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
         code = operator.stop()
     assert code == 0
     assert "Traceback" not in operator.logs(), operator.logs()[-5000:]
+    FIGURES.extend(f"chaos: {figure}" for figure in figures)
+
+
+def backoff_steps(within: float) -> Iterator[float]:
+    """When the operator's backoff tries again, within `within` seconds of a first failure."""
+    at, wait = 0.0, BACKOFF_SECONDS
+    while at + wait <= within:
+        at += wait
+        yield at
+        wait = min(2 * wait, MAX_BACKOFF_SECONDS)
+
+
+def issued_certificate(kubectl: Kubectl, namespace: str, index: int) -> CertificateInfo | None:
+    """What c<index>-tls holds, when a CA issued it (not a placeholder)."""
+    secret = kubectl.run(
+        "get", "secret", f"c{index}-tls", "-n", namespace, "-o", "json", check=False
+    )
+    if secret.returncode != 0:
+        return None
+    info = read_served_certificate(f"c{index}-tls", json.loads(secret.stdout)).info
+    return info if info is not None and not info.is_placeholder else None
+
+
+def certificate_ready(kubectl: Kubectl, namespace: str, index: int) -> bool:
+    body = kubectl.json("get", "blogsite", f"c{index}", "-n", namespace)
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "CertificateReady" and c["status"] == "True" for c in conditions)
+
+
+def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_keep_serving(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,  # noqa: F811 - the fixture imported above
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    """Backoff 2 s doubling to 8 s and renewal info every 3 s (ACME_TEST_ENV):
+    hours scaled to seconds, so a CA down for CA_DOWN_SECONDS is a long outage."""
+    trust_pebble(kubectl, namespace, pebble)
+    figures = []
+    with AcmeFaultProxy(pebble) as ca:
+
+        def apply(index: int) -> None:
+            kubectl.apply(site(index, IMAGES[0], ca.directory_url), namespace)
+
+        def issued(*indexes: int) -> dict[int, CertificateInfo] | None:
+            found = {i: issued_certificate(kubectl, namespace, i) for i in indexes}
+            if all(found.values()) and all(certificate_ready(kubectl, namespace, i) for i in found):
+                return {i: info for i, info in found.items() if info is not None}
+            return None
+
+        # Rate limited: each order answered 429 with a Retry-After is tried
+        # again only once that has passed.
+        ca.rate_limit_orders(RETRY_AFTER_SECONDS)
+        for index in (0, 1):
+            apply(index)
+        wait_for(
+            lambda: all(len(ca.orders_for(f"c{i}.chaos.example")) >= 3 for i in (0, 1)),
+            timeout=60,
+            what="three rate-limited orders of each site",
+        )
+        ca.pass_through()
+        first = wait_for(lambda: issued(0, 1), timeout=60, what="c0 and c1 issued")
+        gaps = [
+            later.time - earlier.time
+            for i in (0, 1)
+            for earlier, later in itertools.pairwise(ca.orders_for(f"c{i}.chaos.example"))
+        ]
+        assert min(gaps) >= RETRY_AFTER_SECONDS - 0.5, gaps
+        figures.append(
+            f"CA rate-limiting orders (Retry-After {RETRY_AFTER_SECONDS}s): "
+            f"{len(gaps)} waits, the shortest {min(gaps):.1f}s"
+        )
+
+        # Down for a long while: c0 must renew, c2 is new; c1 needs nothing.
+        # Nobody loses the certificate they serve, and nobody hammers the CA.
+        ca.down()
+        down_since = time.monotonic()
+        kubectl.run(
+            "annotate", "blogsite", "c0", "-n", namespace, "blog.daedalus.dev/renew-certificate=1"
+        )
+        apply(2)
+        while time.monotonic() - down_since < CA_DOWN_SECONDS:
+            for index in (0, 1):
+                assert issued_certificate(kubectl, namespace, index) == first[index]
+                assert certificate_ready(kubectl, namespace, index), (
+                    f"c{index} while the CA is down"
+                )
+            time.sleep(1)  # the outage lasts this long whatever happens: sample it
+        during = ca.requests(since=down_since)
+        ca.up()
+        # At most one try per backoff step for each site that wants an order,
+        # and one renewal-info poll per interval for each site with a
+        # certificate, each a single request that fails: never a hot loop.
+        tries = 1 + sum(1 for _ in backoff_steps(CA_DOWN_SECONDS))
+        polls = 1 + int(CA_DOWN_SECONDS / RENEWAL_INFO_SECONDS)
+        bound = 2 * tries + 2 * polls
+        assert 0 < len(during) <= bound, Counter(r.endpoint for r in during)
+        after = wait_for(lambda: issued(0, 1, 2), timeout=60, what="issued once the CA is back")
+        assert after[0].serial != first[0].serial, "c0 renewed"
+        assert after[1] == first[1], "c1 needed nothing"
+        figures.append(
+            f"CA down {CA_DOWN_SECONDS}s: {len(during)} requests from 3 sites "
+            f"(bound {bound}; {dict(Counter(r.endpoint for r in during))}); "
+            "the valid certificates served throughout"
+        )
+
+        # A flaky CA: some requests fail with 5xx, many nonces are rejected.
+        began = time.monotonic()
+        ca.fail_randomly(0.05, seed=int(began))
+        ca.reject_nonces(0.3, seed=int(began))
+        for index in (3, 4, 5):
+            apply(index)
+        wait_for(lambda: issued(3, 4, 5), timeout=180, what="issued from a flaky CA")
+        faults = Counter(r.fault for r in ca.requests(since=began) if r.fault)
+        ca.pass_through()
+        figures.append(
+            f"CA flaky (5% 5xx, 30% badNonce): 3 sites issued in {time.monotonic() - began:.0f}s, "
+            f"{len(ca.requests(since=began))} requests, faults {dict(faults)}"
+        )
+
+    logs = operator_process.logs()
+    issued_counts = {i: logs.count(f"[{namespace}/c{i}] issued a certificate") for i in range(6)}
+    assert issued_counts == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, issued_counts
     FIGURES.extend(f"chaos: {figure}" for figure in figures)
