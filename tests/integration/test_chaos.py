@@ -467,3 +467,42 @@ def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_
     issued_counts = {i: logs.count(f"[{namespace}/c{i}] issued a certificate") for i in range(6)}
     assert issued_counts == {0: 2, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}, issued_counts
     FIGURES.extend(f"chaos: {figure}" for figure in figures)
+
+
+def test_sigterm_during_passes_ends_in_the_grace_period_and_a_restart_finishes_the_work(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    sites = 12
+    wanted = dict.fromkeys(range(sites), IMAGES[0])
+    mark = operator_process.log_size()
+    for index in wanted:
+        kubectl.apply(site(index, IMAGES[0]), namespace)
+    pass_line = re.compile(rf"\[{re.escape(namespace)}/(c\d+)\] pass (begins|ends)")
+
+    def passes_under_way() -> list[str]:
+        running: set[str] = set()
+        for found in pass_line.finditer(operator_process.logs()[mark:]):
+            if found.group(2) == "begins":
+                running.add(found.group(1))
+            else:
+                running.discard(found.group(1))
+        return sorted(running)
+
+    in_flight = wait_for(passes_under_way, timeout=60, interval=0.01, what="a pass under way")
+    stopping = time.monotonic()
+    assert operator_process.stop() == 0  # SIGTERM; fails past 30 s
+    stopped = time.monotonic() - stopping
+    # Started again, it finishes what the stopped one left, with nothing
+    # orphaned or made twice.
+    operator_process.start()
+    wait_for(
+        lambda: converged(kubectl, namespace, wanted, acme=lambda _: False),
+        timeout=180,
+        interval=1,
+        what=f"{sites} sites converged after the restart",
+    )
+    assert_three_children_each(kubectl, namespace, sites)
+    FIGURES.append(
+        f"chaos: SIGTERM during passes over {', '.join(in_flight)}: stopped in {stopped:.1f}s, "
+        "exit 0"
+    )
