@@ -52,6 +52,8 @@ from blogsite_operator.render.site import (
     TLS_HASH_ANNOTATION,
     Component,
     challenges_config_map_name,
+    is_leftover_of,
+    is_orphan_of,
     is_owned_by,
     label_selector,
     may_write_tls_secret,
@@ -99,6 +101,8 @@ class Outcome:
     applied: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
+    # Children of a deleted BlogSite of the same name, not yet collected.
+    leftovers: list[str] = field(default_factory=list)
     status_written: bool = False
     requeue_after: float | None = None  # look again then, even without an event
     events: list[Event] = field(default_factory=list)
@@ -338,6 +342,14 @@ def reconcile_site(
                 + ", ".join(outcome.conflicts)
                 + "; delete or rename them, or rename this BlogSite",
             )
+        elif outcome.leftovers:
+            reconciled = Verdict(
+                CONDITION_FALSE,
+                "WaitingForCleanup",
+                "the deleted BlogSite of this name still owns "
+                + ", ".join(outcome.leftovers)
+                + "; waiting for the garbage collector to remove them",
+            )
 
     deployments = {c: api.get("Deployment", namespace, child_name(name, c)) for c in COMPONENTS}
     verdicts = (
@@ -516,7 +528,10 @@ def _apply_all(
         obj = stamp_applied_hash(unstamped)
         kind, child = obj["kind"], obj["metadata"]["name"]
         live = api.get(kind, ref.namespace, child)
-        if live is not None and not is_owned_by(live, ref.uid):
+        if live is not None and is_leftover_of(live, ref):
+            outcome.leftovers.append(f"{kind} {child}")  # its deletion brings a pass
+            continue
+        if live is not None and not (is_owned_by(live, ref.uid) or is_orphan_of(live, ref.name)):
             outcome.conflicts.append(f"{kind} {child}")
             continue
         if live is not None and is_subset(obj, live):
@@ -563,7 +578,7 @@ def _config_maps_of(template: dict[str, Any] | None) -> set[str]:
 
 
 def _delete_owned(api: ClusterApi, ref: SiteRef, obj: dict[str, Any], outcome: Outcome) -> None:
-    if not is_owned_by(obj, ref.uid):
+    if not (is_owned_by(obj, ref.uid) or is_orphan_of(obj, ref.name)):
         return
     metadata = obj["metadata"]
     api.delete(obj["kind"], ref.namespace, metadata["name"], metadata["uid"])
@@ -590,6 +605,9 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     served = read_served_certificate(secret_name, live)
     if spec.tls.acme is None:
         return served  # the user's Secret: read, never written
+    if live is not None and is_leftover_of(live, ref):
+        outcome.leftovers.append(f"Secret {secret_name}")
+        return served
     if live is not None and not may_write_tls_secret(live, ref):
         outcome.conflicts.append(f"Secret {secret_name}")
         return served

@@ -46,6 +46,17 @@ def site_ready(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
     return site if condition(site, "Ready").get("status") == "True" else None
 
 
+def wait_for_reconciled_reason(kubectl: Kubectl, namespace: str, reason: str) -> dict[str, Any]:
+    """The BlogSite once its Reconciled condition has this reason."""
+
+    def reported() -> dict[str, Any] | None:
+        site = kubectl.json("get", "blogsite", "lethain", "-n", namespace)
+        return site if condition(site, "Reconciled").get("reason") == reason else None
+
+    site: dict[str, Any] = wait_for(reported, timeout=60, what=f"Reconciled reason {reason}")
+    return site
+
+
 def apply_example_until_ready(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
     """Apply deploy/examples/blogsite.yaml; the BlogSite once it is Ready."""
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
@@ -204,6 +215,67 @@ def test_deleting_the_blogsite_removes_its_children(
     )
 
 
+def owned_by_the_current_site(kubectl: Kubectl, namespace: str) -> dict[str, Any] | None:
+    """The Ready BlogSite, once every child names it (its uid) as owner."""
+    site = site_ready(kubectl, namespace)
+    if site is None:
+        return None
+    kids = children(kubectl, namespace, OWNED_KINDS)
+    owners = {
+        key: [ref["uid"] for ref in obj["metadata"].get("ownerReferences") or []]
+        for key, obj in kids.items()
+        if not key.startswith("Secret/")  # an issued certificate outlives its site
+    }
+    uid = site["metadata"]["uid"]
+    return site if len(owners) >= 6 and all(refs == [uid] for refs in owners.values()) else None
+
+
+def test_a_blogsite_recreated_while_its_children_remain_takes_them_over(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Deleted and applied again before the garbage collector is done, or
+    deleted with --cascade=orphan: the children of the same name are the
+    site's own, not another owner's."""
+    first = apply_example_until_ready(kubectl, namespace)
+    held = "service/lethain-daedalus"
+
+    def hold(finalizers: list[str]) -> None:
+        patch = json.dumps({"metadata": {"finalizers": finalizers or None}})
+        kubectl.run("patch", held, "-n", namespace, "--type=merge", "-p", patch)
+
+    # Deleted, and applied again while one child, held by a finalizer, still
+    # belongs to the deleted BlogSite: waited for, not a conflict.
+    hold(["test.blog.daedalus.dev/hold"])
+    kubectl.run("delete", "blogsite", "lethain", "-n", namespace, "--wait=false")
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+
+    site = wait_for_reconciled_reason(kubectl, namespace, "WaitingForCleanup")
+    assert "Service lethain-daedalus" in condition(site, "Reconciled")["message"]
+    hold([])
+    second = wait_for(
+        lambda: owned_by_the_current_site(kubectl, namespace),
+        timeout=90,
+        what="children owned by the new BlogSite once the old one's are gone",
+    )
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+
+    # Deleted with --cascade=orphan (gone once its children lost their owner
+    # reference) and applied again: the orphans are adopted.
+    kubectl.run("delete", "blogsite", "lethain", "-n", namespace, "--cascade=orphan")
+    kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
+    third = wait_for(
+        lambda: owned_by_the_current_site(kubectl, namespace),
+        timeout=90,
+        what="the orphans adopted by the new BlogSite",
+    )
+    assert third["metadata"]["uid"] != second["metadata"]["uid"]
+    assert condition(third, "Reconciled")["status"] == "True"
+    warnings = kubectl.json("get", "events", "-n", namespace, "--field-selector", "type=Warning")[
+        "items"
+    ]
+    assert not [e for e in warnings if e["reason"] == "NameConflict"], warnings
+
+
 def test_name_taken_by_another_owner_is_reported_not_overwritten(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
@@ -216,12 +288,7 @@ def test_name_taken_by_another_owner_is_reported_not_overwritten(
     kubectl.apply(foreign, namespace)
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
 
-    def reported() -> dict[str, Any] | None:
-        site = kubectl.json("get", "blogsite", "lethain", "-n", namespace)
-        reconciled = condition(site, "Reconciled")
-        return site if reconciled.get("reason") == "NameConflict" else None
-
-    site = wait_for(reported, timeout=60, what="a NameConflict condition")
+    site = wait_for_reconciled_reason(kubectl, namespace, "NameConflict")
     assert "Service lethain-daedalus" in condition(site, "Reconciled")["message"]
     assert condition(site, "Ready")["status"] == "False"
     service = kubectl.json("get", "service", "lethain-daedalus", "-n", namespace)

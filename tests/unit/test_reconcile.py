@@ -205,6 +205,40 @@ class TestReconcileSite:
         assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
         assert any(t == "Warning" and r == "NameConflict" for t, r, _ in api.events)
 
+    def test_an_orphan_of_a_blogsite_of_the_same_name_is_adopted(self) -> None:
+        # `kubectl delete --cascade=orphan`, then the BlogSite applied again.
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        for obj in api.objects.values():
+            obj["metadata"].pop("ownerReferences", None)
+        outcome = reconcile_site(api, site(), RenderSettings())
+        assert outcome.conflicts == []
+        service = api.objects[("Service", "ns", "blog-frontend")]
+        assert [ref["uid"] for ref in service["metadata"]["ownerReferences"]] == ["u1"]
+
+    def test_a_child_of_a_deleted_blogsite_of_the_same_name_is_waited_for(self) -> None:
+        # Deleted and applied again before the garbage collector removed it.
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        leftover = api.objects[("Service", "ns", "blog-frontend")]
+        leftover["metadata"]["ownerReferences"][0]["uid"] = "u0"
+        outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert outcome.leftovers == ["Service blog-frontend"]
+        assert outcome.conflicts == []
+        assert api.objects[("Service", "ns", "blog-frontend")] is leftover
+        assert api.status is not None
+        reconciled = next(c for c in api.status["conditions"] if c["type"] == "Reconciled")
+        assert (reconciled["status"], reconciled["reason"]) == ("False", "WaitingForCleanup")
+        assert not any(r == "NameConflict" for _, r, _ in api.events)
+
+    def test_labels_alone_do_not_make_another_owners_object_ours(self) -> None:
+        api = MemoryApi()
+        reconcile_site(api, site(), RenderSettings())
+        taken = api.objects[("Service", "ns", "blog-frontend")]
+        taken["metadata"]["ownerReferences"] = [{"kind": "Deployment", "name": "x", "uid": "u9"}]
+        outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert outcome.conflicts == ["Service blog-frontend"]
+
     def test_invalid_spec_is_reported_not_applied(self) -> None:
         api = MemoryApi()
         outcome = reconcile_site(api, site(daedalus={"image": "d:latest"}), RenderSettings())

@@ -120,22 +120,45 @@ def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-def is_kept_certificate_of(obj: dict[str, Any], site_name: str) -> bool:
-    """A certificate an ACME order of this operator wrote for a BlogSite of
-    this name. It has no owner, so deleting the BlogSite keeps it, and the
-    next BlogSite of the same name takes it up instead of ordering again."""
-    metadata = obj.get("metadata") or {}
-    labels = metadata.get("labels") or {}
+def _labelled_for(obj: dict[str, Any], site_name: str) -> bool:
+    """Carries the labels this operator puts on the children of `site_name`."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
     return (
         labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
         and labels.get("app.kubernetes.io/instance") == site_name
-        and ISSUED_BY_JOB_ANNOTATION in (metadata.get("annotations") or {})
-        and not metadata.get("ownerReferences")
+    )
+
+
+def is_orphan_of(obj: dict[str, Any], site_name: str) -> bool:
+    """A child a BlogSite of this name left with no owner at all: an issued
+    certificate (kept on purpose, so that the next BlogSite of the name takes
+    it up instead of ordering again), or anything after `kubectl delete
+    --cascade=orphan`. The next BlogSite of the name adopts it, as a
+    ReplicaSet adopts the orphaned pods its selector matches."""
+    return _labelled_for(obj, site_name) and not (obj.get("metadata") or {}).get("ownerReferences")
+
+
+def is_leftover_of(obj: dict[str, Any], site: SiteRef) -> bool:
+    """A child of an earlier BlogSite of this name (deleted, then applied
+    again) that the garbage collector has not removed yet: not someone
+    else's, only late. A namespace holds one BlogSite of a name, so an owner
+    of that name with another uid is a deleted one."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return (
+        _labelled_for(obj, site.name)
+        and bool(refs)
+        and all(
+            ref.get("kind") == models.KIND
+            and str(ref.get("apiVersion", "")).startswith(f"{models.GROUP}/")
+            and ref.get("name") == site.name
+            and ref.get("uid") != site.uid
+            for ref in refs
+        )
     )
 
 
 def may_write_tls_secret(obj: dict[str, Any], site: SiteRef) -> bool:
-    return is_owned_by(obj, site.uid) or is_kept_certificate_of(obj, site.name)
+    return is_owned_by(obj, site.uid) or is_orphan_of(obj, site.name)
 
 
 _DEFAULT_RESOURCES: dict[Component, dict[str, dict[str, str]]] = {
@@ -366,7 +389,7 @@ def render_tls_secret(
             ISSUED_BY_JOB_ANNOTATION: job,
             ISSUED_BY_SERVER_ANNOTATION: server,
         }
-        # Kept when the BlogSite goes (see is_kept_certificate_of).
+        # Kept when the BlogSite goes (see is_orphan_of).
         del metadata["ownerReferences"]
     return {
         "apiVersion": "v1",
