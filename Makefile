@@ -63,8 +63,9 @@ test: system-deps lint install tools ## lint, unit and integration tests: what C
 	$(BIN)/pytest tests --ignore=tests/kind $(PYTEST_ARGS)
 
 .PHONY: chaos
-chaos: system-deps install tools ## the chaos test at full size: 50 sites, 20 SIGKILLs (BLOGSITE_CHAOS_SEED repeats one)
+chaos: system-deps install tools ## the chaos tests at full size: 50 sites, 20 SIGKILLs, the CA down 3 min (BLOGSITE_CHAOS_SEED repeats one)
 	BLOGSITE_CHAOS_SITES=$${BLOGSITE_CHAOS_SITES:-50} BLOGSITE_CHAOS_KILLS=$${BLOGSITE_CHAOS_KILLS:-20} \
+	BLOGSITE_CHAOS_CA_DOWN_SECONDS=$${BLOGSITE_CHAOS_CA_DOWN_SECONDS:-180} \
 		$(BIN)/pytest tests/integration/test_chaos.py $(PYTEST_ARGS)
 
 .PHONY: images
