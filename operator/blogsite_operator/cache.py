@@ -71,6 +71,11 @@ class ChildCache:
     def store(self, obj: dict[str, Any]) -> None:
         metadata = obj["metadata"]
         key = _key(obj["kind"], metadata["namespace"], metadata["name"])
+        if "managedFields" in metadata:
+            # Often the bulk of an object, and nothing here reads it: at a
+            # thousand sites (pods included) it is most of the cache.
+            metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
+            obj = {**obj, "metadata": metadata}
         with self._lock:
             current = self._objects.get(key)
             if current is not None and _older(obj, current):

@@ -32,6 +32,15 @@ def test_a_late_event_does_not_replace_a_newer_object() -> None:
     assert cache.get("Service", "ns", "a") == obj("Service", "a", "11")
 
 
+def test_managed_fields_are_not_kept() -> None:
+    cache = ChildCache()
+    watched = obj("Pod", "p", "3")
+    watched["metadata"]["managedFields"] = [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]
+    cache.store(watched)
+    assert cache.get("Pod", "ns", "p") == obj("Pod", "p", "3")
+    assert "managedFields" in watched["metadata"], "the event's own body is left alone"
+
+
 def test_select_by_labels() -> None:
     cache = ChildCache()
     cache.store(obj("ConfigMap", "a", "1", site="x"))
