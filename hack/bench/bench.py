@@ -30,7 +30,9 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +49,16 @@ sys.path.insert(
 )  # tests.pebble: Pebble and the challenge server, as the tests run them
 
 from tests.pebble import ChallengeServer, running_pebble  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
 from blogsite_operator import certs, kube, models  # noqa: E402
 from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noqa: E402
 
 NAMESPACE = "bench"
+PLAIN_NAMESPACE = "bench-plain"
+# The operator's reconcile threads (BLOGSITE_OPERATOR_WORKERS): the plain
+# client applies with as many.
+WORKERS = 16
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 OPERATOR_AGENTS = ("blogsite-operator/", "kopf/")
 REVERT_BEHAVIOURS = ("crash-loop", "image-pull-fail")
@@ -88,11 +95,11 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def site_manifest(index: int) -> dict[str, Any]:
+def site_manifest(index: int, namespace: str = NAMESPACE) -> dict[str, Any]:
     return {
         "apiVersion": f"{models.GROUP}/{models.VERSION}",
         "kind": models.KIND,
-        "metadata": {"name": f"site-{index:04d}", "namespace": NAMESPACE},
+        "metadata": {"name": f"site-{index:04d}", "namespace": namespace},
         "spec": {
             "domains": [f"site-{index:04d}.example.com", f"www.site-{index:04d}.example.com"],
             "redirectDomains": [f"site-{index:04d}.example.net"],
@@ -103,8 +110,10 @@ def site_manifest(index: int) -> dict[str, Any]:
 
 def expected_children(manifest: dict[str, Any]) -> set[tuple[str, str]]:
     spec = models.parse_spec(manifest["spec"])
+    metadata = manifest["metadata"]
+    # The namespace is in the nginx configuration, so in its ConfigMap's name.
     objects = render_site(
-        SiteRef(manifest["metadata"]["name"], NAMESPACE, "x"), spec, RenderSettings()
+        SiteRef(metadata["name"], metadata["namespace"], "x"), spec, RenderSettings()
     )
     return {(o["kind"], o["metadata"]["name"]) for o in objects}
 
@@ -146,20 +155,27 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def wait_for_convergence(
-    api: kube.Api, expected: dict[str, set[tuple[str, str]]], t0: float, timeout: float
+    api: kube.Api,
+    expected: dict[str, set[tuple[str, str]]],
+    t0: float,
+    timeout: float,
+    *,
+    namespace: str = NAMESPACE,
+    ready: bool = True,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Seconds after t0 at which each site had all its children, and was Ready."""
+    """Seconds after t0 at which each site had all its children, and (when
+    `ready`) was Ready."""
     children_at: dict[str, float] = {}
     ready_at: dict[str, float] = {}
     kinds = sorted({kind for wanted in expected.values() for kind, _ in wanted})
-    while len(ready_at) < len(expected) or len(children_at) < len(expected):
+    while (ready and len(ready_at) < len(expected)) or len(children_at) < len(expected):
         if time.monotonic() - t0 > timeout:
             raise SystemExit(
                 f"timed out: {len(ready_at)}/{len(expected)} Ready, "
                 f"{len(children_at)}/{len(expected)} with all their children"
             )
         now = time.monotonic() - t0
-        for site in api.list_objects(models.KIND, NAMESPACE, ""):
+        for site in api.list_objects(models.KIND, namespace, "") if ready else []:
             name = site["metadata"]["name"]
             conditions = (site.get("status") or {}).get("conditions") or []
             if name not in ready_at and any(
@@ -168,7 +184,7 @@ def wait_for_convergence(
                 ready_at[name] = now
         present: dict[str, set[tuple[str, str]]] = {}
         for kind in kinds:
-            for obj in api.list_objects(kind, NAMESPACE, "app.kubernetes.io/name=blogsite"):
+            for obj in api.list_objects(kind, namespace, "app.kubernetes.io/name=blogsite"):
                 instance = obj["metadata"]["labels"]["app.kubernetes.io/instance"]
                 present.setdefault(instance, set()).add((kind, obj["metadata"]["name"]))
         for name, wanted in expected.items():
@@ -253,6 +269,7 @@ def measure_revert(
 class Convergence:
     sites: int
     idle_seconds: float
+    plain_children: list[float]  # the plain client's, on the same cluster
     children: list[float]
     ready: list[float]
     converged: float
@@ -263,16 +280,29 @@ class Convergence:
     idle_by_verb: dict[str, int]
     rss_converged: float
     rss_peak: float
+    cpu_seconds: float  # the operator's, from the apply to convergence
+    one_more: float  # apply to Ready of one more site, the others idle
+    # CPU seconds each process spent from the apply to convergence, for the
+    # operator's and the plain client's phases: who held the cores ("bench"
+    # is this process: its polling, and in the plain phase the client too).
+    cpu_by_process: dict[str, float]
+    plain_cpu_by_process: dict[str, float]
+    passes: int  # reconcile passes in that time
     reverts: dict[str, tuple[float, int]]
 
 
 def start_operator(
-    env: dict[str, str], kubeconfig: str, namespace: str, log_path: Path, **extra_env: str
+    env: dict[str, str],
+    kubeconfig: str,
+    namespace: str,
+    log_path: Path,
+    *args: str,
+    **extra_env: str,
 ) -> subprocess.Popen[bytes]:
     """`blogsite-operator run -n namespace`, once it has logged in."""
     log_path.parent.mkdir(exist_ok=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "blogsite_operator", "run", "-n", namespace],
+        [sys.executable, "-m", "blogsite_operator", "run", "-n", namespace, *args],
         env={
             **env,
             "KUBECONFIG": kubeconfig,
@@ -299,6 +329,93 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def control_plane_cpu(cluster_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of each control plane process (kwokctl's pid files)."""
+    found = {}
+    for pid_file in sorted((cluster_dir / "pids").glob("*.pid")):
+        try:
+            found[pid_file.stem] = cpu_seconds(int(pid_file.read_text().strip()))
+        except (FileNotFoundError, ValueError):
+            continue
+    return found
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def passes_so_far(metrics_port: int) -> int:
+    """Reconcile passes ended, from the operator's own /metrics."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    counts = re.findall(r"^blogsite_reconcile_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    return int(sum(float(count) for count in counts))
+
+
+def measure_one_more_site(api: kube.Api, kubectl: list[str], index: int, timeout: float) -> float:
+    """Seconds from the apply of one more site until it is Ready, while the
+    others sit idle: the latency a user feels on a busy operator."""
+    manifest = site_manifest(index)
+    name = manifest["metadata"]["name"]
+    t0 = time.monotonic()
+    apply(kubectl, [manifest])
+    while time.monotonic() - t0 < timeout:
+        site = api.get(models.KIND, NAMESPACE, name) or {}
+        conditions = (site.get("status") or {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise SystemExit(f"timed out: {name} not Ready after {timeout}s")
+
+
+def measure_plain_client(
+    args: argparse.Namespace, *, kubectl: list[str], api: kube.Api, cluster_dir: Path
+) -> tuple[list[float], dict[str, float]]:
+    """The floor the operator is measured against, on the same fresh cluster:
+    no operator, a plain client that applies exactly the children the operator
+    would (the project's renderer, the operator's own server-side apply), with
+    the operator's parallelism, as soon as the BlogSites exist. Seconds from
+    the apply of the BlogSites until each site has all its children."""
+    subprocess.run(
+        [*kubectl, "create", "namespace", PLAIN_NAMESPACE], check=True, capture_output=True
+    )
+    manifests = [site_manifest(i, PLAIN_NAMESPACE) for i in range(args.sites)]
+    expected = {m["metadata"]["name"]: expected_children(m) for m in manifests}
+
+    def create_children(site: dict[str, Any]) -> None:
+        metadata = site["metadata"]
+        ref = SiteRef(metadata["name"], PLAIN_NAMESPACE, metadata["uid"])
+        for obj in render_site(ref, models.parse_spec(site["spec"]), RenderSettings()):
+            api.apply(obj)
+
+    cpu_before = {
+        **control_plane_cpu(cluster_dir),
+        "bench": cpu_seconds(os.getpid()),
+    }
+    t0 = time.monotonic()
+    apply(kubectl, manifests)
+    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+        list(pool.map(create_children, api.list_objects(models.KIND, PLAIN_NAMESPACE, "")))
+    children_at, _ = wait_for_convergence(
+        api, expected, t0, args.timeout, namespace=PLAIN_NAMESPACE, ready=False
+    )
+    cpu_after = {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
+    # Gone again before the operator's turn, so it starts on an empty cluster.
+    subprocess.run(
+        [*kubectl, "delete", "namespace", PLAIN_NAMESPACE, "--wait=true", "--timeout=900s"],
+        check=True,
+        capture_output=True,
+    )
+    return list(children_at.values()), cpu_spent(cpu_before, cpu_after)
+
+
 def measure_convergence(
     args: argparse.Namespace,
     *,
@@ -308,17 +425,39 @@ def measure_convergence(
     api: kube.Api,
     audit_log: Path,
 ) -> Convergence:
+    cluster_dir = audit_log.parent.parent
+    plain_children, plain_cpu = measure_plain_client(
+        args, kubectl=kubectl, api=api, cluster_dir=cluster_dir
+    )
     subprocess.run([*kubectl, "create", "namespace", NAMESPACE], check=True, capture_output=True)
-    operator = start_operator(env, kubeconfig, NAMESPACE, ARTIFACTS / "bench-operator.log")
+    metrics_port = free_port()
+    operator = start_operator(
+        env,
+        kubeconfig,
+        NAMESPACE,
+        ARTIFACTS / "bench-operator.log",
+        "--health-address",
+        f"127.0.0.1:{metrics_port}",
+    )
     try:
         manifests = [site_manifest(i) for i in range(args.sites)]
         expected = {m["metadata"]["name"]: expected_children(m) for m in manifests}
         audit_start = audit_log.stat().st_size
+        cpu_before, passes_before = cpu_seconds(operator.pid), passes_so_far(metrics_port)
+        plane_before = {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
 
         t0 = time.monotonic()
         apply(kubectl, manifests)
         children_at, ready_at = wait_for_convergence(api, expected, t0, args.timeout)
         converged = time.monotonic() - t0
+        cpu = cpu_seconds(operator.pid) - cpu_before
+        cpu_by_process = {
+            **cpu_spent(
+                plane_before, {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
+            ),
+            "operator": cpu,
+        }
+        passes = passes_so_far(metrics_port) - passes_before
         time.sleep(5)  # let the last status writes and events land
         converge_writes, _, converge_by_verb = operator_writes(audit_log, audit_start)
         rss_converged = peak_rss_mib(operator.pid)
@@ -327,6 +466,7 @@ def measure_convergence(
         time.sleep(args.idle)
         idle_writes, idle_all, idle_by_verb = operator_writes(audit_log, idle_start)
         rss_peak = peak_rss_mib(operator.pid)
+        one_more = measure_one_more_site(api, kubectl, args.sites, args.timeout)
 
         reverts = {b: measure_revert(api, kubectl, b, args.timeout) for b in REVERT_BEHAVIOURS}
     finally:
@@ -334,6 +474,7 @@ def measure_convergence(
     return Convergence(
         sites=args.sites,
         idle_seconds=args.idle,
+        plain_children=plain_children,
         children=list(children_at.values()),
         ready=list(ready_at.values()),
         converged=converged,
@@ -344,6 +485,11 @@ def measure_convergence(
         idle_by_verb=idle_by_verb,
         rss_converged=rss_converged,
         rss_peak=rss_peak,
+        cpu_seconds=cpu,
+        one_more=one_more,
+        cpu_by_process=cpu_by_process,
+        plain_cpu_by_process=plain_cpu,
+        passes=passes,
         reverts=reverts,
     )
 
@@ -351,9 +497,19 @@ def measure_convergence(
 def report_convergence(result: Convergence) -> None:
     children, ready, sites = result.children, result.ready, result.sites
     print(f"sites: {sites} applied at once (kubectl apply of one {sites}-document stream)")
+    plain = result.plain_children
     print(
         f"children exist: median {statistics.median(children):.2f}s  "
         f"p99 {percentile(children, 0.99):.2f}s  last {max(children):.2f}s"
+    )
+    print(
+        f"plain client:   median {statistics.median(plain):.2f}s  "
+        f"p99 {percentile(plain, 0.99):.2f}s  last {max(plain):.2f}s  "
+        f"(the same children, no operator, {WORKERS} threads)"
+    )
+    print(
+        f"operator / plain client, all children exist: {max(children) / max(plain):.2f}x "
+        f"(median {statistics.median(children) / statistics.median(plain):.2f}x)"
     )
     print(
         f"Ready=True:     median {statistics.median(ready):.2f}s  "
@@ -365,6 +521,23 @@ def report_convergence(result: Convergence) -> None:
         f"{result.rss_peak:.1f} MiB overall"
     )
     print(
+        f"operator CPU until convergence: {result.cpu_seconds:.1f}s for {result.passes} passes "
+        f"({1000 * result.cpu_seconds / max(result.passes, 1):.1f} ms per pass, "
+        "watch events and status writes included)"
+    )
+    cores = os.cpu_count() or 1
+    for phase, spent, seconds in (
+        ("operator", result.cpu_by_process, result.converged),
+        ("plain client", result.plain_cpu_by_process, max(plain)),
+    ):
+        shares = ", ".join(
+            f"{name} {value:.0f}s" for name, value in sorted(spent.items(), key=lambda i: -i[1])
+        )
+        print(
+            f"CPU during the {phase}'s {seconds:.0f}s: {sum(spent.values()):.0f}s of "
+            f"{cores * seconds:.0f}s on {cores} cores ({shares})"
+        )
+    print(
         f"operator API writes during convergence: {result.converge_writes} "
         f"({result.converge_writes / sites:.1f} per site) "
         f"{dict(sorted(result.converge_by_verb.items()))}"
@@ -373,6 +546,7 @@ def report_convergence(result: Convergence) -> None:
         f"operator API writes during {result.idle_seconds:.0f}s idle: {result.idle_writes} "
         f"{dict(sorted(result.idle_by_verb.items()))} (all clients: {result.idle_all})"
     )
+    print(f"one more site, apply to Ready, with {sites} idle: {result.one_more:.2f}s")
     for behaviour, (seconds, deadline) in result.reverts.items():
         print(
             f"revert of a {behaviour} daedalus image (default thresholds): {seconds:.1f}s; "
