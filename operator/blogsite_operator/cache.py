@@ -36,8 +36,17 @@ CACHED_KINDS = (
 )
 
 
+# Every child carries it; a pass selects a site's children by it.
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+
+
 def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
     return (kind, namespace, name)
+
+
+def _group(key: tuple[str, str, str], obj: dict[str, Any]) -> tuple[str, str, str]:
+    """(kind, namespace, site): what a pass's select looks up."""
+    return (key[0], key[1], (obj["metadata"].get("labels") or {}).get(INSTANCE_LABEL, ""))
 
 
 class ChildCache:
@@ -46,6 +55,9 @@ class ChildCache:
     def __init__(self, max_age: float = MAX_AGE_SECONDS) -> None:
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._stored_at: dict[tuple[str, str, str], float] = {}
+        # The keys of each site's children of a kind: a select reads these
+        # instead of every cached object (at a thousand sites, 14000).
+        self._groups: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
         # (kind, namespace or None for all): when its watch expired and listed again.
         self._relisted_at: dict[tuple[str, str | None], float] = {}
         self._max_age = max_age
@@ -80,13 +92,25 @@ class ChildCache:
             current = self._objects.get(key)
             if current is not None and _older(obj, current):
                 return  # a late watch event must not undo what we just applied
+            if current is not None:
+                self._groups[_group(key, current)].discard(key)
             self._objects[key] = obj
             self._stored_at[key] = time.monotonic()
+            self._groups.setdefault(_group(key, obj), set()).add(key)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
-            self._objects.pop(_key(kind, namespace, name), None)
-            self._stored_at.pop(_key(kind, namespace, name), None)
+            self._drop(_key(kind, namespace, name))
+
+    def _drop(self, key: tuple[str, str, str]) -> None:
+        """Called with the lock held."""
+        obj = self._objects.pop(key, None)
+        self._stored_at.pop(key, None)
+        if obj is not None:
+            group = _group(key, obj)
+            self._groups[group].discard(key)
+            if not self._groups[group]:
+                del self._groups[group]
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The cached object, or None when absent or too old to trust."""
@@ -100,13 +124,15 @@ class ChildCache:
 
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._lock:
+            if INSTANCE_LABEL in labels:
+                keys = list(self._groups.get((kind, namespace, labels[INSTANCE_LABEL]), ()))
+            else:
+                keys = [k for k in self._objects if k[0] == kind and k[1] == namespace]
             found = []
-            for key, obj in list(self._objects.items()):
-                if key[0] != kind or key[1] != namespace:
-                    continue
+            for key in keys:
+                obj = self._objects[key]
                 if not self._is_current(key):
-                    # Gone unless listed again, and then stored anew: drop it.
-                    del self._objects[key], self._stored_at[key]
+                    self._drop(key)  # gone unless listed again, and then stored anew
                 elif labels.items() <= (obj["metadata"].get("labels") or {}).items():
                     found.append(obj)
             return found

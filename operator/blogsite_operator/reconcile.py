@@ -558,7 +558,9 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
         if ("PodDisruptionBudget", pdb["metadata"]["name"]) not in wanted:
             _delete_owned(api, ref, pdb, outcome)
 
-    configs = api.list_objects("ConfigMap", ref.namespace, f"{NGINX_CONFIG_LABEL}={ref.name}")
+    configs = api.list_objects(
+        "ConfigMap", ref.namespace, f"{instance},{NGINX_CONFIG_LABEL}={ref.name}"
+    )
     in_use = {name for kind, name in wanted if kind == "ConfigMap"}
     live = api.get("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND))
     in_use.update(_config_maps_of((live or {}).get("spec", {}).get("template")))

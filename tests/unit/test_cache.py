@@ -119,3 +119,24 @@ def test_kopfs_expired_watch_line_tells_the_queue_which_cache_to_distrust() -> N
     )
     assert queue.cache.select("Pod", "ns", {"app": "x"}) == []
     assert queue.cache.select("Deployment", "ns", {"app": "x"}) != []
+
+
+def test_a_select_by_site_follows_relabelling_and_forgetting() -> None:
+    cache = ChildCache()
+    site = "app.kubernetes.io/instance"
+
+    def names(labels: dict[str, str]) -> list[str]:
+        return sorted(o["metadata"]["name"] for o in cache.select("Pod", "ns", labels))
+
+    cache.store(obj("Pod", "a", "1", **{site: "s1"}))
+    cache.store(obj("Pod", "b", "1", **{site: "s2"}))
+    cache.store(obj("Service", "c", "1", **{site: "s2"}))
+    assert names({site: "s1"}) == ["a"]
+    cache.store(obj("Pod", "a", "2", **{site: "s2"}))  # relabelled: now the other site's
+    assert names({site: "s1"}) == []
+    assert names({site: "s2"}) == ["a", "b"]
+    cache.forget("Pod", "ns", "b")
+    assert names({site: "s2"}) == ["a"]
+    assert names({}) == ["a"]  # no site named: every pod of the namespace
+    cache.forget("Pod", "ns", "a")
+    assert names({site: "s1"}) == names({site: "s2"}) == []
