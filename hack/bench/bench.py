@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -129,21 +130,50 @@ def cluster(command: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def operator_writes(audit_log: Path, start: int) -> tuple[int, int, dict[str, int]]:
+@dataclass(frozen=True)
+class AuditMark:
+    """Where the audit log stood: its file (by inode) and the size then."""
+
+    inode: int
+    offset: int
+
+
+def audit_mark(audit_log: Path) -> AuditMark:
+    status = audit_log.stat()
+    return AuditMark(status.st_ino, status.st_size)
+
+
+def audit_lines(audit_log: Path, mark: AuditMark) -> Iterator[bytes]:
+    """Every line written after `mark`, across rotations: the API server
+    renames the log at 100 MB (lumberjack's default size), which a
+    1000-site run passes."""
+    files = sorted(audit_log.parent.glob("audit*.log"), key=lambda path: path.stat().st_mtime)
+    started = False
+    for path in files:
+        if path.stat().st_ino == mark.inode:
+            started, offset = True, mark.offset
+        elif not started:
+            continue
+        else:
+            offset = 0
+        with path.open("rb") as log:
+            log.seek(offset)
+            yield from log
+
+
+def operator_writes(audit_log: Path, start: AuditMark) -> tuple[int, int, dict[str, int]]:
     """(writes by the operator, writes by anyone, operator writes per verb) after `start`."""
     mine, everyone = 0, 0
     per_verb: dict[str, int] = {}
-    with audit_log.open("rb") as log:
-        log.seek(start)
-        for line in log:
-            event = json.loads(line)
-            if event.get("verb") not in WRITE_VERBS or event.get("stage") != "ResponseComplete":
-                continue
-            everyone += 1
-            if str(event.get("userAgent", "")).startswith(OPERATOR_AGENTS):
-                mine += 1
-                key = f"{event['verb']} {event['objectRef'].get('resource', '?')}"
-                per_verb[key] = per_verb.get(key, 0) + 1
+    for line in audit_lines(audit_log, start):
+        event = json.loads(line)
+        if event.get("verb") not in WRITE_VERBS or event.get("stage") != "ResponseComplete":
+            continue
+        everyone += 1
+        if str(event.get("userAgent", "")).startswith(OPERATOR_AGENTS):
+            mine += 1
+            key = f"{event['verb']} {event['objectRef'].get('resource', '?')}"
+            per_verb[key] = per_verb.get(key, 0) + 1
     return mine, everyone, per_verb
 
 
@@ -445,7 +475,7 @@ def measure_convergence(
     try:
         manifests = [site_manifest(i) for i in range(args.sites)]
         expected = {m["metadata"]["name"]: expected_children(m) for m in manifests}
-        audit_start = audit_log.stat().st_size
+        audit_start = audit_mark(audit_log)
         cpu_before, passes_before = cpu_seconds(operator.pid), passes_so_far(metrics_port)
         plane_before = {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
 
@@ -465,7 +495,7 @@ def measure_convergence(
         converge_writes, _, converge_by_verb = operator_writes(audit_log, audit_start)
         rss_converged = peak_rss_mib(operator.pid)
 
-        idle_start = audit_log.stat().st_size
+        idle_start = audit_mark(audit_log)
         time.sleep(args.idle)
         idle_writes, idle_all, idle_by_verb = operator_writes(audit_log, idle_start)
         rss_peak = peak_rss_mib(operator.pid)
@@ -757,7 +787,7 @@ def measure_acme(
         )
         stack.callback(stop, operator)
         pebble_start = pebble_log.stat().st_size
-        audit_start = audit_log.stat().st_size
+        audit_start = audit_mark(audit_log)
         if together:
             t0 = time.monotonic()
             apply(kubectl, together)
