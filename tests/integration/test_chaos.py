@@ -258,7 +258,10 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
     kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:
     if os.environ.get("BLOGSITE_TEST_KUBECONFIG"):
-        pytest.skip("restarts the processes of hack/cluster.sh's control plane; this is another")
+        reason = "restarts the processes of hack/cluster.sh's control plane; this is another"
+        if os.environ.get("CI"):  # CI runs on that cluster: another one is a broken set-up
+            pytest.fail(f"{reason}, and CI must run this test")
+        pytest.skip(reason)
     control_plane = ControlPlane(Path(kubectl.kubeconfig).parent)
     port = free_port()
     operator = OperatorProcess(
