@@ -357,21 +357,21 @@ def backoff_steps(within: float) -> Iterator[float]:
         wait = min(2 * wait, MAX_BACKOFF_SECONDS)
 
 
-def issued_certificate(kubectl: Kubectl, namespace: str, index: int) -> CertificateInfo | None:
-    """What c<index>-tls holds, when a CA issued it (not a placeholder)."""
-    secret = kubectl.run(
-        "get", "secret", f"c{index}-tls", "-n", namespace, "-o", "json", check=False
-    )
+def issued_certificate(kubectl: Kubectl, namespace: str, site: str) -> CertificateInfo | None:
+    """What SITE-tls holds, when a CA issued it (not a placeholder)."""
+    secret = kubectl.run("get", "secret", f"{site}-tls", "-n", namespace, "-o", "json", check=False)
     if secret.returncode != 0:
         return None
-    info = read_served_certificate(f"c{index}-tls", json.loads(secret.stdout)).info
+    info = read_served_certificate(f"{site}-tls", json.loads(secret.stdout)).info
     return info if info is not None and not info.is_placeholder else None
 
 
-def certificate_ready(kubectl: Kubectl, namespace: str, index: int) -> bool:
-    body = kubectl.json("get", "blogsite", f"c{index}", "-n", namespace)
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "CertificateReady" and c["status"] == "True" for c in conditions)
+def conditions_true(kubectl: Kubectl, namespace: str, site: str, *types: str) -> bool:
+    body = kubectl.json("get", "blogsite", site, "-n", namespace)
+    conditions = {
+        c["type"]: c["status"] for c in (body.get("status") or {}).get("conditions") or []
+    }
+    return all(conditions.get(kind) == "True" for kind in types)
 
 
 def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_keep_serving(
@@ -391,8 +391,10 @@ def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_
             kubectl.apply(site(index, IMAGES[0], ca.directory_url), namespace)
 
         def issued(*indexes: int) -> dict[int, CertificateInfo] | None:
-            found = {i: issued_certificate(kubectl, namespace, i) for i in indexes}
-            if all(found.values()) and all(certificate_ready(kubectl, namespace, i) for i in found):
+            found = {i: issued_certificate(kubectl, namespace, f"c{i}") for i in indexes}
+            if all(found.values()) and all(
+                conditions_true(kubectl, namespace, f"c{i}", "CertificateReady") for i in found
+            ):
                 return {i: info for i, info in found.items() if info is not None}
             return None
 
@@ -429,8 +431,8 @@ def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_
         apply(2)
         while time.monotonic() - down_since < CA_DOWN_SECONDS:
             for index in (0, 1):
-                assert issued_certificate(kubectl, namespace, index) == first[index]
-                assert certificate_ready(kubectl, namespace, index), (
+                assert issued_certificate(kubectl, namespace, f"c{index}") == first[index]
+                assert conditions_true(kubectl, namespace, f"c{index}", "CertificateReady"), (
                     f"c{index} while the CA is down"
                 )
             time.sleep(1)  # the outage lasts this long whatever happens: sample it

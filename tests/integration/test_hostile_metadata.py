@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION
-from blogsite_operator.reconcile import read_served_certificate
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
+from tests.integration.test_chaos import conditions_true, issued_certificate
 from tests.pebble import ChallengeServer, Pebble
 from tests.support import wait_for
 
@@ -50,17 +50,12 @@ def blogsite(ca: Pebble, annotations: dict[str, str]) -> dict[str, object]:
 
 def serial(kubectl: Kubectl, namespace: str) -> str | None:
     """The serial of the issued certificate in NAME-tls (not a placeholder)."""
-    found = kubectl.run("get", "secret", f"{NAME}-tls", "-n", namespace, "-o", "json", check=False)
-    if found.returncode != 0:
-        return None
-    info = read_served_certificate(f"{NAME}-tls", json.loads(found.stdout)).info
-    return info.serial if info is not None and not info.is_placeholder else None
+    info = issued_certificate(kubectl, namespace, NAME)
+    return info.serial if info is not None else None
 
 
 def ready(kubectl: Kubectl, namespace: str) -> bool:
-    site = kubectl.json("get", "blogsite", NAME, "-n", namespace)
-    conditions = {c["type"]: c["status"] for c in site.get("status", {}).get("conditions", [])}
-    return conditions.get("Ready") == "True" and conditions.get("CertificateReady") == "True"
+    return conditions_true(kubectl, namespace, NAME, "Ready", "CertificateReady")
 
 
 def test_the_longest_name_and_hostile_metadata_reach_nothing_they_should_not(
