@@ -368,9 +368,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def control_plane_cpu(cluster_dir: Path) -> dict[str, float]:
-    """CPU seconds so far of each control plane process (kwokctl's pid files)."""
-    found = {}
+def processes_cpu(cluster_dir: Path) -> dict[str, float]:
+    """CPU seconds so far of each control plane process (kwokctl's pid files)
+    and of this one ("bench")."""
+    found = {"bench": cpu_seconds(os.getpid())}
     for pid_file in sorted((cluster_dir / "pids").glob("*.pid")):
         try:
             found[pid_file.stem] = cpu_seconds(int(pid_file.read_text().strip()))
@@ -428,10 +429,7 @@ def measure_plain_client(
         for obj in render_site(ref, models.parse_spec(site["spec"]), RenderSettings()):
             api.apply(obj)
 
-    cpu_before = {
-        **control_plane_cpu(cluster_dir),
-        "bench": cpu_seconds(os.getpid()),
-    }
+    cpu_before = processes_cpu(cluster_dir)
     t0 = time.monotonic()
     apply(kubectl, manifests)
     with ThreadPoolExecutor(max_workers=WORKERS) as pool:
@@ -439,7 +437,7 @@ def measure_plain_client(
     children_at, _ = wait_for_convergence(
         api, expected, t0, args.timeout, namespace=PLAIN_NAMESPACE, ready=False
     )
-    cpu_after = {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
+    cpu_after = processes_cpu(cluster_dir)
     # Gone again before the operator's turn, so it starts on an empty cluster.
     subprocess.run(
         [*kubectl, "delete", "namespace", PLAIN_NAMESPACE, "--wait=true", "--timeout=900s"],
@@ -477,7 +475,7 @@ def measure_convergence(
         expected = {m["metadata"]["name"]: expected_children(m) for m in manifests}
         audit_start = audit_mark(audit_log)
         cpu_before, passes_before = cpu_seconds(operator.pid), passes_so_far(metrics_port)
-        plane_before = {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
+        plane_before = processes_cpu(cluster_dir)
 
         t0 = time.monotonic()
         apply(kubectl, manifests)
@@ -485,9 +483,7 @@ def measure_convergence(
         converged = time.monotonic() - t0
         cpu = cpu_seconds(operator.pid) - cpu_before
         cpu_by_process = {
-            **cpu_spent(
-                plane_before, {**control_plane_cpu(cluster_dir), "bench": cpu_seconds(os.getpid())}
-            ),
+            **cpu_spent(plane_before, processes_cpu(cluster_dir)),
             "operator": cpu,
         }
         passes = passes_so_far(metrics_port) - passes_before
