@@ -81,13 +81,9 @@ class ChildCache:
         return stored > relisted
 
     def store(self, obj: dict[str, Any]) -> None:
+        obj = _slim(obj)
         metadata = obj["metadata"]
         key = _key(obj["kind"], metadata["namespace"], metadata["name"])
-        if "managedFields" in metadata:
-            # Often the bulk of an object, and nothing here reads it: at a
-            # thousand sites (pods included) it is most of the cache.
-            metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
-            obj = {**obj, "metadata": metadata}
         with self._lock:
             current = self._objects.get(key)
             if current is not None and _older(obj, current):
@@ -140,6 +136,36 @@ class ChildCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+# What a pass reads of a pod (policies/rollout.py, reconcile.py): its
+# metadata and how its containers and conditions stand; never its spec.
+_POD_STATUS_FIELDS = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+_CONTAINER_STATUS_FIELDS = ("name", "ready", "restartCount", "state")
+
+
+def _slim(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object without what no pass reads. managedFields is often the bulk
+    of an object; a pod's spec and the details of its status are the rest of
+    it (a pod parses to about 38 KB of Python objects, 9 KB slimmed; at a
+    thousand sites there are five thousand pods)."""
+    metadata = obj["metadata"]
+    if "managedFields" in metadata:
+        metadata = {k: v for k, v in metadata.items() if k != "managedFields"}
+    if obj["kind"] != "Pod":
+        return {**obj, "metadata": metadata} if metadata is not obj["metadata"] else obj
+    slim: dict[str, Any] = {k: obj[k] for k in ("kind", "apiVersion") if k in obj}
+    slim["metadata"] = metadata
+    if "status" in obj:
+        status = obj["status"] or {}
+        slim["status"] = {k: status[k] for k in _POD_STATUS_FIELDS if k in status}
+        for field in ("containerStatuses", "initContainerStatuses"):
+            if field in slim["status"]:
+                slim["status"][field] = [
+                    {k: c[k] for k in _CONTAINER_STATUS_FIELDS if k in c}
+                    for c in slim["status"][field]
+                ]
+    return slim
 
 
 def _older(candidate: dict[str, Any], current: dict[str, Any]) -> bool:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 from typing import Any
 
 from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.handlers import SiteQueue
 from blogsite_operator.health import WatchFailures
+from blogsite_operator.policies.rollout import RolloutThresholds, pod_failure
 from blogsite_operator.settings import OperatorSettings
 
 
@@ -39,6 +41,53 @@ def test_managed_fields_are_not_kept() -> None:
     cache.store(watched)
     assert cache.get("Pod", "ns", "p") == obj("Pod", "p", "3")
     assert "managedFields" in watched["metadata"], "the event's own body is left alone"
+
+
+def test_a_pod_is_kept_with_only_what_a_pass_reads_of_it() -> None:
+    waiting = {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}
+    pod: dict[str, Any] = {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {**obj("Pod", "p", "3", site="x")["metadata"], "managedFields": [{}]},
+        "spec": {"containers": [{"name": "daedalus", "image": "d:1"}], "nodeName": "n"},
+        "status": {
+            "phase": "Running",
+            "podIP": "198.18.0.7",
+            "qosClass": "Burstable",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady"}],
+            "containerStatuses": [
+                {
+                    "name": "daedalus",
+                    "image": "d:1",
+                    "imageID": "sha256:0123",
+                    "containerID": "containerd://4567",
+                    "ready": False,
+                    "restartCount": 3,
+                    "state": waiting,
+                    "lastState": {"terminated": {"exitCode": 1}},
+                }
+            ],
+        },
+    }
+    cache = ChildCache()
+    cache.store(pod)
+    (kept,) = cache.select("Pod", "ns", {"site": "x"})
+    assert kept == {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": obj("Pod", "p", "3", site="x")["metadata"],
+        "status": {
+            "phase": "Running",
+            "conditions": pod["status"]["conditions"],
+            "containerStatuses": [
+                {"name": "daedalus", "ready": False, "restartCount": 3, "state": waiting}
+            ],
+        },
+    }
+    thresholds = RolloutThresholds(max_restarts=3, ready_timeout_seconds=60)
+    now = datetime.datetime.now(datetime.UTC)
+    assert pod_failure(kept, thresholds, now) == pod_failure(pod, thresholds, now) is not None
+    assert "spec" in pod, "the event's own body is left alone"
 
 
 def test_select_by_labels() -> None:
