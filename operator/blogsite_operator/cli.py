@@ -227,7 +227,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
     )
     challenge.set_defaults(func=challenge_server_command)
+
+    wait = commands.add_parser(
+        "await-certificate",
+        help="wait until a file holds the certificate with this hash (the frontend's init "
+        "container)",
+    )
+    wait.add_argument("--file", required=True, type=Path, help="the mounted tls.crt")
+    wait.add_argument(
+        "--sha256",
+        default=os.environ.get("BLOGSITE_TLS_CERTIFICATE_SHA256", ""),
+        help="hex SHA-256 of the certificate to wait for; empty: do not wait "
+        "(default: $BLOGSITE_TLS_CERTIFICATE_SHA256)",
+    )
+    wait.set_defaults(func=await_certificate_command)
     return parser
+
+
+def await_certificate_command(args: argparse.Namespace) -> int:
+    from blogsite_operator.await_certificate import await_content  # noqa: PLC0415
+
+    waited = await_content(args.file, args.sha256.strip().lower())
+    logging.getLogger(__name__).info("%s holds the certificate after %.1fs", args.file, waited)
+    return 0
 
 
 def challenge_server_command(args: argparse.Namespace) -> int:

@@ -30,7 +30,8 @@ import pytest
 import yaml
 from cryptography import x509
 
-from blogsite_operator.render.site import TLS_HASH_ANNOTATION, VERSION_LABEL
+from blogsite_operator import certs
+from blogsite_operator.render.site import FRONTEND_HTTPS_PORT, TLS_HASH_ANNOTATION, VERSION_LABEL
 from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration.conftest import Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
@@ -653,6 +654,106 @@ def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
     assert challenge.status == 404
     # The operator checked its answers through the frontend Service itself.
     assert "SelfCheckFailed" not in release.logs()
+
+
+def test_a_frontend_pod_given_an_old_certificate_starts_nginx_only_with_the_named_one(
+    kubectl: Kubectl, served_site: ServedSite
+) -> None:
+    """The kubelet fills a Secret volume from its own watch, so a pod created
+    just after the Secret changed may get the old content; nginx would serve
+    it for the pod's life. Here the volume certainly holds another certificate
+    than the template names, until the Secret is brought up to date."""
+    site = served_site
+    issued = kubectl.json("get", "secret", f"{SITE}-tls", "-n", site.namespace)
+    issued_pem = base64.b64decode(issued["data"]["tls.crt"])
+    other_pem, other_key = certs.self_signed_placeholder(["other.example.test"])
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "await-tls"},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(other_pem).decode(),
+            "tls.key": base64.b64encode(other_key).decode(),
+        },
+    }
+    kubectl.apply(secret, site.namespace)
+    template = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
+    pod_spec = template["spec"]
+    for volume in pod_spec["volumes"]:
+        if volume["name"] == "tls":
+            volume["secret"]["secretName"] = "await-tls"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "await-certificate",
+            "labels": {"test": "await-certificate"},  # no Service or ReplicaSet selects it
+            "annotations": {TLS_HASH_ANNOTATION: hashlib.sha256(issued_pem).hexdigest()},
+        },
+        "spec": pod_spec,
+    }
+    kubectl.apply(pod, site.namespace)
+    try:
+
+        def nginx_state() -> dict[str, Any]:
+            body = kubectl.json("get", "pod", "await-certificate", "-n", site.namespace)
+            statuses = (body.get("status") or {}).get("containerStatuses") or [{}]
+            state: dict[str, Any] = statuses[0].get("state") or {}
+            return state
+
+        wait_for(
+            lambda: (
+                "waiting"
+                in kubectl.run(
+                    "logs",
+                    "await-certificate",
+                    "-c",
+                    "await-certificate",
+                    "-n",
+                    site.namespace,
+                    check=False,
+                ).stdout
+            ),
+            timeout=90,
+            what="the init container reporting that it waits",
+        )
+        assert "running" not in nginx_state(), "nginx started with another certificate"
+        secret["data"] = issued["data"]
+        updated = time.monotonic()
+        kubectl.apply(secret, site.namespace)
+        wait_for(
+            lambda: "running" in nginx_state(),
+            timeout=240,
+            interval=1,
+            what="nginx started once the kubelet brought the named certificate",
+        )
+        waited = time.monotonic() - updated
+        address = kubectl.json("get", "pod", "await-certificate", "-n", site.namespace)["status"][
+            "podIP"
+        ]
+        tls = tls_context(site.root_pem)
+        served = wait_for(
+            lambda: serial_at(address, FRONTEND_HTTPS_PORT, tls),
+            timeout=30,
+            what="the pod's nginx answering",
+        )
+        assert served == x509.load_pem_x509_certificate(issued_pem).serial_number
+        FIGURES.append(
+            f"real node: a frontend pod given another certificate started nginx {waited:.0f}s "
+            "after its Secret was brought up to date (the kubelet's next sync of the pod)"
+        )
+    finally:
+        kubectl.run("delete", "pod", "await-certificate", "-n", site.namespace, "--wait=false")
+        kubectl.run("delete", "secret", "await-tls", "-n", site.namespace)
+
+
+def serial_at(address: str, port: int, tls: ssl.SSLContext) -> int | None:
+    try:
+        der = request(address, port, DOMAINS[0], tls=tls).peer_certificate
+    except OSError:
+        return None
+    return x509.load_der_x509_certificate(der or b"").serial_number
 
 
 def serial_served(site: ServedSite, tls: ssl.SSLContext) -> int | str:

@@ -285,6 +285,23 @@ class TestVersions:
         changed = self.frontend("aaa", frontend={"replicas": 2, "http": "redirect"})
         assert version_of(changed) != version_of(before)
 
+    def test_nginx_starts_only_once_the_certificate_the_template_names_is_mounted(self) -> None:
+        pod = self.frontend("aaa")["spec"]["template"]
+        (init,) = pod["spec"]["initContainers"]
+        assert init["args"] == ["await-certificate", "--file", "/etc/blogsite/tls/tls.crt"]
+        (env,) = init["env"]
+        # Read from the annotation, so the hash itself is in one place only.
+        annotation = env["valueFrom"]["fieldRef"]["fieldPath"]
+        assert annotation == "metadata.annotations['blog.daedalus.dev/tls-certificate-sha256']"
+        assert pod["metadata"]["annotations"]["blog.daedalus.dev/tls-certificate-sha256"] == "aaa"
+        assert init["volumeMounts"] == [
+            {"name": "tls", "mountPath": "/etc/blogsite/tls", "readOnly": True}
+        ]
+        assert init["securityContext"]["readOnlyRootFilesystem"] is True
+        # No certificate known yet: the same template, so the same version.
+        assert version_of(self.frontend(None)) == version_of(self.frontend("aaa"))
+        assert "initContainers" not in self.frontend(None, tls=None)["spec"]["template"]["spec"]
+
     def test_templates_without_a_certificate_keep_their_version_hash(self) -> None:
         # The hash of such a template is what earlier operator versions
         # stamped; an upgrade must not roll every site.

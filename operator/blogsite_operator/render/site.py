@@ -403,6 +403,28 @@ def render_tls_secret(
     }
 
 
+def _await_certificate(settings: RenderSettings) -> dict[str, Any]:
+    """An init container that holds nginx back until the kubelet has put the
+    certificate the template names in the volume (see await_certificate.py).
+    It reads the hash from the template's annotation, so a new certificate
+    changes nothing here and stays the same version (template_version)."""
+    annotation = f"metadata.annotations['{TLS_HASH_ANNOTATION}']"
+    return {
+        "name": "await-certificate",
+        "image": settings.operator_image,
+        "args": ["await-certificate", "--file", f"{TLS_DIR}/tls.crt"],
+        "env": [
+            {
+                "name": "BLOGSITE_TLS_CERTIFICATE_SHA256",
+                "valueFrom": {"fieldRef": {"fieldPath": annotation}},
+            }
+        ],
+        "resources": _resources(Component.CERT_REFRESH, None),
+        "securityContext": _container_security_context(),
+        "volumeMounts": [{"name": "tls", "mountPath": TLS_DIR, "readOnly": True}],
+    }
+
+
 def render_frontend(
     site: SiteRef, spec: models.BlogSiteSpec, settings: RenderSettings, facts: SiteFacts
 ) -> list[dict[str, Any]]:
@@ -424,6 +446,9 @@ def render_frontend(
         # Only the two files nginx needs, whatever else the Secret holds.
         items = [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}]
         volumes.append({"name": "tls", "secret": {"secretName": secret, "items": items}})
+    init_containers: list[dict[str, Any]] = []
+    if secret is not None:
+        init_containers.append(_await_certificate(settings))
     container = {
         "name": "nginx",
         "image": frontend.image or settings.frontend_image,
@@ -462,6 +487,8 @@ def render_frontend(
         containers=[container],
         volumes=volumes,
     )
+    if init_containers:
+        deployment["spec"]["template"]["spec"]["initContainers"] = init_containers
     if facts.tls_certificate_hash is not None:
         deployment["spec"]["template"]["metadata"]["annotations"] = {
             TLS_HASH_ANNOTATION: facts.tls_certificate_hash
