@@ -12,8 +12,10 @@ so a pod deleted during an outage is not judged for ever after.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from blogsite_operator import kube
@@ -44,17 +46,34 @@ def _key(kind: str, namespace: str, name: str) -> tuple[str, str, str]:
     return (kind, namespace, name)
 
 
-def _group(key: tuple[str, str, str], obj: dict[str, Any]) -> tuple[str, str, str]:
-    """(kind, namespace, site): what a pass's select looks up."""
-    return (key[0], key[1], (obj["metadata"].get("labels") or {}).get(INSTANCE_LABEL, ""))
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    # The object as compact JSON: about a fifth of the memory of its parsed
+    # form (a Deployment: 5 KB against 26 KB), and every read parses its own
+    # copy, so no caller can change what the next pass reads.
+    body: bytes
+    labels: dict[str, str]
+    resource_version: int | None
+    stored_at: float  # time.monotonic()
+
+    def group(self, key: tuple[str, str, str]) -> tuple[str, str, str]:
+        """(kind, namespace, site): what a pass's select looks up."""
+        return (key[0], key[1], self.labels.get(INSTANCE_LABEL, ""))
+
+
+def _resource_version(obj: dict[str, Any]) -> int | None:
+    """resourceVersions are opaque, but etcd's are integers that only grow."""
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return None
 
 
 class ChildCache:
     """Thread-safe: watch events arrive on the event loop, reconciles run in threads."""
 
     def __init__(self, max_age: float = MAX_AGE_SECONDS) -> None:
-        self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._stored_at: dict[tuple[str, str, str], float] = {}
+        self._entries: dict[tuple[str, str, str], _Entry] = {}
         # The keys of each site's children of a kind: a select reads these
         # instead of every cached object (at a thousand sites, 14000).
         self._groups: dict[tuple[str, str, str], set[tuple[str, str, str]]] = {}
@@ -70,29 +89,35 @@ class ChildCache:
         with self._lock:
             self._relisted_at[(kind, namespace)] = time.monotonic()
 
-    def _is_current(self, key: tuple[str, str, str]) -> bool:
+    def _is_current(self, key: tuple[str, str, str], entry: _Entry) -> bool:
         """Called with the lock held."""
         kind, namespace, _ = key
-        stored = self._stored_at.get(key, float("-inf"))
         relisted = max(
             self._relisted_at.get((kind, namespace), float("-inf")),
             self._relisted_at.get((kind, None), float("-inf")),
         )
-        return stored > relisted
+        return entry.stored_at > relisted
 
     def store(self, obj: dict[str, Any]) -> None:
         obj = _slim(obj)
         metadata = obj["metadata"]
         key = _key(obj["kind"], metadata["namespace"], metadata["name"])
+        version = _resource_version(obj)
+        entry = _Entry(
+            json.dumps(obj, separators=(",", ":")).encode(),
+            dict(metadata.get("labels") or {}),
+            version,
+            time.monotonic(),
+        )
         with self._lock:
-            current = self._objects.get(key)
-            if current is not None and _older(obj, current):
-                return  # a late watch event must not undo what we just applied
+            current = self._entries.get(key)
             if current is not None:
-                self._groups[_group(key, current)].discard(key)
-            self._objects[key] = obj
-            self._stored_at[key] = time.monotonic()
-            self._groups.setdefault(_group(key, obj), set()).add(key)
+                known = current.resource_version
+                if version is not None and known is not None and version < known:
+                    return  # a late watch event must not undo what we just applied
+                self._groups[current.group(key)].discard(key)
+            self._entries[key] = entry
+            self._groups.setdefault(entry.group(key), set()).add(key)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         with self._lock:
@@ -100,10 +125,9 @@ class ChildCache:
 
     def _drop(self, key: tuple[str, str, str]) -> None:
         """Called with the lock held."""
-        obj = self._objects.pop(key, None)
-        self._stored_at.pop(key, None)
-        if obj is not None:
-            group = _group(key, obj)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            group = entry.group(key)
             self._groups[group].discard(key)
             if not self._groups[group]:
                 del self._groups[group]
@@ -112,30 +136,32 @@ class ChildCache:
         """The cached object, or None when absent or too old to trust."""
         key = _key(kind, namespace, name)
         with self._lock:
-            if time.monotonic() - self._stored_at.get(key, float("-inf")) > self._max_age:
+            entry = self._entries.get(key)
+            if entry is None or time.monotonic() - entry.stored_at > self._max_age:
                 return None
-            if not self._is_current(key):
+            if not self._is_current(key, entry):
                 return None
-            return self._objects.get(key)
+        found: dict[str, Any] = json.loads(entry.body)
+        return found
 
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._lock:
             if INSTANCE_LABEL in labels:
                 keys = list(self._groups.get((kind, namespace, labels[INSTANCE_LABEL]), ()))
             else:
-                keys = [k for k in self._objects if k[0] == kind and k[1] == namespace]
-            found = []
+                keys = [k for k in self._entries if k[0] == kind and k[1] == namespace]
+            matches = []
             for key in keys:
-                obj = self._objects[key]
-                if not self._is_current(key):
+                entry = self._entries[key]
+                if not self._is_current(key, entry):
                     self._drop(key)  # gone unless listed again, and then stored anew
-                elif labels.items() <= (obj["metadata"].get("labels") or {}).items():
-                    found.append(obj)
-            return found
+                elif labels.items() <= entry.labels.items():
+                    matches.append(entry.body)
+        return [json.loads(body) for body in matches]
 
     def __len__(self) -> int:
         with self._lock:
-            return len(self._objects)
+            return len(self._entries)
 
 
 # What a pass reads of a pod (policies/rollout.py, reconcile.py): its
@@ -168,16 +194,6 @@ def _slim(obj: dict[str, Any]) -> dict[str, Any]:
     return slim
 
 
-def _older(candidate: dict[str, Any], current: dict[str, Any]) -> bool:
-    """resourceVersions are opaque, but etcd's are integers that only grow."""
-    try:
-        return int(candidate["metadata"]["resourceVersion"]) < int(
-            current["metadata"]["resourceVersion"]
-        )
-    except (KeyError, ValueError):
-        return False
-
-
 class CachedApi(kube.Api):
     """kube.Api that reads children from the cache and records its own writes."""
 
@@ -200,7 +216,7 @@ class CachedApi(kube.Api):
     def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         if kind in CACHED_KINDS and label_selector and "!" not in label_selector:
             labels = dict(pair.split("=", 1) for pair in label_selector.split(","))
-            return [{**obj} for obj in self.cache.select(kind, namespace, labels)]
+            return self.cache.select(kind, namespace, labels)
         return super().list_objects(kind, namespace, label_selector)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:

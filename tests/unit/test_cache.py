@@ -90,6 +90,17 @@ def test_a_pod_is_kept_with_only_what_a_pass_reads_of_it() -> None:
     assert "spec" in pod, "the event's own body is left alone"
 
 
+def test_what_a_caller_does_with_a_read_does_not_change_the_cache() -> None:
+    cache = ChildCache()
+    cache.store(obj("Service", "a", "1", site="x"))
+    read = cache.get("Service", "ns", "a")
+    assert read is not None
+    read["metadata"]["labels"]["site"] = "changed"
+    (selected,) = cache.select("Service", "ns", {"site": "x"})
+    selected["metadata"]["name"] = "changed"
+    assert cache.get("Service", "ns", "a") == obj("Service", "a", "1", site="x")
+
+
 def test_select_by_labels() -> None:
     cache = ChildCache()
     cache.store(obj("ConfigMap", "a", "1", site="x"))
