@@ -89,5 +89,5 @@ run: install ## run the operator (against the local cluster unless one is config
 	@hack/run.sh
 
 .PHONY: bench
-bench: install tools ## benchmark: BENCH_SITES (200) BlogSites at once; idle writes over BENCH_IDLE (60) s
+bench: install tools ## benchmark: BENCH_SITES (200) BlogSites at once, BENCH_RUNS (1) times; idle writes over BENCH_IDLE (60) s
 	$(BIN)/python hack/bench/bench.py

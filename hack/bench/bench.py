@@ -922,6 +922,12 @@ def main() -> int:
     phases = parser.add_mutually_exclusive_group()
     phases.add_argument("--no-acme", action="store_true", help="skip the ACME part")
     phases.add_argument("--acme-only", action="store_true", help="only the ACME part")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=int(os.environ.get("BENCH_RUNS", "1")),
+        help="convergence runs, each on a fresh cluster; more than one adds medians",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the bench cluster afterwards")
     args = parser.parse_args()
     run_acme = not args.no_acme and (args.acme_sites > 0 or args.acme_sequential > 0)
@@ -934,15 +940,59 @@ def main() -> int:
         "BLOGSITE_REAL_NODE": "0",
         "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "kwok" / "audit-policy.yaml"),
     }
-    cluster("down", env)  # a fresh cluster: auditing on, nothing left over
+    ARTIFACTS.mkdir(exist_ok=True)
+    runs: list[Convergence] = []
+    acme: AcmeRun | None = None
+    for run in range(1, args.runs + 1):
+        last = run == args.runs
+        if args.runs > 1:
+            print(f"--- run {run} of {args.runs}")
+        kubeconfig, kubectl, audit_log, api = fresh_cluster(env)
+        try:
+            if not args.acme_only:
+                runs.append(
+                    measure_convergence(
+                        args,
+                        env=env,
+                        kubeconfig=kubeconfig,
+                        kubectl=kubectl,
+                        api=api,
+                        audit_log=audit_log,
+                    )
+                )
+                report_convergence(runs[-1])
+            if run_acme and last:  # once: its figures are per site already
+                started = time.monotonic()
+                acme = measure_acme(
+                    args,
+                    env=env,
+                    kubeconfig=kubeconfig,
+                    kubectl=kubectl,
+                    api=api,
+                    audit_log=audit_log,
+                )
+                print(f"ACME part took {time.monotonic() - started:.1f}s")
+        finally:
+            if not (args.keep and last):
+                cluster("down", env)
+
+    if len(runs) > 1:
+        report_runs(runs)
+    if acme is not None:
+        report_acme(acme)
+    return 0 if all(r.idle_writes == 0 for r in runs) else 1
+
+
+def fresh_cluster(env: dict[str, str]) -> tuple[str, list[str], Path, kube.Api]:
+    """A new bench cluster with auditing on and the CRD established: kubeconfig,
+    kubectl, audit log, API client."""
+    cluster("down", env)  # nothing left over from a run before
     started = time.monotonic()
     cluster("up", env)
     print(f"cluster up in {time.monotonic() - started:.1f}s")
     tools = dict(line.split("=", 1) for line in cluster("env", env).splitlines() if "=" in line)
     kubeconfig = tools["KUBECONFIG"]
     kubectl = [tools["KUBECTL"], "--kubeconfig", kubeconfig]
-    audit_log = Path(kubeconfig).parent / "logs" / "audit.log"
-    ARTIFACTS.mkdir(exist_ok=True)
     subprocess.run(
         [*kubectl, "apply", "--server-side", "-f", str(ROOT / "crds" / "blogsite.yaml")],
         check=True,
@@ -954,29 +1004,31 @@ def main() -> int:
         capture_output=True,
     )
     kube.load_config(kubeconfig)
-    api = kube.Api()
-    convergence: Convergence | None = None
-    acme: AcmeRun | None = None
-    try:
-        if not args.acme_only:
-            convergence = measure_convergence(
-                args, env=env, kubeconfig=kubeconfig, kubectl=kubectl, api=api, audit_log=audit_log
-            )
-        if run_acme:
-            started = time.monotonic()
-            acme = measure_acme(
-                args, env=env, kubeconfig=kubeconfig, kubectl=kubectl, api=api, audit_log=audit_log
-            )
-            print(f"ACME part took {time.monotonic() - started:.1f}s")
-    finally:
-        if not args.keep:
-            cluster("down", env)
+    return kubeconfig, kubectl, Path(kubeconfig).parent / "logs" / "audit.log", kube.Api()
 
-    if convergence is not None:
-        report_convergence(convergence)
-    if acme is not None:
-        report_acme(acme)
-    return 0 if convergence is None or convergence.idle_writes == 0 else 1
+
+def report_runs(runs: list[Convergence]) -> None:
+    """The headline figures as median (min to max) over the runs."""
+    figures: dict[str, list[float]] = {
+        "operator / plain client, all children exist (x)": [
+            max(r.children) / max(r.plain_children) for r in runs
+        ],
+        "operator / plain client, medians (x)": [
+            statistics.median(r.children) / statistics.median(r.plain_children) for r in runs
+        ],
+        "children exist, last (s)": [max(r.children) for r in runs],
+        "plain client, last (s)": [max(r.plain_children) for r in runs],
+        "Ready, median (s)": [statistics.median(r.ready) for r in runs],
+        "Ready, last (s)": [max(r.ready) for r in runs],
+        "operator peak RSS (MiB)": [r.rss_peak for r in runs],
+        "operator CPU per pass (ms)": [1000 * r.cpu_seconds / max(r.passes, 1) for r in runs],
+        "writes per site": [r.converge_writes / r.sites for r in runs],
+        "writes during idle": [float(r.idle_writes) for r in runs],
+        "one more site, apply to Ready (s)": [r.one_more for r in runs],
+    }
+    print(f"--- {len(runs)} runs of {runs[0].sites} sites: median (min to max)")
+    for name, values in figures.items():
+        print(f"{name}: {statistics.median(values):.2f} ({min(values):.2f} to {max(values):.2f})")
 
 
 if __name__ == "__main__":
