@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from josepy.jwk import JWKEC
 
 from blogsite_operator import certs
 from blogsite_operator.issuance.protocol import (
+    FIRST_POLL_SECONDS,
+    MAX_POLL_SECONDS,
     NONCE_ATTEMPTS,
     Counter,
     IssuanceError,
@@ -27,6 +30,7 @@ from blogsite_operator.issuance.protocol import (
     _Network,
     directory_url,
     parse_retry_after,
+    poll_delay,
 )
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
@@ -311,3 +315,127 @@ def test_a_failed_self_check_deactivates_the_orders_authorizations_and_answers_n
     assert len(answers) == 2, "both answers were published first"
     assert ca.deactivated == [f"https://ca.example/authz/{n}" for n in names]
     assert ca.answered == []
+
+
+class TestPollDelay:
+    def test_soon_then_doubling_up_to_the_cap(self) -> None:
+        delays = [poll_delay(attempt, None, NOW) for attempt in range(8)]
+        assert delays[:3] == [FIRST_POLL_SECONDS, 2 * FIRST_POLL_SECONDS, 4 * FIRST_POLL_SECONDS]
+        assert delays == sorted(delays)
+        assert delays[-1] == MAX_POLL_SECONDS
+
+    def test_never_before_the_cas_retry_after(self) -> None:
+        later = NOW + datetime.timedelta(seconds=3)
+        assert poll_delay(0, later, NOW) == 3.0
+        past = NOW - datetime.timedelta(seconds=3)
+        assert poll_delay(0, past, NOW) == FIRST_POLL_SECONDS
+
+
+class _PollingCa:
+    """Stands in for ClientV2 and its network after the challenges are answered:
+    each poll of an authorization or the order reads the next status of a
+    script, and a status may come with a Retry-After (seconds)."""
+
+    def __init__(
+        self,
+        authorization: list[tuple[str, int | None]],
+        order: list[tuple[str, int | None]],
+    ) -> None:
+        self.authorization_script = list(authorization)
+        self.order_script = list(order)
+        self.retry_after: datetime.datetime | None = None  # what _Network keeps
+        self.requests: list[str] = []
+
+    def _next(self, script: list[tuple[str, int | None]]) -> str:
+        status, retry_after = script.pop(0)
+        self.retry_after = (
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=retry_after)
+            if retry_after is not None
+            else None
+        )
+        return status
+
+    def _order(self, status: str) -> messages.Order:
+        certificate = "https://ca.example/cert/1" if status == "valid" else None
+        return messages.Order(
+            status=messages.Status.from_json(status),
+            certificate=certificate,
+            finalize="https://ca.example/finalize/1",
+        )
+
+    def poll(self, authorization: Any) -> tuple[Any, Any]:
+        self.requests.append("authz")
+        status = messages.Status.from_json(self._next(self.authorization_script))
+        return authorization.update(body=authorization.body.update(status=status)), RESPONSE
+
+    def begin_finalization(self, order: Any) -> Any:
+        self.requests.append("finalize")
+        return order.update(body=self._order(self._next(self.order_script)))
+
+    def _post_as_get(self, url: str) -> Any:
+        if url.endswith("/cert/1"):
+            self.requests.append("certificate")
+            response = requests.Response()
+            response._content = b"CHAIN"
+            return response
+        self.requests.append("order")
+        response = requests.Response()
+        response._content = json.dumps(
+            self._order(self._next(self.order_script)).to_json()
+        ).encode()
+        return response
+
+
+def polling_session(ca: _PollingCa) -> tuple[Session, Any]:
+    session = Session.__new__(Session)  # no directory fetch: the CA is the fake above
+    session.client = ca  # type: ignore[assignment]
+    session.network = ca  # type: ignore[assignment]
+    order = messages.OrderResource(
+        uri="https://ca.example/order/1",
+        body=messages.Order(status=messages.STATUS_PENDING),
+        authorizations=_FakeCa(["a.example.com"]).authorizations,
+    )
+    return session, order
+
+
+def far() -> datetime.datetime:
+    return datetime.datetime.now() + datetime.timedelta(seconds=90)  # noqa: DTZ005 - the package's
+
+
+def test_an_order_the_ca_finishes_at_once_is_never_waited_for(sleeps: list[float]) -> None:
+    ca = _PollingCa(authorization=[("valid", None)], order=[("valid", None)])
+    session, order = polling_session(ca)
+    order = session._finalize(session._poll_authorizations(order, far()), far())
+    assert order.fullchain_pem == "CHAIN"
+    assert ca.requests == ["authz", "finalize", "certificate"]
+    assert sleeps == []
+
+
+def test_polls_soon_backs_off_and_honours_the_cas_retry_after(sleeps: list[float]) -> None:
+    ca = _PollingCa(
+        authorization=[("pending", None), ("pending", 3), ("valid", None)],
+        order=[("processing", None), ("processing", None), ("valid", None)],
+    )
+    session, order = polling_session(ca)
+    order = session._finalize(session._poll_authorizations(order, far()), far())
+    assert order.fullchain_pem == "CHAIN"
+    assert ca.requests == ["authz"] * 3 + ["finalize", "order", "order", "certificate"]
+    authz_waits, order_waits = sleeps[:2], sleeps[2:]
+    assert authz_waits[0] == FIRST_POLL_SECONDS
+    assert 2.9 < authz_waits[1] <= 3.0, "not before the Retry-After"
+    assert order_waits == [FIRST_POLL_SECONDS, 2 * FIRST_POLL_SECONDS]
+
+
+def test_an_invalid_authorization_fails_the_order(sleeps: list[float]) -> None:
+    ca = _PollingCa(authorization=[("pending", None), ("invalid", None)], order=[])
+    session, order = polling_session(ca)
+    with pytest.raises(errors.ValidationError):
+        session._poll_authorizations(order, far())
+
+
+def test_no_poll_is_planned_past_the_deadline(sleeps: list[float]) -> None:
+    ca = _PollingCa(authorization=[("pending", 60)], order=[])
+    session, order = polling_session(ca)
+    with pytest.raises(errors.TimeoutError):
+        session._poll_authorizations(order, far() - datetime.timedelta(seconds=60))
+    assert sleeps == []
