@@ -18,7 +18,12 @@
 # makes the directory answer there too, under a certificate for that address
 # signed by the same minica, so pods can reach it; PEBBLE_DEFAULT_IPV4
 # changes the address challtestsrv answers (its management API can also
-# answer per name: /add-a).
+# answer per name: /add-a). PEBBLE_RETRY_AFTER_AUTHZ and
+# PEBBLE_RETRY_AFTER_ORDER (seconds, default 0: no header) are the
+# Retry-After Pebble sends while it validates a challenge and while it
+# issues. The operator never polls before one (tests/unit/test_acme_protocol.py);
+# Pebble's own test configuration asks 3 and 5, which would add those seconds
+# to every order of every test.
 # Pebble's own variables (PEBBLE_VA_NOSLEEP=1, PEBBLE_WFE_NONCEREJECT=0, ...)
 # pass through the environment.
 set -euo pipefail
@@ -79,7 +84,7 @@ cat > "${state}/pebble-config.json" <<JSON
     "ocspResponderURL": "",
     "externalAccountBindingRequired": ${eab_required},
     "externalAccountMACKeys": ${eab_keys},
-    "retryAfter": {"authz": 3, "order": 5},
+    "retryAfter": {"authz": ${PEBBLE_RETRY_AFTER_AUTHZ:-0}, "order": ${PEBBLE_RETRY_AFTER_ORDER:-0}},
     "keyAlgorithm": "ecdsa",
     "profiles": {
       "default": {"description": "90 days", "validityPeriod": 7776000},
