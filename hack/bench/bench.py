@@ -341,6 +341,7 @@ def start_operator(
             "KUBECONFIG": kubeconfig,
             "PYTHONPATH": str(ROOT / "operator"),
             "PYTHONUNBUFFERED": "1",
+            "MALLOC_ARENA_MAX": "2",  # as the image (Dockerfile) runs it
             **extra_env,
         },
         stdout=log_path.open("wb"),
