@@ -949,29 +949,21 @@ def main() -> int:
         if args.runs > 1:
             print(f"--- run {run} of {args.runs}")
         kubeconfig, kubectl, audit_log, api = fresh_cluster(env)
+        # What both parts measure against: this run's cluster.
+        where: dict[str, Any] = {
+            "env": env,
+            "kubeconfig": kubeconfig,
+            "kubectl": kubectl,
+            "api": api,
+            "audit_log": audit_log,
+        }
         try:
             if not args.acme_only:
-                runs.append(
-                    measure_convergence(
-                        args,
-                        env=env,
-                        kubeconfig=kubeconfig,
-                        kubectl=kubectl,
-                        api=api,
-                        audit_log=audit_log,
-                    )
-                )
+                runs.append(measure_convergence(args, **where))
                 report_convergence(runs[-1])
             if run_acme and last:  # once: its figures are per site already
                 started = time.monotonic()
-                acme = measure_acme(
-                    args,
-                    env=env,
-                    kubeconfig=kubeconfig,
-                    kubectl=kubectl,
-                    api=api,
-                    audit_log=audit_log,
-                )
+                acme = measure_acme(args, **where)
                 print(f"ACME part took {time.monotonic() - started:.1f}s")
         finally:
             if not (args.keep and last):
