@@ -2,8 +2,9 @@
 
 Like an informer's store: kopf's watch events keep it current, and the
 reconcile pass reads from it instead of asking the API server for every
-object on every pass. A miss falls back to a real GET, so a cold or lagging
-cache costs a request, never correctness; what the operator applies or
+object on every pass. Once every watch has listed, a child missing from it
+does not exist (`lookup`); an entry too old to trust is read again, so a
+lagging cache costs a request, never correctness; what the operator applies or
 deletes is recorded at once, so the next pass does not act on stale data.
 A watch that expires (410 Gone) lists again, and a list reports no deletion
 it missed: from then on only what the new list brings counts (`relisting`),
@@ -144,6 +145,21 @@ class ChildCache:
         found: dict[str, Any] = json.loads(entry.body)
         return found
 
+    def lookup(self, kind: str, namespace: str, name: str) -> tuple[bool, dict[str, Any] | None]:
+        """(whether the cache can answer, the object). With every watch
+        listed, no entry means the operator has no such object; an entry too
+        old or from before a re-list cannot answer either way."""
+        key = _key(kind, namespace, name)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return True, None
+            if time.monotonic() - entry.stored_at > self._max_age:
+                return False, None
+            if not self._is_current(key, entry):
+                return False, None
+        return True, json.loads(entry.body)
+
     def select(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         with self._lock:
             if INSTANCE_LABEL in labels:
@@ -211,6 +227,23 @@ class CachedApi(kube.Api):
         live = super().get(kind, namespace, name, timeout)
         if live is not None and kind in CACHED_KINDS and _is_managed(live):
             self.cache.store({**live, "kind": kind})
+        return live
+
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The operator's own object, answered by the cache alone when it can:
+        a new site's children are not each asked for and found missing."""
+        if kind not in CACHED_KINDS:
+            return super().get_child(kind, namespace, name)
+        known, cached = self.cache.lookup(kind, namespace, name)
+        if known:
+            return cached
+        live = self.get(kind, namespace, name)
+        return live if live is not None and _is_managed(live) else None
+
+    def apply_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        live = super().apply_if_absent(obj)
+        if live is not None and obj["kind"] in CACHED_KINDS:
+            self.cache.store({**live, "kind": obj["kind"]})
         return live
 
     def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:

@@ -74,7 +74,9 @@ CONDITION_FOR_COMPONENT = {
 
 class ClusterApi(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]: ...
+    def apply_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None: ...
     def list_objects(
         self, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]: ...
@@ -351,14 +353,16 @@ def reconcile_site(
                 + "; waiting for the garbage collector to remove them",
             )
 
-    deployments = {c: api.get("Deployment", namespace, child_name(name, c)) for c in COMPONENTS}
+    deployments = {
+        c: api.get_child("Deployment", namespace, child_name(name, c)) for c in COMPONENTS
+    }
     verdicts = (
         {c: component_verdict(component_facts(c, deployments[c])) for c in COMPONENTS}
         if spec is not None
         else {}
     )
     frontend_service = (
-        api.get("Service", namespace, child_name(name, Component.FRONTEND)) if spec else None
+        api.get_child("Service", namespace, child_name(name, Component.FRONTEND)) if spec else None
     )
     status = next_status(
         spec=spec,
@@ -424,7 +428,7 @@ def _certificate(
     acme = spec.tls.acme if spec.tls is not None else None
     if issuer is None or acme is None or f"Secret {served.secret_name}" in outcome.conflicts:
         return verdict, status, None
-    answers = api.get("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
+    answers = api.get_child("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
     driven = drive_acme(
         issuer,
         ref,
@@ -527,7 +531,14 @@ def _apply_all(
     for unstamped in desired:
         obj = stamp_applied_hash(unstamped)
         kind, child = obj["kind"], obj["metadata"]["name"]
-        live = api.get(kind, ref.namespace, child)
+        live = api.get_child(kind, ref.namespace, child)
+        if live is None:
+            if api.apply_if_absent(obj) is not None:
+                outcome.applied.append(f"{kind} {child}")
+                created.append(f"{kind} {child}")
+                continue
+            # Something of that name is in the way that is not known as ours.
+            live = api.get(kind, ref.namespace, child)
         if live is not None and is_leftover_of(live, ref):
             outcome.leftovers.append(f"{kind} {child}")  # its deletion brings a pass
             continue
@@ -562,7 +573,7 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
         "ConfigMap", ref.namespace, f"{instance},{NGINX_CONFIG_LABEL}={ref.name}"
     )
     in_use = {name for kind, name in wanted if kind == "ConfigMap"}
-    live = api.get("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND))
+    live = api.get_child("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND))
     in_use.update(_config_maps_of((live or {}).get("spec", {}).get("template")))
     if all(c["metadata"]["name"] in in_use for c in configs):
         return  # nothing old to consider: skip reading the ReplicaSets

@@ -44,7 +44,7 @@ RECHECK_SECONDS = 30.0
 
 
 class RolloutApi(Protocol):
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None: ...
     def list_objects(
         self, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]: ...
@@ -170,7 +170,7 @@ def gate_deployments(
         component = Component(obj["metadata"]["labels"]["app.kubernetes.io/component"])
         desired = version_of(obj)
         assert desired is not None  # noqa: S101 - render_site stamps every Deployment
-        live = api.get("Deployment", ref.namespace, obj["metadata"]["name"])
+        live = api.get_child("Deployment", ref.namespace, obj["metadata"]["name"])
         health, pods = _judge(
             api, ref=ref, component=component, live=live, thresholds=thresholds, now=now
         )

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from kubernetes import config
 
-from blogsite_operator import certs, kube
+from blogsite_operator import certs, kube, models
+from blogsite_operator.render import RenderSettings
+from blogsite_operator.render.site import SiteRef, render_site, render_tls_secret
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.support import wait_for
 
@@ -466,6 +468,52 @@ def test_the_crd_check_before_start_tells_a_served_resource_from_a_missing_one(
         assert not api.serves("blog.daedalus.dev/v1alpha1", "blogposts")
         assert not api.serves("blog.daedalus.dev/v9", "blogsites")
         assert not api.serves("nothing.example.test/v1", "blogsites")
+    finally:
+        api_client.close()
+
+
+def test_apply_if_absent_creates_each_child_kind_and_changes_nothing_that_exists(
+    kubectl: Kubectl, namespace: str
+) -> None:
+    """The API server's own answer to the precondition the first pass relies
+    on to skip a GET per child: every kind the operator creates is created
+    with it, and one that exists (someone else's) is left exactly as it was."""
+    spec = models.parse_spec(
+        {
+            "domains": ["a.example"],
+            "daedalus": {"image": "ghcr.io/example/daedalus:1"},
+            "tls": {"acme": {"email": "a@example.org"}},
+        }
+    )
+    ref = SiteRef("precondition", namespace, "0b2c4a1e-0000-4000-8000-000000000000")
+    placeholder = certs.self_signed_placeholder(["a.example"])
+    objects = [*render_site(ref, spec, RenderSettings()), render_tls_secret(ref, *placeholder)]
+    assert {o["kind"] for o in objects} >= {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Secret",
+    }
+    api_client = config.new_client_from_config(config_file=kubectl.kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        api = kube.Api(api_client)
+        for obj in objects:
+            kind, name = obj["kind"], obj["metadata"]["name"]
+            # No such BlogSite: the garbage collector would take them at once.
+            obj["metadata"].pop("ownerReferences", None)
+            created = api.apply_if_absent(obj)
+            assert created is not None, f"{kind} {name} was not created"
+            assert created["metadata"]["resourceVersion"] != kube.NO_OBJECT_IS_AT
+            labels = {**obj["metadata"]["labels"], "touched": "yes"}
+            again = {**obj, "metadata": {**obj["metadata"], "labels": labels}}
+            assert api.apply_if_absent(again) is None, f"{kind} {name} was applied twice"
+            after = api.get(kind, namespace, name)
+            assert after is not None
+            assert "touched" not in after["metadata"]["labels"]
     finally:
         api_client.close()
 

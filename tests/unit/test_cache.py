@@ -135,6 +135,37 @@ def test_cached_api_reads_cache_first_and_records_applies(monkeypatch: Any) -> N
     assert cache.get("Service", "ns", "c") == applied
 
 
+def test_a_child_the_cache_lacks_is_an_answer_and_one_it_cannot_trust_is_read(
+    monkeypatch: Any,
+) -> None:
+    cache = ChildCache()
+    calls: list[str] = []
+    answers = {
+        "/api/v1/namespaces/ns/services/stale": obj("Service", "stale", "9"),
+        "/api/v1/namespaces/ns/services/foreign": {
+            "kind": "Service",
+            "metadata": {"name": "foreign", "namespace": "ns", "resourceVersion": "4"},
+        },
+    }
+
+    def call(self: Any, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        calls.append(f"{method} {path}")
+        return answers[path]
+
+    monkeypatch.setattr(CachedApi, "_call", call)
+    api = CachedApi(cache, api=object())
+    assert api.get_child("Service", "ns", "new") is None  # never created: no request
+    assert calls == []
+    cache.store(obj("Service", "stale", "1"))
+    cache.relisting("Service", "ns")  # a 410: entries from before cannot answer
+    assert api.get_child("Service", "ns", "stale") == obj("Service", "stale", "9")
+    assert calls == ["GET /api/v1/namespaces/ns/services/stale"]
+    cache.store(obj("Service", "foreign", "1"))
+    cache.relisting("Service", "ns")
+    assert api.get_child("Service", "ns", "foreign") is None  # there, but not the operator's
+    assert len(calls) == 2
+
+
 def test_entries_too_old_to_trust_are_misses() -> None:
     cache = ChildCache(max_age=0.0)
     cache.store(obj("Service", "a", "1"))

@@ -20,6 +20,7 @@ from blogsite_operator.reconcile import (
 )
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import (
+    MANAGED_BY,
     TLS_HASH_ANNOTATION,
     Component,
     SiteFacts,
@@ -47,6 +48,18 @@ class MemoryApi:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj is not None else None
+
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """As the operator's cache answers: only objects labelled as its own."""
+        obj = self.get(kind, namespace, name)
+        labels = (obj or {}).get("metadata", {}).get("labels") or {}
+        return obj if labels.get("app.kubernetes.io/managed-by") == MANAGED_BY else None
+
+    def apply_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        if (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]) in self.objects:
+            self.writes.append(f"refused {obj['kind']} {obj['metadata']['name']}")
+            return None
+        return self.apply(obj)
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         live = copy.deepcopy(obj)
@@ -192,6 +205,32 @@ class TestReconcileSite:
         api.objects[("Deployment", "ns", "blog-daedalus")]["spec"]["replicas"] = 7
         outcome = reconcile_site(api, site(status=api.status), RenderSettings())
         assert outcome.applied == ["Deployment blog-daedalus"]
+
+    def test_a_new_sites_first_pass_creates_its_children_without_reading_any(self) -> None:
+        class CountingApi(MemoryApi):
+            def __init__(self) -> None:
+                super().__init__()
+                self.reads: list[str] = []
+
+            def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+                self.reads.append(f"{kind} {name}")
+                return super().get(kind, namespace, name)
+
+            def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+                found = MemoryApi.get(self, kind, namespace, name)  # the cache: no request
+                labels = (found or {}).get("metadata", {}).get("labels") or {}
+                return found if labels.get("app.kubernetes.io/managed-by") == MANAGED_BY else None
+
+        api = CountingApi()
+        outcome = reconcile_site(api, site(), RenderSettings())
+        assert api.reads == []
+        wanted = render_site(
+            SiteRef("blog", "ns", "u1"), models.parse_spec(site()["spec"]), RenderSettings()
+        )
+        assert sorted(outcome.applied) == sorted(
+            f"{o['kind']} {o['metadata']['name']}" for o in wanted
+        )
+        assert api.writes.count("status") == 1
 
     def test_object_owned_by_someone_else_is_left_alone_and_reported(self) -> None:
         api = MemoryApi()
