@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +31,7 @@ from blogsite_operator.metrics import METRICS
 from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
+from blogsite_operator.scheduling import PassSlots
 from blogsite_operator.settings import OperatorSettings
 
 logger = logging.getLogger("blogsite_operator")
@@ -83,6 +84,9 @@ class SiteQueue:
         self.retries: dict[tuple[str, str], asyncio.TimerHandle] = {}
         self.tasks: set[asyncio.Future[None]] = set()
         self.known: set[tuple[str, str]] = set()
+        # One slot per reconcile thread: passes wait here, not in the
+        # executor's queue, so a changed spec can go before status refreshes.
+        self.slots = PassSlots(settings.workers)
         # Set once kopf lets events through, which it does only after every
         # watch has listed once (see `register`): readiness, and proof that
         # the cache holds every kind.
@@ -135,7 +139,9 @@ class SiteQueue:
         METRICS.queue_depth.set(len(self.pending))
         queued_at = time.monotonic()
         lock = self.locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        async with lock, self.slots.slot(key):
+            # Pending until a slot is free: events meanwhile are seen by this
+            # pass, which has not read anything yet.
             self.pending.discard(key)
             METRICS.queue_depth.set(len(self.pending))
             METRICS.queue_wait.observe(time.monotonic() - queued_at)
@@ -257,10 +263,13 @@ class SiteQueue:
             if watched == plural:
                 self.cache.relisting(kind, namespace)
 
-    def enqueue(self, namespace: str, name: str) -> None:
+    def enqueue(self, namespace: str, name: str, *, urgent: bool = False) -> None:
         """From an event handler: the pass runs in a task of its own, so kopf's
-        per-object worker is free at once for the next event."""
+        per-object worker is free at once for the next event. An urgent one
+        (a spec not yet reconciled) goes before the others waiting."""
         self.synced.set()
+        if urgent:
+            self.slots.mark_urgent((namespace, name))
         self._spawn_trigger(namespace, name)
 
     async def confirm_synced_when_empty(self, namespaces: Sequence[str]) -> None:
@@ -288,6 +297,7 @@ class SiteQueue:
 
     def forget(self, key: tuple[str, str]) -> None:
         self.known.discard(key)
+        self.slots.forget(key)
         METRICS.forget_site(*key)
         if self._issuer is not None:
             self._issuer.forget(key)
@@ -311,6 +321,12 @@ class SiteQueue:
                 if key in self.known:
                     self._spawn_trigger(*key)
             await asyncio.sleep(max(0.0, cycle - loop.time()))
+
+
+def spec_not_yet_reconciled(site: Mapping[str, Any]) -> bool:
+    """A new BlogSite, or one whose spec changed since its last status."""
+    generation = (site.get("metadata") or {}).get("generation")
+    return generation != (site.get("status") or {}).get("observedGeneration")
 
 
 def resync_offset(key: tuple[str, str], interval: float) -> float:
@@ -363,6 +379,7 @@ def register(
     @kopf.on.event(models.GROUP, models.VERSION, models.PLURAL, registry=registry)
     async def blogsite_event(
         type: str,  # noqa: A002 - kopf passes the event type under this name
+        body: kopf.Body,
         namespace: str | None,
         name: str,
         **_: Any,
@@ -373,7 +390,7 @@ def register(
             queue.forget((namespace, name))
             return
         queue.known.add((namespace, name))
-        queue.enqueue(namespace, name)
+        queue.enqueue(namespace, name, urgent=spec_not_yet_reconciled(body))
 
     def make_child_handler(kind: str) -> Any:
         async def child_event(
