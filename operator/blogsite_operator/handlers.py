@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -70,6 +70,25 @@ class EndlessBackoffs:
 
     def __iter__(self) -> Iterator[float]:
         return itertools.chain((1, 1, 2, 3, 5, 8), itertools.repeat(10.0))
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf builds, copies and diffs a "last handled" essence of every object
+    on every event, for on.create/update/delete handlers. This operator has
+    none (only on.event and indexes), so that work, about a third of the CPU kopf
+    spent per event in a profile at 200 sites, bought nothing. Registering a
+    changing handler would need kopf's own storage back."""
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
 
 
 class SiteQueue:
@@ -358,6 +377,7 @@ def register(
             ThreadPoolExecutor(max_workers=queue.settings.workers, thread_name_prefix="reconcile")
         )
         settings.posting.enabled = False  # our Events are written by kube.Api
+        settings.persistence.diffbase_storage = NoDiffBase()
         # Watched namespaces are exact names and the CRD is checked before
         # start (cli.py): kopf need not list namespaces or watch CRDs, which
         # would take cluster-wide rights the namespaced install must not have.
