@@ -173,6 +173,12 @@ class TestDecideVersion:
         assert decision.event[1] == "RolloutHealthy"
         assert decision.condition[0] == "True"
 
+    def test_a_first_version_becomes_last_good_without_an_event_of_its_own(self) -> None:
+        decision = decide(memory=VersionMemory())
+        assert decision.memory.last_good == "v2"
+        assert decision.event is None
+        assert decision.condition[0] == "True"
+
     def test_failing_version_is_reverted_to_last_good_once(self) -> None:
         decision = decide(health=FAILED)
         assert decision.apply_version == "v1"

@@ -210,7 +210,9 @@ def decide_version(
     newly_failed = False
     if live is not None and health is not None:
         if health.state == "healthy" and (memory.last_good != live or memory.failed == live):
-            if memory.last_good != live:
+            if memory.last_good is not None and memory.last_good != live:
+                # A new version replaced a good one. A site's first version
+                # gets no Event of its own: the site's Ready Event says it.
                 event = ("Normal", "RolloutHealthy", f"{component}: version {live} is available")
             keep_failed = memory.failed != live
             memory = VersionMemory(
