@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -355,3 +356,47 @@ def challenge_server(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterat
     server.start()
     yield server
     server.stop()
+
+
+class Watch:
+    """Every value a jsonpath takes on one object, from a watch (each write is
+    one event, so no dip falls between two samples)."""
+
+    def __init__(self, kubectl: Kubectl, namespace: str, target: str, jsonpath: str) -> None:
+        self.samples: list[str] = []
+        self._process = subprocess.Popen(
+            [
+                kubectl.binary,
+                "--kubeconfig",
+                kubectl.kubeconfig,
+                "get",
+                target,
+                "-n",
+                namespace,
+                "--watch",
+                f"--output=jsonpath={jsonpath}{{'\\n'}}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read)
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self.samples.append(line.rstrip("\n"))
+
+    def __enter__(self) -> Watch:
+        self._reader.start()
+        wait_for(lambda: self.samples, timeout=30, interval=0.1, what="the watch's first event")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        code = self._process.poll()
+        self._process.terminate()
+        self._process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        assert self._process.stderr is not None
+        # The watch must have run all along: a watch that died saw nothing.
+        assert code is None, f"the watch ended early: {self._process.stderr.read()}"

@@ -34,7 +34,7 @@ from blogsite_operator.issuance.issuer import CertificateIssuer, IssueJob
 from blogsite_operator.issuance.protocol import AccountConfig, IssuanceError, OrderRequest, Session
 from blogsite_operator.render.site import SiteRef, render_challenges_config_map
 from blogsite_operator.settings import AcmeSettings
-from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess
+from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess, Watch
 from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import ChallengeServer, Pebble, running_pebble
 from tests.support import FIGURES, wait_for
@@ -260,20 +260,27 @@ def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expi
     with running_pebble({"PEBBLE_SHORTLIVED_SECONDS": "20"}) as pebble:
         apply_acme_site(kubectl, namespace, pebble, profile="shortlived")
         wait_for_certificate(kubectl, namespace)
-        seen: dict[str, dict[str, Any]] = {}  # serial -> the last status shown for it
+        seen: dict[str, dict[str, Any]] = {}  # serial -> the last status written for it
         # serial -> the last status that showed the CA's renewal info for it:
         # the pass that takes in a renewal's result shows the old serial
-        # without it until the new Secret's pass, and may be the last seen.
+        # without it until the new Secret's pass, and may be the last written.
         with_info: dict[str, dict[str, Any]] = {}
-        deadline = time.monotonic() + 50
-        while time.monotonic() < deadline and len(seen) < 4:
-            status = certificate_status(kubectl, namespace)
-            serial = status.get("serialNumber")
-            if serial and not status.get("placeholder"):
-                seen[serial] = status
-                if (status.get("renewalInfo") or {}).get("serialNumber") == serial:
-                    with_info[serial] = status
-            time.sleep(0.25)
+        # Every status write, from a watch: a plan the CA's renewal info moved
+        # earlier may stand for well under a second before the renewal, and
+        # samples would miss it and judge the renewal by the plan before.
+        with Watch(kubectl, namespace, f"blogsite/{SITE}", "{.status.certificate}") as watch:
+            deadline = time.monotonic() + 50
+            read = 0
+            while time.monotonic() < deadline and len(seen) < 4:
+                for sample in watch.samples[read:]:
+                    read += 1
+                    status = json.loads(sample) if sample else {}
+                    serial = status.get("serialNumber")
+                    if serial and not status.get("placeholder"):
+                        seen[serial] = status
+                        if (status.get("renewalInfo") or {}).get("serialNumber") == serial:
+                            with_info[serial] = status
+                time.sleep(0.1)
 
     assert len(seen) >= 3, f"expected at least two renewals in 50 s, saw {list(seen)}"
     certificates = sorted(seen.values(), key=lambda s: s["notBefore"])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import threading
 import time
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Kubectl, OperatorProcess
+from tests.integration.conftest import Kubectl, OperatorProcess, Watch
 from tests.support import wait_for
 
 GOOD = "ghcr.io/example/daedalus:1.0.0"
@@ -80,50 +78,6 @@ def wait_for_rollout(
 
     result: dict[str, Any] = wait_for(reached, timeout=timeout, what=f"RolloutHealthy {reason}")
     return result
-
-
-class Watch:
-    """Every value a jsonpath takes on one object, from a watch (each write is
-    one event, so no dip falls between two samples)."""
-
-    def __init__(self, kubectl: Kubectl, namespace: str, target: str, jsonpath: str) -> None:
-        self.samples: list[str] = []
-        self._process = subprocess.Popen(
-            [
-                kubectl.binary,
-                "--kubeconfig",
-                kubectl.kubeconfig,
-                "get",
-                target,
-                "-n",
-                namespace,
-                "--watch",
-                f"--output=jsonpath={jsonpath}{{'\\n'}}",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read)
-
-    def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self.samples.append(line.rstrip("\n"))
-
-    def __enter__(self) -> Watch:
-        self._reader.start()
-        wait_for(lambda: self.samples, timeout=30, interval=0.1, what="the watch's first event")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        code = self._process.poll()
-        self._process.terminate()
-        self._process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        assert self._process.stderr is not None
-        # The watch must have run all along: a watch that died saw nothing.
-        assert code is None, f"the watch ended early: {self._process.stderr.read()}"
 
 
 def availability_watch(kubectl: Kubectl, namespace: str, component: str) -> Watch:
