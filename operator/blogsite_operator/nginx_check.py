@@ -22,6 +22,9 @@ from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
+# Words of nginx -t failures that may pass by themselves: never remembered.
+NOT_DEFINITE = ("host not found", "could not be resolved", "timed out", "Temporary failure")
+
 # Directives that read files or run code: in a snippet they could serve the
 # mounted private key, or anything else in the pod, to the internet.
 FORBIDDEN_DIRECTIVES = re.compile(
@@ -100,17 +103,20 @@ class NginxChecker:
             key = hashlib.sha256(conf.encode()).hexdigest()
             if key in self._verdicts:
                 return self._verdicts[key]
-            verdict = self._run(conf, workdir)
-            if len(self._verdicts) > 1024:
-                self._verdicts.clear()
-            self._verdicts[key] = verdict
+            verdict, definite = self._run(conf, workdir)
+            if definite:
+                if len(self._verdicts) > 1024:
+                    self._verdicts.clear()
+                self._verdicts[key] = verdict
             return verdict
 
-    def _run(self, conf: str, workdir: Path) -> str | None:
+    def _run(self, conf: str, workdir: Path) -> tuple[str | None, bool]:
+        """nginx's verdict, and whether it is definite: a timeout or a name
+        that did not resolve (a typo, or a DNS blip) is asked again next time."""
         if self.binary is None:
             return (
                 "cannot check frontend.extraConfig: nginx is not installed where the operator runs"
-            )
+            ), False
         path = workdir / "nginx.conf"
         path.write_text(conf, encoding="utf-8")
         try:
@@ -122,12 +128,15 @@ class NginxChecker:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return "nginx -t did not finish within 30s"
+            return "nginx -t did not finish within 30s", False
         if result.returncode == 0:
-            return None
+            return None, True
         lines = [
             line.replace(str(path), "nginx.conf").strip()
             for line in result.stderr.splitlines()
             if "[emerg]" in line or "[crit]" in line
         ]
-        return "; ".join(lines) or result.stderr.strip() or f"nginx -t exited {result.returncode}"
+        verdict = (
+            "; ".join(lines) or result.stderr.strip() or f"nginx -t exited {result.returncode}"
+        )
+        return verdict, not any(m in result.stderr for m in NOT_DEFINITE)

@@ -68,3 +68,38 @@ def test_without_nginx_extra_config_fails_closed() -> None:
     checker = NginxChecker(nginx_binary(), allow_extra_config=True)
     checker.binary = None
     assert "nginx is not installed" in (checker.check(spec("add_header X 1;")) or "")
+
+
+def _counting_nginx(tmp_path: Any, stderr: str) -> tuple[str, Any]:
+    """A stand-in for nginx -t that fails with `stderr` and counts its runs."""
+    calls = tmp_path / "calls"
+    binary = tmp_path / "nginx"
+    binary.write_text(f"#!/bin/sh\necho run >> {calls}\necho '{stderr}' >&2\nexit 1\n")
+    binary.chmod(0o755)
+    return str(binary), calls
+
+
+@pytest.mark.parametrize(
+    "stderr",
+    [
+        'nginx: [emerg] host not found in upstream "api.example.com" in nginx.conf:40',
+        "nginx: [emerg] upstream timed out",
+    ],
+)
+def test_a_verdict_that_may_pass_by_itself_is_asked_again(tmp_path: Any, stderr: str) -> None:
+    binary, calls = _counting_nginx(tmp_path, stderr)
+    checker = NginxChecker(binary, allow_extra_config=True)
+    snippet = spec("location /api { proxy_pass http://api.example.com; }")
+    assert checker.check(snippet) is not None
+    assert checker.check(snippet) is not None
+    assert calls.read_text().count("run") == 2
+
+
+def test_a_definite_verdict_is_remembered(tmp_path: Any) -> None:
+    binary, calls = _counting_nginx(
+        tmp_path, 'nginx: [emerg] unknown directive "x" in nginx.conf:3'
+    )
+    checker = NginxChecker(binary, allow_extra_config=True)
+    assert 'unknown directive "x"' in (checker.check(spec("x on;")) or "")
+    assert 'unknown directive "x"' in (checker.check(spec("x on;")) or "")
+    assert calls.read_text().count("run") == 1
