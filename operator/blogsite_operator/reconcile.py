@@ -57,8 +57,11 @@ from blogsite_operator.render.site import (
     is_owned_by,
     label_selector,
     may_write_tls_secret,
+    nginx_config_of,
+    render_nginx_config_map,
     render_tls_secret,
     tls_secret_name,
+    with_nginx_config,
 )
 from blogsite_operator.rollouts import RETRY_ANNOTATION, gate_deployments
 from blogsite_operator.timestamps import format_time
@@ -304,7 +307,9 @@ def reconcile_site(
         facts = SiteFacts(tls_certificate_hash=served.certificate_hash if served else None)
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
-        objects, extra_conditions["ConfigValid"] = _gate_nginx_config(spec, objects, check_nginx)
+        objects, extra_conditions["ConfigValid"] = _gate_nginx_config(
+            api, ref, spec, objects, check_nginx
+        )
         gate = gate_deployments(
             api,
             ref=ref,
@@ -475,27 +480,69 @@ def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:
 
 
 def _gate_nginx_config(
+    api: ClusterApi,
+    ref: SiteRef,
     spec: models.BlogSiteSpec,
     objects: list[dict[str, Any]],
     check_nginx: Callable[[models.BlogSiteSpec], str | None] | None,
 ) -> tuple[list[dict[str, Any]], Verdict]:
-    """Drop a new frontend configuration that nginx -t refuses.
+    """Hold back a new frontend configuration that nginx -t refuses, and only it.
 
-    What runs now keeps serving: neither the new ConfigMap nor a frontend
-    template that refers to it goes out.
+    The frontend Deployment still goes out (its existence, replicas, image and
+    certificate are not the configuration's to freeze), mounting the
+    configuration already accepted: the one its live template mounts, else the
+    newest one this site has, else the spec's without `extraConfig`.
     """
     error = check_nginx(spec) if check_nginx is not None else None
     if error is None:
         return objects, Verdict(CONDITION_TRUE, "Valid", "the nginx configuration passed nginx -t")
-    kept = [
-        o
-        for o in objects
-        if not (o["kind"] == "ConfigMap" and NGINX_CONFIG_LABEL in o["metadata"]["labels"])
-        and not (o["kind"] == "Deployment" and _component_of(o) == Component.FRONTEND)
-    ]
-    return kept, Verdict(
-        CONDITION_FALSE, "NginxConfigInvalid", f"not rolled out; nginx -t says: {error}"
+    kept, fallback = _accepted_nginx_config(api, ref, spec)
+    gated = []
+    for obj in objects:
+        if obj["kind"] == "ConfigMap" and NGINX_CONFIG_LABEL in obj["metadata"]["labels"]:
+            gated.extend([fallback] if fallback is not None else [])
+        elif obj["kind"] == "Deployment" and _component_of(obj) == Component.FRONTEND:
+            gated.append(with_nginx_config(obj, kept))
+        else:
+            gated.append(obj)
+    serving = (
+        "the frontend serves without extraConfig"
+        if fallback is not None
+        else f"the frontend keeps the configuration in ConfigMap {kept}"
     )
+    return gated, Verdict(
+        CONDITION_FALSE,
+        "NginxConfigInvalid",
+        f"not rolled out; {serving}; nginx -t says: {error}",
+    )
+
+
+def _accepted_nginx_config(
+    api: ClusterApi, ref: SiteRef, spec: models.BlogSiteSpec
+) -> tuple[str, dict[str, Any] | None]:
+    """The name of the configuration to keep serving, and the ConfigMap to
+    create for it when none of this site's accepted ones is left."""
+    configs = api.list_objects(
+        "ConfigMap",
+        ref.namespace,
+        f"app.kubernetes.io/instance={ref.name},{NGINX_CONFIG_LABEL}={ref.name}",
+    )
+    ours = {c["metadata"]["name"]: c for c in configs if is_owned_by(c, ref.uid)}
+    live = api.get_child("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND))
+    mounted = nginx_config_of(live)
+    if mounted is not None and mounted in ours:
+        return mounted, None
+    if ours:
+        newest = max(
+            ours.values(),
+            key=lambda c: (c["metadata"].get("creationTimestamp", ""), c["metadata"]["name"]),
+        )
+        return newest["metadata"]["name"], None
+    plain = spec.model_copy(
+        update={"frontend": spec.frontend.model_copy(update={"extra_config": None})}
+    )
+    fallback = render_nginx_config_map(ref, plain)
+    return fallback["metadata"]["name"], fallback
 
 
 def _component_of(obj: dict[str, Any]) -> Component:

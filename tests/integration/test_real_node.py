@@ -895,6 +895,26 @@ def test_a_container_that_crashes_once_is_not_reverted(
     served_site.good_image = image
 
 
+def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
+    """Ask for a renewal with the annotation; the certificate that replaced `before`."""
+    kubectl.run(
+        "annotate",
+        "blogsite",
+        SITE,
+        "-n",
+        namespace,
+        "--overwrite",
+        f"blog.daedalus.dev/renew-certificate={datetime.datetime.now(datetime.UTC).isoformat()}",
+    )
+    renewed: bytes = wait_for(
+        lambda: (cert := served_certificate(kubectl, namespace)) != before and cert,
+        timeout=120,
+        interval=1,
+        what="a renewed certificate in the Secret",
+    )
+    return renewed
+
+
 def test_frontend_change_and_certificate_renewal_drop_no_request(
     kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
 ) -> None:
@@ -930,21 +950,7 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
 
     with site.traffic() as traffic:
         # (d) a renewal, asked for with the annotation.
-        kubectl.run(
-            "annotate",
-            "blogsite",
-            SITE,
-            "-n",
-            site.namespace,
-            "--overwrite",
-            f"blog.daedalus.dev/renew-certificate={datetime.datetime.now(datetime.UTC).isoformat()}",
-        )
-        renewed = wait_for(
-            lambda: (cert := served_certificate(kubectl, site.namespace)) != before and cert,
-            timeout=120,
-            interval=1,
-            what="a renewed certificate in the Secret",
-        )
+        renewed = renew(kubectl, site.namespace, before)
         serial = x509.load_pem_x509_certificate(renewed).serial_number
         tls = tls_context(site.root_pem)
         wait_for(
@@ -958,6 +964,79 @@ def test_frontend_change_and_certificate_renewal_drop_no_request(
         )
     FIGURES.append(f"real node: certificate renewal; traffic: {traffic.summary()}")
     assert not traffic.failures, traffic.summary()
+
+
+def frontend_pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl.json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
+    )["items"]
+    return pods
+
+
+def mounted_nginx_config(template: dict[str, Any]) -> str:
+    (volume,) = [v for v in template["spec"]["volumes"] if v["name"] == "nginx-config"]
+    return str(volume["configMap"]["name"])
+
+
+def test_a_refused_extra_config_holds_back_only_itself(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    """The chart's default refuses extraConfig: the configuration waits, but a
+    renewal still reaches nginx, and a pod re-created meanwhile serves it."""
+    site = served_site
+    frontend = {"replicas": 2, "http": "redirect"}
+    template = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
+    held_back = {**frontend, "extraConfig": "add_header X-Held-Back yes;"}
+    kubectl.apply(blogsite(real_node, pebble, site.good_image, frontend=held_back), site.namespace)
+    wait_for(
+        lambda: (
+            condition(site_status(kubectl, site.namespace), "ConfigValid").get("reason")
+            == "NginxConfigInvalid"
+        ),
+        what="ConfigValid False for the refused extraConfig",
+    )
+    before = served_certificate(kubectl, site.namespace)
+    renewed = renew(kubectl, site.namespace, before)
+    serial = x509.load_pem_x509_certificate(renewed).serial_number
+    tls = tls_context(site.root_pem)
+    wait_for(
+        lambda: frontend_serves(kubectl, site.namespace, renewed),
+        timeout=120,
+        interval=1,
+        what="the frontend rolled out with the renewed certificate",
+    )
+    now = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
+    assert mounted_nginx_config(now) == mounted_nginx_config(template)
+
+    # A pod re-created from today's template (a drain, an eviction) starts.
+    (victim, *_) = frontend_pods(kubectl, site.namespace)
+    kubectl.run("delete", "pod", victim["metadata"]["name"], "-n", site.namespace)
+    wait_for(
+        lambda: (
+            len(pods := frontend_pods(kubectl, site.namespace)) == frontend["replicas"]
+            and victim["metadata"]["uid"] not in {p["metadata"]["uid"] for p in pods}
+            and rolled_out(kubectl, site.namespace, "frontend")
+        ),
+        timeout=120,
+        interval=1,
+        what="the deleted frontend pod replaced by a Ready one",
+    )
+    wait_for(
+        lambda: all(serial_served(site, tls) == serial for _ in range(10)),
+        timeout=30,
+        what=f"every frontend pod serving the renewed certificate {serial}",
+    )
+    response = request(site.frontend_ip, 443, DOMAINS[0], tls=tls)
+    assert_page(response)
+    assert "X-Held-Back" not in response.headers
+
+    kubectl.apply(blogsite(real_node, pebble, site.good_image, frontend=frontend), site.namespace)
+    wait_for(
+        lambda: (
+            condition(site_status(kubectl, site.namespace), "ConfigValid").get("status") == "True"
+        ),
+        what="ConfigValid True once extraConfig is gone",
+    )
 
 
 # --- high availability, upgrade and uninstall, under traffic -----------------

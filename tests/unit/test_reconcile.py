@@ -507,16 +507,78 @@ def test_config_refused_by_nginx_is_not_rolled_out() -> None:
     assert any(r == "NginxConfigInvalid" for _, r, _ in api.events)
 
 
-def test_a_refused_config_holds_back_only_the_nginx_config_and_the_frontend() -> None:
-    # A new ACME site whose extraConfig nginx refuses still gets its answers
-    # ConfigMap, so its certificate can be ordered.
+def _mounted_config(api: MemoryApi) -> str:
+    deployment = api.objects[("Deployment", "ns", "blog-frontend")]
+    (volume,) = [
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "nginx-config"
+    ]
+    return str(volume["configMap"]["name"])
+
+
+REFUSED = 'unknown directive "frobnicate"'
+
+
+def test_a_refused_config_holds_back_only_the_configuration() -> None:
+    # The frontend's replicas, its certificate, its existence and its rollout
+    # memory go on; only the new nginx configuration waits.
+    api = MemoryApi()
+    acme = {"acme": {"email": "ops@example.com"}}
+    reconcile_site(api, site(tls=acme), RenderSettings())
+    reconcile_site(api, site(tls=acme, status=api.status), RenderSettings())
+    accepted = _mounted_config(api)
+    assert api.status is not None
+    memory = api.status["components"]["frontend"]["lastGoodVersion"]
+    assert memory is not None
+
+    refused = site(
+        tls=acme, frontend={"extraConfig": "frobnicate on;", "replicas": 3}, status=api.status
+    )
+    reconcile_site(api, refused, RenderSettings(), check_nginx=lambda _: REFUSED)
+    deployment = api.objects[("Deployment", "ns", "blog-frontend")]
+    assert deployment["spec"]["replicas"] == 3
+    assert _mounted_config(api) == accepted
+    assert api.status["components"]["frontend"]["lastGoodVersion"] == memory
+    valid = next(c for c in api.status["conditions"] if c["type"] == "ConfigValid")
+    assert (valid["status"], valid["reason"]) == ("False", "NginxConfigInvalid")
+    assert accepted in valid["message"]
+
+    # A renewed certificate still reaches the frontend's template.
+    secret = api.objects[("Secret", "ns", "blog-tls")]
+    cert_pem, key_pem = certs.self_signed_placeholder(["blog.example.com"])
+    secret["data"] = render_tls_secret(REF, cert_pem, key_pem)["data"]
+    reconcile_site(
+        api, {**refused, "status": api.status}, RenderSettings(), check_nginx=lambda _: REFUSED
+    )
+    annotations = api.objects[("Deployment", "ns", "blog-frontend")]["spec"]["template"][
+        "metadata"
+    ]["annotations"]
+    assert (
+        annotations[TLS_HASH_ANNOTATION]
+        != deployment["spec"]["template"]["metadata"]["annotations"][TLS_HASH_ANNOTATION]
+    )
+
+    # A deleted frontend comes back, with the accepted configuration.
+    del api.objects[("Deployment", "ns", "blog-frontend")]
+    reconcile_site(
+        api, {**refused, "status": api.status}, RenderSettings(), check_nginx=lambda _: REFUSED
+    )
+    assert _mounted_config(api) == accepted
+    assert api.status["components"]["frontend"]["lastGoodVersion"] == memory
+
+
+def test_a_new_site_whose_config_is_refused_serves_without_extra_config() -> None:
     api = MemoryApi()
     acme = {"acme": {"email": "ops@example.com"}}
     broken = site(tls=acme, frontend={"extraConfig": "frobnicate on;"})
-    reconcile_site(api, broken, RenderSettings(), check_nginx=lambda _: 'unknown directive "x"')
+    reconcile_site(api, broken, RenderSettings(), check_nginx=lambda _: REFUSED)
+    plain = MemoryApi()
+    reconcile_site(plain, site(tls=acme), RenderSettings())
+    assert _mounted_config(api) == _mounted_config(plain)
     config_maps = {n for k, _, n in api.objects if k == "ConfigMap"}
-    assert config_maps == {"blog-acme-http01"}
-    assert ("Deployment", "ns", "blog-frontend") not in api.objects
+    assert config_maps == {"blog-acme-http01", _mounted_config(plain)}
+    assert api.status is not None
+    valid = next(c for c in api.status["conditions"] if c["type"] == "ConfigValid")
+    assert "serves without extraConfig" in valid["message"]
 
 
 def test_status_from_a_stale_read_is_refused_not_written() -> None:

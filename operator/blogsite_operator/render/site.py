@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -505,6 +506,25 @@ def render_frontend(
             source_ranges=service.load_balancer_source_ranges,
         ),
     ]
+
+
+def nginx_config_of(deployment: dict[str, Any] | None) -> str | None:
+    """The name of the nginx ConfigMap a frontend Deployment's pods mount."""
+    volumes = (((deployment or {}).get("spec") or {}).get("template") or {}).get("spec") or {}
+    for volume in volumes.get("volumes") or []:
+        if volume.get("name") == "nginx-config" and "configMap" in volume:
+            return str(volume["configMap"]["name"])
+    return None
+
+
+def with_nginx_config(deployment: dict[str, Any], config_map_name: str) -> dict[str, Any]:
+    """The frontend Deployment with another nginx ConfigMap mounted (and its
+    version stamped again): what runs when a new configuration is refused."""
+    changed = copy.deepcopy(deployment)
+    for volume in changed["spec"]["template"]["spec"]["volumes"]:
+        if volume["name"] == "nginx-config":
+            volume["configMap"]["name"] = config_map_name
+    return stamp_version(changed)
 
 
 def render_disruption_budget(
