@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pydantic
+from kubernetes.utils import parse_quantity
 
 from blogsite_operator import certs, models
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION, Issuer, drive_acme
@@ -117,15 +118,27 @@ class Outcome:
     reverts: list[tuple[str, str]] = field(default_factory=list)  # (component, why)
 
 
-def is_subset(desired: Any, live: Any) -> bool:
+# Fields whose values are quantities: the API server stores them in canonical
+# form ("0.5" as "500m", "1024Mi" as "1Gi"), so they compare as numbers.
+QUANTITY_MAPS = frozenset({"requests", "limits"})
+QUANTITY_FIELDS = frozenset({"sizeLimit"})
+
+
+def is_subset(desired: Any, live: Any, field_name: str = "") -> bool:
     """True when every field we set already has our value in the live object.
 
     The API server adds defaults and status, so equality is too strict; a
     field we own that differs (a hand edit, a spec change) makes this False.
     """
     if isinstance(desired, dict):
+        if field_name in QUANTITY_MAPS:
+            return (
+                isinstance(live, dict)
+                and desired.keys() <= live.keys()
+                and all(same_quantity(value, live[key]) for key, value in desired.items())
+            )
         return isinstance(live, dict) and all(
-            is_subset(value, live[key]) if key in live else _is_omitted_empty(value)
+            is_subset(value, live[key], key) if key in live else _is_omitted_empty(value)
             for key, value in desired.items()
         )
     if isinstance(desired, list):
@@ -134,7 +147,20 @@ def is_subset(desired: Any, live: Any) -> bool:
             and len(desired) == len(live)
             and all(is_subset(d, v) for d, v in zip(desired, live, strict=True))
         )
+    if field_name in QUANTITY_FIELDS:
+        return same_quantity(desired, live)
     return bool(desired == live)
+
+
+def same_quantity(desired: Any, live: Any) -> bool:
+    """Equal as Kubernetes quantities; anything that is not one compares as is."""
+    if desired == live:
+        return True
+    try:
+        same = parse_quantity(desired) == parse_quantity(live)  # type: ignore[no-untyped-call]
+        return bool(same)
+    except (ValueError, TypeError):
+        return False
 
 
 def _is_omitted_empty(value: Any) -> bool:

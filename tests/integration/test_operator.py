@@ -11,6 +11,7 @@ import yaml
 from kubernetes import config
 
 from blogsite_operator import certs, kube, models
+from blogsite_operator.reconcile import Outcome, reconcile_site
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import SiteRef, render_site, render_tls_secret
 from tests.integration.conftest import Kubectl, OperatorProcess
@@ -599,3 +600,41 @@ def test_with_no_namespaces_set_every_namespace_is_watched(
     finally:
         assert operator.stop() == 0
     assert "Traceback" not in operator.logs()
+
+
+def test_quantities_the_api_server_rewrites_make_no_write(kubectl: Kubectl, namespace: str) -> None:
+    """`cpu: "0.5"` is stored as 500m and `1024Mi` as 1Gi: once converged, a
+    pass against the real API server writes nothing, pass after pass."""
+    resources = {"requests": {"cpu": "0.5", "memory": "1024Mi"}, "limits": {"memory": "1024Mi"}}
+    site = {
+        "apiVersion": "blog.daedalus.dev/v1alpha1",
+        "kind": "BlogSite",
+        "metadata": {"name": "quantities"},
+        "spec": {
+            "domains": ["quantities.example.test"],
+            "daedalus": {"image": "ghcr.io/example/daedalus:1", "resources": resources},
+            "frontend": {"resources": resources},
+        },
+    }
+    kubectl.apply(site, namespace)
+    api_client = config.new_client_from_config(config_file=kubectl.kubeconfig)  # type: ignore[no-untyped-call]
+    try:
+        api = kube.Api(api_client)
+
+        def one_pass() -> Outcome:
+            body = kubectl.json("get", "blogsite", "quantities", "-n", namespace)
+            return reconcile_site(api, body, RenderSettings())
+
+        wait_for(
+            lambda: not ((outcome := one_pass()).applied or outcome.status_written),
+            timeout=60,
+            interval=1,
+            what="a pass that writes nothing",
+        )
+        outcomes = [one_pass() for _ in range(3)]
+    finally:
+        api_client.close()
+    assert [(o.applied, o.status_written, o.events) for o in outcomes] == [([], False, [])] * 3
+    stored = kubectl.json("get", "deployment", "quantities-daedalus", "-n", namespace)
+    (container,) = stored["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}

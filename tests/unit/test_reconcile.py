@@ -158,6 +158,22 @@ class TestIsSubset:
     def test_missing_nonzero_value_is_noticed(self) -> None:
         assert not is_subset({"a": 1}, {})
 
+    def test_quantities_compare_as_the_api_server_stores_them(self) -> None:
+        desired = {"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"}}}
+        stored = {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}}}
+        assert is_subset(desired, stored)
+        assert is_subset(
+            {"emptyDir": {"sizeLimit": "0.0625Gi"}}, {"emptyDir": {"sizeLimit": "64Mi"}}
+        )
+
+    def test_a_changed_quantity_is_noticed(self) -> None:
+        desired = {"resources": {"limits": {"cpu": "0.5"}}}
+        assert not is_subset(desired, {"resources": {"limits": {"cpu": "600m"}}})
+        assert not is_subset(desired, {"resources": {"limits": {}}})
+
+    def test_only_quantity_fields_compare_as_quantities(self) -> None:
+        assert not is_subset({"labels": {"size": "1k"}}, {"labels": {"size": "1000"}})
+
 
 class TestReconcileSite:
     def test_first_pass_creates_everything_and_reports_ready(self) -> None:
