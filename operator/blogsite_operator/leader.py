@@ -46,6 +46,8 @@ class LeaderElector:
         # The Lease as last seen, and when (our clock) it was first seen so.
         self._seen_version: str | None = None
         self._seen_at = 0.0
+        # The renewal thread and what stops it, once leading.
+        self._renewal: tuple[threading.Event, threading.Thread] | None = None
 
     def try_acquire_or_renew(self, timeout: float) -> bool:
         """One attempt; True when this process holds the Lease afterwards."""
@@ -119,7 +121,9 @@ class LeaderElector:
             if not stop.is_set():
                 on_lost()
 
-        threading.Thread(target=renew, name="leader-lease", daemon=True).start()
+        thread = threading.Thread(target=renew, name="leader-lease", daemon=True)
+        self._renewal = (stop, thread)
+        thread.start()
         return stop
 
     def release(self) -> None:
@@ -127,6 +131,12 @@ class LeaderElector:
         takes over at its next try."""
         if not self.leading:
             return
+        # Stop renewing first, and wait out a renewal in flight: a try after
+        # the release would see no holder and claim the Lease again.
+        if self._renewal is not None:
+            stop, thread = self._renewal
+            stop.set()
+            thread.join(timeout=self.timings.renew_deadline)
         self.leading = False
         try:
             lease = self.api.get("Lease", self.namespace, self.name, timeout=5)

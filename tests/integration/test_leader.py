@@ -96,6 +96,43 @@ def test_a_standby_waits_while_the_leader_renews_and_takes_over_when_it_lets_go(
         standby.close()
 
 
+def test_a_released_lease_is_not_taken_again_by_the_process_that_released_it(
+    kubectl: Kubectl, namespace: str, api: kube.Api
+) -> None:
+    """As the operator does: renewing is never stopped by hand before the
+    release, and no standby is there to take the Lease at once."""
+    leader = elector(api, namespace, "a")
+    assert leader.acquire(threading.Event())
+    leader.keep_leading(on_lost=lambda: None)
+    wait_for(
+        lambda: lease(kubectl, namespace)["renewTime"] != lease(kubectl, namespace)["acquireTime"],
+        timeout=30,
+        interval=0.2,
+        what="a renewal",
+    )
+    leader.release()
+    released = lease(kubectl, namespace)
+    assert released.get("holderIdentity") is None
+    # Several renewal periods: the old renewal thread must not write again.
+    seen = set()
+    deadline = time.monotonic() + 6 * TIMINGS.retry_period
+    while time.monotonic() < deadline:
+        spec = lease(kubectl, namespace)
+        seen.add((spec.get("holderIdentity"), spec["renewTime"]))
+        time.sleep(0.1)
+    assert seen == {(None, released["renewTime"])}
+    started = time.monotonic()
+    standby = Candidate(elector(api, namespace, "b"))
+    try:
+        FIGURES.append(
+            "leader election: a standby started after a release leads "
+            f"{standby.wait_leading() - started:.2f}s after it starts"
+        )
+        assert lease(kubectl, namespace)["holderIdentity"] == "b"
+    finally:
+        standby.close()
+
+
 def test_a_silent_leader_keeps_the_lease_for_its_whole_duration(
     kubectl: Kubectl, namespace: str, api: kube.Api
 ) -> None:
