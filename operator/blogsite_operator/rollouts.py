@@ -37,6 +37,11 @@ from blogsite_operator.render.site import (
 from blogsite_operator.timestamps import format_time
 
 RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
+# The failed version, recorded on the Deployment by the very apply that
+# reverts it: a status write that fails afterwards (a 409, a crash, a lost
+# Lease) cannot make the next pass forget it and apply the bad version again.
+FAILED_VERSION_ANNOTATION = "blog.daedalus.dev/failed-version"
+FAILED_REASON_ANNOTATION = "blog.daedalus.dev/failed-reason"
 # Pod events drive most checks; a pod that never becomes Ready produces none,
 # so a pass in flight is repeated when its oldest unready pod reaches the
 # ready timeout, and at least this often.
@@ -63,12 +68,28 @@ class GateResult:
     reverts: list[tuple[str, str]] = field(default_factory=list)  # (component, why), for metrics
 
 
-def _memory_from_status(entry: dict[str, Any]) -> VersionMemory:
+def _remembered_memory(entry: dict[str, Any], live: dict[str, Any] | None) -> VersionMemory:
+    """The rollout memory from status, with the failure the live Deployment
+    records (written with the revert, so never behind the status)."""
+    annotations = ((live or {}).get("metadata") or {}).get("annotations") or {}
+    if FAILED_VERSION_ANNOTATION in annotations:
+        failed = annotations[FAILED_VERSION_ANNOTATION] or None
+        reason = annotations.get(FAILED_REASON_ANNOTATION) or None
+    else:  # a Deployment applied before the annotation existed
+        failed, reason = entry.get("failedVersion"), entry.get("failedReason")
     return VersionMemory(
-        last_good=entry.get("lastGoodVersion"),
-        failed=entry.get("failedVersion"),
-        failed_reason=entry.get("failedReason"),
+        last_good=entry.get("lastGoodVersion"), failed=failed, failed_reason=reason
     )
+
+
+def _with_failure_recorded(deployment: dict[str, Any], memory: VersionMemory) -> dict[str, Any]:
+    metadata = {**deployment["metadata"]}
+    metadata["annotations"] = {
+        **(metadata.get("annotations") or {}),
+        FAILED_VERSION_ANNOTATION: memory.failed or "",
+        FAILED_REASON_ANNOTATION: memory.failed_reason or "",
+    }
+    return {**deployment, "metadata": metadata}
 
 
 def _pods_of(
@@ -174,7 +195,7 @@ def gate_deployments(
         health, pods = _judge(
             api, ref=ref, component=component, live=live, thresholds=thresholds, now=now
         )
-        memory = _memory_from_status(previous_components.get(component.value) or {})
+        memory = _remembered_memory(previous_components.get(component.value) or {}, live)
         decision = decide_version(
             component=component.value,
             desired=desired,
@@ -199,7 +220,7 @@ def gate_deployments(
             else:
                 chosen = copy.deepcopy(obj)
                 chosen["spec"]["template"] = template
-        result.objects.append(chosen)
+        result.objects.append(_with_failure_recorded(chosen, decision.memory))
         result.memory[component.value] = _remembered(
             version_of(chosen), decision.memory, previous_components.get(component.value), now
         )

@@ -708,3 +708,58 @@ def test_an_event_the_api_refuses_does_not_fail_the_pass() -> None:
     outcome = reconcile_site(api, site(), RenderSettings())  # no exception
     assert api.status is not None, "the status was written"
     assert len(api.events) == len(outcome.events) > 1, "every Event was tried"
+
+
+class RollingApi(MemoryApi):
+    """Deployments roll out as Kubernetes would for these tests: each applied
+    template is kept as a ReplicaSet, and a daedalus image `d:bad` never
+    becomes available, its pod restarting."""
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        live = super().apply(obj)
+        if obj["kind"] != "Deployment":
+            return live
+        template = live["spec"]["template"]
+        name = f"{obj['metadata']['name']}-{version_of(live)}"
+        self.objects[("ReplicaSet", "ns", name)] = {
+            "kind": "ReplicaSet",
+            "metadata": {"name": name, "namespace": "ns", "labels": template["metadata"]["labels"]},
+            "spec": {"template": copy.deepcopy(template)},
+        }
+        if template["spec"]["containers"][0]["image"] == "d:bad":
+            live["status"] = {"observedGeneration": 1, "replicas": 3, "updatedReplicas": 1}
+            crashing = {"name": "daedalus", "restartCount": 9, "ready": False}
+            self.objects[("Pod", "ns", f"{name}-pod")] = {
+                "kind": "Pod",
+                "metadata": {"name": f"{name}-pod", "labels": template["metadata"]["labels"]},
+                "status": {"containerStatuses": [crashing]},
+            }
+        return live
+
+
+def test_a_revert_whose_status_write_fails_is_not_undone_by_the_next_pass() -> None:
+    api = RollingApi()
+    reconcile_site(api, site(), RenderSettings())
+    reconcile_site(api, site(status=api.status), RenderSettings())
+    good = version_of(api.objects[("Deployment", "ns", "blog-daedalus")])
+    bad = site(daedalus={"image": "d:bad"}, status=api.status)
+    reconcile_site(api, bad, RenderSettings())  # the bad version goes out
+    assert version_of(api.objects[("Deployment", "ns", "blog-daedalus")]) != good
+    status_before_revert = copy.deepcopy(api.status)
+
+    api.site_version = "2"  # the revert's status write answers 409
+    bad = site(daedalus={"image": "d:bad"}, status=status_before_revert)
+    with pytest.raises(ApiException, match="Conflict"):
+        reconcile_site(api, bad, RenderSettings())
+    assert version_of(api.objects[("Deployment", "ns", "blog-daedalus")]) == good
+    assert api.status == status_before_revert
+
+    api.site_version = None
+    outcome = reconcile_site(api, bad, RenderSettings())
+    assert version_of(api.objects[("Deployment", "ns", "blog-daedalus")]) == good
+    assert "Deployment blog-daedalus" not in outcome.applied
+    assert api.status is not None
+    assert api.status["components"]["daedalus"]["lastGoodVersion"] == good
+    assert api.status["components"]["daedalus"]["failedVersion"] is not None
+    rollout = next(c for c in api.status["conditions"] if c["type"] == "RolloutHealthy")
+    assert rollout["reason"] == "RolledBack"
