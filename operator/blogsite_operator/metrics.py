@@ -160,6 +160,9 @@ class Metrics:
         for kind, current in conditions.items():
             for value in CONDITION_STATUSES:
                 self.site_condition.labels(namespace, name, kind, value).set(int(current == value))
+        for labels in _series_of(self.site_condition, namespace, name):
+            if labels[2] not in conditions:  # a condition the site no longer has
+                self.site_condition.remove(*labels)
         for component, entry in (status.get("components") or {}).items():
             failed = entry.get("failedVersion")
             reverted = (

@@ -127,3 +127,12 @@ def test_api_requests_are_named_by_client_go_verbs(
     method: str, path: str, query: list[tuple[str, str]] | None, verb: str
 ) -> None:
     assert verb_of(method, path, query) == verb
+
+
+def test_a_condition_the_site_no_longer_has_leaves_no_series() -> None:
+    metrics = Metrics()
+    metrics.observe_site("blogs", "lethain", STATUS)
+    without_tls = {"conditions": [{"type": "Ready", "status": "True"}]}
+    metrics.observe_site("blogs", "lethain", without_tls)
+    types = {dict(labels)["type"] for labels in samples(metrics, "blogsite_site_condition")}
+    assert types == {"Ready"}
