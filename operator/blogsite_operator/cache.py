@@ -90,14 +90,32 @@ class ChildCache:
         with self._lock:
             self._relisted_at[(kind, namespace)] = time.monotonic()
 
-    def _is_current(self, key: tuple[str, str, str], entry: _Entry) -> bool:
-        """Called with the lock held."""
+    def sweep(self, grace: float) -> int:
+        """Drop the entries a re-list at least `grace` seconds ago did not
+        store again (a deletion the watch missed): a select drops them too,
+        but a deleted site's children are never selected again. How many."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [
+                key
+                for key, entry in self._entries.items()
+                if not self._is_current(key, entry) and now - self._relisted(key) >= grace
+            ]
+            for key in stale:
+                self._drop(key)
+        return len(stale)
+
+    def _relisted(self, key: tuple[str, str, str]) -> float:
+        """When the watch of this entry's kind last listed again. Lock held."""
         kind, namespace, _ = key
-        relisted = max(
+        return max(
             self._relisted_at.get((kind, namespace), float("-inf")),
             self._relisted_at.get((kind, None), float("-inf")),
         )
-        return entry.stored_at > relisted
+
+    def _is_current(self, key: tuple[str, str, str], entry: _Entry) -> bool:
+        """Called with the lock held."""
+        return entry.stored_at > self._relisted(key)
 
     def store(self, obj: dict[str, Any]) -> None:
         obj = _slim(obj)

@@ -42,6 +42,9 @@ RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # watch cannot show (a user's own TLS Secret rotated, deletions missed during
 # an outage). A pass over a site that is right makes no writes.
 RESYNC_SECONDS = 600.0
+# A re-list has long been folded into the cache after this: entries from
+# before it that it did not bring back are gone from the cluster.
+CACHE_SWEEP_SECONDS = 300.0
 
 # Children the operator watches to keep its cache current, each event also
 # triggering a reconcile, so a child deleted or edited by hand is put back
@@ -165,6 +168,8 @@ class SiteQueue:
             METRICS.queue_depth.set(len(self.pending))
             METRICS.queue_wait.observe(time.monotonic() - queued_at)
             await self._run(key)
+        if key not in self.known:
+            self._drop_idle_lock(key)  # forgotten during the pass (a deleted site)
 
     async def _run(self, key: tuple[str, str]) -> None:
         retry = self.retries.pop(key, None)
@@ -324,9 +329,20 @@ class SiteQueue:
         retry = self.retries.pop(key, None)
         if retry is not None:
             retry.cancel()
+        self._drop_idle_lock(key)
+
+    def _drop_idle_lock(self, key: tuple[str, str]) -> None:
+        """A running pass keeps its lock until it ends (and drops it then);
+        one waited for is in `pending`."""
         lock = self.locks.get(key)
         if key not in self.pending and lock is not None and not lock.locked():
-            del self.locks[key]  # a running pass keeps its lock until it ends
+            del self.locks[key]
+
+    async def sweep_cache_forever(self, interval: float = CACHE_SWEEP_SECONDS) -> None:
+        """Drop what a re-list did not bring back, also of sites no pass reads again."""
+        while True:
+            await asyncio.sleep(interval)
+            self.cache.sweep(grace=interval)
 
     async def resync_forever(self, interval: float = RESYNC_SECONDS) -> None:
         """Every known site once per interval, each at its own offset in it, so
@@ -389,6 +405,7 @@ def register(
         queue.loop = asyncio.get_running_loop()
         for background in (
             queue.resync_forever(),
+            queue.sweep_cache_forever(),
             queue.confirm_synced_when_empty(namespaces),
         ):
             queue.tasks.add(asyncio.ensure_future(background))
