@@ -643,6 +643,10 @@ class CertificateFailure(Model):
     time: str | None = Field(default=None, description="When it failed (RFC 3339).")
     reason: str | None = Field(default=None, description="CamelCase reason.")
     message: str | None = Field(default=None, description="What went wrong.")
+    names: list[str] = Field(
+        default_factory=list,
+        description="The names the failed order asked for: a change of names starts afresh.",
+    )
 
 
 class RenewalInfoStatus(Model):

@@ -268,6 +268,7 @@ class TestFailedOrder:
             "time": iso(self.finished_at),
             "reason": "OrderFailed",
             "message": "the order failed: unauthorized: no such host",
+            "names": sorted(NAMES),
         }
         wait = parse(fields["nextAttempt"]) - self.finished_at
         # the base backoff, stretched by at most 10% jitter (and cut to whole seconds)
@@ -318,6 +319,25 @@ class TestBackoff:
         assert outcome.fields["failedAttempts"] == 1
         assert outcome.fields["nextAttempt"] == previous["nextAttempt"]
         assert outcome.verdict.reason == "AcmeServerUnreachable"
+
+    def test_a_failure_for_names_no_longer_wanted_does_not_hold_an_order_back(self) -> None:
+        # A mistyped domain failed the order; the user removed it.
+        issuer = FakeIssuer()
+        previous = failed(next_in=datetime.timedelta(hours=1))
+        previous["lastFailure"]["names"] = [*NAMES, "typo.exmaple.com"]
+        outcome = drive(issuer, placeholder(), previous=previous)
+        assert issuer.jobs == [issue_job()]
+        assert [r for _, r, _ in outcome.events] == ["BackoffReset", "Issuing"]
+        assert outcome.fields["failedAttempts"] is None
+        assert outcome.fields["lastFailure"] is None
+
+    def test_a_failure_for_the_same_names_keeps_its_backoff(self) -> None:
+        issuer = FakeIssuer()
+        previous = failed(next_in=datetime.timedelta(hours=1))
+        previous["lastFailure"]["names"] = list(reversed(NAMES))
+        outcome = drive(issuer, placeholder(), previous=previous)
+        assert issuer.jobs == []
+        assert outcome.fields["failedAttempts"] == 1
 
     @pytest.mark.parametrize("late", [datetime.timedelta(0), datetime.timedelta(minutes=3)])
     def test_orders_again_once_it_is_time(self, late: datetime.timedelta) -> None:

@@ -71,6 +71,7 @@ def drive_acme(
         events.extend(state.fold(result, issuer.settings, now))
     elif result is None and not busy:
         events.extend(state.recover(served))
+    events.extend(state.forget_failure_of_other_names(names))
     # The served certificate was read before this result: after a success the
     # new Secret's own event brings the next pass, which plans from it.
     just_issued = result is not None and isinstance(result.job, IssueJob) and result.error is None
@@ -141,7 +142,7 @@ def drive_acme(
 class _State:
     failed_attempts: int = 0
     next_attempt: datetime.datetime | None = None
-    last_failure: dict[str, str] | None = None
+    last_failure: dict[str, Any] | None = None
     renewal_info: RenewalInfo | None = None
     renewal_request: str | None = None
     issued_by: dict[str, str] | None = None  # server and serial of our last order
@@ -222,6 +223,7 @@ class _State:
             "time": format_time(result.finished_at),
             "reason": error.reason,
             "message": error.message,
+            "names": sorted(result.job.names),
         }
         return [
             (
@@ -231,6 +233,24 @@ class _State:
                     f"{error.message}; attempt {self.failed_attempts} failed, next attempt at "
                     f"{format_time(self.next_attempt)}"
                 ),
+            )
+        ]
+
+    def forget_failure_of_other_names(self, names: list[str]) -> list[tuple[str, str, str]]:
+        """A failure of an order for other names (a mistyped domain since
+        removed) says nothing about these: its backoff does not hold them back."""
+        failed_for = (self.last_failure or {}).get("names")
+        if not self.failed_attempts or not failed_for or set(failed_for) == set(names):
+            return []
+        self.failed_attempts = 0
+        self.next_attempt = None
+        self.last_failure = None
+        return [
+            (
+                "Normal",
+                "BackoffReset",
+                "the names changed since the last failed order: ordering without waiting "
+                "for its backoff",
             )
         ]
 
