@@ -680,6 +680,11 @@ class CertificateStatus(Model):
     placeholder: bool = Field(
         default=False, description="True while a self-signed placeholder is served."
     )
+    sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the certificate (PEM) served: frontend pods name the one "
+        "they loaded by it.",
+    )
     failed_attempts: int | None = Field(
         default=None, description="ACME orders failed in a row (absent after a success)."
     )

@@ -23,7 +23,6 @@ from blogsite_operator import certs, models
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION, Issuer, drive_acme
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
-    certificate_verdict,
     needs_placeholder,
     served_by_frontend,
 )
@@ -449,11 +448,10 @@ def _certificate(
     """
     previous: dict[str, Any] | None = (site.get("status") or {}).get("certificate")
     verdict, status = served_by_frontend(
-        certificate_verdict(spec, served, now),
-        _certificate_status(served),
-        on_every_ready_pod=_on_every_ready_frontend_pod(api, ref, served.certificate_hash),
+        spec,
+        served,
+        served_hashes=_served_by_ready_frontend_pods(api, ref),
         previous_status=previous,
-        secret_name=served.secret_name,
         now=now,
     )
     acme = spec.tls.acme if spec.tls is not None else None
@@ -484,17 +482,14 @@ def _certificate(
     return driven.verdict, {**(status or {}), **fields}, driven.requeue_after
 
 
-def _on_every_ready_frontend_pod(
-    api: ClusterApi, ref: SiteRef, certificate_hash: str | None
-) -> bool:
-    """Every Ready frontend pod was started with this certificate (and one is Ready)."""
+def _served_by_ready_frontend_pods(api: ClusterApi, ref: SiteRef) -> frozenset[str | None]:
+    """The certificate hash each Ready frontend pod was started with."""
     selector = label_selector(selector_labels(ref.name, Component.FRONTEND))
-    loaded = {
+    return frozenset(
         (pod["metadata"].get("annotations") or {}).get(TLS_HASH_ANNOTATION)
         for pod in api.list_objects("Pod", ref.namespace, selector)
         if not pod["metadata"].get("deletionTimestamp") and is_ready(pod)
-    }
-    return loaded == {certificate_hash}
+    )
 
 
 def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:
@@ -741,20 +736,6 @@ def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedC
         cert_pem=cert_pem,
         issued_by=(job, server) if job and server else None,
     )
-
-
-def _certificate_status(served: ServedCertificate) -> dict[str, Any] | None:
-    info = served.info
-    if info is None:
-        return None
-    return {
-        "secretName": served.secret_name,
-        "notBefore": format_time(info.not_before),
-        "notAfter": format_time(info.not_after),
-        "dnsNames": list(info.dns_names),
-        "serialNumber": info.serial,
-        "placeholder": info.is_placeholder,
-    }
 
 
 def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:

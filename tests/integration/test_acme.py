@@ -535,6 +535,64 @@ def test_a_renewal_waiting_for_room_is_not_reverted_and_status_shows_what_is_ser
     assert events(kubectl, namespace, "RolledBack") == []
 
 
+def names_in_secret(kubectl: Kubectl, namespace: str) -> list[str]:
+    names = leaf(served_chain(kubectl, namespace)[0]).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    return list(names.value.get_values_for_type(x509.DNSName))
+
+
+def test_a_domain_added_is_not_certificate_ready_until_a_certificate_with_it_serves(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    trust_pebble(kubectl, namespace, pebble)
+    site = acme_site(pebble)
+    kubectl.apply(site, namespace)
+    first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+    added = "new.blog.example"
+    site["spec"]["domains"] = [*DOMAINS, added]
+    jsonpath = (
+        '{.metadata.generation} {.status.conditions[?(@.type=="CertificateReady")].status} '
+        "{.status.certificate.dnsNames}"
+    )
+    with Watch(kubectl, namespace, f"blogsite/{SITE}", jsonpath) as watch:
+        try:
+            # No room for the frontend pod that would serve the new certificate.
+            kubectl.run("cordon", "kwok-node-0")
+            kubectl.apply(site, namespace)
+            generation = blogsite(kubectl, namespace)["metadata"]["generation"]
+            wait_for(
+                lambda: added in names_in_secret(kubectl, namespace),
+                timeout=60,
+                what="the certificate with the new domain in the Secret",
+            )
+            new_hash = hashlib.sha256(served_chain(kubectl, namespace)[0]).hexdigest()
+            wait_for(
+                lambda: tls_hash_of_frontend(kubectl, namespace) == new_hash,
+                what="the frontend template naming the new certificate",
+            )
+            operator_process.looked_again(SITE)
+            waiting = blogsite(kubectl, namespace)
+            ready = condition(waiting, "CertificateReady")
+            assert (ready["status"], ready["reason"]) == ("False", "NamesNotCovered"), ready
+            assert added in ready["message"]
+            assert waiting["status"]["certificate"]["serialNumber"] == first["serialNumber"]
+        finally:
+            kubectl.run("uncordon", "kwok-node-0")
+        served = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
+        assert added in served["status"]["certificate"]["dnsNames"]
+    # Every status written for the new spec: never True without the new name.
+    samples = [[*sample.split(" ", 2), "", ""][:3] for sample in watch.samples]
+    after_change = [s for s in samples if s[0].isdigit() and int(s[0]) >= generation]
+    assert after_change, watch.samples
+    for _, ready_status, names in after_change:
+        assert ready_status != "True" or added in names, watch.samples
+
+
 def test_a_certificate_outlives_its_blogsite_and_is_reused_when_it_comes_back(
     kubectl: Kubectl,
     namespace: str,

@@ -71,14 +71,13 @@ def secret(
     }
 
 
-def issued(
-    names: list[str] = NAMES,
+def ca_signed(
+    names: list[str],
     *,
     not_before: datetime.datetime = NOW - datetime.timedelta(days=10),
     days: int = 90,
-    by_job: str | None = None,
-) -> ServedCertificate:
-    """A CA-signed certificate for `names`, as the reconciler reads its Secret."""
+) -> tuple[bytes, bytes]:
+    """tls.crt and tls.key of a certificate for `names` the tiny local CA signed."""
     key_pem = certs.generate_private_key("ECDSAP256")
     key = serialization.load_pem_private_key(key_pem, password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -93,7 +92,18 @@ def issued(
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
         .sign(CA_KEY, hashes.SHA256())
     )
-    cert_pem = certificate.public_bytes(serialization.Encoding.PEM)
+    return certificate.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def issued(
+    names: list[str] = NAMES,
+    *,
+    not_before: datetime.datetime = NOW - datetime.timedelta(days=10),
+    days: int = 90,
+    by_job: str | None = None,
+) -> ServedCertificate:
+    """A CA-signed certificate for `names`, as the reconciler reads its Secret."""
+    cert_pem, key_pem = ca_signed(names, not_before=not_before, days=days)
     annotations = (
         {
             ISSUED_BY_JOB_ANNOTATION: by_job,

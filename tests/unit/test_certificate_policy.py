@@ -13,6 +13,7 @@ from blogsite_operator.policies.certificate import (
     RenewalInfo,
     RenewalPlan,
     ServedCertificate,
+    certificate_status,
     certificate_verdict,
     covers,
     needs_placeholder,
@@ -304,56 +305,111 @@ class TestNextAttempt:
         assert with_header >= without
 
 
-SERVED_NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
-SERVED_OLD = {"serialNumber": "01", "notAfter": "2026-12-20T00:00:00Z", "placeholder": False}
-SERVED_NEW = {"serialNumber": "02", "notAfter": "2027-02-20T00:00:00Z", "placeholder": False}
-SERVED_VALID = Verdict("True", "Valid", "serving Secret s-tls, valid until 2027-02-20T00:00:00Z")
+SITE_NAMES = ("a.example.com", "b.example.com")
+
+
+def in_secret(
+    names: tuple[str, ...] = SITE_NAMES,
+    *,
+    serial: str = "02",
+    days: int = 60,
+    placeholder: bool = False,
+) -> ServedCertificate:
+    """A certificate as the Secret holds it, hashed as the pods name it."""
+    facts = certs.CertificateInfo(
+        dns_names=names,
+        not_before=NOW - datetime.timedelta(days=1),
+        not_after=NOW + datetime.timedelta(days=days),
+        serial=serial,
+        issuer=certs.PLACEHOLDER_ISSUER if placeholder else "Real CA",
+    )
+    return ServedCertificate("s-tls", facts, certificate_hash=f"hash-{serial}")
+
+
+def recorded(served: ServedCertificate) -> dict[str, Any]:
+    """How status.certificate described it while it was served."""
+    described = certificate_status(served)
+    assert described is not None
+    return described
 
 
 class TestServedByFrontend:
-    """CertificateReady and status.certificate describe what nginx serves."""
+    """CertificateReady and status.certificate describe what Ready frontend pods serve."""
 
-    def served(self, previous: dict[str, object] | None, *, loaded: bool) -> tuple[Verdict, object]:
+    def served(
+        self,
+        secret: ServedCertificate,
+        previous: dict[str, Any] | None,
+        *pod_hashes: str | None,
+        **tls: Any,
+    ) -> tuple[Verdict, dict[str, Any] | None]:
         return served_by_frontend(
-            SERVED_VALID,
-            SERVED_NEW,
-            on_every_ready_pod=loaded,
+            spec(**tls),
+            secret,
+            served_hashes=frozenset(pod_hashes),
             previous_status=previous,
-            secret_name="s-tls",
-            now=SERVED_NOW,
+            now=NOW,
         )
 
-    def test_once_every_ready_pod_loaded_it_the_new_certificate_is_served(self) -> None:
-        assert self.served(SERVED_OLD, loaded=True) == (SERVED_VALID, SERVED_NEW)
+    def test_once_every_ready_pod_loaded_it_the_secrets_certificate_is_served(self) -> None:
+        old, new = in_secret(serial="01"), in_secret()
+        verdict, described = self.served(new, recorded(old), "hash-02")
+        assert (verdict.status, verdict.reason) == ("True", "Valid")
+        assert described == recorded(new)
 
     def test_a_renewal_rolling_out_keeps_the_old_certificate_in_status(self) -> None:
-        verdict, described = self.served(SERVED_OLD, loaded=False)
-        assert described == SERVED_OLD
-        assert (verdict.status, verdict.reason) == ("True", "Valid")
-        assert "serving the previous certificate (serial 01" in verdict.message
-        assert "serial 02 from Secret s-tls" in verdict.message
+        old, new = in_secret(serial="01"), in_secret()
+        for pods in (("hash-01",), ("hash-01", "hash-02")):
+            verdict, described = self.served(new, recorded(old), *pods)
+            assert described == recorded(old)
+            assert (verdict.status, verdict.reason) == ("True", "Valid")
+            assert "serving the previous certificate (serial 01" in verdict.message
+            assert "serial 02 from Secret s-tls" in verdict.message
+
+    def test_a_served_certificate_without_a_name_the_spec_added_is_not_ready(self) -> None:
+        # A domain was added: the new certificate waits for room on a node
+        # while the Ready pods still serve one without it.
+        old = in_secret(("a.example.com",), serial="01", days=5)
+        verdict, described = self.served(in_secret(), recorded(old), "hash-01")
+        assert (verdict.status, verdict.reason) == ("False", "NamesNotCovered")
+        assert "b.example.com" in verdict.message
+        assert described == recorded(old)  # what users get: its names, its 5 days
+
+    def test_pods_serving_an_old_and_a_new_certificate_are_judged_by_both(self) -> None:
+        old = in_secret(("a.example.com",), serial="01")
+        verdict, _ = self.served(in_secret(), recorded(old), "hash-01", "hash-02")
+        assert verdict.reason == "NamesNotCovered"
+        expired = in_secret(serial="01", days=-1)
+        assert self.served(in_secret(), recorded(expired), "hash-01")[0].reason == "Expired"
 
     def test_the_first_certificate_rolling_out_over_the_placeholder_is_not_ready(self) -> None:
-        placeholder = {**SERVED_OLD, "placeholder": True}
-        verdict, described = self.served(placeholder, loaded=False)
-        assert described == placeholder
-        assert (verdict.status, verdict.reason) == ("False", "RollingOut")
-        expired = {**SERVED_OLD, "notAfter": "2026-11-25T11:00:00Z"}
-        assert self.served(expired, loaded=False)[0].reason == "RollingOut"
+        placeholder = in_secret(serial="01", placeholder=True)
+        verdict, described = self.served(in_secret(), recorded(placeholder), "hash-01")
+        assert described == recorded(placeholder)
+        assert (verdict.status, verdict.reason) == ("False", "Placeholder")
 
-    def test_a_certificate_not_yet_on_any_pod_is_not_ready(self) -> None:
-        verdict, described = self.served(None, loaded=False)
-        assert (verdict.status, verdict.reason) == ("False", "RollingOut")
-        assert described == SERVED_NEW
+    def test_a_certificate_the_operator_has_no_record_of_is_not_ready(self) -> None:
+        # The Secret changed twice within one rollout, or no status recorded
+        # the certificate the pods were started with.
+        for previous in (None, recorded(in_secret(serial="01"))):
+            verdict, _ = self.served(in_secret(serial="03"), previous, "hash-02")
+            assert (verdict.status, verdict.reason) == ("False", "RollingOut")
+            assert "serial 03 from Secret s-tls" in verdict.message
 
-    def test_a_secret_that_is_not_usable_says_so_whatever_the_pods_run(self) -> None:
-        missing = Verdict("False", "SecretMissing", "Secret s-tls does not exist")
-        result = served_by_frontend(
-            missing,
-            None,
-            on_every_ready_pod=False,
-            previous_status=SERVED_OLD,
-            secret_name="s-tls",
-            now=SERVED_NOW,
-        )
-        assert result == (missing, None)
+    def test_with_no_ready_frontend_pod_nothing_is_served(self) -> None:
+        verdict, described = self.served(in_secret(), recorded(in_secret()))
+        assert (verdict.status, verdict.reason) == ("False", "NotServed")
+        assert "no frontend pod is Ready" in verdict.message
+        assert described == recorded(in_secret())
+
+    def test_a_secret_that_is_not_usable_says_so_when_no_pod_serves(self) -> None:
+        missing = ServedCertificate("s-tls", None)
+        verdict, described = self.served(missing, None)
+        assert (verdict.status, verdict.reason) == ("False", "SecretMissing")
+        assert described is None
+
+    def test_pods_keep_serving_a_valid_certificate_whose_secret_is_gone(self) -> None:
+        old = in_secret(serial="01")
+        verdict, described = self.served(ServedCertificate("s-tls", None), recorded(old), "hash-01")
+        assert (verdict.status, verdict.reason) == ("True", "Valid")
+        assert described == recorded(old)

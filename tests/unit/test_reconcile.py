@@ -31,6 +31,7 @@ from blogsite_operator.render.site import (
 )
 from blogsite_operator.rollouts import gate_deployments
 from blogsite_operator.settings import AcmeSettings
+from tests.unit.test_acme_driver import ca_signed
 
 
 class MemoryApi:
@@ -763,3 +764,58 @@ def test_a_revert_whose_status_write_fails_is_not_undone_by_the_next_pass() -> N
     assert api.status["components"]["daedalus"]["failedVersion"] is not None
     rollout = next(c for c in api.status["conditions"] if c["type"] == "RolloutHealthy")
     assert rollout["reason"] == "RolledBack"
+
+
+def run_frontend_pods(api: MemoryApi, count: int) -> None:
+    """Ready frontend pods started from the template as it is now."""
+    template = api.objects[("Deployment", "ns", "blog-frontend")]["spec"]["template"]
+    for i in range(count):
+        api.objects[("Pod", "ns", f"frontend-{i}")] = {
+            "kind": "Pod",
+            "metadata": {
+                "name": f"frontend-{i}",
+                "labels": template["metadata"]["labels"],
+                "annotations": template["metadata"]["annotations"],
+            },
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+        }
+
+
+TODAY = datetime.datetime.now(tz=datetime.UTC)
+
+
+def test_a_certificate_ready_pods_serve_without_a_new_name_is_not_ready() -> None:
+    """A domain is added and its certificate written, while every Ready pod
+    still serves the old one (the new pods wait for room on a node)."""
+    api = MemoryApi()
+    tls = {"secretName": "mine"}
+    old_pem, old_key = ca_signed(["blog.example.com"], not_before=TODAY)
+    api.objects[("Secret", "ns", "mine")] = {
+        "kind": "Secret",
+        "metadata": {"name": "mine", "namespace": "ns"},
+        "data": render_tls_secret(REF, old_pem, old_key)["data"],
+    }
+    reconcile_site(api, site(tls=tls), RenderSettings())
+    run_frontend_pods(api, 2)
+    reconcile_site(api, site(tls=tls, status=api.status), RenderSettings())
+    assert api.status is not None
+    ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
+    assert ready["status"] == "True"
+
+    names = ["blog.example.com", "new.example.com"]
+    new_pem, new_key = ca_signed(names, not_before=TODAY)
+    api.objects[("Secret", "ns", "mine")]["data"] = render_tls_secret(REF, new_pem, new_key)["data"]
+    added = site(tls=tls, domains=names, status=api.status)
+    reconcile_site(api, added, RenderSettings())
+    ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
+    assert (ready["status"], ready["reason"]) == ("False", "NamesNotCovered"), ready
+    assert "new.example.com" in ready["message"]
+    assert api.status["certificate"]["dnsNames"] == ["blog.example.com"]
+
+    for key in [k for k in api.objects if k[0] == "Pod"]:
+        del api.objects[key]
+    run_frontend_pods(api, 2)  # the new pods, now Ready
+    reconcile_site(api, {**added, "status": api.status}, RenderSettings())
+    ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
+    assert ready["status"] == "True"
+    assert api.status["certificate"]["dnsNames"] == names

@@ -249,8 +249,10 @@ class _State:
             (
                 "Normal",
                 "BackoffReset",
-                "the names changed since the last failed order: ordering without waiting "
-                "for its backoff",
+                (
+                    "the names changed since the last failed order: ordering without waiting "
+                    "for its backoff"
+                ),
             )
         ]
 

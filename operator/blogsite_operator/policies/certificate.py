@@ -85,50 +85,121 @@ def certificate_verdict(
     )
 
 
+def certificate_status(served: ServedCertificate) -> dict[str, Any] | None:
+    """status.certificate's description of the certificate in the Secret."""
+    info = served.info
+    if info is None:
+        return None
+    return {
+        "secretName": served.secret_name,
+        "notBefore": format_time(info.not_before),
+        "notAfter": format_time(info.not_after),
+        "dnsNames": list(info.dns_names),
+        "serialNumber": info.serial,
+        "placeholder": info.is_placeholder,
+        "sha256": served.certificate_hash,
+    }
+
+
+def recorded_verdict(
+    spec: models.BlogSiteSpec, recorded: dict[str, Any], now: datetime.datetime
+) -> Verdict:
+    """certificate_verdict for a certificate known only from status (a frontend
+    pod still serves it, the Secret has moved on)."""
+    serial = recorded.get("serialNumber")
+    if recorded.get("placeholder"):
+        return Verdict(
+            CONDITION_FALSE, "Placeholder", "serving a self-signed placeholder certificate"
+        )
+    names = [*spec.domains, *spec.redirect_domains]
+    served_names = tuple(recorded.get("dnsNames") or ())
+    missing = [n for n in names if not covers(served_names, n)]
+    if missing:
+        return Verdict(
+            CONDITION_FALSE,
+            "NamesNotCovered",
+            f"the certificate served (serial {serial}) does not cover: {', '.join(missing)}",
+        )
+    not_after = parse_time(recorded.get("notAfter"))
+    if not_after is None or not_after <= now:
+        return Verdict(
+            CONDITION_FALSE,
+            "Expired",
+            f"the certificate served (serial {serial}) expired {recorded.get('notAfter')}",
+        )
+    return Verdict(
+        CONDITION_TRUE,
+        "Valid",
+        f"serving serial {serial}, valid until {recorded.get('notAfter')}",
+    )
+
+
 def served_by_frontend(
-    stored: Verdict,
-    stored_status: dict[str, Any] | None,
+    spec: models.BlogSiteSpec,
+    secret: ServedCertificate,
     *,
-    on_every_ready_pod: bool,
+    served_hashes: frozenset[str | None],
     previous_status: dict[str, Any] | None,
-    secret_name: str,
     now: datetime.datetime,
 ) -> tuple[Verdict, dict[str, Any] | None]:
-    """CertificateReady and status.certificate's description of what nginx
-    serves, not only what the Secret holds.
+    """CertificateReady and status.certificate, describing what nginx serves.
 
-    nginx loads the Secret when its pod starts, so a certificate written to
-    the Secret is served once every Ready frontend pod was started with it
-    (`on_every_ready_pod`, from the pods' certificate-hash annotation). Until
-    then the frontend serves the one the status described before: a renewal
-    still rolling out (or waiting for room on a node) leaves the old one, still
-    valid, in the status and in CertificateReady's message.
+    nginx loads its certificate when its pod starts, and each frontend pod
+    names the one it was started with (its certificate-hash annotation):
+    `served_hashes` holds those of the Ready pods. A certificate is known from
+    the Secret, or from the status that described it while it was served.
+    CertificateReady is True only when every certificate a Ready pod serves
+    is known, covers every name of the spec and is valid; status.certificate
+    describes the one served longest (the previous one while a new one rolls
+    out), so the expiry alert follows what users get.
     """
-    if stored.status != CONDITION_TRUE or on_every_ready_pod:
+    stored = certificate_verdict(spec, secret, now)
+    stored_status = certificate_status(secret)
+    previous = previous_status or {}
+    if not served_hashes:
+        if stored.status != CONDITION_TRUE:
+            return stored, stored_status or previous_status  # no pod can start without it
+        return Verdict(
+            CONDITION_FALSE,
+            "NotServed",
+            f"no frontend pod is Ready, so no certificate is served; {stored.message}",
+        ), stored_status or previous_status
+    if secret.info is not None and served_hashes == {secret.certificate_hash}:
         return stored, stored_status
-    new = stored_status or {}
-    old = previous_status or {}
-    if old.get("serialNumber") and old.get("serialNumber") != new.get("serialNumber"):
-        still_valid = (parse_time(old.get("notAfter")) or now) > now
-        if still_valid and not old.get("placeholder"):
-            return Verdict(
-                CONDITION_TRUE,
-                "Valid",
-                f"serving the previous certificate (serial {old['serialNumber']}, valid until "
-                f"{old.get('notAfter')}) until every frontend pod has loaded serial "
-                f"{new.get('serialNumber')} from Secret {secret_name}",
-            ), old
-        return _rolling_out(secret_name, new), old
-    return _rolling_out(secret_name, new), stored_status
-
-
-def _rolling_out(secret_name: str, new: dict[str, Any]) -> Verdict:
-    return Verdict(
-        CONDITION_FALSE,
-        "RollingOut",
-        f"the certificate in Secret {secret_name} (serial {new.get('serialNumber')}, valid until "
-        f"{new.get('notAfter')}) is not yet loaded by every Ready frontend pod",
+    known: dict[str | None, tuple[Verdict, dict[str, Any] | None]] = {}
+    if secret.info is not None:
+        known[secret.certificate_hash] = (stored, stored_status)
+    if previous.get("sha256") and previous.get("serialNumber"):
+        known.setdefault(previous["sha256"], (recorded_verdict(spec, previous, now), previous))
+    serving_previous = previous.get("sha256") in served_hashes
+    described = previous_status if serving_previous else stored_status
+    coming = (
+        f"serial {secret.info.serial} from Secret {secret.secret_name}"
+        if secret.info is not None
+        else f"Secret {secret.secret_name}"
     )
+    if served_hashes - known.keys():
+        return Verdict(
+            CONDITION_FALSE,
+            "RollingOut",
+            f"frontend pods serve a certificate that is no longer in Secret "
+            f"{secret.secret_name}; until every Ready frontend pod has loaded {coming}",
+        ), described
+    verdicts = [known[h][0] for h in sorted(served_hashes, key=str)]
+    failing = next((v for v in verdicts if v.status != CONDITION_TRUE), None)
+    if failing is not None:
+        return Verdict(
+            CONDITION_FALSE,
+            failing.reason,
+            f"{failing.message} (a Ready frontend pod serves it, until every one has "
+            f"loaded {coming})",
+        ), described
+    return Verdict(
+        CONDITION_TRUE,
+        "Valid",
+        f"serving the previous certificate (serial {previous.get('serialNumber')}, valid until "
+        f"{previous.get('notAfter')}) until every Ready frontend pod has loaded {coming}",
+    ), described
 
 
 def covers(certificate_names: tuple[str, ...], host: str) -> bool:
