@@ -20,6 +20,7 @@ import pydantic
 from kubernetes.utils import parse_quantity
 
 from blogsite_operator import certs, models
+from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION, Issuer, drive_acme
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
@@ -56,9 +57,11 @@ from blogsite_operator.render.site import (
     is_orphan_of,
     is_owned_by,
     label_selector,
+    last_issued_secret_name,
     may_write_tls_secret,
     nginx_config_of,
     render_nginx_config_map,
+    render_tls_copy,
     render_tls_secret,
     tls_secret_name,
     with_nginx_config,
@@ -693,21 +696,85 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
         outcome.conflicts.append(f"Secret {secret_name}")
         return served
     names = [*spec.domains, *spec.redirect_domains]
+    kept = api.get_child("Secret", ref.namespace, last_issued_secret_name(ref.name))
+    if kept is not None and not may_write_tls_secret(kept, ref):
+        kept = None  # the copy of a BlogSite of this name that is not gone yet
     if needs_placeholder(names, served, now) and not ordering:
-        cert_pem, key_pem = certs.self_signed_placeholder(names)
-        secret = render_tls_secret(ref, cert_pem, key_pem)
-        api.apply(secret)
+        return _put_back_or_placeholder(api, ref, served, kept, names, outcome, now)
+    if live is not None and served.issued_by is not None:
+        _keep_a_copy(api, ref, live, served, kept, outcome)
+    return served
+
+
+def _put_back_or_placeholder(  # noqa: PLR0917 - one pass's context
+    api: ClusterApi,
+    ref: SiteRef,
+    served: ServedCertificate,
+    kept: dict[str, Any] | None,
+    names: list[str],
+    outcome: Outcome,
+    now: datetime.datetime,
+) -> ServedCertificate:
+    """NAME-tls is missing, damaged or a placeholder for other names: put back
+    the last issued certificate when it still fits (a re-order can take days
+    under the CA's limits), else a placeholder so nginx can start."""
+    secret_name = served.secret_name
+    copy = read_served_certificate(last_issued_secret_name(ref.name), kept)
+    if kept is not None and copy.info is not None and _restorable(copy.info, names, now):
+        restored = render_tls_copy(ref, secret_name, kept)
+        api.apply(restored)
         outcome.applied.append(f"Secret {secret_name}")
         outcome.events.append(
             Event(
-                "Normal",
-                "PlaceholderCertificate",
-                f"Secret {secret_name} holds a self-signed placeholder for "
-                f"{len(names)} names until a real certificate is issued",
+                "Warning",
+                "CertificateRestored",
+                f"Secret {secret_name} {_why_restored(served)}: put back serial "
+                f"{copy.info.serial} from Secret {copy.secret_name}",
             )
         )
-        served = read_served_certificate(secret_name, secret)
-    return served
+        return read_served_certificate(secret_name, restored)
+    cert_pem, key_pem = certs.self_signed_placeholder(names)
+    secret = render_tls_secret(ref, cert_pem, key_pem)
+    api.apply(secret)
+    outcome.applied.append(f"Secret {secret_name}")
+    outcome.events.append(
+        Event(
+            "Normal",
+            "PlaceholderCertificate",
+            f"Secret {secret_name} holds a self-signed placeholder for "
+            f"{len(names)} names until a real certificate is issued",
+        )
+    )
+    return read_served_certificate(secret_name, secret)
+
+
+def _keep_a_copy(  # noqa: PLR0917 - one pass's context
+    api: ClusterApi,
+    ref: SiteRef,
+    live: dict[str, Any],
+    served: ServedCertificate,
+    kept: dict[str, Any] | None,
+    outcome: Outcome,
+) -> None:
+    """Copy a certificate an order issued into NAME-tls-last-issued, once."""
+    copy_name = last_issued_secret_name(ref.name)
+    if read_served_certificate(copy_name, kept).certificate_hash == served.certificate_hash:
+        return
+    copy = render_tls_copy(ref, copy_name, live)
+    written = api.apply(copy) if kept is not None else api.apply_if_absent(copy)
+    if written is not None:
+        outcome.applied.append(f"Secret {copy_name}")
+
+
+def _restorable(info: CertificateInfo, names: list[str], now: datetime.datetime) -> bool:
+    """A real certificate for exactly these names, still valid."""
+    return not info.is_placeholder and set(info.dns_names) == set(names) and info.not_after > now
+
+
+def _why_restored(served: ServedCertificate) -> str:
+    if served.info is None:
+        return f"is damaged ({served.problem})" if served.problem else "was deleted"
+    return "held a placeholder for other names"
 
 
 def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedCertificate:

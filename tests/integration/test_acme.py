@@ -891,7 +891,7 @@ def test_cert_refresh_identity_can_read_its_answers_and_nothing_else(
     assert "Forbidden" not in server.log_path.read_text(encoding="utf-8")
 
 
-def test_a_deleted_or_damaged_secret_is_reissued(
+def test_a_deleted_or_damaged_secret_gets_the_issued_certificate_back_without_the_ca(
     kubectl: Kubectl,
     namespace: str,
     pebble: Pebble,
@@ -899,18 +899,37 @@ def test_a_deleted_or_damaged_secret_is_reissued(
     operator_process: OperatorProcess,
 ) -> None:
     first = first_certificate(kubectl, namespace, pebble)
+    serial = first["status"]["certificate"]["serialNumber"]
+    issued = served_chain(kubectl, namespace)
+    frontend_hash = tls_hash_of_frontend(kubectl, namespace)
+    wait_for(
+        lambda: kubectl.exists("secret", f"{SITE}-tls-last-issued", namespace),
+        what="the copy of the issued certificate",
+    )
+    pebble.stop()  # the CA is down: nothing can be ordered again
+    orders = len(events(kubectl, namespace, "Issuing"))
 
     kubectl.run("delete", "secret", f"{SITE}-tls", "-n", namespace)
-    second = wait_for_certificate(kubectl, namespace, other_than=first["serialNumber"])
-    serial = second["status"]["certificate"]["serialNumber"]
-
-    # A key that does not belong to the certificate: damaged, so replaced.
+    wait_for(
+        lambda: (
+            kubectl.exists("secret", f"{SITE}-tls", namespace)
+            and served_chain(kubectl, namespace) == issued
+        ),
+        what="the issued certificate put back",
+    )
+    # A key that does not belong to the certificate: damaged, so put back too.
     other_key = base64.b64encode(certs.generate_private_key("ECDSAP256")).decode()
     patch = json.dumps({"data": {"tls.key": other_key}})
     kubectl.run("patch", "secret", f"{SITE}-tls", "-n", namespace, "--type=merge", "-p", patch)
-    wait_for_certificate(kubectl, namespace, other_than=serial)
-    chain, key = served_chain(kubectl, namespace)
-    assert certs.key_matches(chain, key)
+    wait_for(lambda: served_chain(kubectl, namespace) == issued, what="the key put back")
+    operator_process.looked_again(SITE)
+    site = blogsite(kubectl, namespace)
+    assert site["status"]["certificate"]["serialNumber"] == serial
+    assert condition(site, "CertificateReady")["status"] == "True", site["status"]
+    # The frontend's pods were never asked to load anything else.
+    assert tls_hash_of_frontend(kubectl, namespace) == frontend_hash
+    assert len(events(kubectl, namespace, "Issuing")) == orders
+    assert len(events(kubectl, namespace, "CertificateRestored")) >= 1
 
 
 def test_a_tls_secret_that_belongs_to_someone_else_is_never_written(

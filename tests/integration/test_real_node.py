@@ -1039,6 +1039,30 @@ def test_a_refused_extra_config_holds_back_only_itself(
     )
 
 
+def test_a_deleted_tls_secret_is_put_back_and_clients_keep_the_issued_certificate(
+    kubectl: Kubectl, served_site: ServedSite
+) -> None:
+    site = served_site
+    issued = served_certificate(kubectl, site.namespace)
+    serial = x509.load_pem_x509_certificate(issued).serial_number
+    tls = tls_context(site.root_pem)
+    pods = {p["metadata"]["uid"] for p in frontend_pods(kubectl, site.namespace)}
+    kubectl.run("delete", "secret", f"{SITE}-tls", "-n", site.namespace)
+    # What clients get, sampled while the operator notices and puts it back.
+    served = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        served.append(serial_served(site, tls))
+        time.sleep(0.2)
+    assert set(served) == {serial}, set(served)
+    assert served_certificate(kubectl, site.namespace) == issued
+    assert {p["metadata"]["uid"] for p in frontend_pods(kubectl, site.namespace)} == pods
+    FIGURES.append(
+        f"real node: TLS Secret deleted; {len(served)} TLS handshakes over 20 s all got serial "
+        f"{serial:x}, no frontend pod replaced"
+    )
+
+
 # --- high availability, upgrade and uninstall, under traffic -----------------
 
 

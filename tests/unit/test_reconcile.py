@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -819,3 +819,72 @@ def test_a_certificate_ready_pods_serve_without_a_new_name_is_not_ready() -> Non
     ready = next(c for c in api.status["conditions"] if c["type"] == "CertificateReady")
     assert ready["status"] == "True"
     assert api.status["certificate"]["dnsNames"] == names
+
+
+class TestLastIssuedCopy:
+    """NAME-tls deleted or damaged: the certificate issued last is put back."""
+
+    acme: ClassVar[dict[str, Any]] = {"acme": {"email": "ops@example.com"}}
+
+    def issued_site(self, names: list[str] | None = None, days: int = 60) -> MemoryApi:
+        api = MemoryApi()
+        cert_pem, key_pem = ca_signed(
+            names or ["blog.example.com"],
+            not_before=TODAY - datetime.timedelta(days=max(0, 1 - days)),
+            days=max(days, 1),
+        )
+        api.apply(
+            render_tls_secret(
+                REF, cert_pem, key_pem, placeholder=False, issued_by=("job-1", "https://ca/dir")
+            )
+        )
+        reconcile_site(api, site(tls=self.acme), RenderSettings())
+        reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
+        return api
+
+    def test_an_issued_certificate_is_copied_once(self) -> None:
+        api = self.issued_site()
+        copy = api.objects[("Secret", "ns", "blog-tls-last-issued")]
+        assert copy["data"] == api.objects[("Secret", "ns", "blog-tls")]["data"]
+        assert "ownerReferences" not in copy["metadata"]
+        writes = len(api.writes)
+        reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
+        assert len(api.writes) == writes
+
+    @pytest.mark.parametrize("damage", ["delete", "wrong key"])
+    def test_a_deleted_or_damaged_secret_gets_the_issued_certificate_back(
+        self, damage: str
+    ) -> None:
+        api = self.issued_site()
+        issued = copy.deepcopy(api.objects[("Secret", "ns", "blog-tls")])
+        frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+        if damage == "delete":
+            del api.objects[("Secret", "ns", "blog-tls")]
+        else:
+            _, other_key = certs.self_signed_placeholder(["blog.example.com"])
+            api.objects[("Secret", "ns", "blog-tls")]["data"]["tls.key"] = render_tls_secret(
+                REF, b"", other_key
+            )["data"]["tls.key"]
+        reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
+        assert api.objects[("Secret", "ns", "blog-tls")]["data"] == issued["data"]
+        assert (
+            api.objects[("Secret", "ns", "blog-tls")]["metadata"]["annotations"]
+            == (issued["metadata"]["annotations"])
+        )
+        # The frontend keeps its pods: the same certificate, the same template.
+        assert api.objects[("Deployment", "ns", "blog-frontend")] == frontend
+        assert any(r == "CertificateRestored" for _, r, _ in api.events)
+        assert api.status is not None
+        assert api.status["certificate"]["placeholder"] is False
+
+    @pytest.mark.parametrize(
+        ("names", "days"), [(["blog.example.com", "other.example.com"], 60), (None, -1)]
+    )
+    def test_a_copy_for_other_names_or_expired_is_not_put_back(
+        self, names: list[str] | None, days: int
+    ) -> None:
+        api = self.issued_site(names, days)
+        del api.objects[("Secret", "ns", "blog-tls")]
+        reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
+        assert api.status is not None
+        assert api.status["certificate"]["placeholder"] is True

@@ -35,6 +35,7 @@ CHALLENGES_LABEL = "blog.daedalus.dev/acme-http01-of"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
 ISSUED_BY_JOB_ANNOTATION = "blog.daedalus.dev/acme-job"
 ISSUED_BY_SERVER_ANNOTATION = "blog.daedalus.dev/acme-server"
+COPIED_ANNOTATIONS = (ISSUED_BY_JOB_ANNOTATION, ISSUED_BY_SERVER_ANNOTATION)
 # The version of a pod template: a hash of everything else in it. Carried by
 # the Deployment's template, so its ReplicaSets and pods say which they run.
 VERSION_LABEL = "blog.daedalus.dev/version"
@@ -366,6 +367,32 @@ def render_nginx_config_map(site: SiteRef, spec: models.BlogSiteSpec) -> dict[st
         "metadata": metadata,
         "immutable": True,
         "data": {"nginx.conf": conf},
+    }
+
+
+def last_issued_secret_name(site_name: str) -> str:
+    """A copy of the last certificate an order issued: NAME-tls is put back
+    from it when NAME-tls is deleted or damaged, instead of a placeholder."""
+    return f"{site_name}-tls-last-issued"
+
+
+def render_tls_copy(site: SiteRef, name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """The certificate of the Secret `source` under `name`, with what says
+    where it came from. Without an owner, as an issued NAME-tls."""
+    metadata = _metadata(site, Component.FRONTEND)
+    metadata["name"] = name
+    del metadata["ownerReferences"]
+    annotations = (source.get("metadata") or {}).get("annotations") or {}
+    kept = {k: annotations[k] for k in COPIED_ANNOTATIONS if k in annotations}
+    if kept:
+        metadata["annotations"] = kept
+    data = source.get("data") or {}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata,
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": data["tls.crt"], "tls.key": data["tls.key"]},
     }
 
 
