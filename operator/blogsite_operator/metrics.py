@@ -45,6 +45,13 @@ class Metrics:
             site,
             registry=r,
         )
+        self.certificate_placeholder = Gauge(
+            f"{PREFIX}_certificate_placeholder_status",
+            "1 while a site serves the operator's self-signed placeholder (no certificate "
+            "issued yet), 0 while it serves a real one.",
+            site,
+            registry=r,
+        )
         self.certificate_ready = Gauge(
             f"{PREFIX}_certificate_ready_status",
             "A site's CertificateReady condition: 1 for its current status, 0 for the others.",
@@ -139,21 +146,38 @@ class Metrics:
 
     def observe_site(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """The per-site series, from the status the pass wrote (or kept)."""
-        certificate = status.get("certificate") or {}
         conditions = {c["type"]: c.get("status", "Unknown") for c in status.get("conditions") or []}
+        self._observe_certificate(namespace, name, status.get("certificate") or {})
+        self._observe_conditions(namespace, name, conditions)
+        for component, entry in (status.get("components") or {}).items():
+            failed = entry.get("failedVersion")
+            reverted = (
+                bool(failed) and entry.get("version") == entry.get("lastGoodVersion") != failed
+            )
+            self.reverted.labels(namespace, name, component).set(int(reverted))
+
+    def _observe_certificate(self, namespace: str, name: str, certificate: dict[str, Any]) -> None:
+        placeholder = bool(certificate.get("placeholder"))
         for gauge, field in (
             (self.certificate_expiration, "notAfter"),
             (self.certificate_renewal, "renewalTime"),
         ):
-            seconds = _unix_time(certificate.get(field))
+            # A placeholder's 90 days say nothing of when users see an error.
+            seconds = None if placeholder else _unix_time(certificate.get(field))
             if seconds is None:
                 _remove(gauge, namespace, name)
             else:
                 gauge.labels(namespace, name).set(seconds)
+        if certificate:
+            self.certificate_placeholder.labels(namespace, name).set(int(placeholder))
+        else:
+            _remove(self.certificate_placeholder, namespace, name)
+
+    def _observe_conditions(self, namespace: str, name: str, conditions: dict[str, str]) -> None:
         if "CertificateReady" in conditions:
             for value in CONDITION_STATUSES:
-                current = conditions["CertificateReady"] == value
-                self.certificate_ready.labels(namespace, name, value).set(int(current))
+                is_current = conditions["CertificateReady"] == value
+                self.certificate_ready.labels(namespace, name, value).set(int(is_current))
         else:
             for value in CONDITION_STATUSES:
                 _remove(self.certificate_ready, namespace, name, value)
@@ -163,16 +187,14 @@ class Metrics:
         for labels in _series_of(self.site_condition, namespace, name):
             if labels[2] not in conditions:  # a condition the site no longer has
                 self.site_condition.remove(*labels)
-        for component, entry in (status.get("components") or {}).items():
-            failed = entry.get("failedVersion")
-            reverted = (
-                bool(failed) and entry.get("version") == entry.get("lastGoodVersion") != failed
-            )
-            self.reverted.labels(namespace, name, component).set(int(reverted))
 
     def forget_site(self, namespace: str, name: str) -> None:
         """A deleted site leaves no series behind."""
-        for gauge in (self.certificate_expiration, self.certificate_renewal):
+        for gauge in (
+            self.certificate_expiration,
+            self.certificate_renewal,
+            self.certificate_placeholder,
+        ):
             _remove(gauge, namespace, name)
         for metric in (self.certificate_ready, self.site_condition, self.reverted):
             for labels in _series_of(metric, namespace, name):

@@ -136,3 +136,17 @@ def test_a_condition_the_site_no_longer_has_leaves_no_series() -> None:
     metrics.observe_site("blogs", "lethain", without_tls)
     types = {dict(labels)["type"] for labels in samples(metrics, "blogsite_site_condition")}
     assert types == {"Ready"}
+
+
+def test_a_placeholder_is_a_series_of_its_own_and_has_no_expiry() -> None:
+    metrics = Metrics()
+    placeholder = {"certificate": {"notAfter": "2027-03-01T00:00:00Z", "placeholder": True}}
+    metrics.observe_site("blogs", "new", placeholder)
+    site = (("name", "new"), ("namespace", "blogs"))
+    assert samples(metrics, "blogsite_certificate_placeholder_status") == {site: 1.0}
+    assert samples(metrics, "blogsite_certificate_expiration_timestamp_seconds") == {}
+    metrics.observe_site("blogs", "new", STATUS)
+    assert samples(metrics, "blogsite_certificate_placeholder_status") == {site: 0.0}
+    assert samples(metrics, "blogsite_certificate_expiration_timestamp_seconds") == {
+        site: 1798761600.0
+    }
