@@ -21,7 +21,12 @@ from kubernetes.utils import parse_quantity
 
 from blogsite_operator import certs, models
 from blogsite_operator.certs import CertificateInfo
-from blogsite_operator.issuance.driver import RENEW_ANNOTATION, Issuer, drive_acme
+from blogsite_operator.issuance.driver import (
+    ACME_MEMORY_FIELDS,
+    RENEW_ANNOTATION,
+    Issuer,
+    drive_acme,
+)
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
     needs_placeholder,
@@ -66,7 +71,7 @@ from blogsite_operator.render.site import (
     tls_secret_name,
     with_nginx_config,
 )
-from blogsite_operator.rollouts import RETRY_ANNOTATION, gate_deployments
+from blogsite_operator.rollouts import RETRY_ANNOTATION, ROLLOUT_MEMORY_FIELDS, gate_deployments
 from blogsite_operator.timestamps import format_time
 
 logger = logging.getLogger("blogsite_operator")
@@ -234,25 +239,48 @@ def next_status(
         ),
     ]
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": conditions}
-    if spec is not None:
+    if spec is None:
+        # Nothing was decided about the rest: it stays as the status says it,
+        # conditions with the generation they were computed for.
+        decided = {c["type"] for c in conditions}
+        conditions.extend(c for t, c in old_conditions.items() if t not in decided)
+        for key in ("primaryDomain", "url", "externalAddresses"):
+            status[key] = previous.get(key)
+    else:
         scheme = "https" if spec.tls is not None else "http"
         status["primaryDomain"] = spec.primary_domain
         status["url"] = f"{scheme}://{spec.primary_domain}/"
+        status["externalAddresses"] = external_addresses(frontend_service)
+    status["components"] = _components(deployments, previous, rollout_memory)
+    status["certificate"] = certificate
+    return status
+
+
+def _components(
+    deployments: dict[Component, dict[str, Any] | None],
+    previous: dict[str, Any],
+    rollout_memory: dict[str, dict[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    """Each component's facts, and its rollout memory: as the gate decided it,
+    else as the status remembers it (an invalid spec, a Deployment deleted)."""
     components = {}
     for component, deployment in deployments.items():
         facts = component_facts(component, deployment)
+        memory = (rollout_memory or {}).get(component.value)
+        if memory is None:
+            remembered = (previous.get("components") or {}).get(component.value) or {}
+            memory = {k: v for k, v in remembered.items() if k in ROLLOUT_MEMORY_FIELDS}
         if facts.exists:
             components[component.value] = {
                 "image": facts.image,
                 "replicas": facts.replicas,
                 "readyReplicas": facts.ready_replicas,
                 "availableReplicas": facts.available_replicas,
-                **(rollout_memory or {}).get(component.value, {}),
+                **memory,
             }
-    status["components"] = components
-    status["certificate"] = certificate
-    status["externalAddresses"] = external_addresses(frontend_service)
-    return status
+        elif any(v is not None for v in memory.values()):
+            components[component.value] = memory
+    return components
 
 
 def external_addresses(service: dict[str, Any] | None) -> list[str]:
@@ -327,10 +355,13 @@ def reconcile_site(
     spec, reconciled = _parse(site)
 
     extra_conditions: dict[str, Verdict] = {}
-    certificate_status: dict[str, Any] | None = None
-    rollout_memory: dict[str, dict[str, Any]] = {}
+    # Memory (status.certificate, rollout memory) stays as it is unless a
+    # branch of this pass decides it: an invalid spec decides nothing.
+    certificate_status: dict[str, Any] | None = previous_status.get("certificate")
+    rollout_memory: dict[str, dict[str, Any]] | None = None
     rollout_retry: str | None = previous_status.get("rolloutRetry")
     if spec is not None:
+        certificate_status = None  # no TLS: no certificate; with TLS, decided below
         served = _ensure_tls_secret(api, ref, spec, outcome, issuer, now)
         facts = SiteFacts(tls_certificate_hash=served.certificate_hash if served else None)
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
@@ -369,22 +400,7 @@ def reconcile_site(
         outcome.requeue_after = min(
             (t for t in (gate.requeue_after, acme_requeue) if t is not None), default=None
         )
-        if outcome.conflicts:
-            reconciled = Verdict(
-                CONDITION_FALSE,
-                "NameConflict",
-                "left untouched because another owner has them: "
-                + ", ".join(outcome.conflicts)
-                + "; delete or rename them, or rename this BlogSite",
-            )
-        elif outcome.leftovers:
-            reconciled = Verdict(
-                CONDITION_FALSE,
-                "WaitingForCleanup",
-                "the deleted BlogSite of this name still owns "
-                + ", ".join(outcome.leftovers)
-                + "; waiting for the garbage collector to remove them",
-            )
+        reconciled = _reconciled(outcome, reconciled)
 
     deployments = {
         c: api.get_child("Deployment", namespace, child_name(name, c)) for c in COMPONENTS
@@ -425,6 +441,27 @@ def reconcile_site(
     return outcome
 
 
+def _reconciled(outcome: Outcome, applied: Verdict) -> Verdict:
+    """Reconciled: Applied, unless an object was in the way."""
+    if outcome.conflicts:
+        return Verdict(
+            CONDITION_FALSE,
+            "NameConflict",
+            "left untouched because another owner has them: "
+            + ", ".join(outcome.conflicts)
+            + "; delete or rename them, or rename this BlogSite",
+        )
+    if outcome.leftovers:
+        return Verdict(
+            CONDITION_FALSE,
+            "WaitingForCleanup",
+            "the deleted BlogSite of this name still owns "
+            + ", ".join(outcome.leftovers)
+            + "; waiting for the garbage collector to remove them",
+        )
+    return applied
+
+
 def _post_best_effort(api: ClusterApi, site: dict[str, Any], event: Event) -> None:
     """An Event is news, not state: a refused one (429, a timeout) is logged
     and the pass goes on, so what the status now records is acknowledged."""
@@ -458,8 +495,12 @@ def _certificate(
         now=now,
     )
     acme = spec.tls.acme if spec.tls is not None else None
-    if issuer is None or acme is None or f"Secret {served.secret_name}" in outcome.conflicts:
+    if acme is None:
         return verdict, status, None
+    if issuer is None or f"Secret {served.secret_name}" in outcome.conflicts:
+        # Nothing about ACME was decided: its memory stays as it was.
+        kept = {k: v for k, v in (previous or {}).items() if k in ACME_MEMORY_FIELDS}
+        return verdict, {**(status or {}), **kept}, None
     answers = api.get_child("ConfigMap", ref.namespace, challenges_config_map_name(ref.name))
     driven = drive_acme(
         issuer,

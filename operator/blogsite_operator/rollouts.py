@@ -42,6 +42,10 @@ RETRY_ANNOTATION = "blog.daedalus.dev/retry-rollout"
 # Lease) cannot make the next pass forget it and apply the bad version again.
 FAILED_VERSION_ANNOTATION = "blog.daedalus.dev/failed-version"
 FAILED_REASON_ANNOTATION = "blog.daedalus.dev/failed-reason"
+# What status.components.<component> remembers (rather than reports).
+ROLLOUT_MEMORY_FIELDS = frozenset(
+    {"version", "lastGoodVersion", "failedVersion", "failedReason", "failedAt"}
+)
 # Pod events drive most checks; a pod that never becomes Ready produces none,
 # so a pass in flight is repeated when its oldest unready pod reaches the
 # ready timeout, and at least this often.

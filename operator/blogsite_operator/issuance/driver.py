@@ -29,6 +29,19 @@ from blogsite_operator.settings import AcmeSettings
 from blogsite_operator.timestamps import ceil_second, format_time, parse_time
 
 RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
+# What status.certificate remembers of ACME (rather than reports).
+ACME_MEMORY_FIELDS = frozenset(
+    {
+        "failedAttempts",
+        "nextAttempt",
+        "lastFailure",
+        "renewalInfo",
+        "renewalRequest",
+        "issuedBy",
+        "lastJob",
+        "renewalTime",
+    }
+)
 
 
 class Issuer(Protocol):
