@@ -592,6 +592,22 @@ class TestRenewalRequest:
 
 
 class TestNothingIsLost:
+    def test_an_order_for_a_request_whose_status_write_failed_is_not_repeated(self) -> None:
+        issuer = FakeIssuer()
+        drive(issuer, issued(), renew_request="please", status_written=False)
+        assert issuer.jobs == [issue_job()]
+        # The status never recorded the request; the order ends.
+        issuer.running = False
+        served = issued()
+        issuer.result = JobResult(
+            issuer.jobs[0], NOW, serial=serial_of(served), not_after=NOW + datetime.timedelta(80)
+        )
+        outcome = drive(issuer, served, renew_request="please")
+        assert outcome.fields["renewalRequest"] == "please"
+        assert [type(job) for job in issuer.jobs] == [IssueJob]
+        drive(issuer, served, previous=status_after(outcome), renew_request="please")
+        assert [type(job) for job in issuer.jobs] == [IssueJob, RenewalInfoJob]
+
     def test_a_result_is_folded_again_when_the_status_write_failed(self) -> None:
         down = JobResult(issue_job(), NOW, error=IssuanceError("AcmeServerUnreachable", "down"))
         issuer = FakeIssuer(result=down)

@@ -106,7 +106,11 @@ def drive_acme(
         pass  # the next pass (new Secret, or new answers ConfigMap) decides
     elif not busy and due:
         if requested or state.next_attempt is None or state.next_attempt <= now:
-            issuer.submit(IssueJob(site, tuple(names), acme))
+            issuer.submit(
+                IssueJob(
+                    site, tuple(names), acme, renewal_request=renew_request if requested else None
+                )
+            )
             busy = True
             if requested:
                 state.renewal_request = renew_request
@@ -200,6 +204,8 @@ class _State:
             kept = known.renewal_time if known and known.serial == result.job.serial else None
             self.renewal_info = RenewalInfo(result.job.serial, kept, retry)
             return [("Warning", error.reason, error.message)]
+        if result.job.renewal_request is not None:
+            self.renewal_request = result.job.renewal_request
         if error is not None and error.reason == "Superseded":
             return []  # not a failure: the next pass orders for what the spec says now
         if error is None:

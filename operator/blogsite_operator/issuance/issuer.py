@@ -76,6 +76,9 @@ class IssueJob:
     names: tuple[str, ...]
     acme: models.Acme
     id: str = field(default_factory=new_job_id, compare=False)  # written on the Secret it issues
+    # The renew annotation's value this order answers: taken into status with
+    # the result, so an order whose first status write failed is not repeated.
+    renewal_request: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
