@@ -17,6 +17,7 @@ from blogsite_operator import models
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
 from blogsite_operator.policies.rollout import (
     HEALTHY,
+    Decision,
     Health,
     RolloutThresholds,
     VersionMemory,
@@ -228,9 +229,12 @@ def gate_deployments(
         result.memory[component.value] = _remembered(
             version_of(chosen), decision.memory, previous_components.get(component.value), now
         )
-        if decision.event is not None:
-            result.events.append(decision.event)
-            if decision.event[1] == "RolledBack":
+        event = decision.event or _unrecorded_failure(
+            decision, previous_components.get(component.value) or {}
+        )
+        if event is not None:
+            result.events.append(event)
+            if event[1] == "RolledBack":
                 why = (decision.memory.failed_reason or "Unknown").split(":", 1)[0]
                 result.reverts.append((component.value, why))
         status, reason, message = decision.condition
@@ -250,6 +254,21 @@ def gate_deployments(
     elif progressing:
         result.condition = Verdict(CONDITION_TRUE, "Progressing", "; ".join(progressing))
     return result
+
+
+def _unrecorded_failure(
+    decision: Decision, recorded: dict[str, Any]
+) -> tuple[str, str, str] | None:
+    """The Event of a failure the Deployment records but the status does not:
+    its first pass failed after the revert (a 409, a crash), and the Event
+    was never posted."""
+    status, reason, message = decision.condition
+    failed = decision.memory.failed
+    if failed is None or failed == recorded.get("failedVersion"):
+        return None
+    if status == CONDITION_TRUE or reason not in ("RolledBack", "RolloutFailed"):
+        return None
+    return ("Warning", reason, message)
 
 
 def _remembered(

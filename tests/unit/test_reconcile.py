@@ -764,6 +764,8 @@ def test_a_revert_whose_status_write_fails_is_not_undone_by_the_next_pass() -> N
     assert api.status["components"]["daedalus"]["failedVersion"] is not None
     rollout = next(c for c in api.status["conditions"] if c["type"] == "RolloutHealthy")
     assert rollout["reason"] == "RolledBack"
+    # Its Event, never posted by the pass whose status write failed, comes now.
+    assert [r for _, r, _ in api.events].count("RolledBack") == 1
 
 
 def run_frontend_pods(api: MemoryApi, count: int) -> None:

@@ -10,14 +10,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import certs
+from blogsite_operator.issuance.driver import RENEW_ANNOTATION
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
 from blogsite_operator.issuance.protocol import directory_url
 from blogsite_operator.policies.certificate import RenewalInfo
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render import RenderSettings
-from blogsite_operator.render.site import render_tls_secret
+from blogsite_operator.render.site import render_tls_secret, version_of
 from blogsite_operator.settings import AcmeSettings
 from tests.unit.test_acme_driver import ca_signed
 from tests.unit.test_reconcile import REF, TODAY, RollingApi, site
@@ -168,3 +170,137 @@ def test_rollout_memory_survives_its_deployment_taken_by_another_owner() -> None
     assert reconciled["reason"] == "NameConflict"
     for key in ("lastGoodVersion", "failedVersion"):
         assert at(api.status, ("components", "daedalus", key)) == remembered.get(key)
+
+
+# --- fault injection: API call N of a pass that applies, reverts and orders fails --
+
+
+class FaultyApi(RollingApi):
+    """Counts the pass's API calls; call number `fail_at` raises (a 500)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.fail_at: int | None = None
+        self.failed: str | None = None
+        self.bad_applies = 0
+
+    def _call(self, what: str) -> None:
+        self.calls.append(what)
+        if len(self.calls) == self.fail_at:
+            self.failed = what
+            raise ApiException(status=500, reason=f"injected failure of {what}")
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call(f"get {kind}")
+        return super().get(kind, namespace, name)
+
+    def get_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self._call(f"get_child {kind}")
+        return super().get_child(kind, namespace, name)
+
+    def list_objects(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        self._call(f"list {kind}")
+        return super().list_objects(kind, namespace, label_selector)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        self._call(f"apply {obj['kind']}")
+        if obj["kind"] == "Deployment" and "d:bad" in str(obj["spec"]["template"]):
+            self.bad_applies += 1
+        return super().apply(obj)
+
+    def apply_if_absent(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        self._call(f"create {obj['kind']}")
+        return super().apply_if_absent(obj)
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        self._call(f"delete {kind}")
+        super().delete(kind, namespace, name, uid)
+
+    def patch_blogsite_status(
+        self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
+    ) -> None:
+        self._call("patch status")
+        super().patch_blogsite_status(namespace, name, resource_version, status)
+
+    def post_event(self, site: dict[str, Any], event_type: str, reason: str, message: str) -> None:
+        self._call(f"event {reason}")
+        super().post_event(site, event_type, reason, message)
+
+
+def body(image: str, status: dict[str, Any] | None, renew: str | None = None) -> dict[str, Any]:
+    site_body = site(status=status, tls=ACME, daedalus={"image": image})
+    if renew is not None:
+        site_body["metadata"]["annotations"] = {RENEW_ANNOTATION: renew}
+    return site_body
+
+
+def converge(api: FaultyApi, issuer: FakeIssuer, image: str, renew: str | None = None) -> None:
+    for _ in range(6):
+        outcome = reconcile_site(api, body(image, api.status, renew), SETTINGS, issuer=issuer)
+        if not (outcome.applied or outcome.status_written):
+            return
+    raise AssertionError("no pass without writes")
+
+
+def before_the_pass() -> tuple[FaultyApi, FakeIssuer, str]:
+    """A certified site whose daedalus rolled out a version that crash-loops."""
+    api, issuer = FaultyApi(), FakeIssuer()
+    reconcile_site(api, body("d:1", None), SETTINGS, issuer=issuer)  # the first order
+    issuer.finish(api)
+    converge(api, issuer, "d:1")
+    good = version_of(api.objects[("Deployment", "ns", "blog-daedalus")])
+    assert good is not None
+    reconcile_site(api, body("d:bad", api.status), SETTINGS, issuer=issuer)  # it goes out
+    assert api.bad_applies == 1
+    api.calls, api.bad_applies, api.events = [], 0, []
+    return api, issuer, good
+
+
+def the_pass_and_after(api: FaultyApi, issuer: FakeIssuer, fail_at: int | None) -> str | None:
+    """The pass that reverts daedalus and orders (a renewal is asked for), with
+    call `fail_at` failing; then clean passes, the order finishing between."""
+    api.fail_at = fail_at
+    try:
+        reconcile_site(api, body("d:bad", api.status, "renew-1"), SETTINGS, issuer=issuer)
+    except ApiException:
+        assert api.failed is not None
+    api.fail_at = None
+    reconcile_site(api, body("d:bad", api.status, "renew-1"), SETTINGS, issuer=issuer)
+    serial = issuer.finish(api) if issuer.running is not None else None
+    converge(api, issuer, "d:bad", "renew-1")
+    return serial
+
+
+def test_a_pass_failing_at_any_api_call_loses_nothing_and_repeats_nothing() -> None:
+    api, issuer, good = before_the_pass()
+    reference_api, reference_issuer = copy.deepcopy(api), copy.deepcopy(issuer)
+    reference_api.fail_at = None
+    reconcile_site(
+        reference_api, body("d:bad", api.status, "renew-1"), SETTINGS, issuer=reference_issuer
+    )
+    calls = len(reference_api.calls)
+    assert "apply Deployment" in reference_api.calls  # the revert
+    assert len(reference_issuer.jobs) == 2  # the order
+    assert calls > 20
+    for fail_at in range(1, calls + 1):
+        faulty, faulty_issuer = copy.deepcopy(api), copy.deepcopy(issuer)
+        serial = the_pass_and_after(faulty, faulty_issuer, fail_at)
+        what = f"call {fail_at} ({faulty.failed}) failed"
+        status = faulty.status
+        daedalus = at(status, ("components", "daedalus"))
+        assert faulty.bad_applies == 0, f"{what}: the bad version went out again"
+        assert version_of(faulty.objects[("Deployment", "ns", "blog-daedalus")]) == good, what
+        assert daedalus["lastGoodVersion"] == good, what
+        assert daedalus["failedVersion"] not in (None, good), what
+        assert daedalus["failedReason"].startswith("PodsFailing"), what
+        assert len(faulty_issuer.jobs) == 2, f"{what}: ordered {len(faulty_issuer.jobs) - 1}x"
+        assert status is not None
+        certificate = status["certificate"]
+        assert certificate["renewalRequest"] == "renew-1", what
+        assert certificate["lastJob"] == faulty_issuer.jobs[-1].id, what
+        assert certificate["issuedBy"]["serialNumber"] == serial, what
+        assert certificate.get("failedAttempts") is None, what
+        reverted = [r for _, r, _ in faulty.events if r == "RolledBack"]
+        lost = faulty.failed == "event RolledBack"  # an Event is best effort
+        assert len(reverted) == (0 if lost else 1), f"{what}: {len(reverted)} RolledBack Events"
