@@ -69,6 +69,7 @@ from blogsite_operator.render.site import (
     render_tls_copy,
     render_tls_secret,
     tls_secret_name,
+    upstream_services,
     with_nginx_config,
 )
 from blogsite_operator.rollouts import RETRY_ANNOTATION, ROLLOUT_MEMORY_FIELDS, gate_deployments
@@ -112,6 +113,8 @@ class Outcome:
     """What one pass did, for logs and tests."""
 
     applied: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # of `applied`, for the Events
+    updated: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     # Children of a deleted BlogSite of the same name, not yet collected.
@@ -363,7 +366,11 @@ def reconcile_site(
     if spec is not None:
         certificate_status = None  # no TLS: no certificate; with TLS, decided below
         served = _ensure_tls_secret(api, ref, spec, outcome, issuer, now)
-        facts = SiteFacts(tls_certificate_hash=served.certificate_hash if served else None)
+        services, upstreams = _ensure_upstreams(api, ref, spec, settings, outcome)
+        facts = SiteFacts(
+            tls_certificate_hash=served.certificate_hash if served else None,
+            upstream_addresses=upstreams,
+        )
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
         objects, extra_conditions["ConfigValid"] = _gate_nginx_config(
@@ -384,7 +391,8 @@ def reconcile_site(
         outcome.events.extend(Event(*event) for event in gate.events)
         outcome.reverts.extend(gate.reverts)
         rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
-        _apply_all(api, ref, desired, outcome)
+        _apply_all(api, ref, [o for o in desired if o not in services], outcome)
+        outcome.events.extend(_apply_events(outcome))
         _prune(api, ref, desired, outcome)
         acme_requeue: float | None = None
         if served is not None:
@@ -638,8 +646,6 @@ def _apply_all(
     api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome
 ) -> None:
     """Apply each object whose live fields differ; never touch another owner's."""
-    created: list[str] = []
-    updated: list[str] = []
     for unstamped in desired:
         obj = stamp_applied_hash(unstamped)
         kind, child = obj["kind"], obj["metadata"]["name"]
@@ -647,7 +653,7 @@ def _apply_all(
         if live is None:
             if api.apply_if_absent(obj) is not None:
                 outcome.applied.append(f"{kind} {child}")
-                created.append(f"{kind} {child}")
+                outcome.created.append(f"{kind} {child}")
                 continue
             # Something of that name is in the way that is not known as ours.
             live = api.get(kind, ref.namespace, child)
@@ -661,10 +667,41 @@ def _apply_all(
             continue
         api.apply(obj)
         outcome.applied.append(f"{kind} {child}")
-        (created if live is None else updated).append(f"{kind} {child}")
-    for verb, objects in (("Created", created), ("Updated", updated)):
-        if objects:
-            outcome.events.append(Event("Normal", verb, f"{verb} {', '.join(objects)}"))
+        (outcome.created if live is None else outcome.updated).append(f"{kind} {child}")
+
+
+def _apply_events(outcome: Outcome) -> list[Event]:
+    """One Event for what a pass created and one for what it changed."""
+    return [
+        Event("Normal", verb, f"{verb} {', '.join(objects)}")
+        for verb, objects in (("Created", outcome.created), ("Updated", outcome.updated))
+        if objects
+    ]
+
+
+def _ensure_upstreams(
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    settings: RenderSettings,
+    outcome: Outcome,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Apply the Services the frontend proxies to before anything else, so a
+    new site's frontend starts knowing their addresses (no second rollout).
+
+    Returns them, and their addresses as "daedalus=IP,cert-refresh=IP" (None
+    while one is not this site's or has no address yet).
+    """
+    services = upstream_services(ref, spec, settings)
+    _apply_all(api, ref, services, outcome)
+    addresses = []
+    for service in services:
+        live = api.get_child("Service", ref.namespace, service["metadata"]["name"])
+        address = ((live or {}).get("spec") or {}).get("clusterIP")
+        if not address or live is None or not is_owned_by(live, ref.uid):
+            return services, None
+        addresses.append(f"{_component_of(service).value}={address}")
+    return services, ",".join(addresses)
 
 
 def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome) -> None:

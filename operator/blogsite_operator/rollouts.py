@@ -27,7 +27,7 @@ from blogsite_operator.policies.rollout import (
     rollout_health,
 )
 from blogsite_operator.render.site import (
-    TLS_HASH_ANNOTATION,
+    NOT_VERSIONED_ANNOTATIONS,
     VERSION_LABEL,
     Component,
     SiteRef,
@@ -147,7 +147,8 @@ def _template_of_version(
     api: RolloutApi, ref: SiteRef, component: Component, version: str, desired: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The pod template of `version`, from a ReplicaSet that ran it, with the
-    desired template's certificate: a revert never brings an old one back."""
+    desired template's certificate and upstream addresses: a revert never
+    brings an old certificate or a dead address back."""
     labels = {**selector_labels(ref.name, component), VERSION_LABEL: version}
     for replica_set in api.list_objects("ReplicaSet", ref.namespace, label_selector(labels)):
         template = copy.deepcopy(replica_set["spec"]["template"])
@@ -155,12 +156,11 @@ def _template_of_version(
         metadata.get("labels", {}).pop("pod-template-hash", None)
         metadata.pop("creationTimestamp", None)
         annotations = {**(metadata.get("annotations") or {})}
-        annotations.pop(TLS_HASH_ANNOTATION, None)
-        certificate = (desired["spec"]["template"]["metadata"].get("annotations") or {}).get(
-            TLS_HASH_ANNOTATION
-        )
-        if certificate is not None:
-            annotations[TLS_HASH_ANNOTATION] = certificate
+        today = desired["spec"]["template"]["metadata"].get("annotations") or {}
+        for not_versioned in NOT_VERSIONED_ANNOTATIONS:
+            annotations.pop(not_versioned, None)
+            if not_versioned in today:
+                annotations[not_versioned] = today[not_versioned]
         if annotations:
             metadata["annotations"] = annotations
         else:

@@ -31,7 +31,12 @@ import yaml
 from cryptography import x509
 
 from blogsite_operator import certs
-from blogsite_operator.render.site import FRONTEND_HTTPS_PORT, TLS_HASH_ANNOTATION, VERSION_LABEL
+from blogsite_operator.render.site import (
+    FRONTEND_HTTPS_PORT,
+    TLS_HASH_ANNOTATION,
+    UPSTREAMS_ANNOTATION,
+    VERSION_LABEL,
+)
 from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration.conftest import Kubectl, cluster_env
 from tests.pebble import Pebble, running_pebble
@@ -1061,6 +1066,55 @@ def test_a_deleted_tls_secret_is_put_back_and_clients_keep_the_issued_certificat
         f"real node: TLS Secret deleted; {len(served)} TLS handshakes over 20 s all got serial "
         f"{serial:x}, no frontend pod replaced"
     )
+
+
+def cluster_ip(kubectl: Kubectl, namespace: str, service: str) -> str | None:
+    if not kubectl.exists("service", service, namespace):
+        return None
+    address: str = kubectl.json("get", "service", service, "-n", namespace)["spec"]["clusterIP"]
+    return address
+
+
+def test_a_daedalus_service_created_again_is_reached_again_within_seconds(
+    kubectl: Kubectl, served_site: ServedSite
+) -> None:
+    """nginx resolves its upstreams when it starts: a Service created again
+    with a new ClusterIP rolls the frontend (see the README)."""
+    site = served_site
+    service = f"{SITE}-daedalus"
+    before = cluster_ip(kubectl, site.namespace, service)
+    with site.traffic() as traffic:
+        deleted_at = time.monotonic()
+        kubectl.run("delete", "service", service, "-n", site.namespace)
+        after = wait_for(
+            lambda: (address := cluster_ip(kubectl, site.namespace, service)) != before and address,
+            what="the daedalus Service created again",
+        )
+        wait_for(
+            lambda: (
+                f"daedalus={after}"
+                in (
+                    (
+                        template := deployment(kubectl, site.namespace, "frontend")["spec"][
+                            "template"
+                        ]
+                    )["metadata"].get("annotations")
+                    or {}
+                ).get(UPSTREAMS_ANNOTATION, "")
+                and frontend_replaced(kubectl, site.namespace, template)
+            ),
+            timeout=120,
+            interval=0.5,
+            what="the frontend rolled out knowing the new address",
+        )
+        recovered = time.monotonic() - deleted_at
+    FIGURES.append(
+        f"real node: daedalus Service deleted, created again ({before} -> {after}); the frontend "
+        f"rolled out with it {recovered:.1f}s after the deletion; traffic: {traffic.summary()}"
+    )
+    with site.traffic() as traffic:
+        wait_for(lambda: traffic.sent >= 40, what="40 requests after the rollout")
+    assert not traffic.failures, traffic.summary()
 
 
 # --- high availability, upgrade and uninstall, under traffic -----------------

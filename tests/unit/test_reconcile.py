@@ -22,6 +22,7 @@ from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import (
     MANAGED_BY,
     TLS_HASH_ANNOTATION,
+    UPSTREAMS_ANNOTATION,
     Component,
     SiteFacts,
     SiteRef,
@@ -890,3 +891,42 @@ class TestLastIssuedCopy:
         reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
         assert api.status is not None
         assert api.status["certificate"]["placeholder"] is True
+
+
+class AddressingApi(MemoryApi):
+    """Gives every Service it creates a new ClusterIP, as the API server does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.next_address = 1
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
+        address = (self.objects.get(key) or {}).get("spec", {}).get("clusterIP")
+        live = super().apply(obj)
+        if obj["kind"] == "Service":
+            if address is None:
+                address, self.next_address = f"198.19.0.{self.next_address}", self.next_address + 1
+            live["spec"]["clusterIP"] = address
+        return live
+
+
+def test_a_service_created_again_with_a_new_address_rolls_the_frontend_as_the_same_version() -> (
+    None
+):
+    api = AddressingApi()
+    reconcile_site(api, site(), RenderSettings())
+    frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+    addresses = frontend["spec"]["template"]["metadata"]["annotations"][UPSTREAMS_ANNOTATION]
+    assert addresses == "daedalus=198.19.0.1,cert-refresh=198.19.0.2"  # from its first pass
+
+    del api.objects[("Service", "ns", "blog-daedalus")]
+    outcome = reconcile_site(api, site(status=api.status), RenderSettings())
+    assert "Deployment blog-frontend" in outcome.applied
+    rolled = api.objects[("Deployment", "ns", "blog-frontend")]
+    new_address = api.objects[("Service", "ns", "blog-daedalus")]["spec"]["clusterIP"]
+    assert new_address != "198.19.0.1"
+    assert rolled["spec"]["template"]["metadata"]["annotations"][UPSTREAMS_ANNOTATION] == (
+        f"daedalus={new_address},cert-refresh=198.19.0.2"
+    )
+    assert version_of(rolled) == version_of(frontend)

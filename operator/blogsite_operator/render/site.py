@@ -33,6 +33,10 @@ PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
 # can serve every site of a cluster (`challenge-server --selector`).
 CHALLENGES_LABEL = "blog.daedalus.dev/acme-http01-of"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
+UPSTREAMS_ANNOTATION = "blog.daedalus.dev/upstream-addresses"
+# Facts of the frontend's pod template that roll it without making a new
+# version: a revert keeps today's values (see template_version).
+NOT_VERSIONED_ANNOTATIONS = (TLS_HASH_ANNOTATION, UPSTREAMS_ANNOTATION)
 ISSUED_BY_JOB_ANNOTATION = "blog.daedalus.dev/acme-job"
 ISSUED_BY_SERVER_ANNOTATION = "blog.daedalus.dev/acme-server"
 COPIED_ANNOTATIONS = (ISSUED_BY_JOB_ANNOTATION, ISSUED_BY_SERVER_ANNOTATION)
@@ -66,6 +70,10 @@ class SiteFacts:
     # sha256 of the served tls.crt: a new certificate changes the pod template,
     # so nginx picks it up through an ordinary (health-gated) rollout.
     tls_certificate_hash: str | None = None
+    # The ClusterIPs of the daedalus and cert-refresh Services ("daedalus=IP,
+    # cert-refresh=IP"): nginx resolves upstream names once, when it starts,
+    # so a Service created again with a new address rolls the frontend.
+    upstream_addresses: str | None = None
 
 
 @dataclass(frozen=True)
@@ -517,9 +525,13 @@ def render_frontend(
     )
     if init_containers:
         deployment["spec"]["template"]["spec"]["initContainers"] = init_containers
-    if facts.tls_certificate_hash is not None:
+    not_versioned = {
+        TLS_HASH_ANNOTATION: facts.tls_certificate_hash,
+        UPSTREAMS_ANNOTATION: facts.upstream_addresses,
+    }
+    if any(not_versioned.values()):
         deployment["spec"]["template"]["metadata"]["annotations"] = {
-            TLS_HASH_ANNOTATION: facts.tls_certificate_hash
+            k: v for k, v in not_versioned.items() if v
         }
     return [
         config_map,
@@ -705,7 +717,8 @@ def template_version(template: dict[str, Any]) -> str:
     labels.pop(VERSION_LABEL, None)
     metadata["labels"] = labels
     annotations = dict(metadata.pop("annotations", None) or {})
-    annotations.pop(TLS_HASH_ANNOTATION, None)
+    for not_versioned in NOT_VERSIONED_ANNOTATIONS:
+        annotations.pop(not_versioned, None)
     if annotations:
         metadata["annotations"] = annotations
     unlabelled = {**template, "metadata": metadata}
@@ -725,6 +738,17 @@ def version_of(deployment: dict[str, Any] | None) -> str | None:
     labels = ((deployment["spec"].get("template") or {}).get("metadata") or {}).get("labels") or {}
     version = labels.get(VERSION_LABEL)
     return str(version) if version is not None else None
+
+
+def upstream_services(
+    site: SiteRef, spec: models.BlogSiteSpec, settings: RenderSettings | None = None
+) -> list[dict[str, Any]]:
+    """The Services the frontend proxies to, as render_site renders them."""
+    objects = [
+        *render_daedalus(site, spec),
+        *render_cert_refresh(site, settings or RenderSettings()),
+    ]
+    return [o for o in objects if o["kind"] == "Service"]
 
 
 def render_site(
