@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 import zlib
@@ -29,7 +30,7 @@ from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.issuance.issuer import CertificateIssuer
 from blogsite_operator.metrics import METRICS
 from blogsite_operator.nginx_check import NginxChecker
-from blogsite_operator.reconcile import reconcile_site
+from blogsite_operator.reconcile import Outcome, reconcile_site
 from blogsite_operator.render.site import MANAGED_BY
 from blogsite_operator.scheduling import PassSlots
 from blogsite_operator.settings import OperatorSettings
@@ -62,6 +63,22 @@ WATCHED_CHILDREN: tuple[tuple[str, tuple[str, str, str]], ...] = (
     ("Role", ("rbac.authorization.k8s.io", "v1", "roles")),
     ("RoleBinding", ("rbac.authorization.k8s.io", "v1", "rolebindings")),
 )
+
+
+# A test hook (tests/integration/test_rollouts.py): sleep this long between a
+# revert's apply and its status write, so a test can kill the process there.
+PAUSE_AFTER_REVERT_SECONDS = float(
+    os.environ.get("BLOGSITE_OPERATOR_TEST_PAUSE_AFTER_REVERT_SECONDS") or 0
+)
+
+
+def _pause_after_revert(outcome: Outcome) -> None:
+    if outcome.reverts:
+        logger.warning(
+            "test hook: pausing %.0fs after a revert, before its status write",
+            PAUSE_AFTER_REVERT_SECONDS,
+        )
+        time.sleep(PAUSE_AFTER_REVERT_SECONDS)
 
 
 class EndlessBackoffs:
@@ -204,6 +221,7 @@ class SiteQueue:
                 self.settings.render,
                 self.nginx.check,
                 self.issuer,
+                before_status=_pause_after_revert if PAUSE_AFTER_REVERT_SECONDS else None,
             )
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do

@@ -340,6 +340,8 @@ def reconcile_site(
     settings: RenderSettings,
     check_nginx: Callable[[models.BlogSiteSpec], str | None] | None = None,
     issuer: Issuer | None = None,
+    *,
+    before_status: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Bring the children of one BlogSite in line with its spec, then report.
 
@@ -438,15 +440,27 @@ def reconcile_site(
         status["rolloutRetry"] = rollout_retry
     outcome.events.extend(_transition_events(previous_status, status))
     outcome.status = status
-    patch = merge_patch(previous_status, status)
+    if before_status is not None:
+        before_status(outcome)  # a test hook: the moment between side effects and status
+    _write_status(api, site, merge_patch(previous_status, status), outcome)
+    return outcome
+
+
+def _write_status(
+    api: ClusterApi, site: dict[str, Any], patch: dict[str, Any], outcome: Outcome
+) -> None:
+    """The status patch (if anything changed), then the pass's Events, then
+    what waits for the status to record it."""
+    metadata = site["metadata"]
     if patch:
-        api.patch_blogsite_status(namespace, name, metadata["resourceVersion"], patch)
+        api.patch_blogsite_status(
+            metadata["namespace"], metadata["name"], metadata["resourceVersion"], patch
+        )
         outcome.status_written = True
     for event in outcome.events:
         _post_best_effort(api, site, event)
     for done in outcome.after_status:
         done()
-    return outcome
 
 
 def _reconciled(outcome: Outcome, applied: Verdict) -> Verdict:

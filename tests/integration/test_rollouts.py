@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -342,3 +343,45 @@ def test_invalid_nginx_extra_config_is_refused_before_rollout(
         timeout=30,
         what="the valid configuration to roll out",
     )
+
+
+VERSION_PATH = r"{.spec.template.metadata.labels.blog\.daedalus\.dev/version}"
+
+
+def test_a_revert_survives_a_kill_between_its_apply_and_its_status_write(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """The operator pauses there (a test hook) and is SIGKILLed: the next
+    process must not apply the failed version again."""
+    paused = OperatorProcess(
+        kubectl,
+        namespace,
+        tmp_path / "paused.log",
+        extra_env={"BLOGSITE_OPERATOR_TEST_PAUSE_AFTER_REVERT_SECONDS": "600"},
+    )
+    paused.start()
+    try:
+        kubectl.apply(blogsite(), namespace)
+        good = wait_until_healthy(kubectl, namespace)["status"]["components"]["daedalus"]
+        bad_image = "ghcr.io/example/daedalus:2.0.0-kwok-image-pull-fail"
+        kubectl.apply(blogsite(bad_image), namespace)
+        wait_for(lambda: "pausing" in paused.logs(), timeout=90, what="the pause after the revert")
+        # Applied, not yet in status.
+        assert image_of(deployment(kubectl, namespace, "daedalus")) == GOOD
+        components = site(kubectl, namespace)["status"]["components"]
+        assert components["daedalus"].get("failedVersion") is None
+    finally:
+        assert paused.process is not None
+        paused.process.kill()
+        paused.process.wait()
+    with Watch(kubectl, namespace, "deployment/blog-daedalus", VERSION_PATH) as watch:
+        operator = OperatorProcess(kubectl, namespace, tmp_path / "operator.log")
+        operator.start()
+        body = wait_for_rollout(kubectl, namespace, "RolledBack")
+        operator.looked_again("blog")
+        assert operator.stop() == 0
+    assert set(watch.samples) == {good["version"]}, watch.samples
+    daedalus = body["status"]["components"]["daedalus"]
+    assert daedalus["lastGoodVersion"] == good["version"]
+    assert daedalus["failedVersion"] not in (None, good["version"])
+    assert len(events(kubectl, namespace, "RolledBack")) == 1
