@@ -52,6 +52,7 @@ from blogsite_operator.render import (
     selector_labels,
 )
 from blogsite_operator.render.site import (
+    COPIED_FROM_ANNOTATION,
     ISSUED_BY_JOB_ANNOTATION,
     ISSUED_BY_SERVER_ANNOTATION,
     NGINX_CONFIG_LABEL,
@@ -367,7 +368,9 @@ def reconcile_site(
     rollout_retry: str | None = previous_status.get("rolloutRetry")
     if spec is not None:
         certificate_status = None  # no TLS: no certificate; with TLS, decided below
-        served = _ensure_tls_secret(api, ref, spec, outcome, issuer, now)
+        served = _ensure_tls_secret(
+            api, ref, spec, outcome, issuer, now, previous_status.get("certificate") or {}
+        )
         services, upstreams = _ensure_upstreams(api, ref, spec, settings, outcome)
         facts = SiteFacts(
             tls_certificate_hash=served.certificate_hash if served else None,
@@ -768,8 +771,11 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     outcome: Outcome,
     issuer: Issuer | None,
     now: datetime.datetime,
+    previous: dict[str, Any],
 ) -> ServedCertificate | None:
-    """Read the TLS Secret nginx will mount; in ACME mode, put a placeholder there."""
+    """Read the TLS Secret nginx will mount; in ACME mode, make sure it holds
+    something to serve (see _put_back_or_placeholder). `previous`: the
+    status.certificate of the last pass."""
     secret_name = tls_secret_name(ref.name, spec)
     if spec.tls is None or secret_name is None:
         return None
@@ -792,7 +798,8 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     if kept is not None and not may_write_tls_secret(kept, ref):
         kept = None  # the copy of a BlogSite of this name that is not gone yet
     if needs_placeholder(names, served, now) and not ordering:
-        return _put_back_or_placeholder(api, ref, served, kept, names, outcome, now)
+        served_before = previous.get("secretName")
+        return _put_back_or_placeholder(api, ref, served, kept, names, outcome, now, served_before)
     if live is not None and served.issued_by is not None:
         _keep_a_copy(api, ref, live, served, kept, outcome)
     return served
@@ -806,11 +813,31 @@ def _put_back_or_placeholder(  # noqa: PLR0917 - one pass's context
     names: list[str],
     outcome: Outcome,
     now: datetime.datetime,
+    served_before: str | None,
 ) -> ServedCertificate:
     """NAME-tls is missing, damaged or a placeholder for other names: put back
     the last issued certificate when it still fits (a re-order can take days
-    under the CA's limits), else a placeholder so nginx can start."""
+    under the CA's limits); on a switch from `tls.secretName`, copy the
+    certificate served until now (ordered over at once); else a placeholder
+    so nginx can start."""
     secret_name = served.secret_name
+    if served_before is not None and served_before != secret_name:
+        user_secret = api.get("Secret", ref.namespace, served_before)
+        before = read_served_certificate(served_before, user_secret)
+        if user_secret is not None and before.info and _restorable(before.info, names, now):
+            copied = render_tls_copy(ref, secret_name, user_secret, copied_from=served_before)
+            api.apply(copied)
+            outcome.applied.append(f"Secret {secret_name}")
+            outcome.events.append(
+                Event(
+                    "Normal",
+                    "CertificateCopied",
+                    f"Secret {secret_name} holds a copy of the certificate served until now "
+                    f"(Secret {served_before}, serial {before.info.serial}) until the first "
+                    "order replaces it",
+                )
+            )
+            return read_served_certificate(secret_name, copied)
     copy = read_served_certificate(last_issued_secret_name(ref.name), kept)
     if kept is not None and copy.info is not None and _restorable(copy.info, names, now):
         restored = render_tls_copy(ref, secret_name, kept)
@@ -894,6 +921,7 @@ def read_served_certificate(name: str, secret: dict[str, Any] | None) -> ServedC
         certificate_hash=digest,
         cert_pem=cert_pem,
         issued_by=(job, server) if job and server else None,
+        copied_from=annotations.get(COPIED_FROM_ANNOTATION),
     )
 
 

@@ -413,3 +413,12 @@ class TestServedByFrontend:
         verdict, described = self.served(ServedCertificate("s-tls", None), recorded(old), "hash-01")
         assert (verdict.status, verdict.reason) == ("True", "Valid")
         assert described == recorded(old)
+
+
+def test_a_certificate_copied_on_a_switch_to_acme_is_replaced_at_once() -> None:
+    acme = spec(acme={"email": "ops@example.com"}).tls
+    assert acme is not None
+    assert acme.acme is not None
+    copied = ServedCertificate("blog-tls", info(SITE_NAMES, days=80), copied_from="mine")
+    plan = plan_renewal(acme.acme, list(SITE_NAMES), copied, None, renewal_requested=False, now=NOW)
+    assert (plan.due, plan.reason) == (True, "TakingOver")

@@ -930,3 +930,26 @@ def test_a_service_created_again_with_a_new_address_rolls_the_frontend_as_the_sa
         f"daedalus={new_address},cert-refresh=198.19.0.2"
     )
     assert version_of(rolled) == version_of(frontend)
+
+
+def test_a_switch_from_a_users_secret_to_acme_keeps_serving_its_certificate() -> None:
+    api = MemoryApi()
+    cert_pem, key_pem = ca_signed(["blog.example.com"], not_before=TODAY)
+    mine = {
+        "kind": "Secret",
+        "metadata": {"name": "mine", "namespace": "ns"},
+        "data": render_tls_secret(REF, cert_pem, key_pem)["data"],
+    }
+    api.objects[("Secret", "ns", "mine")] = mine
+    reconcile_site(api, site(tls={"secretName": "mine"}), RenderSettings())
+    assert api.status is not None
+    assert api.status["certificate"]["secretName"] == "mine"
+
+    reconcile_site(
+        api, site(tls={"acme": {"email": "ops@example.com"}}, status=api.status), RenderSettings()
+    )
+    copied = api.objects[("Secret", "ns", "blog-tls")]
+    assert copied["data"] == mine["data"]
+    assert copied["metadata"]["annotations"] == {"blog.daedalus.dev/copied-from": "mine"}
+    assert any(r == "CertificateCopied" for _, r, _ in api.events)
+    assert not any(r == "PlaceholderCertificate" for _, r, _ in api.events)

@@ -358,6 +358,7 @@ def _why(reason: str) -> str:
         "ThirdOfLifetimeLeft": "a third of its lifetime left",
         "RetryingFailedOrder": "retrying a failed order",
         "ServerChanged": "the ACME server changed",
+        "TakingOver": "tls.acme replaces the Secret served before, copied until then",
     }.get(reason, reason)
 
 

@@ -22,6 +22,7 @@ class ServedCertificate:
     certificate_hash: str | None = None  # sha256 of tls.crt
     cert_pem: bytes | None = field(default=None, repr=False)  # tls.crt, for ARI
     issued_by: tuple[str, str] | None = None  # (job, server) of the order that wrote it
+    copied_from: str | None = None  # the Secret it was copied from on a switch to ACME
 
 
 def needs_placeholder(
@@ -261,6 +262,8 @@ def _replacement_reason(
         return "SecretInvalid" if served.problem else "SecretMissing"
     if info.is_placeholder:
         return "NoCertificate"
+    if served.copied_from is not None:
+        return "TakingOver"
     if set(info.dns_names) != set(names):
         return "NamesChanged"
     if info.key_algorithm != str(acme.key_algorithm):

@@ -39,6 +39,9 @@ UPSTREAMS_ANNOTATION = "blog.daedalus.dev/upstream-addresses"
 NOT_VERSIONED_ANNOTATIONS = (TLS_HASH_ANNOTATION, UPSTREAMS_ANNOTATION)
 ISSUED_BY_JOB_ANNOTATION = "blog.daedalus.dev/acme-job"
 ISSUED_BY_SERVER_ANNOTATION = "blog.daedalus.dev/acme-server"
+# On NAME-tls holding a certificate copied from the Secret the site served
+# before it switched to ACME: served until the first order replaces it.
+COPIED_FROM_ANNOTATION = "blog.daedalus.dev/copied-from"
 COPIED_ANNOTATIONS = (ISSUED_BY_JOB_ANNOTATION, ISSUED_BY_SERVER_ANNOTATION)
 # The version of a pod template: a hash of everything else in it. Carried by
 # the Deployment's template, so its ReplicaSets and pods say which they run.
@@ -384,7 +387,9 @@ def last_issued_secret_name(site_name: str) -> str:
     return f"{site_name}-tls-last-issued"
 
 
-def render_tls_copy(site: SiteRef, name: str, source: dict[str, Any]) -> dict[str, Any]:
+def render_tls_copy(
+    site: SiteRef, name: str, source: dict[str, Any], *, copied_from: str | None = None
+) -> dict[str, Any]:
     """The certificate of the Secret `source` under `name`, with what says
     where it came from. Without an owner, as an issued NAME-tls."""
     metadata = _metadata(site, Component.FRONTEND)
@@ -392,6 +397,8 @@ def render_tls_copy(site: SiteRef, name: str, source: dict[str, Any]) -> dict[st
     del metadata["ownerReferences"]
     annotations = (source.get("metadata") or {}).get("annotations") or {}
     kept = {k: annotations[k] for k in COPIED_ANNOTATIONS if k in annotations}
+    if copied_from is not None:
+        kept = {COPIED_FROM_ANNOTATION: copied_from}
     if kept:
         metadata["annotations"] = kept
     data = source.get("data") or {}
