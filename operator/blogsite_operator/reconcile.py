@@ -283,7 +283,10 @@ def _components(
                 **memory,
             }
         elif any(v is not None for v in memory.values()):
-            components[component.value] = memory
+            # The counts as the CRD's defaults fill them in, or every pass
+            # would patch them away.
+            zero = {"replicas": 0, "readyReplicas": 0, "availableReplicas": 0}
+            components[component.value] = {**zero, **memory}
     return components
 
 
