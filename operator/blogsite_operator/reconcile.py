@@ -798,12 +798,17 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
         return served
     names = [*spec.domains, *spec.redirect_domains]
     kept = api.get_child("Secret", ref.namespace, last_issued_secret_name(ref.name))
-    if kept is not None and not may_write_tls_secret(kept, ref):
-        kept = None  # the copy of a BlogSite of this name that is not gone yet
+    copy_in_the_way = kept is not None and not may_write_tls_secret(kept, ref)
+    if kept is not None and is_leftover_of(kept, ref):
+        outcome.leftovers.append(f"Secret {last_issued_secret_name(ref.name)}")
+    elif copy_in_the_way:
+        outcome.conflicts.append(f"Secret {last_issued_secret_name(ref.name)}")
+    if copy_in_the_way:
+        kept = None  # never read back, never written
     if needs_placeholder(names, served, now) and not ordering:
         served_before = previous.get("secretName")
         return _put_back_or_placeholder(api, ref, served, kept, names, outcome, now, served_before)
-    if live is not None and served.issued_by is not None:
+    if live is not None and served.issued_by is not None and not copy_in_the_way:
         _keep_a_copy(api, ref, live, served, kept, outcome)
     return served
 
@@ -882,9 +887,13 @@ def _keep_a_copy(  # noqa: PLR0917 - one pass's context
     copy_name = last_issued_secret_name(ref.name)
     if read_served_certificate(copy_name, kept).certificate_hash == served.certificate_hash:
         return
-    copy = render_tls_copy(ref, copy_name, live)
+    # Owned by the BlogSite, unlike NAME-tls: deleting the BlogSite and then
+    # NAME-tls throws the certificate away (README, TLS).
+    copy = render_tls_copy(ref, copy_name, live, owned=True)
     written = api.apply(copy) if kept is not None else api.apply_if_absent(copy)
-    if written is not None:
+    if written is None:  # someone else's, not labelled as ours
+        outcome.conflicts.append(f"Secret {copy_name}")
+    else:
         outcome.applied.append(f"Secret {copy_name}")
 
 

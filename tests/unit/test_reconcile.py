@@ -849,7 +849,9 @@ class TestLastIssuedCopy:
         api = self.issued_site()
         copy = api.objects[("Secret", "ns", "blog-tls-last-issued")]
         assert copy["data"] == api.objects[("Secret", "ns", "blog-tls")]["data"]
-        assert "ownerReferences" not in copy["metadata"]
+        # Owned by the BlogSite, unlike an issued NAME-tls: it goes with it.
+        assert [o["uid"] for o in copy["metadata"]["ownerReferences"]] == ["u1"]
+        assert "ownerReferences" not in api.objects[("Secret", "ns", "blog-tls")]["metadata"]
         writes = len(api.writes)
         reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
         assert len(api.writes) == writes
@@ -879,6 +881,18 @@ class TestLastIssuedCopy:
         assert any(r == "CertificateRestored" for _, r, _ in api.events)
         assert api.status is not None
         assert api.status["certificate"]["placeholder"] is False
+
+    def test_a_copy_of_another_blogsite_of_this_name_is_waited_for_not_written(self) -> None:
+        api = self.issued_site()
+        copy_key = ("Secret", "ns", "blog-tls-last-issued")
+        api.objects[copy_key]["metadata"]["ownerReferences"][0]["uid"] = "u0"
+        api.objects[copy_key]["data"] = {"tls.crt": "", "tls.key": ""}  # differs: would be written
+        writes = len(api.writes)
+        reconcile_site(api, site(tls=self.acme, status=api.status), RenderSettings())
+        assert "apply Secret blog-tls-last-issued" not in api.writes[writes:]
+        assert api.status is not None
+        reconciled = next(c for c in api.status["conditions"] if c["type"] == "Reconciled")
+        assert reconciled["reason"] == "WaitingForCleanup"
 
     @pytest.mark.parametrize(
         ("names", "days"), [(["blog.example.com", "other.example.com"], 60), (None, -1)]

@@ -388,13 +388,20 @@ def last_issued_secret_name(site_name: str) -> str:
 
 
 def render_tls_copy(
-    site: SiteRef, name: str, source: dict[str, Any], *, copied_from: str | None = None
+    site: SiteRef,
+    name: str,
+    source: dict[str, Any],
+    *,
+    copied_from: str | None = None,
+    owned: bool = False,
 ) -> dict[str, Any]:
     """The certificate of the Secret `source` under `name`, with what says
-    where it came from. Without an owner, as an issued NAME-tls."""
+    where it came from; owned by the BlogSite, or (NAME-tls) by no one, as an
+    issued NAME-tls."""
     metadata = _metadata(site, Component.FRONTEND)
     metadata["name"] = name
-    del metadata["ownerReferences"]
+    if not owned:
+        del metadata["ownerReferences"]
     annotations = (source.get("metadata") or {}).get("annotations") or {}
     kept = {k: annotations[k] for k in COPIED_ANNOTATIONS if k in annotations}
     if copied_from is not None:
