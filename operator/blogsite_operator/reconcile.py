@@ -57,6 +57,8 @@ from blogsite_operator.render.site import (
     ISSUED_BY_SERVER_ANNOTATION,
     NGINX_CONFIG_LABEL,
     TLS_HASH_ANNOTATION,
+    UPSTREAMS_ANNOTATION,
+    UPSTREAMS_RESTART_ANNOTATION,
     Component,
     challenges_config_map_name,
     is_leftover_of,
@@ -375,9 +377,14 @@ def reconcile_site(
             api, ref, spec, outcome, issuer, now, previous_status.get("certificate") or {}
         )
         services, upstreams = _ensure_upstreams(api, ref, spec, settings, outcome)
+        seen, restart = upstream_facts(
+            upstreams,
+            api.get_child("Deployment", ref.namespace, child_name(ref.name, Component.FRONTEND)),
+        )
         facts = SiteFacts(
             tls_certificate_hash=served.certificate_hash if served else None,
-            upstream_addresses=upstreams,
+            upstream_addresses=seen,
+            upstreams_restart=restart,
         )
         retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
@@ -697,6 +704,29 @@ def _apply_events(outcome: Outcome) -> list[Event]:
         for verb, objects in (("Created", outcome.created), ("Updated", outcome.updated))
         if objects
     ]
+
+
+def upstream_facts(
+    current: str | None, frontend: dict[str, Any] | None
+) -> tuple[str | None, str | None]:
+    """(addresses seen, addresses the frontend's pods restarted for).
+
+    A frontend first applied, or applied by an operator before this record,
+    is taken to know today's addresses: it is not rolled for them. Only a
+    change of an address it knew rolls it. An address not known now (a
+    Service that is not this site's, or has no address yet) changes nothing.
+    """
+    annotations = ((frontend or {}).get("metadata") or {}).get("annotations") or {}
+    seen = annotations.get(UPSTREAMS_ANNOTATION)
+    template = ((frontend or {}).get("spec") or {}).get("template") or {}
+    restart = ((template.get("metadata") or {}).get("annotations") or {}).get(
+        UPSTREAMS_RESTART_ANNOTATION
+    )
+    if current is None:
+        return seen, restart
+    if seen is not None and seen != current:
+        return current, current
+    return current, restart
 
 
 def _ensure_upstreams(

@@ -35,7 +35,7 @@ from blogsite_operator import certs
 from blogsite_operator.render.site import (
     FRONTEND_HTTPS_PORT,
     TLS_HASH_ANNOTATION,
-    UPSTREAMS_ANNOTATION,
+    UPSTREAMS_RESTART_ANNOTATION,
     VERSION_LABEL,
 )
 from tests.chart.conftest import CHART, Helm, helm_binary
@@ -1110,7 +1110,8 @@ def test_a_daedalus_service_created_again_is_reached_again_within_seconds(
         wait_for(serving, timeout=120, interval=0.5, what="20 requests in a row answered")
         recovered = time.monotonic() - deleted_at
     template = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
-    assert f"daedalus={after}" in template["metadata"]["annotations"][UPSTREAMS_ANNOTATION]
+    restarted_for = template["metadata"]["annotations"][UPSTREAMS_RESTART_ANNOTATION]
+    assert f"daedalus={after}" in restarted_for
     FIGURES.append(
         f"real node: daedalus Service deleted, created again ({before} -> {after}) and its pods "
         f"replaced; requests answered again {recovered:.1f}s after the deletion; traffic: "

@@ -23,6 +23,7 @@ from blogsite_operator.render.site import (
     MANAGED_BY,
     TLS_HASH_ANNOTATION,
     UPSTREAMS_ANNOTATION,
+    UPSTREAMS_RESTART_ANNOTATION,
     Component,
     SiteFacts,
     SiteRef,
@@ -925,25 +926,56 @@ class AddressingApi(MemoryApi):
         return live
 
 
+def frontend_upstreams(api: MemoryApi) -> tuple[str | None, str | None]:
+    """(the addresses the frontend Deployment records, those its pods restarted for)."""
+    frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+    template = frontend["spec"]["template"]["metadata"].get("annotations") or {}
+    return (
+        (frontend["metadata"].get("annotations") or {}).get(UPSTREAMS_ANNOTATION),
+        template.get(UPSTREAMS_RESTART_ANNOTATION),
+    )
+
+
 def test_a_service_created_again_with_a_new_address_rolls_the_frontend_as_the_same_version() -> (
     None
 ):
     api = AddressingApi()
     reconcile_site(api, site(), RenderSettings())
-    frontend = api.objects[("Deployment", "ns", "blog-frontend")]
-    addresses = frontend["spec"]["template"]["metadata"]["annotations"][UPSTREAMS_ANNOTATION]
-    assert addresses == "daedalus=198.19.0.1,cert-refresh=198.19.0.2"  # from its first pass
+    version = version_of(api.objects[("Deployment", "ns", "blog-frontend")])
+    # Known from its first pass: the first pods start after the Services exist.
+    assert frontend_upstreams(api) == ("daedalus=198.19.0.1,cert-refresh=198.19.0.2", None)
 
     del api.objects[("Service", "ns", "blog-daedalus")]
     outcome = reconcile_site(api, site(status=api.status), RenderSettings())
     assert "Deployment blog-frontend" in outcome.applied
-    rolled = api.objects[("Deployment", "ns", "blog-frontend")]
     new_address = api.objects[("Service", "ns", "blog-daedalus")]["spec"]["clusterIP"]
     assert new_address != "198.19.0.1"
-    assert rolled["spec"]["template"]["metadata"]["annotations"][UPSTREAMS_ANNOTATION] == (
-        f"daedalus={new_address},cert-refresh=198.19.0.2"
-    )
-    assert version_of(rolled) == version_of(frontend)
+    addresses = f"daedalus={new_address},cert-refresh=198.19.0.2"
+    assert frontend_upstreams(api) == (addresses, addresses)
+    assert version_of(api.objects[("Deployment", "ns", "blog-frontend")]) == version
+    assert reconcile_site(api, site(status=api.status), RenderSettings()).applied == []
+
+
+def test_a_frontend_without_a_record_of_its_upstreams_is_not_rolled_for_one() -> None:
+    # Applied by an operator from before the record (an upgrade).
+    api = AddressingApi()
+    reconcile_site(api, site(), RenderSettings())
+    frontend = api.objects[("Deployment", "ns", "blog-frontend")]
+    del frontend["metadata"]["annotations"][UPSTREAMS_ANNOTATION]
+    template = copy.deepcopy(frontend["spec"]["template"])
+    reconcile_site(api, site(status=api.status), RenderSettings())
+    assert api.objects[("Deployment", "ns", "blog-frontend")]["spec"]["template"] == template
+    assert frontend_upstreams(api)[0] is not None
+
+
+def test_an_upstream_that_is_not_the_sites_changes_nothing() -> None:
+    api = AddressingApi()
+    reconcile_site(api, site(), RenderSettings())
+    before = frontend_upstreams(api)
+    foreign = {"kind": "Service", "metadata": {"name": "blog-daedalus", "namespace": "ns"}}
+    api.objects[("Service", "ns", "blog-daedalus")] = foreign
+    reconcile_site(api, site(status=api.status), RenderSettings())
+    assert frontend_upstreams(api) == before
 
 
 def test_a_switch_from_a_users_secret_to_acme_keeps_serving_its_certificate() -> None:

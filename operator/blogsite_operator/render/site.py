@@ -34,9 +34,10 @@ PLACEHOLDER_ANNOTATION = "blog.daedalus.dev/placeholder"
 CHALLENGES_LABEL = "blog.daedalus.dev/acme-http01-of"
 TLS_HASH_ANNOTATION = "blog.daedalus.dev/tls-certificate-sha256"
 UPSTREAMS_ANNOTATION = "blog.daedalus.dev/upstream-addresses"
+UPSTREAMS_RESTART_ANNOTATION = "blog.daedalus.dev/upstreams-restart"
 # Facts of the frontend's pod template that roll it without making a new
 # version: a revert keeps today's values (see template_version).
-NOT_VERSIONED_ANNOTATIONS = (TLS_HASH_ANNOTATION, UPSTREAMS_ANNOTATION)
+NOT_VERSIONED_ANNOTATIONS = (TLS_HASH_ANNOTATION, UPSTREAMS_RESTART_ANNOTATION)
 ISSUED_BY_JOB_ANNOTATION = "blog.daedalus.dev/acme-job"
 ISSUED_BY_SERVER_ANNOTATION = "blog.daedalus.dev/acme-server"
 # On NAME-tls holding a certificate copied from the Secret the site served
@@ -74,9 +75,12 @@ class SiteFacts:
     # so nginx picks it up through an ordinary (health-gated) rollout.
     tls_certificate_hash: str | None = None
     # The ClusterIPs of the daedalus and cert-refresh Services ("daedalus=IP,
-    # cert-refresh=IP"): nginx resolves upstream names once, when it starts,
-    # so a Service created again with a new address rolls the frontend.
+    # cert-refresh=IP") as last seen, on the frontend Deployment; and, in its
+    # pod template, the addresses of their last change: nginx resolves
+    # upstream names once, when it starts, so a Service created again with a
+    # new address rolls the frontend (see upstream_facts in reconcile.py).
     upstream_addresses: str | None = None
+    upstreams_restart: str | None = None
 
 
 @dataclass(frozen=True)
@@ -541,12 +545,14 @@ def render_frontend(
         deployment["spec"]["template"]["spec"]["initContainers"] = init_containers
     not_versioned = {
         TLS_HASH_ANNOTATION: facts.tls_certificate_hash,
-        UPSTREAMS_ANNOTATION: facts.upstream_addresses,
+        UPSTREAMS_RESTART_ANNOTATION: facts.upstreams_restart,
     }
     if any(not_versioned.values()):
         deployment["spec"]["template"]["metadata"]["annotations"] = {
             k: v for k, v in not_versioned.items() if v
         }
+    if facts.upstream_addresses is not None:
+        deployment["metadata"]["annotations"] = {UPSTREAMS_ANNOTATION: facts.upstream_addresses}
     return [
         config_map,
         deployment,
