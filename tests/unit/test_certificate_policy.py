@@ -408,11 +408,16 @@ class TestServedByFrontend:
         assert (verdict.status, verdict.reason) == ("False", "SecretMissing")
         assert described is None
 
-    def test_pods_keep_serving_a_valid_certificate_whose_secret_is_gone(self) -> None:
+    def test_a_secret_that_is_not_usable_says_so_whatever_the_pods_run(self) -> None:
+        # A user's own Secret deleted: the Ready pods still serve the last
+        # certificate, but a pod started now could not.
         old = in_secret(serial="01")
-        verdict, described = self.served(ServedCertificate("s-tls", None), recorded(old), "hash-01")
-        assert (verdict.status, verdict.reason) == ("True", "Valid")
-        assert described == recorded(old)
+        for secret in (ServedCertificate("s-tls", None), ServedCertificate("s-tls", None, "bad")):
+            verdict, described = self.served(secret, recorded(old), "hash-01")
+            assert verdict.status == "False"
+            assert verdict.reason in ("SecretMissing", "SecretInvalid")
+            assert "Ready frontend pods still serve serial 01" in verdict.message
+            assert described == recorded(old)
 
 
 def test_a_certificate_copied_on_a_switch_to_acme_is_replaced_at_once() -> None:

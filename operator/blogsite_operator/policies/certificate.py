@@ -135,6 +135,24 @@ def recorded_verdict(
     )
 
 
+def _unusable_secret(
+    stored: Verdict, previous_status: dict[str, Any] | None, served_hashes: frozenset[str | None]
+) -> tuple[Verdict, dict[str, Any] | None]:
+    """The Secret is missing or damaged: a pod started now could not serve
+    (ACME mode puts a certificate back in the same pass; a user's own Secret
+    is the user's to fix). Say what the Ready pods still serve."""
+    previous = previous_status or {}
+    if previous.get("sha256") not in served_hashes:
+        return stored, None
+    return Verdict(
+        CONDITION_FALSE,
+        stored.reason,
+        f"{stored.message}; Ready frontend pods still serve serial "
+        f"{previous.get('serialNumber')} (valid until {previous.get('notAfter')}) "
+        "until they restart",
+    ), previous_status
+
+
 def served_by_frontend(
     spec: models.BlogSiteSpec,
     secret: ServedCertificate,
@@ -156,29 +174,18 @@ def served_by_frontend(
     """
     stored = certificate_verdict(spec, secret, now)
     stored_status = certificate_status(secret)
-    previous = previous_status or {}
     if not served_hashes:
-        if stored.status != CONDITION_TRUE:
-            return stored, stored_status or previous_status  # no pod can start without it
-        return Verdict(
-            CONDITION_FALSE,
-            "NotServed",
-            f"no frontend pod is Ready, so no certificate is served; {stored.message}",
-        ), stored_status or previous_status
-    if secret.info is not None and served_hashes == {secret.certificate_hash}:
+        return _not_served(stored), stored_status or previous_status
+    if secret.info is None:
+        return _unusable_secret(stored, previous_status, served_hashes)
+    if served_hashes == {secret.certificate_hash}:
         return stored, stored_status
-    known: dict[str | None, tuple[Verdict, dict[str, Any] | None]] = {}
-    if secret.info is not None:
-        known[secret.certificate_hash] = (stored, stored_status)
+    previous = previous_status or {}
+    known = {secret.certificate_hash: stored}
     if previous.get("sha256") and previous.get("serialNumber"):
-        known.setdefault(previous["sha256"], (recorded_verdict(spec, previous, now), previous))
-    serving_previous = previous.get("sha256") in served_hashes
-    described = previous_status if serving_previous else stored_status
-    coming = (
-        f"serial {secret.info.serial} from Secret {secret.secret_name}"
-        if secret.info is not None
-        else f"Secret {secret.secret_name}"
-    )
+        known.setdefault(previous["sha256"], recorded_verdict(spec, previous, now))
+    described = previous_status if previous.get("sha256") in served_hashes else stored_status
+    coming = f"serial {secret.info.serial} from Secret {secret.secret_name}"
     if served_hashes - known.keys():
         return Verdict(
             CONDITION_FALSE,
@@ -186,13 +193,14 @@ def served_by_frontend(
             f"frontend pods serve a certificate that is no longer in Secret "
             f"{secret.secret_name}; until every Ready frontend pod has loaded {coming}",
         ), described
-    verdicts = [known[h][0] for h in sorted(served_hashes, key=str)]
-    failing = next((v for v in verdicts if v.status != CONDITION_TRUE), None)
-    if failing is not None:
+    failing = [
+        known[h] for h in sorted(served_hashes, key=str) if known[h].status != CONDITION_TRUE
+    ]
+    if failing:
         return Verdict(
             CONDITION_FALSE,
-            failing.reason,
-            f"{failing.message} (a Ready frontend pod serves it, until every one has "
+            failing[0].reason,
+            f"{failing[0].message} (a Ready frontend pod serves it, until every one has "
             f"loaded {coming})",
         ), described
     return Verdict(
@@ -201,6 +209,18 @@ def served_by_frontend(
         f"serving the previous certificate (serial {previous.get('serialNumber')}, valid until "
         f"{previous.get('notAfter')}) until every Ready frontend pod has loaded {coming}",
     ), described
+
+
+def _not_served(stored: Verdict) -> Verdict:
+    """No Ready frontend pod: nothing is served. A Secret nginx could not
+    start with is the reason to give; otherwise say that nothing serves."""
+    if stored.status != CONDITION_TRUE:
+        return stored
+    return Verdict(
+        CONDITION_FALSE,
+        "NotServed",
+        f"no frontend pod is Ready, so no certificate is served; {stored.message}",
+    )
 
 
 def covers(certificate_names: tuple[str, ...], host: str) -> bool:
