@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from blogsite_operator import certs, models
@@ -22,7 +23,9 @@ from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
 
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 
-# Words of nginx -t failures that may pass by themselves: never remembered.
+# Words of nginx -t failures that may pass by themselves: never remembered
+# for good, only for RETRY_SECONDS.
+RETRY_SECONDS = 60.0
 NOT_DEFINITE = ("host not found", "could not be resolved", "timed out", "Temporary failure")
 
 # Directives that read files or run code: in a snippet they could serve the
@@ -58,6 +61,8 @@ class NginxChecker:
             (found for c in NGINX_CANDIDATES if (found := shutil.which(c))), None
         )
         self._verdicts: dict[str, str | None] = {}
+        # Verdicts that may pass by themselves: asked again after RETRY_SECONDS.
+        self._retry_after: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
         self._workdir: Path | None = None
 
@@ -103,11 +108,19 @@ class NginxChecker:
             key = hashlib.sha256(conf.encode()).hexdigest()
             if key in self._verdicts:
                 return self._verdicts[key]
+            retry = self._retry_after.get(key)
+            if retry is not None and time.monotonic() < retry[0]:
+                return retry[1]
             verdict, definite = self._run(conf, workdir)
             if definite:
                 if len(self._verdicts) > 1024:
                     self._verdicts.clear()
                 self._verdicts[key] = verdict
+                self._retry_after.pop(key, None)
+            else:
+                # Not every pass: a check that times out holds the lock for
+                # 30 s, and every other site's check waits on it.
+                self._retry_after[key] = (time.monotonic() + RETRY_SECONDS, verdict)
             return verdict
 
     def _run(self, conf: str, workdir: Path) -> tuple[str | None, bool]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from blogsite_operator import models
+from blogsite_operator import models, nginx_check
 from blogsite_operator.nginx_check import NginxChecker
 from tests.nginx_harness import nginx_binary
 
@@ -86,13 +86,20 @@ def _counting_nginx(tmp_path: Any, stderr: str) -> tuple[str, Any]:
         "nginx: [emerg] upstream timed out",
     ],
 )
-def test_a_verdict_that_may_pass_by_itself_is_asked_again(tmp_path: Any, stderr: str) -> None:
+def test_a_verdict_that_may_pass_by_itself_is_asked_again(
+    tmp_path: Any, stderr: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     binary, calls = _counting_nginx(tmp_path, stderr)
     checker = NginxChecker(binary, allow_extra_config=True)
     snippet = spec("location /api { proxy_pass http://api.example.com; }")
     assert checker.check(snippet) is not None
+    assert checker.check(snippet) is not None  # within RETRY_SECONDS: not run again
+    assert calls.read_text().count("run") == 1
+    monkeypatch.setattr(nginx_check, "RETRY_SECONDS", 0.0)
+    checker = NginxChecker(binary, allow_extra_config=True)
     assert checker.check(snippet) is not None
-    assert calls.read_text().count("run") == 2
+    assert checker.check(snippet) is not None
+    assert calls.read_text().count("run") == 3
 
 
 def test_a_definite_verdict_is_remembered(tmp_path: Any) -> None:
