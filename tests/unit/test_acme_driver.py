@@ -341,6 +341,14 @@ class TestBackoff:
         assert outcome.fields["failedAttempts"] is None
         assert outcome.fields["lastFailure"] is None
 
+    def test_a_rate_limit_holds_an_order_for_other_names_back(self) -> None:
+        issuer = FakeIssuer()
+        previous = failed(next_in=datetime.timedelta(hours=1))
+        previous["lastFailure"].update(reason="RateLimited", names=["typo.exmaple.com"])
+        outcome = drive(issuer, placeholder(), previous=previous)
+        assert issuer.jobs == []
+        assert outcome.fields["nextAttempt"] == previous["nextAttempt"]
+
     def test_a_failure_for_the_same_names_keeps_its_backoff(self) -> None:
         issuer = FakeIssuer()
         previous = failed(next_in=datetime.timedelta(hours=1))

@@ -258,9 +258,12 @@ class _State:
     def forget_failure_of_other_names(self, names: list[str]) -> list[tuple[str, str, str]]:
         """A failure of an order for other names (a mistyped domain since
         removed) says nothing about these: its backoff does not hold them back."""
-        failed_for = (self.last_failure or {}).get("names")
+        failure = self.last_failure or {}
+        failed_for = failure.get("names")
         if not self.failed_attempts or not failed_for or set(failed_for) == set(names):
             return []
+        if failure.get("reason") == "RateLimited":
+            return []  # the CA's limit (and its Retry-After) may cover these names too
         self.failed_attempts = 0
         self.next_attempt = None
         self.last_failure = None
