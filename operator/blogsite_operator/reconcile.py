@@ -406,7 +406,9 @@ def reconcile_site(
         outcome.events.extend(Event(*event) for event in gate.events)
         outcome.reverts.extend(gate.reverts)
         rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
-        _apply_all(api, ref, [o for o in desired if o not in services], outcome)
+        applied_first = {(o["kind"], o["metadata"]["name"]) for o in services}
+        rest = [o for o in desired if (o["kind"], o["metadata"]["name"]) not in applied_first]
+        _apply_all(api, ref, rest, outcome)
         outcome.events.extend(_apply_events(outcome))
         _prune(api, ref, desired, outcome)
         acme_requeue: float | None = None
@@ -864,45 +866,53 @@ def _put_back_or_placeholder(  # noqa: PLR0917 - one pass's context
         before = read_served_certificate(served_before, user_secret)
         if user_secret is not None and before.info and _restorable(before.info, names, now):
             copied = render_tls_copy(ref, secret_name, user_secret, copied_from=served_before)
-            api.apply(copied)
-            outcome.applied.append(f"Secret {secret_name}")
-            outcome.events.append(
+            return _write_tls_secret(
+                api,
+                copied,
+                outcome,
                 Event(
                     "Normal",
                     "CertificateCopied",
                     f"Secret {secret_name} holds a copy of the certificate served until now "
                     f"(Secret {served_before}, serial {before.info.serial}) until the first "
                     "order replaces it",
-                )
+                ),
             )
-            return read_served_certificate(secret_name, copied)
     copy = read_served_certificate(last_issued_secret_name(ref.name), kept)
     if kept is not None and copy.info is not None and _restorable(copy.info, names, now):
-        restored = render_tls_copy(ref, secret_name, kept)
-        api.apply(restored)
-        outcome.applied.append(f"Secret {secret_name}")
-        outcome.events.append(
+        return _write_tls_secret(
+            api,
+            render_tls_copy(ref, secret_name, kept),
+            outcome,
             Event(
                 "Warning",
                 "CertificateRestored",
                 f"Secret {secret_name} {_why_restored(served)}: put back serial "
                 f"{copy.info.serial} from Secret {copy.secret_name}",
-            )
+            ),
         )
-        return read_served_certificate(secret_name, restored)
-    cert_pem, key_pem = certs.self_signed_placeholder(names)
-    secret = render_tls_secret(ref, cert_pem, key_pem)
-    api.apply(secret)
-    outcome.applied.append(f"Secret {secret_name}")
-    outcome.events.append(
+    return _write_tls_secret(
+        api,
+        render_tls_secret(ref, *certs.self_signed_placeholder(names)),
+        outcome,
         Event(
             "Normal",
             "PlaceholderCertificate",
             f"Secret {secret_name} holds a self-signed placeholder for "
             f"{len(names)} names until a real certificate is issued",
-        )
+        ),
     )
-    return read_served_certificate(secret_name, secret)
+
+
+def _write_tls_secret(
+    api: ClusterApi, secret: dict[str, Any], outcome: Outcome, event: Event
+) -> ServedCertificate:
+    """Apply NAME-tls, say why, and read it as the pass goes on with it."""
+    api.apply(secret)
+    name = secret["metadata"]["name"]
+    outcome.applied.append(f"Secret {name}")
+    outcome.events.append(event)
+    return read_served_certificate(name, secret)
 
 
 def _keep_a_copy(  # noqa: PLR0917 - one pass's context

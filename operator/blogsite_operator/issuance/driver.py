@@ -29,19 +29,6 @@ from blogsite_operator.settings import AcmeSettings
 from blogsite_operator.timestamps import ceil_second, format_time, parse_time
 
 RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
-# What status.certificate remembers of ACME (rather than reports).
-ACME_MEMORY_FIELDS = frozenset(
-    {
-        "failedAttempts",
-        "nextAttempt",
-        "lastFailure",
-        "renewalInfo",
-        "renewalRequest",
-        "issuedBy",
-        "lastJob",
-        "renewalTime",
-    }
-)
 
 
 class Issuer(Protocol):
@@ -325,6 +312,11 @@ class _State:
             "issuedBy": self.issued_by,
             "lastJob": self.last_job,
         }
+
+
+# What status.certificate remembers of ACME (rather than reports): the
+# state a pass folds and plans from, and the renewal time it planned.
+ACME_MEMORY_FIELDS = frozenset({*_State().to_status(), "renewalTime"})
 
 
 def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdict:
