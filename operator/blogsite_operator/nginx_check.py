@@ -120,6 +120,8 @@ class NginxChecker:
             else:
                 # Not every pass: a check that times out holds the lock for
                 # 30 s, and every other site's check waits on it.
+                if len(self._retry_after) > 1024:
+                    self._retry_after.clear()
                 self._retry_after[key] = (time.monotonic() + RETRY_SECONDS, verdict)
             return verdict
 
