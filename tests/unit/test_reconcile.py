@@ -962,6 +962,10 @@ def test_a_frontend_without_a_record_of_its_upstreams_is_not_rolled_for_one() ->
     reconcile_site(api, site(), RenderSettings())
     frontend = api.objects[("Deployment", "ns", "blog-frontend")]
     del frontend["metadata"]["annotations"][UPSTREAMS_ANNOTATION]
+    # Nor any restart for them in its pod template.
+    (frontend["spec"]["template"]["metadata"].get("annotations") or {}).pop(
+        UPSTREAMS_RESTART_ANNOTATION, None
+    )
     template = copy.deepcopy(frontend["spec"]["template"])
     reconcile_site(api, site(status=api.status), RenderSettings())
     assert api.objects[("Deployment", "ns", "blog-frontend")]["spec"]["template"] == template
