@@ -28,6 +28,9 @@ NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 RETRY_SECONDS = 60.0
 NOT_DEFINITE = ("host not found", "could not be resolved", "timed out", "Temporary failure")
 
+# "2026/12/05 01:01:55 [emerg] 4197#4197: " before nginx's message.
+NGINX_LOG_PREFIX = re.compile(r"^\S+ \S+ (\[\w+\]) \d+#\d+: ")
+
 # Directives that read files or run code: in a snippet they could serve the
 # mounted private key, or anything else in the pod, to the internet.
 FORBIDDEN_DIRECTIVES = re.compile(
@@ -95,16 +98,7 @@ class NginxChecker:
             return problem
         with self._lock:
             workdir = self._prepare()
-            tls = spec.tls is not None
-            facts = NginxFacts(
-                daedalus_upstream="127.0.0.1:1",
-                challenge_upstream="127.0.0.1:1",
-                tls_certificate=str(workdir / "tls.crt") if tls else None,
-                tls_certificate_key=str(workdir / "tls.key") if tls else None,
-                temp_dir=str(workdir),
-                pid_file=str(workdir / "nginx.pid"),
-            )
-            conf = render_nginx_conf(spec, facts)
+            conf = self._render(spec, workdir)
             key = hashlib.sha256(conf.encode()).hexdigest()
             if key in self._verdicts:
                 return self._verdicts[key]
@@ -124,6 +118,19 @@ class NginxChecker:
                     self._retry_after.clear()
                 self._retry_after[key] = (time.monotonic() + RETRY_SECONDS, verdict)
             return verdict
+
+    @staticmethod
+    def _render(spec: models.BlogSiteSpec, workdir: Path) -> str:
+        tls = spec.tls is not None
+        facts = NginxFacts(
+            daedalus_upstream="127.0.0.1:1",
+            challenge_upstream="127.0.0.1:1",
+            tls_certificate=str(workdir / "tls.crt") if tls else None,
+            tls_certificate_key=str(workdir / "tls.key") if tls else None,
+            temp_dir=str(workdir),
+            pid_file=str(workdir / "nginx.pid"),
+        )
+        return render_nginx_conf(spec, facts)
 
     def _run(self, conf: str, workdir: Path) -> tuple[str | None, bool]:
         """nginx's verdict, and whether it is definite: a timeout or a name
@@ -146,8 +153,9 @@ class NginxChecker:
             return "nginx -t did not finish within 30s", False
         if result.returncode == 0:
             return None, True
+        # Without nginx's time and pid, so the same verdict reads the same.
         lines = [
-            line.replace(str(path), "nginx.conf").strip()
+            NGINX_LOG_PREFIX.sub(r"\1 ", line.replace(str(path), "nginx.conf").strip())
             for line in result.stderr.splitlines()
             if "[emerg]" in line or "[crit]" in line
         ]

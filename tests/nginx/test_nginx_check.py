@@ -37,6 +37,8 @@ def test_invalid_extra_config_is_reported_in_nginx_words() -> None:
     assert 'unknown directive "frobnicate"' in error
     assert "nginx.conf:" in error  # the line number, without the temporary path
     assert "/tmp" not in error
+    # Without nginx's clock and pid, so a verdict asked again reads the same.
+    assert error.startswith('[emerg] unknown directive "frobnicate" in nginx.conf:'), error
 
 
 def test_no_extra_config_needs_no_check() -> None:
