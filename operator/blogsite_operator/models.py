@@ -704,8 +704,8 @@ class CertificateStatus(Model):
     )
     renewal_request: str | None = Field(
         default=None,
-        description="The last value of the blog.daedalus.dev/renew-certificate annotation "
-        "acted on.",
+        description="A digest (sha256) of the last value of the "
+        "blog.daedalus.dev/renew-certificate annotation acted on.",
     )
     last_job: str | None = Field(
         default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from blogsite_operator import certs, models
-from blogsite_operator.issuance.driver import RENEW_ANNOTATION, AcmeOutcome, drive_acme
+from blogsite_operator.issuance.driver import (
+    RENEW_ANNOTATION,
+    AcmeOutcome,
+    drive_acme,
+    renew_request_digest,
+)
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
 from blogsite_operator.issuance.protocol import IssuanceError, directory_url
 from blogsite_operator.policies.certificate import (
@@ -552,14 +558,19 @@ class TestRenewalRequest:
         previous = failed(attempts=4, next_in=datetime.timedelta(hours=1))
         outcome = drive(issuer, served, previous=previous, renew_request="2026-11-25")
         assert issuer.jobs == [issue_job()]
-        assert outcome.fields["renewalRequest"] == "2026-11-25"
+        assert outcome.fields["renewalRequest"] == renew_request_digest("2026-11-25")
         assert RENEW_ANNOTATION in outcome.events[0][2]
         assert outcome.verdict.message.endswith("; renewing now")
 
-    def test_the_same_value_again_does_nothing(self) -> None:
+    @pytest.mark.parametrize(
+        "recorded",
+        # As recorded now, and as a status written before digests recorded it.
+        [renew_request_digest("2026-11-25"), "2026-11-25"],
+    )
+    def test_the_same_value_again_does_nothing(self, recorded: str) -> None:
         served = issued()
         previous = {
-            "renewalRequest": "2026-11-25",
+            "renewalRequest": recorded,
             "renewalInfo": {
                 "serialNumber": serial_of(served),
                 "renewalTime": None,
@@ -570,7 +581,14 @@ class TestRenewalRequest:
         outcome = drive(issuer, served, previous=previous, renew_request="2026-11-25")
         assert issuer.jobs == []
         assert outcome.events == []
-        assert outcome.fields["renewalRequest"] == "2026-11-25"
+        assert outcome.fields["renewalRequest"] == recorded
+
+    def test_the_status_keeps_a_digest_not_the_users_text(self) -> None:
+        text = "x;\n} server { return 200 'owned'; } ünïcödé " + "x" * 4000
+        outcome = drive(FakeIssuer(), issued(), renew_request=text)
+        recorded = outcome.fields["renewalRequest"]
+        assert recorded == renew_request_digest(text)
+        assert re.fullmatch(r"sha256:[0-9a-f]{16}", recorded)
 
     def test_not_while_an_order_runs(self) -> None:
         issuer = FakeIssuer(running=True)
@@ -611,7 +629,7 @@ class TestNothingIsLost:
             issuer.jobs[0], NOW, serial=serial_of(served), not_after=NOW + datetime.timedelta(80)
         )
         outcome = drive(issuer, served, renew_request="please")
-        assert outcome.fields["renewalRequest"] == "please"
+        assert outcome.fields["renewalRequest"] == renew_request_digest("please")
         assert [type(job) for job in issuer.jobs] == [IssueJob]
         drive(issuer, served, previous=status_after(outcome), renew_request="please")
         assert [type(job) for job in issuer.jobs] == [IssueJob, RenewalInfoJob]

@@ -13,7 +13,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import certs
-from blogsite_operator.issuance.driver import RENEW_ANNOTATION
+from blogsite_operator.issuance.driver import RENEW_ANNOTATION, renew_request_digest
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
 from blogsite_operator.issuance.protocol import directory_url
 from blogsite_operator.policies.certificate import RenewalInfo
@@ -304,7 +304,7 @@ def test_a_pass_failing_at_any_api_call_loses_nothing_and_repeats_nothing() -> N
         assert len(faulty_issuer.jobs) == 2, f"{what}: ordered {len(faulty_issuer.jobs) - 1}x"
         assert status is not None
         certificate = status["certificate"]
-        assert certificate["renewalRequest"] == "renew-1", what
+        assert certificate["renewalRequest"] == renew_request_digest("renew-1"), what
         assert certificate["lastJob"] == faulty_issuer.jobs[-1].id, what
         assert certificate["issuedBy"]["serialNumber"] == serial, what
         assert certificate.get("failedAttempts") is None, what

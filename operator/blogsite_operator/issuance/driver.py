@@ -8,6 +8,7 @@ module reads it from the previous status and returns the fields to write.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -79,7 +80,11 @@ def drive_acme(
     requeue: datetime.datetime | None = None
     # A new value of the renew annotation orders at once, even during backoff;
     # it is recorded when its order starts, so it asks for one order only.
-    requested = bool(renew_request) and renew_request != state.renewal_request
+    # Recorded as a digest: the annotation is the user's text, of any length
+    # and content, and the status is no place for it (an older status kept
+    # the text itself, which still counts as recorded).
+    request = renew_request_digest(renew_request) if renew_request else None
+    requested = request is not None and state.renewal_request not in (request, renew_request)
     plan = plan_renewal(
         acme, names, served, state.renewal_info, renewal_requested=requested, now=now
     )
@@ -95,12 +100,12 @@ def drive_acme(
         if requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(
                 IssueJob(
-                    site, tuple(names), acme, renewal_request=renew_request if requested else None
+                    site, tuple(names), acme, renewal_request=request if requested else None
                 )
             )
             busy = True
             if requested:
-                state.renewal_request = renew_request
+                state.renewal_request = request
             events.append(
                 (
                     "Normal",
@@ -317,6 +322,11 @@ class _State:
 # What status.certificate remembers of ACME (rather than reports): the
 # state a pass folds and plans from, and the renewal time it planned.
 ACME_MEMORY_FIELDS = frozenset({*_State().to_status(), "renewalTime"})
+
+
+def renew_request_digest(value: str) -> str:
+    """How a renew request is remembered in the status: 'sha256:' and 16 hex digits."""
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
 def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdict:
