@@ -422,7 +422,7 @@ def register(
         settings.execution.max_workers = queue.settings.workers
         queue.loop = asyncio.get_running_loop()
         for background in (
-            queue.resync_forever(),
+            queue.resync_forever(queue.settings.resync_seconds),
             queue.sweep_cache_forever(),
             queue.confirm_synced_when_empty(namespaces),
         ):

@@ -46,6 +46,8 @@ class OperatorSettings:
           long (60): kopf does not restart a watch that died, the kubelet restarts us
       BLOGSITE_OPERATOR_WATCH_TIMEOUT_SECONDS  how long one watch request lasts before it
           is made again (300)
+      BLOGSITE_OPERATOR_RESYNC_SECONDS  every site gets a pass at least this often, with
+          no event (600)
       BLOGSITE_OPERATOR_LEADER_LEASE    NAMESPACE/NAME of a coordination.k8s.io Lease:
           run only while holding it, so several replicas never write at once;
           default: no leader election (one replica only)
@@ -61,6 +63,7 @@ class OperatorSettings:
     metrics: bool = True
     watch_dead_seconds: float = 60.0
     watch_timeout_seconds: float = 300.0
+    resync_seconds: float = 600.0
     leader_lease: tuple[str, str] | None = None
     leader_lease_seconds: float = 15.0
     render: RenderSettings = field(default_factory=RenderSettings)
@@ -94,6 +97,7 @@ class OperatorSettings:
             metrics=_flag(get, "METRICS", default=True),
             watch_dead_seconds=_seconds(get, "WATCH_DEAD_SECONDS", 60),
             watch_timeout_seconds=_seconds(get, "WATCH_TIMEOUT_SECONDS", 300),
+            resync_seconds=_seconds(get, "RESYNC_SECONDS", 600),
             leader_lease=_lease(get("LEADER_LEASE")),
             leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(
