@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from blogsite_operator.reconcile import Outcome, reconcile_site
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import SiteRef, render_site, render_tls_secret
 from tests.integration.conftest import Kubectl, OperatorProcess
-from tests.support import wait_for
+from tests.integration.test_health import probe
+from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "blogsite.yaml"
@@ -204,6 +206,52 @@ def test_restart_touches_nothing_that_is_already_right(
     # The new process's first pass over the site, not a line of the old one's.
     operator_process.wait_for_pass("lethain", after=mark)
     assert versions() == before
+
+
+def api_writes(port: int) -> float:
+    """The operator's own API writes so far, from its metrics."""
+    status, metrics = probe(port, "/metrics")
+    assert status == 200, metrics
+    counts = re.findall(
+        r'^blogsite_kube_api_requests_total\{code="\d+",verb="(?:create|update|patch|delete)"\} '
+        r"([0-9.e+]+)$",
+        metrics,
+        re.M,
+    )
+    return sum(float(count) for count in counts)
+
+
+def test_an_idle_operator_makes_no_api_writes_over_two_resync_periods(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """The README: an idle operator makes no API writes. Idle means every
+    site right and nothing changing; the resync still passes over each site
+    (every 5 s here), and those passes must write nothing."""
+    port = free_port()
+    operator = OperatorProcess(
+        kubectl,
+        namespace,
+        tmp_path / "operator.log",
+        extra_env={"BLOGSITE_OPERATOR_RESYNC_SECONDS": "5"},
+        extra_args=["--health-address", f"127.0.0.1:{port}"],
+    )
+    operator.start()
+    try:
+        apply_example_until_ready(kubectl, namespace)
+        wait_for(lambda: api_writes(port) > 0, what="the operator's writes counted")
+        # Settled: a pass that began after the site was Ready, and ended.
+        operator.wait_for_pass("lethain", after=operator.log_size())
+        before = api_writes(port)
+        mark = operator.log_size()
+        # Two resync passes of an unchanged site (events, not a sleep).
+        wait_for(
+            lambda: operator.logs()[mark:].count(f"[{namespace}/lethain] pass ends") >= 2,
+            timeout=60,
+            what="two resync passes",
+        )
+        assert api_writes(port) == before, operator.logs()[mark:][-3000:]
+    finally:
+        assert operator.stop() == 0
 
 
 def test_deleting_the_blogsite_removes_its_children(
