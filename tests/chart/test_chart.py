@@ -57,7 +57,12 @@ def test_defaults_run_two_replicas_with_a_lease_and_cluster_wide_rights(helm: He
     ]
     spec = deployment(documents)["spec"]
     assert spec["replicas"] == 2
-    assert "strategy" not in spec  # rolling: the Lease keeps writers apart
+    # One at a time, as the README says, whatever replicaCount: the Lease
+    # keeps writers apart, and a Ready standby is always there.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     env = container_env(documents)
     assert env["BLOGSITE_OPERATOR_LEADER_LEASE"] == "blogsite-system/blogsite-operator"
     assert env["BLOGSITE_OPERATOR_NAMESPACES"] == ""
