@@ -6,7 +6,12 @@ import asyncio
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 
+import pytest
+
+from blogsite_operator import health as health_module
 from blogsite_operator.handlers import SiteQueue
 from blogsite_operator.health import PASS_STUCK_AFTER_SECONDS, Health, WatchFailures
 from blogsite_operator.metrics import Metrics
@@ -185,3 +190,50 @@ def test_the_queue_names_the_pass_running_longest_while_it_runs() -> None:
     assert key == ("blogs", "lethain")
     assert 0 <= seconds < 5
     assert queue.longest_pass() is None
+
+
+def test_healthz_fails_while_the_event_loop_is_stuck_and_recovers_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README's 30 s, scaled to 1 s: a real event loop, blocked by a
+    blocking call in a coroutine, and /healthz asked over HTTP meanwhile."""
+    assert health_module.STUCK_AFTER_SECONDS == 30.0  # what the README says
+    monkeypatch.setattr(health_module, "STUCK_AFTER_SECONDS", 1.0)
+    health = Health()
+    health.role = "leader"
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    server = health.serve("127.0.0.1:0")
+    port = server.server_address[1]
+
+    def healthz() -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    unblock = threading.Event()
+    try:
+        loop.call_soon_threadsafe(health.start_beating)
+        deadline = time.monotonic() + 10
+        while healthz() != (200, "ok: leader\n") or health._beat_at is None:
+            assert time.monotonic() < deadline, healthz()
+            time.sleep(0.05)
+        loop.call_soon_threadsafe(unblock.wait, 30)  # a blocking call on the loop
+        deadline = time.monotonic() + 10
+        while (status := healthz())[0] == 200:
+            assert time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert status[0] == 503, status
+        assert "event loop silent" in status[1], status
+        unblock.set()
+        deadline = time.monotonic() + 10
+        while healthz()[0] != 200:
+            assert time.monotonic() < deadline, healthz()
+            time.sleep(0.05)
+    finally:
+        unblock.set()
+        server.shutdown()
+        server.server_close()
+        loop.call_soon_threadsafe(loop.stop)
