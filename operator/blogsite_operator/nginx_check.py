@@ -119,6 +119,13 @@ class NginxChecker:
                 self._retry_after[key] = (time.monotonic() + RETRY_SECONDS, verdict)
             return verdict
 
+    def check_rendered(self, spec: models.BlogSiteSpec) -> str | None:
+        """nginx -t on the site's whole configuration, extraConfig or not, with
+        no gate and no memory: how the tests hold the renderer to nginx."""
+        with self._lock:
+            workdir = self._prepare()
+            return self._run(self._render(spec, workdir), workdir)[0]
+
     @staticmethod
     def _render(spec: models.BlogSiteSpec, workdir: Path) -> str:
         tls = spec.tls is not None
