@@ -8,8 +8,6 @@ The spec's own fields meet hostile strings in test_generated_specs.py.
 
 from __future__ import annotations
 
-import json
-
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION
 from tests.integration.conftest import Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
@@ -46,6 +44,17 @@ def blogsite(ca: Pebble, annotations: dict[str, str]) -> dict[str, object]:
             },
         },
     }
+
+
+def strings(value: object) -> list[str]:
+    """Every string in a decoded JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [*strings(list(value.keys())), *strings(list(value.values()))]
+    if isinstance(value, list):
+        return [text for item in value for text in strings(item)]
+    return []
 
 
 def serial(kubectl: Kubectl, namespace: str) -> str | None:
@@ -95,10 +104,14 @@ def test_the_longest_name_and_hostile_metadata_reach_nothing_they_should_not(
         what="a renewal for the new annotation value",
     )
 
-    # None of the hostile text reaches nginx's configuration or an Event.
+    # None of the hostile text reaches nginx's configuration, an Event or the
+    # status: every string in them, as stored (not JSON-escaped, where
+    # "ünïcödé" and "\x07" could never match).
     configs = kubectl.json("get", "configmaps", "-n", namespace)["items"]
     events = kubectl.json("get", "events", "-n", namespace)["items"]
-    texts = [json.dumps(c.get("data") or {}) for c in configs] + [e["message"] for e in events]
+    status = kubectl.json("get", "blogsite", NAME, "-n", namespace)["status"]
+    texts = [*strings([c.get("data") for c in configs]), *strings(events), *strings(status)]
+    assert any("issued" in text.lower() for text in texts)  # the strings were read
     for text in texts:
         for piece in ("X-Injected", "owned", "ünïcödé", "{again}", "$(id)", "\x07"):
             assert piece not in text, (piece, text[:500])
