@@ -93,6 +93,20 @@ class ProxiedRequest:
     status: int | None  # what the client got; None when the proxy dropped the connection
     identifiers: tuple[str, ...] = ()  # newOrder POSTs: the DNS names ordered
     fault: Fault | None = None  # what the proxy did instead of forwarding it to Pebble
+    # newOrder, order and finalize requests: which order (the last part of
+    # its URL), and the order's status in the answer ("valid": issued).
+    order: str | None = None
+    order_status: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderSpan:
+    """One order as the CA saw it: created at `start`, valid (the certificate
+    issued) at `end`, or never."""
+
+    order: str
+    start: float
+    end: float | None
 
 
 @dataclass(frozen=True)
@@ -245,6 +259,35 @@ class AcmeFaultProxy:
             if request.endpoint == "newOrder" and name in request.identifiers
         ]
 
+    def order_spans(self, name: str) -> list[OrderSpan]:
+        """The orders created for `name`, each with when it became valid."""
+        requests = self.requests()
+        spans = []
+        for created in requests:
+            if created.endpoint != "newOrder" or name not in created.identifiers:
+                continue
+            if created.status != 201 or created.order is None:
+                continue
+            valid = [
+                r.time
+                for r in requests
+                if r.order == created.order
+                and r.order_status == "valid"
+                and r.endpoint != "newOrder"
+            ]
+            spans.append(OrderSpan(created.order, created.time, min(valid, default=None)))
+        return spans
+
+    def orders_in_flight(self, since: float = 0) -> int:
+        """Orders created at or after `since` and not (yet) valid nor invalid."""
+        requests = self.requests(since)
+        ended = {r.order for r in requests if r.order_status in ("valid", "invalid")}
+        return sum(
+            1
+            for r in requests
+            if r.endpoint == "newOrder" and r.status == 201 and r.order not in ended
+        )
+
     # Inside
 
     def _read_directory(self, path: str) -> None:
@@ -293,9 +336,20 @@ class AcmeFaultProxy:
         else:
             answer = self._forward(method, path, dict(headers.items()), body)
         status = answer.status if answer else None
+        order, order_status = _order_of(endpoint, path, answer)
         with self._lock:
             self._log.append(
-                ProxiedRequest(received, method, path, endpoint, status, identifiers, fault)
+                ProxiedRequest(
+                    received,
+                    method,
+                    path,
+                    endpoint,
+                    status,
+                    identifiers,
+                    fault,
+                    order,
+                    order_status,
+                )
             )
         return answer
 
@@ -432,6 +486,24 @@ def _check_covers_loopback(certificate: Path) -> None:
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if ipaddress.ip_address("127.0.0.1") not in names.get_values_for_type(x509.IPAddress):
         raise RuntimeError(f"{certificate} does not cover 127.0.0.1")
+
+
+def _order_of(
+    endpoint: Endpoint, path: str, answer: _Answer | None
+) -> tuple[str | None, str | None]:
+    """Which order a request is about and the status the answer gives it."""
+    if endpoint not in ("newOrder", "order", "finalize") or answer is None:
+        return None, None
+    if endpoint == "newOrder":
+        location = next((v for k, v in answer.headers if k.lower() == "location"), "")
+        order = urlsplit(location).path.rstrip("/").rpartition("/")[2] or None
+    else:
+        order = urlsplit(path).path.rstrip("/").rpartition("/")[2] or None
+    try:
+        status = json.loads(answer.body).get("status") if answer.status < 300 else None
+    except (ValueError, AttributeError):
+        status = None
+    return order, status if isinstance(status, str) else None
 
 
 def _order_identifiers(body: bytes) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ certificate, and no site needed more orders than the kills it went through.
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 import os
@@ -27,10 +28,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.x509 import DNSName
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.reconcile import read_served_certificate
-from tests.acme_faults import AcmeFaultProxy
+from blogsite_operator.render.site import ACME_ACCOUNT_LABEL, MANAGED_BY
+from tests.acme_faults import AcmeFaultProxy, OrderSpan
 from tests.control_plane import ControlPlane
 from tests.integration.conftest import ACME_TEST_ENV, Kubectl, OperatorProcess
 from tests.integration.test_acme import pebble, trust_pebble  # noqa: F401 - the fixture
@@ -108,15 +112,97 @@ def converged(
     return len(sites) == len(wanted)
 
 
-def assert_three_children_each(kubectl: Kubectl, namespace: str, sites: int) -> None:
-    """Nothing orphaned or duplicated: three Deployments and Services per site."""
-    for kind in ("deployments", "services"):
-        owners = Counter(
-            obj["metadata"]["labels"]["app.kubernetes.io/instance"]
-            for obj in kubectl.json("get", kind, "-n", namespace)["items"]
-            if "app.kubernetes.io/instance" in (obj["metadata"].get("labels") or {})
-        )
-        assert owners == {f"c{i}": 3 for i in range(sites)}, (kind, owners)
+# Every kind of object the operator creates for a site.
+CHILD_KINDS = (
+    "deployments",
+    "services",
+    "configmaps",
+    "secrets",
+    "poddisruptionbudgets",
+    "serviceaccounts",
+    "roles",
+    "rolebindings",
+)
+
+
+def children_by_site(kubectl: Kubectl, namespace: str) -> dict[str, Counter[tuple[str, str]]]:
+    """The operator's objects per site, as (kind, name without the site's
+    name) counted. Each is owned (as controller) by its live BlogSite, UID
+    included; the only ones owned by none are kept on purpose (a site's
+    certificate, the ACME accounts sites share)."""
+    live = {
+        body["metadata"]["name"]: body["metadata"]["uid"]
+        for body in kubectl.json("get", "blogsites", "-n", namespace)["items"]
+    }
+    found: dict[str, Counter[tuple[str, str]]] = {name: Counter() for name in live}
+    selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    for kind in CHILD_KINDS:
+        for obj in kubectl.json("get", kind, "-n", namespace, "-l", selector)["items"]:
+            meta = obj["metadata"]
+            labels = meta.get("labels") or {}
+            if labels.get(ACME_ACCOUNT_LABEL):
+                continue
+            owners = [r for r in meta.get("ownerReferences") or [] if r["kind"] == "BlogSite"]
+            site_name = labels.get("app.kubernetes.io/instance", "")
+            if owners:
+                (owner,) = owners
+                assert owner.get("controller"), (kind, meta["name"], owner)
+                assert live.get(owner["name"]) == owner["uid"], f"orphan: {kind} {meta['name']}"
+                site_name = owner["name"]
+            else:
+                assert meta["name"] == f"{site_name}-tls", f"unowned: {kind} {meta['name']}"
+                assert site_name in live, f"orphan: {kind} {meta['name']}"
+            found[site_name][(kind, meta["name"].removeprefix(site_name))] += 1
+    return found
+
+
+def assert_children_owned_and_single(
+    kubectl: Kubectl, namespace: str, sites: int, acme: Callable[[int], bool]
+) -> None:
+    """Nothing orphaned or duplicated, of any kind: every site has one of each
+    child its kind of site has (three Deployments and three Services among
+    them), the same as every other site of its kind."""
+    found = children_by_site(kubectl, namespace)
+    assert sorted(found) == sorted(f"c{i}" for i in range(sites)), sorted(found)
+    shapes: dict[bool, Counter[tuple[str, str]]] = {}
+    for index in range(sites):
+        children = found[f"c{index}"]
+        assert set(children.values()) == {1}, (index, children)
+        for kind in ("deployments", "services"):
+            assert sum(1 for k, _ in children if k == kind) == 3, (index, children)
+        expected = shapes.setdefault(acme(index), children)
+        assert children == expected, (index, children, expected)
+
+
+def assert_issued_by(root_pem: bytes, chain_pem: bytes, name: str) -> None:
+    """The chain verifies up to this Pebble's root for `name` (not only an
+    issuer that says Pebble)."""
+    root = x509.load_pem_x509_certificate(root_pem)
+    leaf, *intermediates = x509.load_pem_x509_certificates(chain_pem)
+    verifier = PolicyBuilder().store(Store([root])).build_server_verifier(DNSName(name))
+    verifier.verify(leaf, intermediates)
+
+
+def passes_under_way(operator: OperatorProcess, namespace: str) -> list[str]:
+    """Sites whose pass began and has not ended, in the current process's log."""
+    pass_line = re.compile(rf"\[{re.escape(namespace)}/(c\d+)\] pass (begins|ends)")
+    running: set[str] = set()
+    for found in pass_line.finditer(operator.logs()[operator.started_at :]):
+        if found.group(2) == "begins":
+            running.add(found.group(1))
+        else:
+            running.discard(found.group(1))
+    return sorted(running)
+
+
+# After an order became valid, the certificate is downloaded and written to
+# the Secret: a kill in that moment interrupts the order too.
+ORDER_WRITE_GRACE = 2.0
+
+
+def interrupted(span: OrderSpan, kills: list[float]) -> bool:
+    end = span.end + ORDER_WRITE_GRACE if span.end is not None else float("inf")
+    return any(span.start < kill < end for kill in kills)
 
 
 def test_sigkill_at_random_moments_loses_nothing(
@@ -139,7 +225,8 @@ def test_sigkill_at_random_moments_loses_nothing(
 
         wanted: dict[int, str] = {}  # site -> the image its spec asks for now
         kills: list[float] = []  # time.monotonic() of each
-        started = time.monotonic()
+        in_pass: list[bool] = []  # whether it landed while a pass ran
+        started = restarted = time.monotonic()
         created = 0
         for _ in range(KILLS):
             # Work for the operator: new sites and new images for old ones.
@@ -151,8 +238,25 @@ def test_sigkill_at_random_moments_loses_nothing(
             for index in chance.sample(sorted(wanted), k=min(2, len(wanted))):
                 wanted[index] = chance.choice(IMAGES)
                 kubectl.apply(site(index, wanted[index], acme(index)), namespace)
-            # Killed at a random moment of that work, orders included.
-            time.sleep(chance.uniform(0.2, 3.0))
+            # Killed at a random moment of that work; every third kill once
+            # an order is under way at the CA, every third while a pass runs.
+            if len(kills) % 3 == 1:
+                wait_for(
+                    functools.partial(ca.orders_in_flight, since=restarted),
+                    timeout=60,
+                    interval=0.05,
+                    what="an order by this process",
+                )
+            elif len(kills) % 3 == 2:
+                wait_for(
+                    lambda: passes_under_way(operator_process, namespace),
+                    timeout=60,
+                    interval=0.01,
+                    what="a pass under way",
+                )
+            else:
+                time.sleep(chance.uniform(0.2, 3.0))
+            in_pass.append(bool(passes_under_way(operator_process, namespace)))
             kill(operator_process)
             kills.append(time.monotonic())
             # A change while it is down must not be lost.
@@ -160,6 +264,7 @@ def test_sigkill_at_random_moments_loses_nothing(
             wanted[index] = chance.choice(IMAGES)
             kubectl.apply(site(index, wanted[index], acme(index)), namespace)
             operator_process.start()
+            restarted = time.monotonic()
         while created < SITES:
             wanted[created] = IMAGES[0]
             kubectl.apply(site(created, IMAGES[0], acme(created)), namespace)
@@ -173,27 +278,48 @@ def test_sigkill_at_random_moments_loses_nothing(
         )
         elapsed = time.monotonic() - started
 
-        assert_three_children_each(kubectl, namespace, SITES)
+        assert_children_owned_and_single(
+            kubectl, namespace, SITES, acme=lambda index: index % 2 == 0
+        )
 
-        # Every ACME site serves one valid certificate for its name, and no
-        # site ordered more than once plus once per kill after its first order.
+        # Every ACME site serves one certificate for its name, from this
+        # CA. Each order after a site's first follows a kill that landed
+        # during the order before it: a kill outside an order orders nothing.
         orders: Counter[int] = Counter()
+        root = pebble.root_pem()
+        in_orders = set()
         for index in range(0, SITES, 2):
             name = f"c{index}.chaos.example"
             secret = kubectl.json("get", "secret", f"c{index}-tls", "-n", namespace)
-            leaf = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+            chain = base64.b64decode(secret["data"]["tls.crt"])
+            assert_issued_by(root, chain, name)
+            leaf = x509.load_pem_x509_certificate(chain)
             names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
             assert names.value.get_values_for_type(x509.DNSName) == [name]
-            assert "Pebble" in leaf.issuer.rfc4514_string()
-            placed = [r.time for r in ca.orders_for(name) if r.status == 201]  # created
-            orders[index] = len(placed)
-            interrupting = sum(1 for kill_time in kills if kill_time > min(placed))
-            assert 1 <= len(placed) <= 1 + interrupting, (index, placed, kills)
+            spans = ca.order_spans(name)
+            orders[index] = len(spans)
+            assert spans, f"{name}: no order"
+            for before, after in itertools.pairwise(spans):
+                between = [kill for kill in kills if kill < after.start]
+                assert interrupted(before, between), (index, spans, kills)
+            in_orders |= {kill for span in spans for kill in kills if interrupted(span, [kill])}
+        assert in_orders, "no kill landed during an order"
+        assert any(in_pass), "no kill landed during a pass"
+
+        # Killed once more with every site settled: no order, no change.
+        settled_orders = ca.count("newOrder")
+        kill(operator_process)
+        mark = operator_process.log_size()
+        operator_process.start()
+        for index in range(SITES):
+            operator_process.wait_for_pass(f"c{index}", mark, timeout=120)
+        assert converged(kubectl, namespace, wanted, acme=lambda index: index % 2 == 0)
+        assert ca.count("newOrder") == settled_orders, "a kill outside any order ordered"
     logs = operator_process.logs()
     assert "Traceback" not in logs, logs[-5000:]
     FIGURES.append(
-        f"chaos (seed {seed}): {SITES} sites, {KILLS} SIGKILLs, converged {elapsed:.0f}s "
-        "after the first; "
+        f"chaos (seed {seed}): {SITES} sites, {KILLS} SIGKILLs ({len(in_orders)} during an "
+        f"order, {sum(in_pass)} during a pass), converged {elapsed:.0f}s after the first; "
         f"orders per ACME site, as the CA counts them: {dict(Counter(orders.values()))} "
         "(count: sites)"
     )
@@ -208,42 +334,36 @@ def test_sigterm_during_an_order_ends_it_cleanly_and_writes_nothing_half(
 ) -> None:
     trust_pebble(kubectl, namespace, pebble)
     sites = range(0, 8, 2)  # ACME sites, ordering at once
-    for index in sites:
-        kubectl.apply(site(index, IMAGES[0], pebble.directory_url), namespace)
+    # Through the pass-through proxy: certificates counted as the CA issues them.
+    with AcmeFaultProxy(pebble) as ca:
+        for index in sites:
+            kubectl.apply(site(index, IMAGES[0], ca.directory_url), namespace)
 
-    def answers_published() -> bool:
-        maps = kubectl.json("get", "configmaps", "-n", namespace)["items"]
-        return any(m["metadata"]["name"].endswith("-acme-http01") and m.get("data") for m in maps)
-
-    # An order is half-way: its answers are up for the CA to fetch.
-    wait_for(answers_published, timeout=60, interval=0.05, what="an order under way")
-    stopping = time.monotonic()
-    assert operator_process.stop() == 0  # SIGTERM; fails past 30 s
-    stopped = time.monotonic() - stopping
-    # Nothing half-written: each TLS Secret is a placeholder or a chain whose
-    # key is its own.
-    for index in sites:
-        secret = kubectl.json("get", "secret", f"c{index}-tls", "-n", namespace)
-        served = read_served_certificate(f"c{index}-tls", secret)
-        assert served.info is not None, served.problem
-    # Started again, it finishes the work with no second certificate.
-    operator_process.start()
-    wait_for(
-        lambda: all(
-            any(
-                c["type"] == "CertificateReady" and c["status"] == "True"
-                for c in kubectl.json("get", "blogsite", f"c{i}", "-n", namespace)["status"][
-                    "conditions"
-                ]
-            )
-            for i in sites
-        ),
-        timeout=120,
-        what="every site certified after the restart",
-    )
-    logs = operator_process.logs()
-    for index in sites:
-        assert logs.count(f"[{namespace}/c{index}] issued a certificate") <= 1
+        # An order is half-way: the CA has created it and not issued yet.
+        wait_for(ca.orders_in_flight, timeout=60, interval=0.05, what="an order under way")
+        stopping = time.monotonic()
+        assert operator_process.stop() == 0  # SIGTERM; fails past 30 s
+        stopped = time.monotonic() - stopping
+        # Nothing half-written: each TLS Secret is a placeholder or a chain
+        # whose key is its own.
+        for index in sites:
+            secret = kubectl.json("get", "secret", f"c{index}-tls", "-n", namespace)
+            served = read_served_certificate(f"c{index}-tls", secret)
+            assert served.info is not None, served.problem
+        # Started again, it finishes the work with no second certificate.
+        operator_process.start()
+        wait_for(
+            lambda: all(
+                conditions_true(kubectl, namespace, f"c{i}", "CertificateReady") for i in sites
+            ),
+            timeout=120,
+            what="every site certified after the restart",
+        )
+        issued = {
+            index: sum(1 for span in ca.order_spans(f"c{index}.chaos.example") if span.end)
+            for index in sites
+        }
+    assert issued == dict.fromkeys(sites, 1), issued
     FIGURES.append(f"chaos: SIGTERM during {len(sites)} orders: stopped in {stopped:.1f}s, exit 0")
 
 
@@ -344,7 +464,7 @@ def test_api_server_and_etcd_restarts_and_expired_watches_lose_nothing(
         finally:
             process.send_signal(signal.SIGCONT)
         figures.append(settled(f"watches expired (etcd compacted at {revision})", began))
-        assert_three_children_each(kubectl, namespace, len(wanted))
+        assert_children_owned_and_single(kubectl, namespace, len(wanted), acme=lambda _: False)
         assert watch_restarts(port, "expired") > expired, "no watch saw 410 Gone"
 
         # All of it in the one process: nothing restarted the operator.
@@ -454,6 +574,15 @@ def test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_
         polls = 1 + int(CA_DOWN_SECONDS / RENEWAL_INFO_SECONDS)
         bound = 2 * tries + 2 * polls
         assert 0 < len(during) <= bound, Counter(r.endpoint for r in during)
+        # Both a try and a poll begin with the directory, so the CA cannot
+        # tell them apart; each site's own count of failed tries can. A
+        # fixed retry every BACKOFF_SECONDS would try twice as often.
+        assert tries * 2 <= CA_DOWN_SECONDS / BACKOFF_SECONDS, "too short to tell them apart"
+        for index in (0, 2):
+            certificate = kubectl.json("get", "blogsite", f"c{index}", "-n", namespace)["status"][
+                "certificate"
+            ]
+            assert 1 <= certificate["failedAttempts"] <= tries, (index, certificate)
         # c2's order may finish before c0's next try: wait for both.
         after = wait_for(
             lambda: (found := issued(0, 1, 2)) and found[0].serial != first[0].serial and found,
@@ -492,21 +621,14 @@ def test_sigterm_during_passes_ends_in_the_grace_period_and_a_restart_finishes_t
 ) -> None:
     sites = 12
     wanted = dict.fromkeys(range(sites), IMAGES[0])
-    mark = operator_process.log_size()
     for index in wanted:
         kubectl.apply(site(index, IMAGES[0]), namespace)
-    pass_line = re.compile(rf"\[{re.escape(namespace)}/(c\d+)\] pass (begins|ends)")
-
-    def passes_under_way() -> list[str]:
-        running: set[str] = set()
-        for found in pass_line.finditer(operator_process.logs()[mark:]):
-            if found.group(2) == "begins":
-                running.add(found.group(1))
-            else:
-                running.discard(found.group(1))
-        return sorted(running)
-
-    in_flight = wait_for(passes_under_way, timeout=60, interval=0.01, what="a pass under way")
+    in_flight = wait_for(
+        lambda: passes_under_way(operator_process, namespace),
+        timeout=60,
+        interval=0.01,
+        what="a pass under way",
+    )
     stopping = time.monotonic()
     assert operator_process.stop() == 0  # SIGTERM; fails past 30 s
     stopped = time.monotonic() - stopping
@@ -519,7 +641,7 @@ def test_sigterm_during_passes_ends_in_the_grace_period_and_a_restart_finishes_t
         interval=1,
         what=f"{sites} sites converged after the restart",
     )
-    assert_three_children_each(kubectl, namespace, sites)
+    assert_children_owned_and_single(kubectl, namespace, sites, acme=lambda _: False)
     FIGURES.append(
         f"chaos: SIGTERM during passes over {', '.join(in_flight)}: stopped in {stopped:.1f}s, "
         "exit 0"
