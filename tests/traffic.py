@@ -2,12 +2,16 @@
 
 `Traffic` is the zero-downtime client: it opens a new connection for every
 request (so each one is balanced afresh by kube-proxy to a Ready pod) and
-counts every request that did not come back as the page expected.
+counts every request that did not come back as the page expected, every
+request that took longer than a second (a stall), and every second of the
+window in which no request completed (a gap: a window with no requests
+proves nothing).
 """
 
 from __future__ import annotations
 
 import http.client
+import itertools
 import socket
 import ssl
 import threading
@@ -74,12 +78,19 @@ class _SniConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self._server_name)
 
 
+# A request slower than this, or a stretch this long with none completed,
+# is a failure: a user would notice.
+STALL_SECONDS = 1.0
+
+
 @dataclass
 class Traffic:
     """Requests without pause from a background thread, until stopped.
 
-    A request fails when it raises, times out, or does not answer 200 with
-    `expect` in the body.
+    A request fails when it raises, times out, takes longer than
+    STALL_SECONDS, or does not answer 200 with `expect` in the body; the
+    window fails for every gap of STALL_SECONDS without a completed request,
+    from its start to its end.
     """
 
     address: str
@@ -89,10 +100,13 @@ class Traffic:
     expect: str
     sent: int = 0
     failures: list[str] = field(default_factory=list)
+    completed: list[float] = field(default_factory=list)  # time.monotonic() of each
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _began: float = 0.0
 
     def __enter__(self) -> Traffic:
+        self._began = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
         self._thread.start()
         return self
@@ -105,6 +119,14 @@ class Traffic:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+            ended = time.monotonic()
+            marks = [self._began, *self.completed, ended]
+            for earlier, later in itertools.pairwise(marks):
+                if later - earlier > STALL_SECONDS:
+                    at = earlier - self._began
+                    self.failures.append(
+                        f"gap: no request completed for {later - earlier:.1f}s at +{at:.1f}s"
+                    )
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -112,8 +134,13 @@ class Traffic:
             self.sent += 1
             try:
                 response = request(self.address, self.port, self.host, tls=self.tls)
+                took = time.monotonic() - started
                 if response.status != 200 or self.expect not in response.body:
                     self.failures.append(f"{response.status}: {response.body[:200]!r}")
+                elif took > STALL_SECONDS:
+                    self.failures.append(f"stall: {took:.1f}s for one request")
+                else:
+                    self.completed.append(time.monotonic())
             except (OSError, http.client.HTTPException) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")
             # About 20 requests a second: enough to see any gap in serving.
