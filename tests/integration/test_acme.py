@@ -269,9 +269,12 @@ def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expi
         # earlier may stand for well under a second before the renewal, and
         # samples would miss it and judge the renewal by the plan before.
         with Watch(kubectl, namespace, f"blogsite/{SITE}", "{.status.certificate}") as watch:
-            deadline = time.monotonic() + 50
+            # Two renewals of 20 s certificates: about 40 s, allowed 120 s
+            # on a loaded machine (what is checked is each one's timing
+            # against its own plan, not how fast the test ran).
+            deadline = time.monotonic() + 120
             read = 0
-            while time.monotonic() < deadline and len(seen) < 4:
+            while time.monotonic() < deadline and len(seen) < 3:
                 for sample in watch.samples[read:]:
                     read += 1
                     status = json.loads(sample) if sample else {}
@@ -282,7 +285,7 @@ def test_short_lived_certificate_is_renewed_within_its_ari_window_before_it_expi
                             with_info[serial] = status
                 time.sleep(0.1)
 
-    assert len(seen) >= 3, f"expected at least two renewals in 50 s, saw {list(seen)}"
+    assert len(seen) >= 3, f"expected at least two renewals in 120 s, saw {list(seen)}"
     certificates = sorted(seen.values(), key=lambda s: s["notBefore"])
     for old, new in itertools.pairwise(certificates):
         lifetime = parse_time(old["notAfter"]) - parse_time(old["notBefore"])
