@@ -19,11 +19,13 @@ import os
 import shutil
 import signal
 import ssl
+import subprocess
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,9 @@ PEBBLE_ENV = {
     "PEBBLE_DNS_PORT": "8083",
     "PEBBLE_CHALLTESTSRV_PORT": "8085",
     "PEBBLE_HTTP01_PORT": "80",
+    # Every order validates afresh (Let's Encrypt reuses authorizations for
+    # 7 hours only): a renewal always runs the self-check and the challenge.
+    "PEBBLE_AUTHZREUSE": "0",
 }
 SITE = "blog"
 DOMAINS = ["blog.example.test", "www.blog.example.test"]
@@ -147,6 +152,78 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=blogsite-operator"
 LEASE = "blogsite-operator"
 
 
+class OperatorLogs:
+    """Every operator container's log, kept as it is written: `kubectl logs
+    -f` on each container instance as it appears, so the logs of pods that
+    were killed, deleted or upgraded away are read too, to their last line.
+    An instance that came and went between two looks is read with
+    --previous."""
+
+    def __init__(self, kubectl: Kubectl, directory: Path) -> None:
+        self.kubectl = kubectl
+        self.directory = directory
+        self.followers: dict[str, subprocess.Popen[bytes]] = {}
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._follow_new_instances, daemon=True)
+        self.thread.start()
+
+    def _follow_new_instances(self) -> None:
+        while not self.stopped.wait(1.0):
+            result = self.kubectl.run(
+                "get",
+                "pods",
+                "-n",
+                OPERATOR_NAMESPACE,
+                "-l",
+                OPERATOR_SELECTOR,
+                "-o",
+                "json",
+                check=False,
+            )
+            if result.returncode != 0:
+                continue
+            for pod in json.loads(result.stdout)["items"]:
+                for container in pod["status"].get("containerStatuses") or []:
+                    self._follow(pod["metadata"]["name"], container)
+
+    def _follow(self, pod: str, container: dict[str, Any]) -> None:
+        name, restarts = container["name"], container["restartCount"]
+        before = f"{pod}_{name}_{restarts - 1}"
+        if restarts and before not in self.followers:
+            self._start(before, pod, name, "--previous")  # it ended before it was followed
+        now = f"{pod}_{name}_{restarts}"
+        if now not in self.followers and "running" in (container.get("state") or {}):
+            self._start(now, pod, name, "--follow")
+
+    def _start(self, key: str, pod: str, container: str, how: str) -> None:
+        args = ["logs", "-n", OPERATOR_NAMESPACE, pod, "-c", container, how]
+        with (self.directory / key).open("wb") as out:
+            self.followers[key] = subprocess.Popen(
+                [self.kubectl.binary, "--kubeconfig", self.kubectl.kubeconfig, *args],
+                stdout=out,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def instances(self) -> dict[str, int]:
+        """Bytes of log kept per container instance."""
+        return {path.name: path.stat().st_size for path in self.directory.iterdir()}
+
+    def text(self) -> str:
+        """All of it, each line prefixed with its container instance."""
+        return "".join(
+            f"[{path.name}] {line}\n"
+            for path in sorted(self.directory.iterdir())
+            for line in path.read_text(errors="replace").splitlines()
+        )
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+        for follower in self.followers.values():
+            follower.terminate()
+            follower.wait()
+
+
 @dataclass
 class Release:
     """The operator installed with the chart: two replicas, one leading."""
@@ -155,9 +232,15 @@ class Release:
     helm: Helm
     values_path: Path
     watched: str
+    kept_logs: OperatorLogs
 
-    # A test that kills an operator process says so.
-    restarts_expected: bool = False
+    # Restarts a test caused (it killed the process), by pod UID: any other
+    # restart fails the test that sees it.
+    expected_restarts: dict[str, int] = field(default_factory=dict)
+    # Where the API server's audit log stood at install (a reused cluster's
+    # log holds earlier runs), and the leader changes tests caused since.
+    audit_offset: int = 0
+    handovers: int = 0
 
     def helm_run(self, *args: str, check: bool = True) -> str:
         return self.helm.run(*args, check=check).stdout
@@ -190,8 +273,9 @@ class Release:
         def find() -> dict[str, Any] | None:
             holder = self.holder().rsplit("_", 1)[0]
             for pod in self.pods():
+                allowed = self.expected_restarts.get(pod["metadata"]["uid"], 0)
                 for status in pod["status"].get("containerStatuses") or []:
-                    if status["restartCount"] > 0 and not self.restarts_expected:
+                    if status["restartCount"] > allowed:
                         raise AssertionError(f"an operator pod restarted:\n{self.logs()[-3000:]}")
                 ready = all(s.get("ready") for s in pod["status"].get("containerStatuses") or [{}])
                 if pod["metadata"]["name"] == holder and ready:
@@ -204,17 +288,32 @@ class Release:
         return pod
 
     def logs(self) -> str:
-        """Every operator pod's log, each line prefixed with its pod."""
-        return self.kubectl.run(
-            "logs",
-            "-n",
-            OPERATOR_NAMESPACE,
-            "-l",
-            OPERATOR_SELECTOR,
-            "--prefix",
-            "--tail=-1",
-            check=False,
-        ).stdout
+        """Every operator process's log so far, the ended ones' included."""
+        return self.kept_logs.text()
+
+
+class PodCounts:
+    """How many operator pods exist (not being deleted), sampled every half
+    second from a thread while a test changes them."""
+
+    def __init__(self, release: Release) -> None:
+        self.release = release
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.5):
+            pods = self.release.pods()
+            self.samples.append(sum(1 for p in pods if not p["metadata"].get("deletionTimestamp")))
+
+    def __enter__(self) -> PodCounts:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def release_values(node: RealNode, watched: str) -> dict[str, Any]:
@@ -262,15 +361,27 @@ def release(
     )
     values_path = tmp_path_factory.mktemp("helm") / "values.yaml"
     values_path.write_text(yaml.safe_dump(release_values(real_node, real_namespace)))
-    handle = Release(kubectl, Helm(helm_binary(), kubectl.kubeconfig), values_path, real_namespace)
-    # The session installed the CRD from crds/ (kubectl apply), as a user
-    # who had it before the chart did: the README's way to hand it over.
-    handle.install_or_upgrade(flags=("--take-ownership",))
-    yield handle
-    logs = handle.logs()
-    handle.helm_run(
-        "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "5m", check=False
+    kept_logs = OperatorLogs(kubectl, tmp_path_factory.mktemp("operator-logs"))
+    handle = Release(
+        kubectl, Helm(helm_binary(), kubectl.kubeconfig), values_path, real_namespace, kept_logs
     )
+    audit = audit_log(kubectl)
+    handle.audit_offset = audit.stat().st_size if audit.exists() else 0
+    try:
+        # The session installed the CRD from crds/ (kubectl apply), as a user
+        # who had it before the chart did: the README's way to hand it over.
+        handle.install_or_upgrade(flags=("--take-ownership",))
+        yield handle
+        handle.helm_run(
+            "uninstall", RELEASE, "-n", OPERATOR_NAMESPACE, "--wait", "--timeout", "5m", check=False
+        )
+    finally:
+        kept_logs.stop()
+    # Every process of the module, the killed, deleted and upgraded ones too.
+    instances = kept_logs.instances()
+    assert len(instances) >= 2, instances
+    assert all(instances.values()), instances
+    logs = kept_logs.text()
     assert "Traceback" not in logs, logs[-5000:]
 
 
@@ -662,6 +773,85 @@ def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
     assert "SelfCheckFailed" not in release.logs()
 
 
+def cert_refresh_pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl.json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=cert-refresh"
+    )["items"]
+    return pods
+
+
+def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_asked(
+    kubectl: Kubectl, served_site: ServedSite, pebble: Pebble
+) -> None:
+    """The self-check, through the real frontend: with no cert-refresh pod
+    behind it (the node takes no new pod, the old one is deleted), the
+    frontend cannot serve the answers, and the operator must not ask the CA
+    to validate; once it can, the renewal goes through."""
+    site = served_site
+    before = served_certificate(kubectl, site.namespace)
+    taint = "blog.daedalus.dev/test-hold=1:NoSchedule"
+    kubectl.run("taint", "node", NODE_NAME, taint)
+    try:
+        kubectl.run(
+            "delete", "pods", "-n", site.namespace, "-l", "app.kubernetes.io/component=cert-refresh"
+        )
+        wait_for(
+            lambda: all(
+                p["status"].get("phase") == "Pending"
+                for p in cert_refresh_pods(kubectl, site.namespace)
+            ),
+            what="no cert-refresh pod running",
+        )
+        mark = pebble.log_path.stat().st_size
+        kubectl.run(
+            "annotate",
+            "blogsite",
+            SITE,
+            "-n",
+            site.namespace,
+            "--overwrite",
+            "blog.daedalus.dev/renew-certificate=self-check",
+        )
+        failure = wait_for(
+            lambda: (
+                (
+                    (site_status(kubectl, site.namespace)["status"].get("certificate") or {}).get(
+                        "lastFailure"
+                    )
+                    or {}
+                ).get("reason")
+                == "SelfCheckFailed"
+            ),
+            timeout=120,
+            interval=1,
+            what="the self-check failing through the frontend",
+        )
+        assert failure
+        with pebble.log_path.open("rb") as log:
+            log.seek(mark)
+            asked = log.read().decode(errors="replace")
+        assert "POST /order-plz" in asked, "no order began"
+        assert "POST /chalZ/" not in asked, "the CA was asked to validate an answer not served"
+        # Meanwhile the site keeps its certificate.
+        assert served_certificate(kubectl, site.namespace) == before
+    finally:
+        kubectl.run("taint", "node", NODE_NAME, taint.split("=", 1)[0] + "-")
+    # Served again, the next try renews.
+    wait_for(
+        lambda: served_certificate(kubectl, site.namespace) != before,
+        timeout=180,
+        interval=1,
+        what="the renewal once the answers are served",
+    )
+    wait_for(
+        lambda: frontend_serves(
+            kubectl, site.namespace, served_certificate(kubectl, site.namespace)
+        ),
+        timeout=120,
+        what="the frontend serving the renewed certificate",
+    )
+
+
 def test_a_frontend_pod_given_an_old_certificate_starts_nginx_only_with_the_named_one(
     kubectl: Kubectl, served_site: ServedSite
 ) -> None:
@@ -782,14 +972,20 @@ def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
 
 
 def frontend_replaced(kubectl: Kubectl, namespace: str, template: dict[str, Any]) -> bool:
-    """The frontend rolled out to this template and no older pod is left."""
+    """The frontend rolled out to this template and no older pod is left:
+    every pod carries the template's labels and annotations (a renewal
+    changes an annotation, not the version label)."""
     if not rolled_out(kubectl, namespace, "frontend"):
         return False
-    version = template["metadata"]["labels"][VERSION_LABEL]
+    wanted = {**template["metadata"]["labels"], **(template["metadata"].get("annotations") or {})}
     pods = kubectl.json(
         "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
     )["items"]
-    return all(p["metadata"]["labels"].get(VERSION_LABEL) == version for p in pods)
+    return all(
+        wanted.items()
+        <= {**p["metadata"]["labels"], **(p["metadata"].get("annotations") or {})}.items()
+        for p in pods
+    )
 
 
 def assert_page(response: Response) -> None:
@@ -841,11 +1037,16 @@ def test_bad_daedalus_version_is_reverted_without_a_failed_request(  # noqa: PLR
         if variant == "missing"
         else real_node.daedalus(variant)
     )
+    # Failure-free by construction: a version that never becomes Ready gets
+    # no traffic, so this window is not evidence of zero downtime (that is
+    # the frontend change's, the renewal's and the handovers'). It shows the
+    # good pods kept serving while the bad ones failed and were reverted.
     with site.traffic() as traffic:
         elapsed, body = change_and_wait_for_revert(kubectl, real_node, pebble, site, bad)
         time.sleep(1)  # a last second of requests after the revert settled
     FIGURES.append(
-        f"real node: {variant} daedalus reverted in {elapsed:.1f}s; traffic: {traffic.summary()}"
+        f"real node: {variant} daedalus reverted in {elapsed:.1f}s; traffic (no failure "
+        f"possible: the bad pods were never Ready): {traffic.summary()}"
     )
     message = condition(body, "RolloutHealthy")["message"]
     assert any(reason in message for reason in why.split("|")), message
@@ -1188,6 +1389,7 @@ def test_the_leader_pod_deleted_under_traffic_hands_over_in_seconds(
         )
         new_holder(release, before)
         takeover = time.monotonic() - started
+        release.handovers += 1
         applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 3)
     FIGURES.append(
         f"real node: leader pod deleted -> another leading after {takeover:.1f}s, "
@@ -1228,13 +1430,15 @@ def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
     before = release.holder()
     pids = operator_pids(leader["metadata"]["uid"])
     assert pids, "the leader's process was not found on the node"
-    release.restarts_expected = True  # the killed container restarts, as a standby
+    # The killed container restarts, once, as a standby.
+    release.expected_restarts[leader["metadata"]["uid"]] = 1
     with served_site.traffic() as traffic:
         started = time.monotonic()
         for pid in pids:
             os.kill(pid, signal.SIGKILL)  # no release: the Lease must run out
         new_holder(release, before)
         takeover = time.monotonic() - started
+        release.handovers += 1
         applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 2)
     FIGURES.append(
         f"real node: leader SIGKILLed -> another leading after {takeover:.1f}s (lease 15 s), "
@@ -1294,7 +1498,7 @@ def test_an_upgrade_rolls_the_operator_under_traffic_and_reaches_the_crd(  # noq
     new_tag = retag(real_node, real_node.operator_image, "upgrade")
     chart = chart_with_changed_crd(tmp_path)
     before = release.holder()
-    with served_site.traffic() as traffic:
+    with served_site.traffic() as traffic, PodCounts(release) as counts:
         started = time.monotonic()
         # kubectl still co-owns the CRD's fields it applied (server-side):
         # the README's first CRD-changing upgrade after a hand-over forces.
@@ -1303,12 +1507,17 @@ def test_an_upgrade_rolls_the_operator_under_traffic_and_reaches_the_crd(  # noq
         )
         upgraded = time.monotonic() - started
         new_holder(release, before)
+        release.handovers += 1
         applied = apply_daedalus_replicas(kubectl, real_node, pebble, served_site, 3)
     FIGURES.append(
         f"real node: helm upgrade (image, values, CRD) in {upgraded:.1f}s, "
         f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
     )
     assert not traffic.failures, traffic.summary()
+    # "Rolls the operator pods one at a time": never more than one pod over
+    # the two replicas.
+    assert counts.samples, "no pods sampled"
+    assert max(counts.samples) <= 3, counts.samples
 
     # helm --wait returns once the new pods are Ready; the old ones end after.
     def two_pods() -> list[dict[str, Any]] | None:
@@ -1329,17 +1538,22 @@ def test_an_upgrade_rolls_the_operator_under_traffic_and_reaches_the_crd(  # noq
 AUDIT_WRITES = ("create", "update", "patch", "delete", "deletecollection")
 
 
+def audit_log(kubectl: Kubectl) -> Path:
+    return Path(kubectl.kubeconfig).parent / "logs" / "audit.log"
+
+
 def test_the_audit_log_shows_one_writing_operator_process_at_a_time(
     kubectl: Kubectl, release: Release
 ) -> None:
     """Across the takeovers and the upgrade above, from the API server's own
     record: each process's writes (Lease renewals aside) form one span, and
     no span begins before the one before it ended."""
-    audit = Path(kubectl.kubeconfig).parent / "logs" / "audit.log"
+    audit = audit_log(kubectl)
     assert audit.exists(), "no audit log: recreate the test cluster (hack/cluster.sh down)"
     spans: dict[str, list[str]] = {}
-    with audit.open(encoding="utf-8") as lines:
-        for line in lines:
+    with audit.open("rb") as log:
+        log.seek(release.audit_offset)  # this module's release only
+        for line in log:
             event = json.loads(line)
             if (
                 event.get("stage") != "ResponseComplete"
@@ -1355,7 +1569,9 @@ def test_the_audit_log_shows_one_writing_operator_process_at_a_time(
             span[1] = max(span[1], event["stageTimestamp"])
     ordered = sorted(spans.items(), key=lambda item: item[1][0])
     FIGURES.append(f"real node: {len(ordered)} operator processes wrote, one after another")
-    assert len(ordered) >= 4, ordered  # first leader, two takeovers, the upgrade
+    # The first leader and one for each handover the tests above caused (each
+    # applied a change after it, so each new leader wrote).
+    assert len(ordered) >= 1 + release.handovers, (release.handovers, ordered)
     for (before, (_, ended)), (after, (began, _)) in itertools.pairwise(ordered):
         assert ended < began, f"{after} wrote from {began}, before {before} stopped at {ended}"
 
