@@ -91,3 +91,7 @@ run: install ## run the operator (against the local cluster unless one is config
 .PHONY: bench
 bench: install tools ## benchmark: BENCH_SITES (200) BlogSites at once, BENCH_RUNS (1) times; idle writes over BENCH_IDLE (60) s
 	$(BIN)/python hack/bench/bench.py
+
+.PHONY: mutants
+mutants: system-deps install tools ## apply each deliberate breakage of hack/mutants.py and run the tests that must catch it
+	$(BIN)/python hack/mutants.py $(MUTANTS)

@@ -1,0 +1,290 @@
+"""Deliberate breakages, each with the tests that must catch it: `make mutants`.
+
+A test is trusted once it has been seen failing against a broken build; this
+keeps those broken builds, so the seeing can be done again. Each mutant is
+one textual change to one file of the committed tree. It is applied in a
+throwaway git worktree (the checkout itself is never touched), its tests run
+there against the local test cluster, and the mutant is *caught* when they
+fail. Prints caught/missed per mutant; exits 1 if any was missed.
+
+    hack/mutants.py                    # every mutant
+    hack/mutants.py leader-takes-early # some, by name
+    hack/mutants.py --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    why: str  # what the breakage stands for
+    path: str  # file in the repository
+    old: str  # text that must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must fail
+
+
+MUTANTS = [
+    Mutant(
+        "renderer-invalid-nginx",
+        "a renderer change nginx refuses, in a site with no extraConfig",
+        "operator/blogsite_operator/render/nginx.py",
+        '"proxy_set_header Host $host;",',
+        '"proxy_set_header Host;",',
+        ("tests/integration/test_generated_specs.py",),
+    ),
+    Mutant(
+        "child-the-api-server-refuses",
+        "a rendered child the API server refuses (a label value with a colon)",
+        "operator/blogsite_operator/render/site.py",
+        '"app.kubernetes.io/managed-by": MANAGED_BY}',
+        '"app.kubernetes.io/managed-by": MANAGED_BY, "blog.daedalus.dev/x": "a:b"}',
+        ("tests/integration/test_generated_specs.py",),
+    ),
+    Mutant(
+        "renew-text-in-status",
+        "the user's renew annotation kept in the status as written",
+        "operator/blogsite_operator/issuance/driver.py",
+        "request = renew_request_digest(renew_request) if renew_request else None",
+        "request = renew_request or None",
+        (
+            "tests/integration/test_hostile_metadata.py",
+            "tests/unit/test_acme_driver.py::TestRenewalRequest",
+        ),
+    ),
+    Mutant(
+        "leader-takes-early",
+        "a standby that takes the Lease after half its duration: two leaders",
+        "operator/blogsite_operator/policies/lease.py",
+        "return unchanged_for >= duration\n",
+        "return unchanged_for >= duration / 2\n",
+        (
+            "tests/integration/test_leader.py::test_a_silent_leader_keeps_the_lease_for_its_whole_duration",
+            "tests/integration/test_leader.py::test_of_two_operators_only_the_leader_reconciles_and_the_standby_takes_over",
+        ),
+    ),
+    Mutant(
+        "leader-does-not-exit",
+        "a leader that lost its Lease logs it and goes on writing",
+        "operator/blogsite_operator/cli.py",
+        "    logging.shutdown()\n    os._exit(1)\n",
+        "    return\n",
+        (
+            "tests/integration/test_leader.py::test_an_operator_that_cannot_renew_exits_before_its_lease_runs_out",
+        ),
+    ),
+    Mutant(
+        "renewal-waits-past-the-deadline",
+        "a renewal request that may hang for 30 s, past the renew deadline",
+        "operator/blogsite_operator/leader.py",
+        "timeout=max(0.5, min(left, 5.0))",
+        "timeout=30.0",
+        (
+            "tests/integration/test_leader.py::test_a_leader_cut_off_from_the_api_gives_up_before_its_lease_runs_out[hanging]",
+        ),
+    ),
+    Mutant(
+        "release-before-the-order-ends",
+        "a leader told to stop releases the Lease without waiting for its order",
+        "operator/blogsite_operator/cli.py",
+        "        queue.wait_for_acme_jobs()\n",
+        "",
+        (
+            "tests/integration/test_leader.py::test_a_leader_told_to_stop_finishes_its_order_then_releases_the_lease",
+        ),
+    ),
+    Mutant(
+        "order-after-every-restart",
+        "every site orders a certificate on its first pass after a restart",
+        "operator/blogsite_operator/issuance/driver.py",
+        "    due = plan.due or state.failed_attempts > 0\n",
+        "    seen = drive_acme.__dict__.setdefault('seen', set())\n"
+        "    due = plan.due or state.failed_attempts > 0 or "
+        "(tuple(names) not in seen and not seen.add(tuple(names)))\n",
+        ("tests/integration/test_chaos.py::test_sigkill_at_random_moments_loses_nothing",),
+    ),
+    Mutant(
+        "fixed-retry",
+        "a failed order retried every base interval instead of backing off",
+        "operator/blogsite_operator/policies/certificate.py",
+        "delay = min(cap, base * (1 << exponent)) * (1 + jitter)",
+        "delay = base * (1 + jitter)",
+        (
+            "tests/integration/test_chaos.py::test_a_ca_that_limits_fails_and_goes_down_gets_no_hot_loop_and_certificates_keep_serving",
+        ),
+    ),
+    Mutant(
+        "unowned-config-map",
+        "the nginx ConfigMap written without its owner reference (an orphan-to-be)",
+        "operator/blogsite_operator/render/site.py",
+        '    metadata["labels"] = {**metadata["labels"], NGINX_CONFIG_LABEL: site.name}\n',
+        '    metadata["labels"] = {**metadata["labels"], NGINX_CONFIG_LABEL: site.name}\n'
+        '    del metadata["ownerReferences"]\n',
+        (
+            "tests/integration/test_chaos.py::test_sigterm_during_passes_ends_in_the_grace_period_and_a_restart_finishes_the_work",
+        ),
+    ),
+    Mutant(
+        "resync-writes",
+        "a pass over an unchanged site that writes its status every time",
+        "operator/blogsite_operator/reconcile.py",
+        "    if patch:\n        api.patch_blogsite_status(",
+        "    if True:\n        api.patch_blogsite_status(",
+        (
+            "tests/integration/test_operator.py::test_an_idle_operator_makes_no_api_writes_over_two_resync_periods",
+        ),
+    ),
+    Mutant(
+        "stuck-loop-alive",
+        "/healthz that says alive however long the event loop has been stuck",
+        "operator/blogsite_operator/health.py",
+        "if silent > STUCK_AFTER_SECONDS:",
+        "if silent > STUCK_AFTER_SECONDS * 1000:",
+        (
+            "tests/unit/test_health.py::test_healthz_fails_while_the_event_loop_is_stuck_and_recovers_after",
+        ),
+    ),
+    Mutant(
+        "rolls-two-at-a-time",
+        "an upgrade that surges two operator pods at once",
+        "deploy/helm/blogsite-operator/templates/deployment.yaml",
+        "      maxSurge: 1\n",
+        "      maxSurge: 2\n",
+        ("tests/chart/test_chart.py",),
+    ),
+]
+
+
+def apply(mutant: Mutant, tree: Path) -> None:
+    path = tree / mutant.path
+    text = path.read_text(encoding="utf-8")
+    if text.count(mutant.old) != 1:
+        raise SystemExit(
+            f"{mutant.name}: {mutant.path} must hold the text once, not {text.count(mutant.old)}x"
+        )
+    path.write_text(text.replace(mutant.old, mutant.new), encoding="utf-8")
+
+
+def run(mutant: Mutant, log_dir: Path) -> tuple[bool, float]:
+    """(caught, seconds)."""
+    tree = Path(tempfile.mkdtemp(prefix=f"mutant-{mutant.name}-"))
+    started = time.monotonic()
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(tree)], check=True
+    )
+    try:
+        apply(mutant, tree)
+        log = log_dir / f"{mutant.name}.log"
+        with log.open("wb") as out:
+            result = subprocess.run(
+                [
+                    str(ROOT / ".venv" / "bin" / "pytest"),
+                    "-x",
+                    "-q",
+                    "-p",
+                    "no:cacheprovider",
+                    *mutant.tests,
+                ],
+                cwd=tree,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={
+                    **os.environ,
+                    "BLOGSITE_TEST_DURATIONS": str(log_dir / f"{mutant.name}.durations"),
+                },
+                check=False,
+            )
+        # 1: tests failed (caught). 0: passed (missed). Anything else (no
+        # tests collected, an error of the run) is neither: report it.
+        if result.returncode not in (0, 1):
+            raise SystemExit(f"{mutant.name}: pytest exited {result.returncode}, see {log}")
+        return result.returncode == 1, time.monotonic() - started
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+        )
+        shutil.rmtree(tree, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests")
+    args = parser.parse_args()
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        parser.error(f"no such mutant: {', '.join(sorted(unknown))}")
+    if args.list:
+        for mutant in chosen:
+            print(f"{mutant.name}: {mutant.why}\n    caught by {' '.join(mutant.tests)}")
+        return 0
+    log_dir = ROOT / "build" / "mutants"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    # One test cluster for every run (each pytest session would otherwise
+    # start and stop its own); stopped at the end if started here.
+    started = not _cluster_answers()
+    if started:
+        subprocess.run([str(ROOT / "hack" / "cluster.sh"), "up"], env=TEST_CLUSTER_ENV, check=True)
+    missed = []
+    try:
+        for mutant in chosen:
+            caught, seconds = run(mutant, log_dir)
+            verdict = "caught" if caught else "MISSED"
+            print(f"{verdict}  {mutant.name} ({seconds:.0f}s): {mutant.why}", flush=True)
+            if not caught:
+                missed.append(mutant.name)
+    finally:
+        if started:
+            subprocess.run(
+                [str(ROOT / "hack" / "cluster.sh"), "down"], env=TEST_CLUSTER_ENV, check=False
+            )
+    print(f"{len(chosen) - len(missed)} caught, {len(missed)} missed (logs in {log_dir})")
+    return 1 if missed else 0
+
+
+# As tests/integration/conftest.py runs it.
+TEST_CLUSTER_ENV = {
+    **os.environ,
+    "BLOGSITE_CLUSTER": os.environ.get("BLOGSITE_TEST_CLUSTER", "blogsite-test"),
+    "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "kwok" / "audit-policy.yaml"),
+}
+
+
+def _cluster_answers() -> bool:
+    env = subprocess.run(
+        [str(ROOT / "hack" / "cluster.sh"), "env"],
+        env=TEST_CLUSTER_ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    values = dict(line.split("=", 1) for line in env.stdout.splitlines() if "=" in line)
+    if "KUBECTL" not in values or "KUBECONFIG" not in values:
+        return False
+    ready = subprocess.run(
+        [values["KUBECTL"], "--kubeconfig", values["KUBECONFIG"], "get", "--raw", "/readyz"],
+        capture_output=True,
+        check=False,
+        timeout=30,
+    )
+    return ready.returncode == 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
