@@ -97,6 +97,17 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "lease-requests-retried",
+        "lease requests that urllib3 tries again after a timeout, past the renew deadline",
+        "operator/blogsite_operator/leader.py",
+        "self._api = api.without_retries()",
+        "self._api = api",
+        (
+            "tests/integration/test_leader.py::test_a_leader_cut_off_from_the_api_gives_up_before_its_lease_runs_out[hanging]",
+            "tests/integration/test_leader.py::test_an_operator_that_cannot_renew_exits_before_its_lease_runs_out",
+        ),
+    ),
+    Mutant(
         "release-before-the-order-ends",
         "a leader told to stop releases the Lease without waiting for its order",
         "operator/blogsite_operator/cli.py",

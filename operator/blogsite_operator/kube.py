@@ -8,6 +8,7 @@ speaking the same shape.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import secrets
@@ -108,6 +109,17 @@ class Api:
     def host(self) -> str:
         """The API server's URL."""
         return str(self._api.configuration.host)
+
+    def without_retries(self) -> Api:
+        """The same API server through a client that never tries a request
+        again by itself: urllib3 otherwise retries a read that timed out
+        three times, so a 4 s timeout would hang for 16 s (leader election
+        must know how long a request can take)."""
+        configuration = copy.copy(self._api.configuration)
+        configuration.retries = False
+        api_client = client.ApiClient(configuration)
+        api_client.user_agent = self._api.user_agent
+        return Api(api_client)
 
     def _request(
         self,

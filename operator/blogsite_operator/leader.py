@@ -36,7 +36,7 @@ class LeaderElector:
         timings: LeaseTimings | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.api = api
+        self.api = api  # without retries: see the setter
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -48,6 +48,16 @@ class LeaderElector:
         self._seen_at = 0.0
         # The renewal thread and what stops it, once leading.
         self._renewal: tuple[threading.Event, threading.Thread] | None = None
+
+    @property
+    def api(self) -> kube.Api:
+        return self._api
+
+    @api.setter
+    def api(self, api: kube.Api) -> None:
+        # Every request bounded by its own timeout, never tried again behind
+        # our back: a renewal must give up before the renew deadline.
+        self._api = api.without_retries()
 
     def try_acquire_or_renew(self, timeout: float) -> bool:
         """One attempt; True when this process holds the Lease afterwards."""

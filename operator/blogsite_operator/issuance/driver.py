@@ -99,9 +99,7 @@ def drive_acme(
     elif not busy and due:
         if requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(
-                IssueJob(
-                    site, tuple(names), acme, renewal_request=request if requested else None
-                )
+                IssueJob(site, tuple(names), acme, renewal_request=request if requested else None)
             )
             busy = True
             if requested:
