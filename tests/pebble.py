@@ -25,19 +25,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tests.support import wait_for
+from tests.support import wait_for, worker_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "hack" / "pebble.sh"
 # Pebble otherwise sleeps up to 15 s before each validation.
 DEFAULT_ENV = {
     "PEBBLE_VA_NOSLEEP": "1",
-    # Ports of their own, so a `make run` Pebble (on the defaults) can keep running.
-    "PEBBLE_PORT": "14010",
-    "PEBBLE_MANAGEMENT_PORT": "15010",
-    "PEBBLE_DNS_PORT": "8063",
-    "PEBBLE_CHALLTESTSRV_PORT": "8065",
-    "PEBBLE_HTTP01_PORT": "5012",
+    # Ports of their own, so a `make run` Pebble (on the defaults) can keep
+    # running, and one set per parallel test worker.
+    "PEBBLE_PORT": str(worker_port(14010)),
+    "PEBBLE_MANAGEMENT_PORT": str(worker_port(15010)),
+    "PEBBLE_DNS_PORT": str(worker_port(8063)),
+    "PEBBLE_CHALLTESTSRV_PORT": str(worker_port(8065)),
+    "PEBBLE_HTTP01_PORT": str(worker_port(5012)),
 }
 # The first start may build Pebble from source (hack/build-tools.sh).
 START_TIMEOUT = 600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -9,6 +10,14 @@ from typing import Any
 
 # Lines a test measured, printed in the run's summary (tests/conftest.py).
 FIGURES: list[str] = []
+
+
+def worker_port(port: int) -> int:
+    """A fixed port of the tests, moved for each pytest-xdist worker (gw0,
+    gw1, ...) by 300 a worker, so the Pebbles of parallel tests never meet
+    (every fixed base port differs from the others by less than that)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return port + 300 * int(worker.removeprefix("gw") or 0)
 
 
 def free_port() -> int:

@@ -20,13 +20,14 @@ from josepy.jwk import JWKEC
 
 from tests.acme_faults import AcmeFaultProxy
 from tests.pebble import Pebble, running_pebble
+from tests.support import worker_port
 
 PEBBLE_ENV = {
-    "PEBBLE_PORT": "14110",
-    "PEBBLE_MANAGEMENT_PORT": "15110",
-    "PEBBLE_DNS_PORT": "8163",
-    "PEBBLE_CHALLTESTSRV_PORT": "8165",
-    "PEBBLE_HTTP01_PORT": "5112",
+    "PEBBLE_PORT": str(worker_port(14110)),
+    "PEBBLE_MANAGEMENT_PORT": str(worker_port(15110)),
+    "PEBBLE_DNS_PORT": str(worker_port(8163)),
+    "PEBBLE_CHALLTESTSRV_PORT": str(worker_port(8165)),
+    "PEBBLE_HTTP01_PORT": str(worker_port(5112)),
     # No rejected nonces: the plain acme client retries a badNonce only once.
     "PEBBLE_WFE_NONCEREJECT": "0",
 }
