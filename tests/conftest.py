@@ -3,13 +3,17 @@ figures tests report at the end of a run, and where the run's time went."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support import FIGURES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,9 +34,19 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             terminalreporter.write_line(line)
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist: a worker's figures, for the summary the controller prints."""
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
+
+
 # Seconds per test (setup + call + teardown), written at the end of every run
-# so CI can print where the time went.
-ROOT = Path(__file__).resolve().parents[1]
+# so CI can print where the time went. With BLOGSITE_TEST_DURATIONS_MERGE=1
+# a run adds to the file's figures (make test runs pytest twice).
 DURATIONS_FILE = Path(
     os.environ.get("BLOGSITE_TEST_DURATIONS", ROOT / "build" / "test-durations.txt")
 )
@@ -44,14 +58,23 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _is_xdist_worker(session.config):
+        # The controller gets the reports, and the figures from here.
+        session.config.workeroutput["figures"] = list(FIGURES)  # type: ignore[attr-defined]
+        return
     if not _durations:
         return
+    raw = DURATIONS_FILE.with_suffix(".json")
+    durations = dict(_durations)
+    if os.environ.get("BLOGSITE_TEST_DURATIONS_MERGE") == "1" and raw.exists():
+        durations = {**json.loads(raw.read_text()), **durations}
     by_module: defaultdict[str, float] = defaultdict(float)
-    for nodeid, seconds in _durations.items():
+    for nodeid, seconds in durations.items():
         by_module[nodeid.split("::", 1)[0]] += seconds
-    lines = [f"# {len(_durations)} tests, {sum(_durations.values()):.0f} s in all", "# by module"]
+    lines = [f"# {len(durations)} tests, {sum(durations.values()):.0f} s in all", "# by module"]
     lines += [f"{s:8.1f}  {m}" for m, s in sorted(by_module.items(), key=lambda i: -i[1])]
     lines.append("# by test (setup + call + teardown)")
-    lines += [f"{s:8.1f}  {n}" for n, s in sorted(_durations.items(), key=lambda i: -i[1])]
+    lines += [f"{s:8.1f}  {n}" for n, s in sorted(durations.items(), key=lambda i: -i[1])]
     DURATIONS_FILE.parent.mkdir(parents=True, exist_ok=True)
     DURATIONS_FILE.write_text("\n".join(lines) + "\n")
+    raw.write_text(json.dumps(durations))
