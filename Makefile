@@ -59,8 +59,8 @@ system-deps: ## Debian packages the tests need (nginx-light), installed when mis
 	hack/system-deps.sh
 
 .PHONY: test
-test: system-deps lint install tools ## lint, unit and integration tests: what CI runs
-	$(BIN)/pytest tests --ignore=tests/kind $(PYTEST_ARGS)
+test: system-deps lint install tools ## lint, unit and integration tests (3 at once, then the exclusive ones): what CI runs
+	hack/test.sh $(PYTEST_ARGS)
 
 .PHONY: chaos
 chaos: system-deps install tools ## the chaos tests at full size: 50 sites, 20 SIGKILLs, the CA down 3 min (BLOGSITE_CHAOS_SEED repeats one)

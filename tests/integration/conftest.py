@@ -43,10 +43,19 @@ TEST_CLUSTER_ENV = {
 }
 
 
+# The real node's module is one chain of tests (one operator release, one
+# site): one worker runs it, from the start, as it is the longest.
+REAL_NODE_MODULE = "test_real_node.py"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.cluster)
+        if Path(str(item.fspath)).name == REAL_NODE_MODULE:
+            item.add_marker(pytest.mark.xdist_group("real-node"))
+    items.sort(key=lambda item: Path(str(item.fspath)).name != REAL_NODE_MODULE)
 
 
 @dataclass
@@ -120,6 +129,13 @@ def _cluster_answers() -> bool:
 
 
 def _kwok_cluster(request: pytest.FixtureRequest) -> Kubectl:
+    if os.environ.get("BLOGSITE_TEST_CLUSTER_READY") == "1":
+        # hack/test.sh brought it up, and takes it down: parallel workers
+        # only use it (each bringing it up would build and push images at once).
+        env = cluster_env()
+        return Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pytest.fail("parallel workers share one cluster: run them through hack/test.sh (make test)")
     # A run stops what it started: the cluster (and its real node, which
     # changes the machine) goes down at the end unless it was up before, or
     # unless BLOGSITE_TEST_KEEP_CLUSTER is 1.

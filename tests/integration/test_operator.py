@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import config
 
@@ -632,6 +633,7 @@ def test_json_logs_are_one_object_per_line_and_name_the_site(
     assert all(r["object"]["kind"] == "BlogSite" for r in reconciled)
 
 
+@pytest.mark.exclusive
 def test_with_no_namespaces_set_every_namespace_is_watched(
     kubectl: Kubectl, namespace: str, tmp_path: Path
 ) -> None:
