@@ -36,7 +36,7 @@ fi
 
 rm -f build/test-durations.txt build/test-durations.json
 status=0
-"${pytest[@]}" -n "${workers}" --dist loadgroup -m "not exclusive" "$@" || status=$?
+"${pytest[@]}" -n "${workers}" --dist loadscope -m "not exclusive" "$@" || status=$?
 # 5: nothing selected (a -k that names no exclusive test) is no failure.
 BLOGSITE_TEST_DURATIONS_MERGE=1 "${pytest[@]}" -m exclusive "$@" || {
   code=$?

@@ -38,6 +38,25 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
+# A module whose tests are one chain (module fixtures, file order): one
+# worker runs all of it. Every other test is scheduled on its own.
+CHAINED_MODULES = ("tests/integration/test_real_node.py",)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's scope scheduling, with a test as the scope except in a
+    chained module (xdist_group marks do not reach pytest 9's node ids)."""
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]  # noqa: PLC0415
+
+    class ChainedModulesTogether(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in CHAINED_MODULES else nodeid
+
+    return ChainedModulesTogether(config, log)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object) -> None:
     """pytest-xdist: a worker's figures, for the summary the controller prints."""

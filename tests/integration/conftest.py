@@ -44,17 +44,15 @@ TEST_CLUSTER_ENV = {
 
 
 # The real node's module is one chain of tests (one operator release, one
-# site): one worker runs it, from the start, as it is the longest.
+# site; tests/conftest.py keeps it on one worker): it goes first, as the
+# longest.
 REAL_NODE_MODULE = "test_real_node.py"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.cluster)
-        if Path(str(item.fspath)).name == REAL_NODE_MODULE:
-            item.add_marker(pytest.mark.xdist_group("real-node"))
     items.sort(key=lambda item: Path(str(item.fspath)).name != REAL_NODE_MODULE)
 
 
