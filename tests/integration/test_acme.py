@@ -1025,7 +1025,10 @@ def test_a_certificate_for_names_the_spec_no_longer_has_is_never_written(
     kubectl.apply(render_challenges_config_map(ref), namespace)
     api_client = config.new_client_from_config(config_file=kubectl.kubeconfig)  # type: ignore[no-untyped-call]
     finished = threading.Event()
-    issuer = CertificateIssuer(kube.Api(api_client), AcmeSettings(), lambda *_: finished.set())
+    # With the self-check, as the operator runs here: Pebble is asked only
+    # once the challenge server (its watch perhaps slow) serves the answers.
+    settings = AcmeSettings(self_check=f"127.0.0.1:{PEBBLE_HTTP01_PORT}")
+    issuer = CertificateIssuer(kube.Api(api_client), settings, lambda *_: finished.set())
     try:
         acme = models.parse_spec(site["spec"]).tls.acme  # type: ignore[union-attr]
         assert acme is not None
