@@ -6,6 +6,7 @@
         proxy.fail_randomly(0.3, seed)  # 30 % of requests answer 503 serverInternal
         proxy.rate_limit_orders(60)     # newOrder answers 429 rateLimited, Retry-After: 60
         proxy.reject_nonces(0.3, seed)  # 30 % of POSTs answer 400 badNonce
+        proxy.delay(0.5)                # every answer half a second late
         proxy.pass_through()            # all faults off (same as up())
         proxy.count("newOrder"), proxy.orders_for("www.example.test")
 
@@ -130,6 +131,7 @@ class AcmeFaultProxy:
         self._random = random.Random(0)  # noqa: S311 - faults, not secrecy
         self._order_retry_after: int | None = None
         self._nonce_reject_rate = 0.0
+        self._delay = 0.0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._host = ""  # the proxy's host:port, once started
@@ -211,6 +213,7 @@ class AcmeFaultProxy:
     def pass_through(self) -> None:
         with self._lock:
             self._down = False
+            self._delay = 0.0
             self._fail_rate = 0.0
             self._order_retry_after = None
             self._nonce_reject_rate = 0.0
@@ -231,6 +234,12 @@ class AcmeFaultProxy:
         with self._lock:
             self._nonce_reject_rate = rate
             self._random = random.Random(seed)  # noqa: S311 - faults, not secrecy
+
+    def delay(self, seconds: float) -> None:
+        """Answer every request `seconds` late (a slow CA): an order then
+        takes a while, and can be caught in the middle."""
+        with self._lock:
+            self._delay = seconds
 
     def rate_limit_orders(self, retry_after_seconds: int) -> None:
         """Answer newOrder POSTs 429 rateLimited with `Retry-After: retry_after_seconds`."""
@@ -320,6 +329,8 @@ class AcmeFaultProxy:
         identifiers = _order_identifiers(body) if (endpoint, method) == ("newOrder", "POST") else ()
         with self._lock:
             fault, retry_after = self._fault(method, endpoint), self._order_retry_after
+            delay = self._delay
+        time.sleep(delay)
         answer: _Answer | None
         if fault == "down":
             answer = None

@@ -346,6 +346,9 @@ def test_a_leader_told_to_stop_finishes_its_order_then_releases_the_lease(
     }
     operator = OperatorProcess(kubectl, namespace, tmp_path / "operator.log", extra_env=env)
     with AcmeFaultProxy(pebble) as ca:
+        # A slow CA: the order outlasts the rest of the shutdown, so a release
+        # that did not wait for it would come first.
+        ca.delay(0.5)
         trust_pebble(kubectl, namespace, pebble)
         operator.start()
         try:
