@@ -132,6 +132,21 @@ MUTANTS = [
         in_image=True,
     ),
     Mutant(
+        "traceback-on-the-way-out",
+        "a Traceback logged only by an operator process that stops (a deleted pod)",
+        "operator/blogsite_operator/cli.py",
+        '        health.role = "stopping"\n',
+        '        health.role = "stopping"\n'
+        "        try:\n"
+        '            raise RuntimeError("mutant")\n'
+        "        except RuntimeError:\n"
+        '            logging.getLogger("blogsite_operator").exception("stopping")\n',
+        (
+            "tests/integration/test_real_node.py::test_the_leader_pod_deleted_under_traffic_hands_over_in_seconds",
+        ),
+        in_image=True,
+    ),
+    Mutant(
         "order-after-every-restart",
         "every site orders a certificate on its first pass after a restart",
         "operator/blogsite_operator/issuance/driver.py",
