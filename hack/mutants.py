@@ -15,7 +15,6 @@ fail. Prints caught/missed per mutant; exits 1 if any was missed.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+# The test cluster as the integration tests name and find it.
+from tests.integration.conftest import TEST_CLUSTER_ENV, cluster_answers  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ def main() -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     # One test cluster for every run (each pytest session would otherwise
     # start and stop its own); stopped at the end if started here.
-    started = not _cluster_answers()
+    started = not cluster_answers()
     if started:
         subprocess.run([str(ROOT / "hack" / "cluster.sh"), "up"], env=TEST_CLUSTER_ENV, check=True)
     missed = []
@@ -299,34 +301,6 @@ def main() -> int:
             )
     print(f"{len(chosen) - len(missed)} caught, {len(missed)} missed (logs in {log_dir})")
     return 1 if missed else 0
-
-
-# As tests/integration/conftest.py runs it.
-TEST_CLUSTER_ENV = {
-    **os.environ,
-    "BLOGSITE_CLUSTER": os.environ.get("BLOGSITE_TEST_CLUSTER", "blogsite-test"),
-    "BLOGSITE_AUDIT_POLICY": str(ROOT / "hack" / "kwok" / "audit-policy.yaml"),
-}
-
-
-def _cluster_answers() -> bool:
-    env = subprocess.run(
-        [str(ROOT / "hack" / "cluster.sh"), "env"],
-        env=TEST_CLUSTER_ENV,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    values = dict(line.split("=", 1) for line in env.stdout.splitlines() if "=" in line)
-    if "KUBECTL" not in values or "KUBECONFIG" not in values:
-        return False
-    ready = subprocess.run(
-        [values["KUBECTL"], "--kubeconfig", values["KUBECONFIG"], "get", "--raw", "/readyz"],
-        capture_output=True,
-        check=False,
-        timeout=30,
-    )
-    return ready.returncode == 0
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def cluster_env(*, check: bool = True) -> dict[str, str]:
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 
 
-def _cluster_answers() -> bool:
+def cluster_answers() -> bool:
     """Is the test cluster up already (then this session leaves it up)?"""
     path = subprocess.run(
         [str(HACK / "cluster.sh"), "kubeconfig"],
@@ -137,7 +137,7 @@ def _kwok_cluster(request: pytest.FixtureRequest) -> Kubectl:
     # A run stops what it started: the cluster (and its real node, which
     # changes the machine) goes down at the end unless it was up before, or
     # unless BLOGSITE_TEST_KEEP_CLUSTER is 1.
-    if not _cluster_answers() and os.environ.get("BLOGSITE_TEST_KEEP_CLUSTER") != "1":
+    if not cluster_answers() and os.environ.get("BLOGSITE_TEST_KEEP_CLUSTER") != "1":
         request.addfinalizer(
             lambda: subprocess.run(
                 [str(HACK / "cluster.sh"), "down"], check=True, timeout=600, env=TEST_CLUSTER_ENV
