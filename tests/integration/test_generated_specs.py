@@ -215,25 +215,24 @@ class DryRunApi(MemoryApi):
 
     def __init__(self, api_client: client.ApiClient) -> None:
         super().__init__()
-        self.api_client = api_client
-
-    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        core = client.CoreV1Api(self.api_client)
-        rbac = client.RbacAuthorizationV1Api(self.api_client)
-        creators: dict[str, Callable[..., object]] = {
+        core = client.CoreV1Api(api_client)
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        self.creators: dict[str, Callable[..., object]] = {
             "ConfigMap": core.create_namespaced_config_map,
             "Secret": core.create_namespaced_secret,
             "Service": core.create_namespaced_service,
             "ServiceAccount": core.create_namespaced_service_account,
-            "Deployment": client.AppsV1Api(self.api_client).create_namespaced_deployment,
+            "Deployment": client.AppsV1Api(api_client).create_namespaced_deployment,
             "PodDisruptionBudget": client.PolicyV1Api(
-                self.api_client
+                api_client
             ).create_namespaced_pod_disruption_budget,
             "Role": rbac.create_namespaced_role,
             "RoleBinding": rbac.create_namespaced_role_binding,
         }
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         try:
-            creators[obj["kind"]](obj["metadata"]["namespace"], obj, dry_run="All")
+            self.creators[obj["kind"]](obj["metadata"]["namespace"], obj, dry_run="All")
         except ApiException as error:
             raise AssertionError(f"the API server refused {obj['kind']}: {error.body}") from error
         SEEN["dry-run writes"] += 1
