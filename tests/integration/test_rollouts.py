@@ -60,9 +60,14 @@ def wait_until_healthy(
 ) -> dict[str, Any]:
     def healthy() -> dict[str, Any] | None:
         body = site(kubectl, namespace)
-        entry = body.get("status", {}).get("components", {}).get(component, {})
+        status = body.get("status", {})
+        entry = status.get("components", {}).get(component, {})
         ready = condition(body, "Ready").get("status") == "True"
-        return body if ready and entry.get("lastGoodVersion") == entry.get("version") else None
+        # Of the spec as it is now: a status from before the last apply (a
+        # revert's, Ready on the last good version) is not the answer.
+        current = status.get("observedGeneration") == body["metadata"]["generation"]
+        healthy = entry.get("lastGoodVersion") == entry.get("version")
+        return body if current and ready and healthy else None
 
     result: dict[str, Any] = wait_for(healthy, timeout=90, what=f"{component} healthy")
     return result
