@@ -23,66 +23,56 @@ built() {  # built NAME START: logs how long a fresh build took
   log "$1 built in $((SECONDS - $2))s"
 }
 
-build_kubernetes() {
-  local out="${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
-  if [[ -x "${out}/kube-apiserver" && -x "${out}/kube-controller-manager" \
-     && -x "${out}/kube-scheduler" && -x "${out}/kubectl" \
-     && -x "${out}/kubelet" && -x "${out}/kube-proxy" ]]; then return; fi
-  local start=${SECONDS} src="${cache}/src/kubernetes-${KUBERNETES_VERSION}"
-  log "building kubernetes ${KUBERNETES_VERSION} (several minutes)"
+build_kubernetes() {  # build_kubernetes VERSION STAGING_VERSION GOTOOLCHAIN COMMAND...
+  local version="$1" staging="$2" toolchain="$3"
+  shift 3
+  local commands=("$@") out="${cache}/bin/kubernetes-${version}" command missing=0
+  for command in "${commands[@]}"; do [[ -x "${out}/${command}" ]] || missing=1; done
+  ((missing)) || return 0
+  local start=${SECONDS} src="${cache}/src/kubernetes-${version}"
+  log "building kubernetes ${version} (several minutes)"
   mkdir -p "${src}" "${out}.tmp"
   (
     cd "${src}"
+    # An older Kubernetes is built with the Go it was released with, which
+    # the module proxy serves as golang.org/toolchain.
+    export GOTOOLCHAIN="${toolchain}"
     # k8s.io/kubernetes replaces its staging modules with ./staging/...; a
     # dependency's replaces are ignored, so pin each to its published tag.
-    go mod download -json "k8s.io/kubernetes@${KUBERNETES_VERSION}" >/dev/null
+    go mod download -json "k8s.io/kubernetes@${version}" >/dev/null
     local upstream
-    upstream="$(go env GOMODCACHE)/k8s.io/kubernetes@${KUBERNETES_VERSION}/go.mod"
+    upstream="$(go env GOMODCACHE)/k8s.io/kubernetes@${version}/go.mod"
     {
       echo "module blogsite-operator.local/kubernetes-build"
       echo
       grep -E '^go ' "${upstream}"
       echo
-      echo "require k8s.io/kubernetes ${KUBERNETES_VERSION}"
+      echo "require k8s.io/kubernetes ${version}"
       echo
       echo "replace ("
-      sed -nE "s#^\s*(k8s.io/[a-z0-9-]+) => ./staging/src/.*#\t\1 => \1 ${KUBE_STAGING_VERSION}#p" "${upstream}"
+      sed -nE "s#^\s*(k8s.io/[a-z0-9-]+) => ./staging/src/.*#\t\1 => \1 ${staging}#p" "${upstream}"
       echo ")"
     } > go.mod
-    cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-)
-GO
+    {
+      printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for command in "${commands[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "${command}"; done
+      printf ')\n'
+    } > tools.go
     go mod tidy >/dev/null
     local major minor
-    major="${KUBERNETES_VERSION#v}"; major="${major%%.*}"
-    minor="${KUBERNETES_VERSION#v*.}"; minor="${minor%%.*}"
+    major="${version#v}"; major="${major%%.*}"
+    minor="${version#v*.}"; minor="${minor%%.*}"
     local ld="-s -w"
     for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-      ld+=" -X ${pkg}.gitVersion=${KUBERNETES_VERSION} -X ${pkg}.gitMajor=${major}"
+      ld+=" -X ${pkg}.gitVersion=${version} -X ${pkg}.gitMajor=${major}"
       ld+=" -X ${pkg}.gitMinor=${minor} -X ${pkg}.gitTreeState=clean"
       ld+=" -X ${pkg}.buildDate=1970-01-01T00:00:00Z"
     done
     go build -p "${jobs}" -trimpath -ldflags "${ld}" -o "${out}.tmp/" \
-      k8s.io/kubernetes/cmd/kube-apiserver \
-      k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler \
-      k8s.io/kubernetes/cmd/kubectl \
-      k8s.io/kubernetes/cmd/kubelet \
-      k8s.io/kubernetes/cmd/kube-proxy
+      "${commands[@]/#/k8s.io/kubernetes/cmd/}"
   )
   rm -rf "${out}"; mv "${out}.tmp" "${out}"
-  built "kubernetes ${KUBERNETES_VERSION}" "${start}"
+  built "kubernetes ${version}" "${start}"
 }
 
 build_etcd() {
@@ -194,10 +184,16 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 
-want="${*:-kubernetes etcd kwok pebble containerd coredns registry helm}"
+want="${*:-kubernetes kubernetes-oldest etcd kwok pebble containerd coredns registry helm}"
 for tool in ${want}; do
   case "${tool}" in
-    kubernetes) build_kubernetes ;;
+    kubernetes)
+      build_kubernetes "${KUBERNETES_VERSION}" "${KUBE_STAGING_VERSION}" local \
+        kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy ;;
+    # The oldest supported minor: a control plane for KWOK only.
+    kubernetes-oldest)
+      build_kubernetes "${KUBERNETES_OLDEST_VERSION}" "${KUBE_OLDEST_STAGING_VERSION}" \
+        "${KUBERNETES_OLDEST_GO}" kube-apiserver kube-controller-manager kube-scheduler ;;
     etcd) build_etcd ;;
     kwok) build_kwok ;;
     pebble) build_pebble ;;
@@ -209,6 +205,7 @@ for tool in ${want}; do
   esac
 done
 echo "KUBERNETES_BIN=${cache}/bin/kubernetes-${KUBERNETES_VERSION}"
+echo "KUBERNETES_OLDEST_BIN=${cache}/bin/kubernetes-${KUBERNETES_OLDEST_VERSION}"
 echo "ETCD_BIN=${cache}/bin/etcd-${ETCD_VERSION}"
 echo "KWOK_BIN=${cache}/bin/kwok-${KWOK_VERSION}"
 echo "PEBBLE_BIN=${cache}/bin/pebble-${PEBBLE_VERSION}"
