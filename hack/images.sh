@@ -5,11 +5,20 @@
 #   hack/images.sh build           builds what is missing
 #   hack/images.sh push HOST:PORT  builds what is missing, then pushes each image
 #                                  to http://HOST:PORT/<repository>:<tag> (no TLS)
+#   hack/images.sh nginx           builds the frontend image if missing and prints
+#                                  NGINX=<path> of a command that runs its nginx
+#                                  here, with the image's own libraries
+#
+# The tests run nginx outside the cluster too (`nginx -t` of rendered
+# configurations, the operator's checker when it runs on this machine): that
+# is the frontend image's nginx binary, run by the image's own dynamic loader
+# on the image's libraries (glibc, OpenSSL, PCRE), from a copy of its root
+# filesystem kept beside the image. Nothing is installed on the host.
 #
 # Either prints one NAME=REFERENCE line per image on stdout (logs go to stderr):
 #
-#   OPERATOR_IMAGE=registry.blogsite.test/blogsite-operator:<tag>  the Dockerfile, with buildah bud
-#   FRONTEND_IMAGE=registry.blogsite.test/nginx:<tag>              Debian's nginx-light, user 65532
+#   FRONTEND_IMAGE=registry.blogsite.test/blogsite-frontend:<tag>  the Dockerfile's `frontend` target
+#   OPERATOR_IMAGE=registry.blogsite.test/blogsite-operator:<tag>  the Dockerfile, on that frontend image
 #   DAEDALUS_IMAGE=registry.blogsite.test/daedalus-standin:<tag>   tests/images/daedalus, FROM scratch
 #   PAUSE_IMAGE=registry.blogsite.test/pause:<tag>                 the real node's pod sandbox
 #                                                                  (tests/images/pause, FROM scratch)
@@ -23,15 +32,17 @@
 # containerd sends every registry name to the local registry, so only the
 # repository and tag matter. Each <tag> is a hash of everything that goes into
 # its image (this script, the Debian suite and mirrors, and the image's own
-# sources: for the operator the Dockerfile, pyproject.toml, uv.lock, README.md
-# and operator/**), so an unchanged tree builds nothing and prints the same
-# references; a tag already in the registry is not pushed again.
+# sources: the Dockerfile for the frontend; for the operator also the frontend's
+# tag, pyproject.toml, uv.lock, README.md and operator/**), so an unchanged tree
+# builds nothing and prints the same references; a tag already in the registry
+# is not pushed again. The operator is built FROM the frontend image just built
+# (--build-arg FRONTEND_IMAGE), so both carry the same nginx.
 #
-# The Dockerfile's base, python:3.11-slim-bookworm, cannot be pulled here: a
-# stand-in is bootstrapped from Debian's packages with mmdebstrap (python3 with
-# a venv at /usr/local, so python3 and pip live in /usr/local/bin as in the
-# official image) and tagged docker.io/library/python:3.11-slim-bookworm in
-# buildah's own storage, which `buildah bud --pull=never` then uses. The
+# The Dockerfile's base, debian:trixie-slim, cannot be pulled here: a stand-in
+# is bootstrapped from Debian's packages with mmdebstrap (minbase, apt's
+# sources as in the official image, no documentation, plus ca-certificates) and tagged
+# docker.io/library/debian:trixie-slim in buildah's own storage, which
+# `buildah bud --pull=never` then uses. The
 # Dockerfile's RUN steps reach PyPI and Debian's mirror; they see the host's CA
 # bundle (BLOGSITE_BUILD_CA, default /etc/ssl/certs/ca-certificates.crt; empty
 # for none) in place of the image's, for TLS-intercepting proxies. It is
@@ -53,11 +64,11 @@ repo="$(cd "${here}/.." && pwd)"
 self="${here}/$(basename "${BASH_SOURCE[0]}")"
 store="${BLOGSITE_TOOLS_CACHE:-${HOME}/.cache/blogsite-operator}/images"
 
-SUITE=bookworm
+SUITE=trixie
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
 REGISTRY_NAME=registry.blogsite.test
-PYTHON_BASE=docker.io/library/python:3.11-slim-bookworm
+DEBIAN_BASE=docker.io/library/debian:${SUITE}-slim
 NONROOT=65532
 KEEP="${BLOGSITE_IMAGES_KEEP:-3}"
 if [[ -z "${BLOGSITE_BUILD_CA+set}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
@@ -127,7 +138,7 @@ debian_rootfs() {  # debian_rootfs LOG OUT.tar VARIANT PACKAGES [mmdebstrap opti
   # the usrmerge package, which would pull perl in. Documentation, man pages
   # and translations are left out, also of what apt installs later.
   logged "${log_name}" mmdebstrap --mode=root --format=tar --variant="${variant}" \
-    --include="${packages}" \
+    ${packages:+--include="${packages}"} \
     --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --aptopt='APT::Install-Recommends "false"' \
     --aptopt='Acquire::Languages "none"' \
@@ -156,8 +167,8 @@ import_rootfs() {  # import_rootfs ROOTFS.tar REF [buildah config options...]
   bah commit --quiet --rm "${ctr}" "${ref}" >/dev/null
 }
 
-build_python_base() {  # build_python_base REF: the stand-in for python:3.11-slim-bookworm
-  local ref="$1" dir="${tmp}/python-base" start=${SECONDS}
+build_debian_base() {  # build_debian_base REF: the stand-in for debian:trixie-slim
+  local ref="$1" dir="${tmp}/debian-base" start=${SECONDS}
   mkdir -p "${dir}"
   # As in Debian's official images (debuerreotype): no service starts during
   # an `apt-get install`, and apt keeps no .debs or package caches.
@@ -169,68 +180,66 @@ APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/a
 Dir::Cache::pkgcache "";
 Dir::Cache::srcpkgcache "";
 APT
+  # The official image's dpkg filters: what apt installs later leaves out
+  # documentation too.
+  cat > "${dir}/docker-excludes" <<'DPKG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/lintian/*
+DPKG
   # shellcheck disable=SC2016  # "$1", the chroot, is mmdebstrap's to expand
   local in_chroot='env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 chroot "$1"'
-  log "python base: bootstrapping Debian ${SUITE} with python3 (about a minute)"
-  # A venv at /usr/local puts python3, pip (and what pip installs) in
-  # /usr/local/bin, where the official image has them.
-  debian_rootfs python-base "${dir}/rootfs.tar" minbase \
-    python3,python3-venv,ca-certificates,netbase,tzdata \
+  log "debian base: bootstrapping Debian ${SUITE} (about a minute)"
+  # ca-certificates, which the official image lacks and the Dockerfile
+  # installs: installed here, its postinst never runs under the build's
+  # mounted CA bundle, which it cannot replace.
+  debian_rootfs debian-base "${dir}/rootfs.tar" minbase ca-certificates \
     --skip=chroot/policy-rc.d \
     --extract-hook="copy-in ${dir}/policy-rc.d /usr/sbin" \
     --customize-hook="copy-in ${dir}/docker-clean /etc/apt/apt.conf.d" \
-    --customize-hook="${in_chroot} /usr/bin/python3 -m venv /usr/local" \
-    --customize-hook="${in_chroot} /usr/local/bin/pip --version" \
-    --customize-hook="${in_chroot} sh -c 'rm -f /var/cache/apt/*.bin'" \
-    --customize-hook="${in_chroot} /usr/local/bin/python3 -c 'import platform; print(platform.python_version())' > ${dir}/python-version"
-  local version
-  version="$(cat "${dir}/python-version")"
-  [[ "${version}" == 3.11.* ]] || die "the python base has Python '${version}', not 3.11"
+    --customize-hook="copy-in ${dir}/docker-excludes /etc/dpkg/dpkg.cfg.d" \
+    --customize-hook="${in_chroot} sh -c 'rm -rf /var/cache/apt/*.bin /var/lib/apt/lists/*'"
   import_rootfs "${dir}/rootfs.tar" "${ref}" \
-    --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --env LANG=C.UTF-8 --env "PYTHON_VERSION=${version}" --cmd '["python3"]'
-  log "python base: Python ${version} from Debian ${SUITE}, in $((SECONDS - start))s"
+    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd '["bash"]'
+  log "debian base: Debian ${SUITE} in $((SECONDS - start))s"
 }
 
-build_frontend() {  # build_frontend REF
-  local ref="$1" dir="${tmp}/frontend"
-  mkdir -p "${dir}"
-  log "frontend: bootstrapping Debian ${SUITE} with nginx-light (about a minute)"
-  # Only Essential packages and nginx-light: no apt, no perl. /etc/blogsite
-  # holds the mount points of the rendered pod (nginx/ and tls/).
-  # shellcheck disable=SC2016  # "$1", the chroot, is mmdebstrap's to expand
-  debian_rootfs frontend "${dir}/rootfs.tar" essential nginx-light \
-    --customize-hook='env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin chroot "$1" sh -ec "
-      echo nonroot:x:65532:65532:nonroot:/nonexistent:/usr/sbin/nologin >> /etc/passwd
-      echo nonroot:x:65532: >> /etc/group
-      mkdir -p /etc/blogsite/nginx /etc/blogsite/tls
-      rm -rf /var/lib/apt /var/cache/apt /var/cache/debconf/*-old /var/log/*.log /var/log/apt
-      nginx -v"'
-  import_rootfs "${dir}/rootfs.tar" "${ref}" \
-    --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --user "${NONROOT}:${NONROOT}" --port 8080 --port 8081 --port 8443 \
-    --cmd '["nginx", "-e", "stderr", "-c", "/etc/blogsite/nginx/nginx.conf", "-g", "daemon off;"]' \
-    --stop-signal SIGQUIT
-}
-
-build_operator() {  # build_operator REF FILE...: buildah bud of the Dockerfile on exactly FILE...
-  local ref="$1" context="${tmp}/operator-context"
+bud() {  # bud LOG REF FILE... -- BUD-OPTION...: buildah bud of the Dockerfile on exactly FILE...
+  local log_name="$1" ref="$2" files=()
+  shift 2
+  while (($#)) && [[ "$1" != -- ]]; do files+=("$1"); shift; done
   shift
   local base_ref
-  base_ref="localhost/blogsite-base/python:$(content_tag python-base)"
-  if ! have_image "${base_ref}"; then build_python_base "${base_ref}"; fi
-  bah tag "${base_ref}" "${PYTHON_BASE}"
+  base_ref="localhost/blogsite-base/debian:$(content_tag debian-base)"
+  if ! have_image "${base_ref}"; then build_debian_base "${base_ref}"; fi
+  bah tag "${base_ref}" "${DEBIAN_BASE}"
   # The build context is what the tag hashes, nothing else (no __pycache__).
+  local context="${tmp}/${log_name}-context"
   mkdir -p "${context}"
-  (cd "${repo}" && cp -p --parents -t "${context}" -- "$@")
+  (cd "${repo}" && cp -p --parents -t "${context}" -- "${files[@]}")
   local args=(--isolation chroot --pull=never --layers=false --format oci
-    --file "${context}/Dockerfile" --tag "${ref}")
+    --file "${context}/Dockerfile" --tag "${ref}" "$@")
   if [[ -n "${BUILD_CA}" ]]; then
     [[ -f "${BUILD_CA}" ]] || die "BLOGSITE_BUILD_CA=${BUILD_CA} is no file"
     args+=(--volume "${BUILD_CA}:/etc/ssl/certs/ca-certificates.crt:ro")
   fi
-  log "operator: buildah bud of the Dockerfile (a few minutes)"
-  logged operator bah bud "${args[@]}" "${context}" || die "buildah bud of the Dockerfile failed"
+  logged "${log_name}" bah bud "${args[@]}" "${context}" || die "buildah bud of the Dockerfile failed (${log_name})"
+}
+
+build_frontend() {  # build_frontend REF
+  log "frontend: buildah bud --target frontend (about a minute)"
+  bud frontend "$1" Dockerfile -- --target frontend
+}
+
+build_operator() {  # build_operator REF FRONTEND_REF FILE...: the Dockerfile, FROM that frontend
+  local ref="$1" frontend="$2"
+  shift 2
+  log "operator: buildah bud of the Dockerfile on ${frontend} (a few minutes)"
+  bud operator "${ref}" "$@" -- --build-arg "FRONTEND_IMAGE=${frontend}"
 }
 
 build_go_image() {  # build_go_image REF DIR BINARY USER LDFLAGS [buildah config options...]
@@ -244,6 +253,37 @@ build_go_image() {  # build_go_image REF DIR BINARY USER LDFLAGS [buildah config
   bah copy --quiet --chown 0:0 --chmod 0755 "${ctr}" "${tmp}/${binary}" "/${binary}" >/dev/null
   bah config --user "${user}" --entrypoint "[\"/${binary}\"]" "$@" "${ctr}"
   bah commit --quiet --rm "${ctr}" "${ref}" >/dev/null
+}
+
+export_nginx() {  # export_nginx REF TAG: the path of a command running REF's nginx here
+  local ref="$1" tag="$2" dir="${store}/nginx/$2" ctr mnt
+  if [[ ! -x "${dir}/nginx" ]]; then
+    log "nginx: copying the root filesystem of ${ref}"
+    remove_tree "${dir}.tmp"
+    mkdir -p "${dir}.tmp"
+    ctr="$(bah from --quiet --pull=never "${ref}")"
+    mnt="$(bah mount "${ctr}")"
+    # cp -a copies symlinks as symlinks: nothing is written through one.
+    cp -a "${mnt}/." "${dir}.tmp/root/"
+    bah umount "${ctr}" >/dev/null
+    bah rm "${ctr}" >/dev/null
+    cat > "${dir}.tmp/nginx" <<WRAPPER
+#!/bin/sh
+# nginx of ${ref}, on that image's own loader and libraries.
+root='${dir}/root'
+exec "\${root}/usr/lib64/ld-linux-x86-64.so.2" --library-path "\${root}/usr/lib/x86_64-linux-gnu" \\
+  "\${root}/usr/sbin/nginx" "\$@"
+WRAPPER
+    chmod 0755 "${dir}.tmp/nginx"
+    remove_tree "${dir}"
+    mv "${dir}.tmp" "${dir}"
+    # The newest BLOGSITE_IMAGES_KEEP copies stay.
+    find "${store}/nginx" -mindepth 1 -maxdepth 1 -type d ! -name '*.tmp' -printf '%T@ %p\n' \
+      | sort -rn | tail -n +"$((KEEP + 1))" | cut -d' ' -f2- \
+      | while read -r old; do remove_tree "${old}"; done
+  fi
+  "${dir}/nginx" -v 2>/dev/null || die "the frontend's nginx does not run here (${dir}/nginx -v)"
+  echo "${dir}/nginx"
 }
 
 # --- housekeeping -----------------------------------------------------------
@@ -281,7 +321,7 @@ prune() {  # prune REF...: keep REF... and the newest others up to KEEP per repo
 command="${1:-}"
 host=""
 case "${command}" in
-  build) (($# == 1)) || usage ;;
+  build | nginx) (($# == 1)) || usage ;;
   push)
     (($# == 2)) || usage
     host="$2"
@@ -340,8 +380,8 @@ mapfile -t daedalus_files < <(files_of tests/images/daedalus)
 mapfile -t pause_files < <(files_of tests/images/pause)
 go_version="$(GOTOOLCHAIN=local go env GOVERSION)"
 
-operator_tag="$(content_tag operator "${operator_files[@]}")"
-frontend_tag="$(content_tag frontend)"
+frontend_tag="$(content_tag frontend Dockerfile)"
+operator_tag="$(content_tag "operator ${frontend_tag}" "${operator_files[@]}")"
 daedalus_tag="$(content_tag "daedalus ${go_version}" "${daedalus_files[@]}")"
 pause_tag="$(content_tag "pause ${go_version}" "${pause_files[@]}")"
 
@@ -349,9 +389,10 @@ pause_tag="$(content_tag "pause ${go_version}" "${pause_files[@]}")"
 # baked into the image), so a test rolls out a bad version by changing only
 # the image: <tag>-crash, <tag>-crash-once, <tag>-never-ready.
 variants=(crash crash-once never-ready)
-names=(OPERATOR_IMAGE FRONTEND_IMAGE DAEDALUS_IMAGE PAUSE_IMAGE)
-repositories=(blogsite-operator nginx daedalus-standin pause)
-tags=("${operator_tag}" "${frontend_tag}" "${daedalus_tag}" "${pause_tag}")
+# The frontend before the operator, which is built FROM it.
+names=(FRONTEND_IMAGE OPERATOR_IMAGE DAEDALUS_IMAGE PAUSE_IMAGE)
+repositories=(blogsite-frontend blogsite-operator daedalus-standin pause)
+tags=("${frontend_tag}" "${operator_tag}" "${daedalus_tag}" "${pause_tag}")
 for variant in "${variants[@]}"; do
   names+=("DAEDALUS_${variant^^}_IMAGE"); names[-1]="${names[-1]//-/_}"
   repositories+=(daedalus-standin)
@@ -365,13 +406,17 @@ if [[ -n "${host}" ]]; then
     || die "no registry answers at http://${host}/v2/"
 fi
 
+if [[ "${command}" == nginx ]]; then
+  names=("${names[0]}") refs=("${refs[0]}")  # only the frontend
+fi
+
 built=()
 for i in "${!names[@]}"; do
   ref="${refs[i]}"
   if have_image "${ref}"; then continue; fi
   start=${SECONDS}
   case "${names[i]}" in
-    OPERATOR_IMAGE) build_operator "${ref}" "${operator_files[@]}" ;;
+    OPERATOR_IMAGE) build_operator "${ref}" "${refs[0]}" "${operator_files[@]}" ;;
     FRONTEND_IMAGE) build_frontend "${ref}" ;;
     DAEDALUS_IMAGE)
       build_go_image "${ref}" tests/images/daedalus daedalus-standin "${NONROOT}:${NONROOT}" \
@@ -389,7 +434,7 @@ for i in "${!names[@]}"; do
   built+=("${ref}")
 done
 if ((${#built[@]})); then
-  prune "${refs[@]}" "localhost/blogsite-base/python:$(content_tag python-base)"
+  prune "${refs[@]}" "localhost/blogsite-base/debian:$(content_tag debian-base)"
 fi
 
 if [[ -n "${host}" ]]; then
@@ -411,6 +456,11 @@ if [[ -n "${host}" ]]; then
   bah push --quiet --tls-verify=false --retry 3 "${refs[2]}" \
     "docker://${host}/daedalus-standin:local" >&2 \
     || die "pushing ${refs[2]} as daedalus-standin:local failed"
+fi
+
+if [[ "${command}" == nginx ]]; then
+  echo "NGINX=$(export_nginx "${refs[0]}" "${frontend_tag}")"
+  exit 0
 fi
 
 for i in "${!names[@]}"; do echo "${names[i]}=${refs[i]}"; done

@@ -88,5 +88,8 @@ cat >&2 <<MSG
         -n blogsite-demo -o jsonpath='{.spec.clusterIP}')" https://blog.localhost.example/
 
 MSG
+# The operator's nginx -t runs the frontend image's nginx, as in its image.
+nginx="$("${here}/images.sh" nginx)"
+BLOGSITE_OPERATOR_NGINX="${BLOGSITE_OPERATOR_NGINX:-${nginx#NGINX=}}" \
 BLOGSITE_OPERATOR_ACME_SELF_CHECK="${BLOGSITE_OPERATOR_ACME_SELF_CHECK:-127.0.0.1:5002}" \
   "${root}/.venv/bin/blogsite-operator" run

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests need, installed when missing:
-#   nginx-light   runs the rendered configurations in tests/nginx (`nginx -t` too)
 #   runc, containernetworking-plugins, iptables, nftables, conntrack
 #                 the real node's container runtime and pod network (hack/node.sh)
 #   buildah, mmdebstrap
 #                 build the images from the Dockerfile and Debian's packages (hack/images.sh)
 #   prometheus    promtool checks the alert rules and the /metrics output
 set -euo pipefail
-wanted=(make:make nginx-light:/usr/sbin/nginx runc:/usr/sbin/runc
+wanted=(make:make runc:/usr/sbin/runc
   containernetworking-plugins:/usr/lib/cni/bridge iptables:/usr/sbin/iptables nftables:/usr/sbin/nft
   conntrack:/usr/sbin/conntrack buildah:/usr/bin/buildah mmdebstrap:/usr/bin/mmdebstrap
   curl:/usr/bin/curl openssl:/usr/bin/openssl prometheus:/usr/bin/promtool)
@@ -25,8 +24,7 @@ fi
 echo "[system-deps] installing ${missing[*]}" >&2
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-# The nginx package starts a system nginx on port 80, and the prometheus
-# package a Prometheus (and node exporter) of its own; the tests run their own.
-service nginx stop >/dev/null 2>&1 || true
+# The prometheus package starts a Prometheus (and node exporter) of its own;
+# the tests run their own. (nginx is the frontend image's: hack/images.sh nginx.)
 service prometheus stop >/dev/null 2>&1 || true
 service prometheus-node-exporter stop >/dev/null 2>&1 || true

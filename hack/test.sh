@@ -34,6 +34,10 @@ if [[ -z "${BLOGSITE_TEST_KUBECONFIG:-}" ]]; then
   export BLOGSITE_TEST_CLUSTER_READY=1
 fi
 
+# The frontend image's nginx, for every nginx the tests run on this machine.
+nginx="$(hack/images.sh nginx)"
+export BLOGSITE_OPERATOR_NGINX="${nginx#NGINX=}"
+
 rm -f build/test-durations.txt build/test-durations.json
 status=0
 "${pytest[@]}" -n "${workers}" --dist loadscope -m "not exclusive" "$@" || status=$?

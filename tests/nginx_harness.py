@@ -8,8 +8,9 @@ tests/nginx and by the end-to-end ACME test.
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
+import os
 import socket
 import ssl
 import subprocess
@@ -26,13 +27,29 @@ from blogsite_operator import certs, models
 from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
 from tests.support import free_port, wait_for
 
+ROOT = Path(__file__).resolve().parents[1]
 
+
+NGINX_ENV = "BLOGSITE_OPERATOR_NGINX"
+
+
+@functools.cache
 def nginx_binary() -> str:
-    binary = shutil.which("nginx") or (
-        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-    )
-    if binary is None:
-        pytest.fail("nginx is not installed (apt-get install nginx-light); these tests need it")
+    """The frontend image's nginx, run here (hack/images.sh nginx): the tests
+    hold the renderer and the checker to the nginx that serves, never to
+    whatever nginx this machine has. hack/test.sh finds it once and exports
+    it; the operators the tests start inherit it as their checker."""
+    binary = os.environ.get(NGINX_ENV)
+    if not binary:
+        found = subprocess.run(
+            [str(ROOT / "hack" / "images.sh"), "nginx"], capture_output=True, text=True, check=False
+        )
+        if found.returncode != 0 or not found.stdout.startswith("NGINX="):
+            pytest.fail(f"hack/images.sh nginx failed: {found.stderr[-2000:]}")
+        binary = found.stdout.strip().removeprefix("NGINX=")
+        os.environ[NGINX_ENV] = binary
+    if not Path(binary).is_file():
+        pytest.fail(f"{NGINX_ENV}={binary} is no file")
     return binary
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.nginx_harness import nginx_binary
 from tests.pebble import DEFAULT_ENV as PEBBLE_DEFAULT_ENV
 from tests.pebble import ChallengeServer
 from tests.support import wait_for
@@ -267,6 +268,8 @@ class OperatorProcess:
             **os.environ,
             "KUBECONFIG": self.kubectl.kubeconfig,
             "PYTHONUNBUFFERED": "1",
+            # The checker runs the frontend image's nginx, as in the operator image.
+            "BLOGSITE_OPERATOR_NGINX": nginx_binary(),
             **ACME_TEST_ENV,
             **self.extra_env,
         }

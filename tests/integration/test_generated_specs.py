@@ -29,6 +29,7 @@ from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render import RenderSettings
 from tests.integration.conftest import Kubectl
+from tests.nginx_harness import nginx_binary
 from tests.support import FIGURES
 from tests.unit.test_reconcile import MemoryApi
 
@@ -248,7 +249,7 @@ def api_client(kubectl: Kubectl) -> client.ApiClient:
 @pytest.fixture(scope="module")
 def nginx() -> NginxChecker:
     # extraConfig allowed, so hostile snippets reach the real nginx -t.
-    checker = NginxChecker(allow_extra_config=True)
+    checker = NginxChecker(nginx_binary(), allow_extra_config=True)
     assert checker.binary, "nginx is missing: hack/system-deps.sh installs it"
     return checker
 
