@@ -44,6 +44,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "no-http2",
+        "HTTP/2 left off: browsers get HTTP/1.1 only",
+        "operator/blogsite_operator/render/nginx.py",
+        '"http2 on;",',
+        '"http2 off;",',
+        ("tests/nginx/test_routing.py::TestHttp2",),
+    ),
+    Mutant(
         "renderer-invalid-nginx",
         "a renderer change nginx refuses, in a site with no extraConfig",
         "operator/blogsite_operator/render/nginx.py",

@@ -31,6 +31,15 @@ def test_valid_extra_config_passes() -> None:
     )
 
 
+@pytest.mark.parametrize("tls", [None, {"secretName": "x"}])
+def test_directives_of_the_serving_nginx_pass(tls: dict[str, str] | None) -> None:
+    """The checker is the frontend image's nginx (1.26): `http2` (1.25.1+) and
+    the modules the frontend has are accepted, as the frontend accepts them."""
+    checker = NginxChecker(nginx_binary(), allow_extra_config=True)
+    for snippet in ("http2 on;", "http2 off;", "set_real_ip_from 198.18.0.0/15;"):
+        assert checker.check(spec(snippet, tls=tls)) is None, snippet
+
+
 def test_invalid_extra_config_is_reported_in_nginx_words() -> None:
     error = NginxChecker(nginx_binary(), allow_extra_config=True).check(spec("frobnicate on;"))
     assert error is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
 from typing import Any
 
 import pytest
@@ -143,6 +144,45 @@ class TestHealthEndpoint:
 
     def test_site_paths_are_not_intercepted(self, serving: RunningNginx) -> None:
         assert json_body(serving.http("lethain.com", "/healthz"))["upstream"] == "daedalus"
+
+
+class TestHttp2:
+    def test_https_offers_h2_by_alpn(self, serving: RunningNginx) -> None:
+        context = ssl.create_default_context(cafile=str(serving.ca_file))
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        address = ("127.0.0.1", serving.facts.https_port)
+        with (
+            socket.create_connection(address, timeout=5) as sock,
+            context.wrap_socket(sock, server_hostname="lethain.com") as tls,
+        ):
+            assert tls.selected_alpn_protocol() == "h2"
+
+    @pytest.mark.parametrize("host", ["lethain.com", "willarson.com"])
+    def test_a_real_http2_request_is_answered(self, serving: RunningNginx, host: str) -> None:
+        """curl (nghttp2) speaks HTTP/2 for real: frames, HPACK, the answer."""
+        answer = curl_http2(serving, host, "/posts/1")
+        assert answer.startswith("2 "), answer
+        assert answer.split()[1] in {"200", "301"}, answer
+
+    def test_plain_http_still_speaks_http1(self, serving: RunningNginx) -> None:
+        response = serving.http("lethain.com", "/")
+        assert response.version == 11
+        assert response.status == 200
+
+
+def curl_http2(nginx: RunningNginx, host: str, path: str) -> str:
+    """`curl --http2` to the site: "<HTTP version> <status>"."""
+    port = nginx.facts.https_port
+    result = subprocess.run(
+        [
+            "curl", "-sS", "--http2", "--cacert", str(nginx.ca_file),
+            "--resolve", f"{host}:{port}:127.0.0.1",
+            "-o", "/dev/null", "-w", "%{http_version} %{response_code}",
+            f"https://{host}:{port}{path}",
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return result.stdout or result.stderr
 
 
 def test_plain_http_only_site_has_no_tls_listener(start_nginx: Any) -> None:

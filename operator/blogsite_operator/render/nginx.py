@@ -9,6 +9,8 @@ Routing, in the order nginx picks a server block:
   * `/.well-known/acme-challenge/` on port 80, for every host: cert-refresh;
   * a health endpoint on a port of its own, for the probes.
 
+HTTPS speaks HTTP/2 (ALPN h2) and HTTP/1.1.
+
 Nothing from the user reaches the file unchecked: host names are validated
 by the models (and checked again here), everything else comes from the
 operator. The one exception is the documented opt-in `frontend.extraConfig`.
@@ -130,10 +132,16 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         )
     if tls:
         servers += _server(f"{facts.https_port} ssl default_server", "_", _proxy_location())
-        servers += _server(f"{facts.https_port} ssl", domains, [*_proxy_location(), *_extra(spec)])
+        servers += _server(
+            f"{facts.https_port} ssl",
+            domains,
+            [*_proxy_location(), *_extra(spec)],
+        )
         if redirects:
             servers += _server(
-                f"{facts.https_port} ssl", redirects, [f"return 301 {redirect_target};"]
+                f"{facts.https_port} ssl",
+                redirects,
+                [f"return 301 {redirect_target};"],
             )
     servers += _server(
         str(facts.health_port),
@@ -175,6 +183,10 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         f"uwsgi_temp_path {temp}/uwsgi;",
         f"scgi_temp_path {temp}/scgi;",
         "",
+        # HTTP/2 where the client offers it: ALPN h2 on HTTPS (and prior
+        # knowledge on plain HTTP, beside HTTP/1.x). Here, not per server, so
+        # an extraConfig may still say `http2 off;` (or on) for its names.
+        "http2 on;",
         *tls_settings,
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
