@@ -52,6 +52,14 @@ MUTANTS = [
         ("tests/nginx/test_routing.py::TestHttp2",),
     ),
     Mutant(
+        "no-gzip",
+        "text answers sent uncompressed",
+        "operator/blogsite_operator/render/nginx.py",
+        '"gzip on;",',
+        '"gzip off;",',
+        ("tests/nginx/test_routing.py::TestCompression",),
+    ),
+    Mutant(
         "renderer-invalid-nginx",
         "a renderer change nginx refuses, in a site with no extraConfig",
         "operator/blogsite_operator/render/nginx.py",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import ssl
@@ -183,6 +184,34 @@ def curl_http2(nginx: RunningNginx, host: str, path: str) -> str:
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     return result.stdout or result.stderr
+
+
+class TestCompression:
+    def test_text_answers_are_gzipped_when_the_client_accepts_it(
+        self, serving: RunningNginx
+    ) -> None:
+        # The echo's JSON carries the path: long enough to pass gzip_min_length.
+        path = "/" + "long-path-segment/" * 80
+        plain = json_body(serving.https("lethain.com", path))
+        response = https_with(serving, "lethain.com", path, {"Accept-Encoding": "gzip"})
+        assert response.getheader("Content-Encoding") == "gzip"
+        assert "Accept-Encoding" in (response.getheader("Vary") or "")
+        body = gzip.decompress(response.read())
+        assert json.loads(body)["path"] == plain["path"]
+
+    def test_not_without_accept_encoding_nor_below_a_kilobyte(self, serving: RunningNginx) -> None:
+        response = serving.https("lethain.com", "/" + "x" * 2000)
+        assert response.getheader("Content-Encoding") is None
+        response.read()
+        small = https_with(serving, "lethain.com", "/", {"Accept-Encoding": "gzip"})
+        assert small.getheader("Content-Encoding") is None
+
+
+def https_with(nginx: RunningNginx, host: str, path: str, headers: dict[str, str]) -> Any:
+    context = ssl.create_default_context(cafile=str(nginx.ca_file))
+    connection = SniConnection("127.0.0.1", nginx.facts.https_port, host, context)
+    connection.request("GET", path, headers={"Host": host, **headers})
+    return connection.getresponse()
 
 
 def test_plain_http_only_site_has_no_tls_listener(start_nginx: Any) -> None:

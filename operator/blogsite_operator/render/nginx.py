@@ -9,7 +9,8 @@ Routing, in the order nginx picks a server block:
   * `/.well-known/acme-challenge/` on port 80, for every host: cert-refresh;
   * a health endpoint on a port of its own, for the probes.
 
-HTTPS speaks HTTP/2 (ALPN h2) and HTTP/1.1.
+HTTPS speaks HTTP/2 (ALPN h2) and HTTP/1.1; answers of text types are
+gzipped.
 
 Nothing from the user reaches the file unchecked: host names are validated
 by the models (and checked again here), everything else comes from the
@@ -24,6 +25,19 @@ from dataclasses import dataclass
 from blogsite_operator import models
 
 ACME_CHALLENGE_PATH = "/.well-known/acme-challenge/"
+# Besides text/html: the text types a blog serves.
+GZIP_TYPES = (
+    "text/plain",
+    "text/css",
+    "text/xml",
+    "text/javascript",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "image/svg+xml",
+)
 _SAFE_ADDRESS = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]+$")
 
@@ -182,6 +196,15 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         f"fastcgi_temp_path {temp}/fastcgi;",
         f"uwsgi_temp_path {temp}/uwsgi;",
         f"scgi_temp_path {temp}/scgi;",
+        "",
+        # text/html is always compressed once gzip is on; below 1 KiB it costs
+        # more than it saves. Vary, so caches keep both forms apart.
+        "gzip on;",
+        "gzip_comp_level 5;",
+        "gzip_min_length 1024;",
+        "gzip_proxied any;",
+        "gzip_vary on;",
+        "gzip_types " + " ".join(GZIP_TYPES) + ";",
         "",
         # HTTP/2 where the client offers it: ALPN h2 on HTTPS (and prior
         # knowledge on plain HTTP, beside HTTP/1.x). Here, not per server, so
