@@ -170,6 +170,17 @@ def test_a_digest_pins_the_image(helm: Helm) -> None:
     assert image == f"ghcr.io/daedalus-dev/blogsite-operator@{digest}"
 
 
+def test_the_frontend_image_follows_the_operator_image_unless_named(helm: Helm) -> None:
+    env = container_env(helm.template())
+    assert env["BLOGSITE_OPERATOR_FRONTEND_IMAGE"] == "ghcr.io/daedalus-dev/blogsite-frontend:0.1.0"
+    env = container_env(
+        helm.template("image.tag=1.2.3", "frontendImageRepository=registry.example/nginx")
+    )
+    assert env["BLOGSITE_OPERATOR_FRONTEND_IMAGE"] == "registry.example/nginx:1.2.3"
+    env = container_env(helm.template("frontendImage=registry.example/own:7"))
+    assert env["BLOGSITE_OPERATOR_FRONTEND_IMAGE"] == "registry.example/own:7"
+
+
 def test_names_are_cut_to_63_characters(helm: Helm) -> None:
     release = "a-release-name-as-long-as-helm-allows-it-to-be-53-chr"
     assert len(release) == 53
@@ -227,6 +238,14 @@ def test_the_notes_say_what_to_do_next(helm: Helm) -> None:
     assert "the namespaces blogs" in notes
     assert "kubectl apply -n blogs -f blogsite.yaml" in notes
     assert "kubectl delete crd blogsites.blog.daedalus.dev" in notes
+    # The default images are not published: the notes say so, and how.
+    assert "WARNING: the images ghcr.io/daedalus-dev/blogsite-operator" in result.stdout
+    own = helm.run(
+        "install", "blogsite-operator", str(CHART), "--dry-run=client",
+        "--set", "image.repository=registry.example/blogsite-operator",
+        "--set", "frontendImageRepository=registry.example/blogsite-frontend",
+    )  # fmt: skip
+    assert "WARNING" not in own.stdout
 
 
 def test_metrics_are_scraped_through_a_service_and_can_be_turned_off(helm: Helm) -> None:

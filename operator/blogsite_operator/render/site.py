@@ -87,7 +87,8 @@ class SiteFacts:
 class RenderSettings:
     """Operator-wide defaults that are not part of a BlogSite."""
 
-    frontend_image: str = "docker.io/nginxinc/nginx-unprivileged:1.29.3-alpine"
+    # The Dockerfile's `frontend` target: the nginx the operator image checks with.
+    frontend_image: str = "ghcr.io/daedalus-dev/blogsite-frontend:0.1.0"
     operator_image: str = "ghcr.io/daedalus-dev/blogsite-operator:0.1.0"
 
 

@@ -35,6 +35,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end }}
 {{- end }}
 
+{{- define "blogsite-operator.frontendImage" -}}
+{{- if .Values.frontendImage }}
+{{- .Values.frontendImage }}
+{{- else }}
+{{- printf "%s:%s" .Values.frontendImageRepository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
 {{- define "blogsite-operator.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
