@@ -16,6 +16,7 @@ import pydantic
 import yaml
 
 from blogsite_operator import crd, models
+from blogsite_operator.policies.kubernetes_version import version_problem
 from blogsite_operator.render import SiteRef, render_site
 from blogsite_operator.settings import OperatorSettings, namespace_names
 
@@ -94,6 +95,9 @@ def run_command(args: argparse.Namespace) -> int:
     # nothing a user of this operator needs (our own log lines say what happened).
     logging.getLogger("acme").setLevel(logging.INFO)
     kube.load_config(args.kubeconfig)
+    too_old = version_problem(kube.Api().server_version())
+    if too_old is not None:
+        raise CliError(too_old)
     if not kube.Api().serves(f"{models.GROUP}/{models.VERSION}", models.PLURAL):
         raise CliError(
             f"the {models.KIND} CRD is not installed: kubectl apply -f crds/ "

@@ -184,6 +184,11 @@ class Api:
                 return None
             raise
 
+    def server_version(self) -> dict[str, Any]:
+        """The API server's /version (gitVersion, major, minor, ...)."""
+        found: dict[str, Any] = self._call("GET", "/version")
+        return found
+
     def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API serves this resource (its CRD is installed)."""
         try:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from blogsite_operator.policies.kubernetes_version import MINIMUM
 from tests.chart.conftest import CHART, ROOT, Helm
 
 VALUE_SETS = [
@@ -179,6 +180,19 @@ def test_the_frontend_image_follows_the_operator_image_unless_named(helm: Helm) 
     assert env["BLOGSITE_OPERATOR_FRONTEND_IMAGE"] == "registry.example/nginx:1.2.3"
     env = container_env(helm.template("frontendImage=registry.example/own:7"))
     assert env["BLOGSITE_OPERATOR_FRONTEND_IMAGE"] == "registry.example/own:7"
+
+
+@pytest.mark.parametrize(("kube_version", "admitted"), [("1.30.14", False), ("1.31.0", True)])
+def test_the_chart_admits_kubernetes_from_the_operators_floor(
+    helm: Helm, kube_version: str, admitted: bool
+) -> None:
+    assert MINIMUM == "1.31"  # the operator's own start-up check says the same
+    result = helm.run(
+        "template", "blogsite-operator", str(CHART), "--kube-version", kube_version, check=False
+    )
+    assert (result.returncode == 0) is admitted, result.stderr
+    if not admitted:
+        assert "chart requires kubeVersion: >=1.31.0-0" in result.stderr
 
 
 def test_names_are_cut_to_63_characters(helm: Helm) -> None:
