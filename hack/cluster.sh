@@ -12,7 +12,9 @@
 # BLOGSITE_CLUSTER names the cluster (default: blogsite); KWOK_WORKDIR moves
 # its state (default: ~/.kwok); BLOGSITE_AUDIT_POLICY, when set at creation,
 # turns on the API server's audit log (<workdir>/clusters/<name>/logs/audit.log);
-# BLOGSITE_REAL_NODE=0 leaves the real node out (one machine has at most one).
+# BLOGSITE_REAL_NODE=0 leaves the real node out (one machine has at most one);
+# BLOGSITE_KUBE=oldest runs the control plane of the oldest supported minor
+# (KUBERNETES_OLDEST_VERSION in versions.env), KWOK only, no real node.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -22,13 +24,25 @@ workdir="${KWOK_WORKDIR:-${HOME}/.kwok}"
 cluster_dir="${workdir}/clusters/${name}"
 kubeconfig="${cluster_dir}/kubeconfig.yaml"
 real_node="${BLOGSITE_REAL_NODE:-1}"
+kube="${BLOGSITE_KUBE:-newest}"
+case "${kube}" in
+  newest) ;;
+  oldest) real_node=0 ;;
+  *) echo "[cluster] BLOGSITE_KUBE is newest or oldest, not '${kube}'" >&2; exit 2 ;;
+esac
 log() { echo "[cluster] $*" >&2; }
 
 tools() {
   local paths
   paths="$("${here}/build-tools.sh")"  # fails the script if a build fails
   eval "${paths}"
+  # kubectl stays the newest: it talks to both.
+  control_plane="${KUBERNETES_BIN}"
   export KWOK_KUBE_VERSION="${KUBERNETES_VERSION}"
+  if [[ "${kube}" == oldest ]]; then
+    control_plane="${KUBERNETES_OLDEST_BIN}"
+    KWOK_KUBE_VERSION="${KUBERNETES_OLDEST_VERSION}"
+  fi
   export KWOK_KUBECTL_BINARY="${KUBERNETES_BIN}/kubectl"
   export KWOK_WORKDIR="${workdir}"
   kwokctl="${KWOK_BIN}/kwokctl"
@@ -96,9 +110,9 @@ up() {
   "${kwokctl}" create cluster \
     --name "${name}" \
     --runtime binary \
-    --kube-apiserver-binary "${KUBERNETES_BIN}/kube-apiserver" \
-    --kube-controller-manager-binary "${KUBERNETES_BIN}/kube-controller-manager" \
-    --kube-scheduler-binary "${KUBERNETES_BIN}/kube-scheduler" \
+    --kube-apiserver-binary "${control_plane}/kube-apiserver" \
+    --kube-controller-manager-binary "${control_plane}/kube-controller-manager" \
+    --kube-scheduler-binary "${control_plane}/kube-scheduler" \
     --kwok-controller-binary "${KWOK_BIN}/kwok" \
     --etcd-binary "${ETCD_BIN}/etcd" \
     --config "$(kwok_config)" \

@@ -1,0 +1,107 @@
+"""The oldest Kubernetes minor the operator supports, for real.
+
+A control plane of its own (KUBERNETES_OLDEST_VERSION in hack/versions.env,
+built from the Go module proxy by `hack/build-tools.sh kubernetes-oldest`),
+run by kwokctl beside the test cluster, with KWOK's fake node only. What a
+user on that minor meets: the CRD with its whole admission corpus, the
+operator's start-up check and a reconcile to Ready, and `helm install` of
+the chart. Its `kubectl` fixture replaces the session's for this module, so
+the tests taken from other modules below run here, against this cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.chart.conftest import CHART, Helm, helm_binary
+from tests.integration import test_crd_validation, test_operator
+from tests.integration.conftest import HACK, ROOT, TEST_CLUSTER_ENV, Kubectl
+
+OLDEST_ENV = {
+    **TEST_CLUSTER_ENV,
+    "BLOGSITE_CLUSTER": "blogsite-oldest",
+    "BLOGSITE_KUBE": "oldest",
+}
+
+
+def versions() -> dict[str, str]:
+    lines = (HACK / "versions.env").read_text(encoding="utf-8").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def oldest_cluster_env() -> dict[str, str]:
+    result = subprocess.run(
+        [str(HACK / "cluster.sh"), "env"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=OLDEST_ENV,
+    )
+    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> Iterator[Kubectl]:
+    """The oldest minor's cluster, up for this module only, with the CRD from crds/."""
+    cluster = [str(HACK / "cluster.sh")]
+    subprocess.run([*cluster, "up"], check=True, timeout=1800, env=OLDEST_ENV)
+    try:
+        env = oldest_cluster_env()
+        client = Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
+        client.run(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            str(ROOT / "crds" / "blogsite.yaml"),
+        )
+        client.run(
+            "wait",
+            "--for=condition=Established",
+            "crd/blogsites.blog.daedalus.dev",
+            "--timeout=60s",
+        )
+        yield client
+    finally:
+        if os.environ.get("BLOGSITE_TEST_KEEP_CLUSTER") != "1":
+            subprocess.run([*cluster, "down"], check=True, timeout=600, env=OLDEST_ENV)
+
+
+def test_the_control_plane_is_the_oldest_supported_minor(kubectl: Kubectl) -> None:
+    server = kubectl.json("version")["serverVersion"]
+    assert server["gitVersion"] == versions()["KUBERNETES_OLDEST_VERSION"]
+    assert (server["major"], server["minor"]) == ("1", "31")
+
+
+# The admission corpus and a reconcile to Ready, as on the newest minor.
+test_invalid_blogsite_is_rejected = test_crd_validation.test_invalid_blogsite_is_rejected
+test_examples_are_accepted = test_crd_validation.test_examples_are_accepted
+test_defaults_are_applied_by_the_api_server = (
+    test_crd_validation.test_defaults_are_applied_by_the_api_server
+)
+test_blogsite_becomes_ready_with_owned_children = (
+    test_operator.test_blogsite_becomes_ready_with_owned_children
+)
+
+
+def test_helm_installs_the_chart(kubectl: Kubectl, namespace: str) -> None:
+    """The chart's kubeVersion admits this minor and every object it renders
+    is accepted; KWOK runs the operator's pods (Ready, no process)."""
+    helm = Helm(helm_binary(), kubectl.kubeconfig)
+    release = f"oldest-{namespace[-5:]}"
+    helm.run(
+        "install", release, str(CHART), "--namespace", namespace,
+        # The CRD is there already (applied from crds/): the chart takes it over.
+        "--take-ownership",
+        "--set", f"watchNamespaces={{{namespace}}}",
+        "--wait", "--timeout", "3m",
+    )  # fmt: skip
+    status = helm.run("status", release, "--namespace", namespace, "-o", "json").stdout
+    assert '"status":"deployed"' in status.replace(" ", "")
+    deployment = kubectl.json("get", "deployment", release + "-blogsite-operator", "-n", namespace)
+    assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"]
+    helm.run("uninstall", release, "--namespace", namespace, "--wait")
