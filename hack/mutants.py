@@ -60,6 +60,14 @@ MUTANTS = [
         ("tests/nginx/test_routing.py::TestCompression",),
     ),
     Mutant(
+        "hsts-ignored",
+        "frontend.hsts accepted and never sent",
+        "operator/blogsite_operator/render/nginx.py",
+        "    if hsts is None:\n        return []",
+        "    if hsts is None or hsts:\n        return []",
+        ("tests/nginx/test_routing.py::TestHsts",),
+    ),
+    Mutant(
         "renderer-invalid-nginx",
         "a renderer change nginx refuses, in a site with no extraConfig",
         "operator/blogsite_operator/render/nginx.py",

@@ -401,6 +401,27 @@ def _is_cidr(value: str) -> bool:
     return True
 
 
+class Hsts(Model):
+    """Strict-Transport-Security on the HTTPS answers for the site's names.
+
+    Opt-in: a browser that saw it refuses plain HTTP for the name until
+    maxAgeSeconds pass, whatever the site does later, so turning TLS off
+    again strands those visitors. No `preload`: a submission to the browsers'
+    preload lists is a decision to make by hand.
+    """
+
+    max_age_seconds: int = Field(
+        default=31536000,
+        ge=0,
+        le=63072000,
+        description="How long browsers remember to use HTTPS only (0 tells them to forget).",
+    )
+    include_sub_domains: bool = Field(
+        default=False,
+        description="Also every subdomain of each name: only when all of them serve HTTPS.",
+    )
+
+
 class Frontend(Model):
     """nginx: TLS termination, plain-HTTP policy, redirects, proxy to daedalus."""
 
@@ -418,6 +439,10 @@ class Frontend(Model):
     )
     resources: Resources | None = Field(
         default=None, description="CPU and memory requests and limits for each nginx pod."
+    )
+    hsts: Hsts | None = Field(
+        default=None,
+        description="Send Strict-Transport-Security on HTTPS (needs tls); omitted: not sent.",
     )
     extra_config: str | None = Field(
         default=None,
@@ -560,6 +585,11 @@ class BlogSiteSpec(Model):
                 "to redirect to",
                 field_path=".frontend.http",
             ),
+            cel(
+                "!has(self.frontend) || !has(self.frontend.hsts) || has(self.tls)",
+                "frontend.hsts needs tls: Strict-Transport-Security is sent over HTTPS only",
+                field_path=".frontend.hsts",
+            ),
         ),
     )
 
@@ -595,6 +625,8 @@ class BlogSiteSpec(Model):
             raise ValueError(f"names listed more than once: {', '.join(duplicates)}")
         if self.frontend.http == HttpPolicy.REDIRECT and self.tls is None:
             raise ValueError("frontend.http 'redirect' needs tls")
+        if self.frontend.hsts is not None and self.tls is None:
+            raise ValueError("frontend.hsts needs tls")
         return self
 
     @property

@@ -169,6 +169,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.frontend.http", "Unsupported value"],
     ),
     ("redirect-without-tls", with_frontend(http="redirect"), ["spec.frontend.http", "needs tls"]),
+    ("hsts-without-tls", with_frontend(hsts={}), ["spec.frontend.hsts", "needs tls"]),
+    (
+        "hsts-max-age-past-two-years",
+        with_frontend(hsts={"maxAgeSeconds": 63072001}),
+        ["spec.frontend.hsts.maxAgeSeconds", "less than or equal to 63072000"],
+    ),
     (
         "bad-service-type",
         with_frontend(service={"type": "ExternalName"}),

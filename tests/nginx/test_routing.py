@@ -214,6 +214,33 @@ def https_with(nginx: RunningNginx, host: str, path: str, headers: dict[str, str
     return connection.getresponse()
 
 
+class TestHsts:
+    def test_off_unless_the_spec_asks(self, serving: RunningNginx) -> None:
+        assert serving.https("lethain.com").getheader("Strict-Transport-Security") is None
+
+    def test_on_https_for_the_sites_names_only(self, start_nginx: Any) -> None:
+        nginx = start_nginx(site(frontend={"hsts": {"maxAgeSeconds": 600}}))
+        for host in ("lethain.com", "willarson.com"):
+            response = nginx.https(host)
+            assert response.getheader("Strict-Transport-Security") == "max-age=600", host
+            response.read()
+        # Never over plain HTTP (RFC 6797 §7.2), nor for names not on the site.
+        assert nginx.http("lethain.com").getheader("Strict-Transport-Security") is None
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        other = SniConnection("127.0.0.1", nginx.facts.https_port, "unknown.example", context)
+        other.request("GET", "/", headers={"Host": "unknown.example"})
+        assert other.getresponse().getheader("Strict-Transport-Security") is None
+
+    def test_include_sub_domains(self, start_nginx: Any) -> None:
+        nginx = start_nginx(site(frontend={"hsts": {"includeSubDomains": True}}))
+        assert (
+            nginx.https("lethain.com").getheader("Strict-Transport-Security")
+            == "max-age=31536000; includeSubDomains"
+        )
+
+
 def test_plain_http_only_site_has_no_tls_listener(start_nginx: Any) -> None:
     nginx = start_nginx(site(tls=None), tls=False)
     assert "ssl" not in nginx.conf

@@ -110,6 +110,12 @@ class TestTls:
         parsed = models.parse_spec(spec(frontend={"http": "redirect"}, tls={"secretName": "mine"}))
         assert parsed.frontend.http == "redirect"
 
+    def test_hsts_needs_tls(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="hsts needs tls"):
+            models.parse_spec(spec(frontend={"hsts": {}}))
+        parsed = models.parse_spec(spec(frontend={"hsts": {}}, tls={"secretName": "mine"}))
+        assert parsed.frontend.hsts == models.Hsts(max_age_seconds=31536000)
+
 
 class TestOtherFields:
     def test_unknown_fields_are_refused(self) -> None:

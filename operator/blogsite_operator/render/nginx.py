@@ -10,7 +10,7 @@ Routing, in the order nginx picks a server block:
   * a health endpoint on a port of its own, for the probes.
 
 HTTPS speaks HTTP/2 (ALPN h2) and HTTP/1.1; answers of text types are
-gzipped.
+gzipped; Strict-Transport-Security only when the spec opts in.
 
 Nothing from the user reaches the file unchecked: host names are validated
 by the models (and checked again here), everything else comes from the
@@ -103,6 +103,17 @@ def _server(listen: str, names: str, body: list[str]) -> list[str]:
     ]
 
 
+def _hsts(spec: models.BlogSiteSpec) -> list[str]:
+    hsts = spec.frontend.hsts
+    if hsts is None:
+        return []
+    value = f"max-age={int(hsts.max_age_seconds)}"
+    if hsts.include_sub_domains:
+        value += "; includeSubDomains"
+    # always: also on the 301s and on errors, which browsers honour too.
+    return [f'add_header Strict-Transport-Security "{value}" always;']
+
+
 def _extra(spec: models.BlogSiteSpec) -> list[str]:
     extra = spec.frontend.extra_config
     if not extra:
@@ -149,13 +160,13 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         servers += _server(
             f"{facts.https_port} ssl",
             domains,
-            [*_proxy_location(), *_extra(spec)],
+            [*_hsts(spec), *_proxy_location(), *_extra(spec)],
         )
         if redirects:
             servers += _server(
                 f"{facts.https_port} ssl",
                 redirects,
-                [f"return 301 {redirect_target};"],
+                [*_hsts(spec), f"return 301 {redirect_target};"],
             )
     servers += _server(
         str(facts.health_port),
