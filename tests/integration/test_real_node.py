@@ -735,7 +735,11 @@ def served_site(
 
 
 def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
-    kubectl: Kubectl, served_site: ServedSite, pebble: Pebble, release: Release
+    kubectl: Kubectl,
+    served_site: ServedSite,
+    pebble: Pebble,
+    release: Release,
+    tmp_path: Path,
 ) -> None:
     site = served_site
     issued = x509.load_pem_x509_certificate(served_certificate(kubectl, site.namespace))
@@ -754,6 +758,19 @@ def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
         assert_page(response)
         assert name in response.body  # daedalus saw the Host nginx passed on
         assert_page(request(site.frontend_ip, 80, name))  # http: serve
+    # The frontend image's nginx speaks HTTP/2 (ALPN h2): curl's nghttp2 for real.
+    root_file = tmp_path / "root.pem"
+    root_file.write_bytes(site.root_pem)
+    answer = subprocess.run(
+        [
+            "curl", "-sS", "--http2", "--max-time", "10", "--cacert", str(root_file),
+            "--resolve", f"{DOMAINS[0]}:443:{site.frontend_ip}",
+            "-o", "/dev/null", "-w", "%{http_version} %{response_code}",
+            f"https://{DOMAINS[0]}/",
+        ],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert answer.stdout == "2 200", answer
     for name in REDIRECT_DOMAINS:
         response = request(site.frontend_ip, 443, name, path="/a?b=1", tls=tls)
         assert response.status == 301
