@@ -44,6 +44,15 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "field-newer-than-the-floor",
+        "a rendered field Kubernetes 1.31 does not know (pod-level resources, 1.32+)",
+        "operator/blogsite_operator/render/site.py",
+        '"enableServiceLinks": False,\n        "securityContext"',
+        '"enableServiceLinks": False,\n        "resources": {"requests": {"memory": "1Gi"}},\n'
+        '        "securityContext"',
+        ("tests/integration/test_oldest_kubernetes.py",),
+    ),
+    Mutant(
         "no-http2",
         "HTTP/2 left off: browsers get HTTP/1.1 only",
         "operator/blogsite_operator/render/nginx.py",
