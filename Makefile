@@ -55,7 +55,7 @@ kind-test: install ## with a Docker engine and kind: the chart on kind, one end-
 	$(BIN)/pytest tests/kind $(PYTEST_ARGS)
 
 .PHONY: system-deps
-system-deps: ## Debian packages the tests need (nginx-light), installed when missing
+system-deps: ## Debian packages the tests need (runc, buildah, ...), installed when missing
 	hack/system-deps.sh
 
 .PHONY: test
@@ -69,7 +69,7 @@ chaos: system-deps install tools ## the chaos tests at full size: 50 sites, 20 S
 		$(BIN)/pytest tests/integration/test_chaos.py $(PYTEST_ARGS)
 
 .PHONY: images
-images: ## build the operator, frontend, daedalus stand-in and pause images (cached)
+images: ## build the frontend, operator, daedalus stand-in and pause images (cached)
 	hack/images.sh build
 
 .PHONY: cluster-up

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, kwokctl) and the test ACME server
+# kube-scheduler, kubectl, etcd, kwok, kwokctl), the control plane of the
+# oldest supported Kubernetes minor (kubernetes-oldest), the test ACME server
 # (pebble, pebble-challtestsrv), the real node's parts and helm from the Go module proxy at the
 # versions pinned in hack/versions.env. Binaries are stripped, built with
 # -trimpath, and cached outside the repository under
