@@ -238,6 +238,14 @@ class ServiceType(StrEnum):
     LOAD_BALANCER = "LoadBalancer"
 
 
+class ExternalTrafficPolicy(StrEnum):
+    """Kubernetes' own: Local keeps the client's address (no SNAT) and sends
+    traffic only to nodes running a frontend pod; Cluster spreads it."""
+
+    CLUSTER = "Cluster"
+    LOCAL = "Local"
+
+
 class KeyAlgorithm(StrEnum):
     ECDSA_P256 = "ECDSAP256"
     RSA_2048 = "RSA2048"
@@ -338,6 +346,11 @@ class FrontendService(Model):
                 "loadBalancerSourceRanges applies only to type LoadBalancer",
                 field_path=".loadBalancerSourceRanges",
             ),
+            cel(
+                "!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'",
+                "externalTrafficPolicy applies only to types NodePort and LoadBalancer",
+                field_path=".externalTrafficPolicy",
+            ),
         ),
     )
 
@@ -367,6 +380,11 @@ class FrontendService(Model):
             cel("self.all(r, isCIDR(r))", "every entry must be a CIDR such as 203.0.113.0/24"),
         ),
     )
+    external_traffic_policy: ExternalTrafficPolicy | None = Field(
+        default=None,
+        description="Local keeps the client's address and serves from nodes with a frontend "
+        "pod only; Cluster (Kubernetes' default) spreads traffic. NodePort and LoadBalancer.",
+    )
 
     @model_validator(mode="after")
     def _same_rules_as_the_crd(self) -> FrontendService:
@@ -386,6 +404,10 @@ class FrontendService(Model):
                 )
         if self.load_balancer_source_ranges and self.type != ServiceType.LOAD_BALANCER:
             raise ValueError("loadBalancerSourceRanges applies only to type LoadBalancer")
+        if self.external_traffic_policy is not None and self.type == ServiceType.CLUSTER_IP:
+            raise ValueError(
+                "externalTrafficPolicy applies only to types NodePort and LoadBalancer"
+            )
         return self
 
 

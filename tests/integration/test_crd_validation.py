@@ -171,6 +171,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("redirect-without-tls", with_frontend(http="redirect"), ["spec.frontend.http", "needs tls"]),
     ("hsts-without-tls", with_frontend(hsts={}), ["spec.frontend.hsts", "needs tls"]),
     (
+        "external-traffic-policy-on-cluster-ip",
+        with_frontend(service={"type": "ClusterIP", "externalTrafficPolicy": "Local"}),
+        ["spec.frontend.service.externalTrafficPolicy", "applies only to types"],
+    ),
+    (
         "hsts-max-age-past-two-years",
         with_frontend(hsts={"maxAgeSeconds": 63072001}),
         ["spec.frontend.hsts.maxAgeSeconds", "less than or equal to 63072000"],

@@ -110,6 +110,11 @@ class TestTls:
         parsed = models.parse_spec(spec(frontend={"http": "redirect"}, tls={"secretName": "mine"}))
         assert parsed.frontend.http == "redirect"
 
+    def test_external_traffic_policy_needs_an_external_service(self) -> None:
+        service = {"type": "ClusterIP", "externalTrafficPolicy": "Local"}
+        with pytest.raises(pydantic.ValidationError, match="externalTrafficPolicy applies only"):
+            models.parse_spec(spec(frontend={"service": service}))
+
     def test_hsts_needs_tls(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="hsts needs tls"):
             models.parse_spec(spec(frontend={"hsts": {}}))

@@ -203,6 +203,13 @@ class TestFrontend:
         assert service["metadata"]["annotations"] == {"lb.example.com/class": "external"}
         assert service["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
 
+    def test_external_traffic_policy_only_when_set(self) -> None:
+        service = rendered()[("Service", "lethain-frontend")]
+        assert "externalTrafficPolicy" not in service["spec"]  # the API server's default
+        local = {"service": {"externalTrafficPolicy": "Local"}}
+        service = rendered(frontend=local)[("Service", "lethain-frontend")]
+        assert service["spec"]["externalTrafficPolicy"] == "Local"
+
     def test_image_override_and_operator_default(self) -> None:
         objects = render_site(
             SITE,

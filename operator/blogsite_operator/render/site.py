@@ -275,6 +275,7 @@ def _service(
     service_type: str = "ClusterIP",
     annotations: dict[str, str] | None = None,
     source_ranges: list[str] | None = None,
+    external_traffic_policy: str | None = None,
 ) -> dict[str, Any]:
     metadata = _metadata(site, component)
     if annotations:
@@ -286,6 +287,8 @@ def _service(
     }
     if source_ranges:
         spec["loadBalancerSourceRanges"] = list(source_ranges)
+    if external_traffic_policy is not None:
+        spec["externalTrafficPolicy"] = external_traffic_policy
     return {"apiVersion": "v1", "kind": "Service", "metadata": metadata, "spec": spec}
 
 
@@ -564,6 +567,9 @@ def render_frontend(
             service_type=str(service.type),
             annotations=service.annotations,
             source_ranges=service.load_balancer_source_ranges,
+            external_traffic_policy=(
+                str(service.external_traffic_policy) if service.external_traffic_policy else None
+            ),
         ),
     ]
 
