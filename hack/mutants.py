@@ -44,6 +44,32 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "every-peer-trusted",
+        "X-Forwarded-Proto and the client address believed from anyone",
+        "operator/blogsite_operator/render/nginx.py",
+        '"    default 0;",',
+        '"    default 1;",',
+        ("tests/nginx/test_proxies.py::TestAnUntrustedClient",),
+    ),
+    Mutant(
+        "redirect-loop-behind-a-proxy",
+        "http: redirect answers the proxy's plain HTTP with a 301 even when the client used HTTPS",
+        "operator/blogsite_operator/render/nginx.py",
+        "'    if ($blogsite_scheme = \"http\") {',",
+        "'    if ($scheme = \"http\") {',",
+        ("tests/nginx/test_proxies.py::TestBehindATrustedProxy",),
+    ),
+    Mutant(
+        "self-check-without-proxy-protocol",
+        "the self-check talks plain HTTP to a frontend that expects the PROXY protocol",
+        "operator/blogsite_operator/issuance/issuer.py",
+        '        self.sock.sendall(b"PROXY UNKNOWN\\r\\n")',
+        "        pass",
+        (
+            "tests/nginx/test_proxies.py::test_the_self_check_speaks_the_proxy_protocol_to_such_a_frontend",
+        ),
+    ),
+    Mutant(
         "field-newer-than-the-floor",
         "a rendered field Kubernetes 1.31 does not know (pod-level resources, 1.32+)",
         "operator/blogsite_operator/render/site.py",

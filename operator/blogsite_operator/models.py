@@ -447,6 +447,18 @@ class Hsts(Model):
 class Frontend(Model):
     """nginx: TLS termination, plain-HTTP policy, redirects, proxy to daedalus."""
 
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "!has(self.proxyProtocol) || !self.proxyProtocol "
+                "|| (has(self.trustedProxies) && size(self.trustedProxies) > 0)",
+                "proxyProtocol needs trustedProxies: the load balancer's addresses, from "
+                "which the PROXY protocol's client address is believed",
+                field_path=".proxyProtocol",
+            ),
+        ),
+    )
+
     image: ImageRef | None = Field(
         default=None, description="nginx image; omitted: the operator's default nginx image."
     )
@@ -462,6 +474,21 @@ class Frontend(Model):
     resources: Resources | None = Field(
         default=None, description="CPU and memory requests and limits for each nginx pod."
     )
+    trusted_proxies: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="CIDRs of the load balancers and proxies in front of the frontend. Only "
+        "from these are the client's address (X-Forwarded-For, or the PROXY protocol) and "
+        "X-Forwarded-Proto believed; anyone else's are replaced by what nginx sees.",
+        json_schema_extra=schema_extra(
+            cel("self.all(r, isCIDR(r))", "every entry must be a CIDR such as 10.0.0.0/8"),
+        ),
+    )
+    proxy_protocol: bool = Field(
+        default=False,
+        description="Ports 80 and 443 expect the PROXY protocol (v1 or v2) from the load "
+        "balancer, which then gives the client's address; needs trustedProxies.",
+    )
     hsts: Hsts | None = Field(
         default=None,
         description="Send Strict-Transport-Security on HTTPS (needs tls); omitted: not sent.",
@@ -473,6 +500,17 @@ class Frontend(Model):
         "ports). Not interpreted by the operator: checked only by `nginx -t` before rollout. "
         "Leave it out unless you need it.",
     )
+
+    @model_validator(mode="after")
+    def _same_rules_as_the_crd(self) -> Frontend:
+        for source in self.trusted_proxies:
+            if not _is_cidr(source):
+                raise ValueError(
+                    f"trustedProxies: {source!r}: every entry must be a CIDR such as 10.0.0.0/8"
+                )
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ValueError("proxyProtocol needs trustedProxies")
+        return self
 
 
 class ExternalAccountBinding(Model):

@@ -550,6 +550,7 @@ def _certificate(
         renew_request=(site["metadata"].get("annotations") or {}).get(RENEW_ANNOTATION),
         now=now,
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
+        proxy_protocol=spec.frontend.proxy_protocol,
     )
     outcome.events.extend(Event(*event) for event in driven.events)
     if driven.folded is not None:

@@ -171,6 +171,16 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("redirect-without-tls", with_frontend(http="redirect"), ["spec.frontend.http", "needs tls"]),
     ("hsts-without-tls", with_frontend(hsts={}), ["spec.frontend.hsts", "needs tls"]),
     (
+        "trusted-proxy-not-a-cidr",
+        with_frontend(trustedProxies=["10.0.0.1"]),
+        ["spec.frontend.trustedProxies", "CIDR"],
+    ),
+    (
+        "proxy-protocol-without-trusted-proxies",
+        with_frontend(proxyProtocol=True),
+        ["spec.frontend.proxyProtocol", "needs trustedProxies"],
+    ),
+    (
         "external-traffic-policy-on-cluster-ip",
         with_frontend(service={"type": "ClusterIP", "externalTrafficPolicy": "Local"}),
         ["spec.frontend.service.externalTrafficPolicy", "applies only to types"],

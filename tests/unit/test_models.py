@@ -110,6 +110,16 @@ class TestTls:
         parsed = models.parse_spec(spec(frontend={"http": "redirect"}, tls={"secretName": "mine"}))
         assert parsed.frontend.http == "redirect"
 
+    def test_trusted_proxies_are_cidrs_and_proxy_protocol_needs_them(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="must be a CIDR"):
+            models.parse_spec(spec(frontend={"trustedProxies": ["10.0.0.1"]}))
+        with pytest.raises(pydantic.ValidationError, match="proxyProtocol needs trustedProxies"):
+            models.parse_spec(spec(frontend={"proxyProtocol": True}))
+        parsed = models.parse_spec(
+            spec(frontend={"trustedProxies": ["10.0.0.0/8"], "proxyProtocol": True})
+        )
+        assert parsed.frontend.proxy_protocol
+
     def test_external_traffic_policy_needs_an_external_service(self) -> None:
         service = {"type": "ClusterIP", "externalTrafficPolicy": "Local"}
         with pytest.raises(pydantic.ValidationError, match="externalTrafficPolicy applies only"):

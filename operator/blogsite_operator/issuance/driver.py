@@ -61,8 +61,10 @@ def drive_acme(
     renew_request: str | None,
     now: datetime.datetime,
     can_publish: bool = True,
+    proxy_protocol: bool = False,
 ) -> AcmeOutcome:
-    """`can_publish`: the answers ConfigMap exists (the first pass creates it)."""
+    """`can_publish`: the answers ConfigMap exists (the first pass creates it);
+    `proxy_protocol`: the frontend's port 80 expects it (the self-check too)."""
     key = (site.namespace, site.name)
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
@@ -99,7 +101,13 @@ def drive_acme(
     elif not busy and due:
         if requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(
-                IssueJob(site, tuple(names), acme, renewal_request=request if requested else None)
+                IssueJob(
+                    site,
+                    tuple(names),
+                    acme,
+                    renewal_request=request if requested else None,
+                    proxy_protocol=proxy_protocol,
+                )
             )
             busy = True
             if requested:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import http.client
 import logging
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +78,8 @@ class IssueJob:
     # The renew annotation's value this order answers: taken into status with
     # the result, so an order whose first status write failed is not repeated.
     renewal_request: str | None = field(default=None, compare=False)
+    # The frontend's port 80 expects the PROXY protocol: so does the self-check.
+    proxy_protocol: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class CertificateIssuer:
                         timeout=datetime.timedelta(seconds=self.settings.order_timeout_seconds),
                     ),
                     publish=lambda answers: self._publish(site, answers),
-                    self_check=self._self_checker(site),
+                    self_check=self._self_checker(site, proxy_protocol=job.proxy_protocol),
                 )
             except IssuanceError as error:
                 error.message = f"{error.message} ({session.counter.requests} ACME requests)"
@@ -336,7 +337,9 @@ class CertificateIssuer:
                 f"{kube.describe_error(error)}",
             ) from None
 
-    def _self_checker(self, site: SiteRef) -> Callable[[list[tuple[str, str, str]]], None] | None:
+    def _self_checker(
+        self, site: SiteRef, *, proxy_protocol: bool = False
+    ) -> Callable[[list[tuple[str, str, str]]], None] | None:
         target = self.settings.self_check
         if target is None:
             return None
@@ -346,7 +349,7 @@ class CertificateIssuer:
 
         def check(answers: list[tuple[str, str, str]]) -> None:
             for name, token, expected in answers:
-                _wait_for_answer(address, name, token, expected)
+                _wait_for_answer(address, name, token, expected, proxy_protocol=proxy_protocol)
 
         return check
 
@@ -366,21 +369,37 @@ class CertificateIssuer:
         return JobResult(job, now, renewal_info=info, acme_requests=session.counter.requests)
 
 
-def _wait_for_answer(address: str, name: str, token: str, expected: str) -> None:
+class _ProxyProtocolConnection(http.client.HTTPConnection):
+    """HTTP after a PROXY protocol v1 line that names no client ("UNKNOWN"):
+    a frontend behind a load balancer that sends it refuses anything else."""
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.sendall(b"PROXY UNKNOWN\r\n")
+
+
+def _wait_for_answer(
+    address: str, name: str, token: str, expected: str, *, proxy_protocol: bool = False
+) -> None:
     """Fetch the answer the way the CA will (port 80, Host: name); a few seconds' grace."""
-    url = f"http://{address}/.well-known/acme-challenge/{token}"
-    request = urllib.request.Request(url, headers={"Host": name})
+    host, _, port = address.rpartition(":")
+    path = f"/.well-known/acme-challenge/{token}"
+    connection_class = _ProxyProtocolConnection if proxy_protocol else http.client.HTTPConnection
     deadline = time.monotonic() + 15
     last = "no answer"
     while time.monotonic() < deadline:
+        connection = connection_class(host, int(port), timeout=3)
         try:
-            with urllib.request.urlopen(request, timeout=3) as response:  # noqa: S310
-                body = response.read(4096).decode("ascii", "replace").strip()
-            if body == expected:
+            connection.request("GET", path, headers={"Host": name})
+            response = connection.getresponse()
+            body = response.read(4096).decode("ascii", "replace").strip()
+            if response.status == 200 and body == expected:
                 return
-            last = "a different answer"
-        except (urllib.error.URLError, OSError) as error:
-            last = str(getattr(error, "reason", error))
+            last = f"HTTP {response.status}" if response.status != 200 else "a different answer"
+        except (http.client.HTTPException, OSError) as error:
+            last = str(error) or type(error).__name__
+        finally:
+            connection.close()
         time.sleep(0.2)
     raise IssuanceError(
         "SelfCheckFailed",

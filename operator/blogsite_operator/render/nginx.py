@@ -19,6 +19,7 @@ operator. The one exception is the documented opt-in `frontend.extraConfig`.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -76,6 +77,41 @@ def _hostnames(names: list[str]) -> str:
     return " ".join(names)
 
 
+def _networks(cidrs: list[str]) -> list[str]:
+    """CIDRs as nginx wants them: validated again, host bits cleared."""
+    return [str(ipaddress.ip_network(cidr, strict=False)) for cidr in cidrs]
+
+
+def _client_and_scheme(spec: models.BlogSiteSpec) -> list[str]:
+    """Who may tell nginx the client's address and the scheme it used.
+
+    Only the peers in frontend.trustedProxies: from them the client's address
+    comes from X-Forwarded-For (its last untrusted entry) or the PROXY
+    protocol, and X-Forwarded-Proto is believed; from anyone else both are
+    what nginx itself sees, so a client cannot forge either.
+    """
+    trusted = _networks(list(spec.frontend.trusted_proxies))
+    lines: list[str] = []
+    if trusted:
+        header = "proxy_protocol" if spec.frontend.proxy_protocol else "X-Forwarded-For"
+        lines += [f"set_real_ip_from {network};" for network in trusted]
+        lines += [f"real_ip_header {header};", "real_ip_recursive on;"]
+    lines += [
+        # $realip_remote_addr: the peer itself, before realip replaced it.
+        "geo $realip_remote_addr $blogsite_trusted_peer {",
+        "    default 0;",
+        *[f"    {network} 1;" for network in trusted],
+        "}",
+        "map $blogsite_trusted_peer:$http_x_forwarded_proto $blogsite_scheme {",
+        "    default $scheme;",
+        '    "1:https" https;',
+        '    "1:http" http;',
+        "}",
+        "",
+    ]
+    return lines
+
+
 def _indent(lines: list[str], depth: int) -> list[str]:
     return [("    " * depth + line) if line else "" for line in lines]
 
@@ -130,17 +166,28 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
     redirects = _hostnames(list(spec.redirect_domains)) if spec.redirect_domains else None
     temp = _path(facts.temp_dir)
     redirect_target = f"{'https' if tls else 'http'}://{primary}$request_uri"
+    # Ports 80 and 443 as the load balancer reaches them; health stays plain.
+    proxied = " proxy_protocol" if spec.frontend.proxy_protocol else ""
+    http_port, https_port = f"{facts.http_port}{proxied}", f"{facts.https_port} ssl{proxied}"
 
     http_domains_body = [*_challenge_location()]
     if spec.frontend.http == models.HttpPolicy.REDIRECT and tls:
-        http_domains_body += ["location / {", "    return 301 https://$host$request_uri;", "}"]
+        # Behind a TLS-terminating proxy the request is already HTTPS: no loop.
+        http_domains_body += [
+            "location / {",
+            '    if ($blogsite_scheme = "http") {',
+            "        return 301 https://$host$request_uri;",
+            "    }",
+            "    proxy_pass http://daedalus;",
+            "}",
+        ]
     else:
         http_domains_body += _proxy_location()
     http_domains_body += _extra(spec)
 
     servers: list[str] = []
     servers += _server(
-        f"{facts.http_port} default_server",
+        f"{http_port} default_server",
         "_",
         [
             "# Hosts not named in the BlogSite still reach the blog.",
@@ -148,23 +195,23 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
             *_proxy_location(),
         ],
     )
-    servers += _server(str(facts.http_port), domains, http_domains_body)
+    servers += _server(http_port, domains, http_domains_body)
     if redirects:
         servers += _server(
-            str(facts.http_port),
+            http_port,
             redirects,
             [*_challenge_location(), "location / {", f"    return 301 {redirect_target};", "}"],
         )
     if tls:
-        servers += _server(f"{facts.https_port} ssl default_server", "_", _proxy_location())
+        servers += _server(f"{https_port} default_server", "_", _proxy_location())
         servers += _server(
-            f"{facts.https_port} ssl",
+            https_port,
             domains,
             [*_hsts(spec), *_proxy_location(), *_extra(spec)],
         )
         if redirects:
             servers += _server(
-                f"{facts.https_port} ssl",
+                https_port,
                 redirects,
                 [*_hsts(spec), f"return 301 {redirect_target};"],
             )
@@ -217,6 +264,7 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         "gzip_vary on;",
         "gzip_types " + " ".join(GZIP_TYPES) + ";",
         "",
+        *_client_and_scheme(spec),
         # HTTP/2 where the client offers it: ALPN h2 on HTTPS (and prior
         # knowledge on plain HTTP, beside HTTP/1.x). Here, not per server, so
         # an extraConfig may still say `http2 off;` (or on) for its names.
@@ -225,8 +273,9 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         "proxy_http_version 1.1;",
         'proxy_set_header Connection "";',
         "proxy_set_header Host $host;",
-        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
-        "proxy_set_header X-Forwarded-Proto $scheme;",
+        # The client as nginx determined it (see frontend.trustedProxies).
+        "proxy_set_header X-Forwarded-For $remote_addr;",
+        "proxy_set_header X-Forwarded-Proto $blogsite_scheme;",
         "proxy_set_header X-Real-IP $remote_addr;",
         "",
         "upstream daedalus {",
