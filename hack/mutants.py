@@ -341,8 +341,10 @@ def main() -> int:
     log_dir = ROOT / "build" / "mutants"
     log_dir.mkdir(parents=True, exist_ok=True)
     # One test cluster for every run (each pytest session would otherwise
-    # start and stop its own); stopped at the end if started here.
-    started = not cluster_answers()
+    # start and stop its own); stopped at the end if started here. Mutants
+    # whose tests need no cluster (tests/nginx, tests/unit) run without one.
+    needs_cluster = any(t.startswith("tests/integration/") for m in chosen for t in m.tests)
+    started = needs_cluster and not cluster_answers()
     if started:
         subprocess.run([str(ROOT / "hack" / "cluster.sh"), "up"], env=TEST_CLUSTER_ENV, check=True)
     missed = []
