@@ -38,9 +38,13 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 
 
-# A module whose tests are one chain (module fixtures, file order): one
-# worker runs all of it. Every other test is scheduled on its own.
-CHAINED_MODULES = ("tests/integration/test_real_node.py",)
+# A module whose tests are one chain (module fixtures, file order), or share
+# a cluster of the module's own (two workers would each start and stop it):
+# one worker runs all of it. Every other test is scheduled on its own.
+CHAINED_MODULES = (
+    "tests/integration/test_real_node.py",
+    "tests/integration/test_oldest_kubernetes.py",
+)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -48,13 +48,20 @@ TEST_CLUSTER_ENV = {
 # site; tests/conftest.py keeps it on one worker): it goes first, as the
 # longest.
 REAL_NODE_MODULE = "test_real_node.py"
+# The oldest Kubernetes' module, also one worker's (its own cluster): next.
+OLDEST_MODULE = "test_oldest_kubernetes.py"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.cluster)
-    items.sort(key=lambda item: Path(str(item.fspath)).name != REAL_NODE_MODULE)
+    items.sort(
+        key=lambda item: (
+            Path(str(item.fspath)).name != REAL_NODE_MODULE,
+            Path(str(item.fspath)).name != OLDEST_MODULE,
+        )
+    )
 
 
 @dataclass
