@@ -216,6 +216,19 @@ Email = Annotated[
     text_field(EMAIL_PATTERN, EMAIL_MESSAGE, max_length=254),
     _must_match(EMAIL_PATTERN, EMAIL_MESSAGE),
 ]
+# An absolute directory inside a container, with no '.' or '..' steps (a
+# mount there would shadow a parent or escape nothing useful) and not '/'.
+_SEGMENT = r"([A-Za-z0-9_-][A-Za-z0-9._-]*|\.[A-Za-z0-9_-][A-Za-z0-9._-]*|\.\.[A-Za-z0-9._-]+)"
+CONTAINER_PATH_PATTERN = rf"^(/{_SEGMENT})+$"
+CONTAINER_PATH_MESSAGE = (
+    "must be an absolute directory such as /tmp or /var/cache/blog (letters, digits, "
+    "'.', '_' and '-'; no '.' or '..' steps, not '/')"
+)
+ContainerPath = Annotated[
+    str,
+    text_field(CONTAINER_PATH_PATTERN, CONTAINER_PATH_MESSAGE, max_length=1024),
+    _must_match(CONTAINER_PATH_PATTERN, CONTAINER_PATH_MESSAGE),
+]
 PROFILE_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 PROFILE_MESSAGE = "must be an ACME profile name (lowercase letters, digits, '.', '_' and '-')"
 ProfileName = Annotated[
@@ -332,6 +345,40 @@ class Daedalus(Model):
     )
     resources: Resources | None = Field(
         default=None, description="CPU and memory requests and limits for each daedalus pod."
+    )
+    image_pull_secrets: list[SecretName] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Secrets of type kubernetes.io/dockerconfigjson in the site's namespace, "
+        "for pulling a private image.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    command: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=64, description="Replaces the image's ENTRYPOINT."
+    )
+    args: list[Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, max_length=256, description="Replaces the image's CMD."
+    )
+    writable_paths: list[ContainerPath] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Directories the blog writes to, such as /tmp or a cache: each an empty "
+        "directory of its own (emptyDir), emptied when the pod is replaced. The rest of the "
+        "root filesystem stays read-only.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    run_as_user: int | None = Field(
+        default=None,
+        ge=1,
+        le=2147483647,
+        description="The uid the blog runs as (never 0: the pod stays within the restricted "
+        "Pod Security Standard); omitted: 65532.",
+    )
+    run_as_group: int | None = Field(
+        default=None,
+        ge=0,
+        le=2147483647,
+        description="The gid the blog runs as, which also owns its volumes; omitted: 65532.",
     )
 
 

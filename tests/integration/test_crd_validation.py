@@ -164,6 +164,21 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.daedalus.resources.limits.memory", "quantity"],
     ),
     (
+        "writable-path-with-dots",
+        with_daedalus(writablePaths=["/var/../etc"]),
+        ["spec.daedalus.writablePaths[0]", "absolute directory"],
+    ),
+    (
+        "daedalus-as-root",
+        with_daedalus(runAsUser=0),
+        ["spec.daedalus.runAsUser", "greater than or equal to 1"],
+    ),
+    (
+        "pull-secret-not-a-name",
+        with_daedalus(imagePullSecrets=["Registry Login"]),
+        ["spec.daedalus.imagePullSecrets[0]", "Secret name"],
+    ),
+    (
         "bad-http-policy",
         with_frontend(http="sometimes"),
         ["spec.frontend.http", "Unsupported value"],

@@ -110,6 +110,23 @@ class TestTls:
         parsed = models.parse_spec(spec(frontend={"http": "redirect"}, tls={"secretName": "mine"}))
         assert parsed.frontend.http == "redirect"
 
+    @pytest.mark.parametrize(
+        "path", ["/", "/..", "/a/../b", "/a/.", "//a", "/a/", "tmp", "/a b", "/a;b"]
+    )
+    def test_writable_paths_are_plain_absolute_directories(self, path: str) -> None:
+        with pytest.raises(pydantic.ValidationError, match="absolute directory"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "writablePaths": [path]}))
+
+    def test_writable_paths_may_be_hidden_directories(self) -> None:
+        parsed = models.parse_spec(
+            spec(daedalus={"image": "d:1", "writablePaths": ["/tmp", "/home/app/.cache"]})
+        )
+        assert parsed.daedalus.writable_paths == ["/tmp", "/home/app/.cache"]
+
+    def test_the_blog_never_runs_as_root(self) -> None:
+        with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "runAsUser": 0}))
+
     def test_trusted_proxies_are_cidrs_and_proxy_protocol_needs_them(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="must be a CIDR"):
             models.parse_spec(spec(frontend={"trustedProxies": ["10.0.0.1"]}))

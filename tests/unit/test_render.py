@@ -160,6 +160,48 @@ class TestDaedalus:
         assert c["resources"]["limits"]["memory"] == "1Gi"
         assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
 
+    def test_real_blog_images_get_what_they_need_within_the_restricted_standard(self) -> None:
+        daedalus = {
+            "image": "registry.example/ghost:5",
+            "imagePullSecrets": ["registry-login"],
+            "command": ["/app/start"],
+            "args": ["--port", "8080"],
+            "writablePaths": ["/tmp", "/var/lib/ghost/content"],
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+        }
+        deployment = rendered(daedalus=daedalus)[("Deployment", "lethain-daedalus")]
+        pod = deployment["spec"]["template"]["spec"]
+        c = container(deployment)
+        assert pod["imagePullSecrets"] == [{"name": "registry-login"}]
+        assert (c["command"], c["args"]) == (["/app/start"], ["--port", "8080"])
+        assert pod["volumes"] == [
+            {"name": "writable-0", "emptyDir": {}},
+            {"name": "writable-1", "emptyDir": {}},
+        ]
+        assert c["volumeMounts"] == [
+            {"name": "writable-0", "mountPath": "/tmp"},
+            {"name": "writable-1", "mountPath": "/var/lib/ghost/content"},
+        ]
+        security = c["securityContext"]
+        assert (security["runAsUser"], security["runAsGroup"]) == (1000, 1000)
+        assert pod["securityContext"] == {"runAsNonRoot": True, "fsGroup": 1000}
+        # Still restricted: non-root, read-only root, nothing escalates.
+        assert security["runAsNonRoot"] is True
+        assert security["readOnlyRootFilesystem"] is True
+        assert security["allowPrivilegeEscalation"] is False
+        assert security["capabilities"] == {"drop": ["ALL"]}
+
+    def test_by_default_the_image_runs_as_65532_with_nothing_writable(self) -> None:
+        deployment = rendered()[("Deployment", "lethain-daedalus")]
+        pod = deployment["spec"]["template"]["spec"]
+        c = container(deployment)
+        assert "volumes" not in pod
+        assert "imagePullSecrets" not in pod
+        assert "command" not in c
+        assert "args" not in c
+        assert c["securityContext"]["runAsUser"] == 65532
+
     def test_service_is_cluster_internal(self) -> None:
         service = rendered()[("Service", "lethain-daedalus")]
         assert service["spec"]["type"] == "ClusterIP"

@@ -206,11 +206,13 @@ def _resources(component: Component, override: models.Resources | None) -> dict[
     return result
 
 
-def _container_security_context() -> dict[str, Any]:
+def _container_security_context(
+    user: int = NONROOT_UID, group: int = NONROOT_UID
+) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
-        "runAsUser": NONROOT_UID,
-        "runAsGroup": NONROOT_UID,
+        "runAsUser": user,
+        "runAsGroup": group,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
@@ -235,13 +237,17 @@ def _deployment(
     replicas: int,
     containers: list[dict[str, Any]],
     volumes: list[dict[str, Any]] | None = None,
+    image_pull_secrets: list[str] | None = None,
+    fs_group: int = NONROOT_UID,
 ) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {"runAsNonRoot": True, "fsGroup": NONROOT_UID},
+        "securityContext": {"runAsNonRoot": True, "fsGroup": fs_group},
         "containers": containers,
     }
+    if image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in image_pull_secrets]
     if volumes:
         pod_spec["volumes"] = volumes
     return {
@@ -321,6 +327,8 @@ def _env(env: list[models.EnvVar]) -> list[dict[str, Any]]:
 def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, Any]]:
     daedalus = spec.daedalus
     check = daedalus.health_check
+    user = daedalus.run_as_user if daedalus.run_as_user is not None else NONROOT_UID
+    group = daedalus.run_as_group if daedalus.run_as_group is not None else NONROOT_UID
     container: dict[str, Any] = {
         "name": "daedalus",
         "image": daedalus.image,
@@ -329,12 +337,33 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
         "livenessProbe": _http_probe(check.path, "http", check),
         "lifecycle": _drain_first(),
         "resources": _resources(Component.DAEDALUS, daedalus.resources),
-        "securityContext": _container_security_context(),
+        "securityContext": _container_security_context(user, group),
     }
+    if daedalus.command is not None:
+        container["command"] = list(daedalus.command)
+    if daedalus.args is not None:
+        container["args"] = list(daedalus.args)
     if daedalus.env:
         container["env"] = _env(daedalus.env)
+    # What the blog writes to: an emptyDir each, the root filesystem read-only.
+    volumes = [
+        {"name": f"writable-{i}", "emptyDir": {}} for i in range(len(daedalus.writable_paths))
+    ]
+    if volumes:
+        container["volumeMounts"] = [
+            {"name": f"writable-{i}", "mountPath": path}
+            for i, path in enumerate(daedalus.writable_paths)
+        ]
     return [
-        _deployment(site, Component.DAEDALUS, replicas=daedalus.replicas, containers=[container]),
+        _deployment(
+            site,
+            Component.DAEDALUS,
+            replicas=daedalus.replicas,
+            containers=[container],
+            volumes=volumes,
+            image_pull_secrets=list(daedalus.image_pull_secrets),
+            fs_group=group,
+        ),
         _service(
             site,
             Component.DAEDALUS,
