@@ -9,6 +9,12 @@
 //	-page      PAGE            text shown on every page (default empty)
 //	-version   VERSION         version shown on every page (default: build's)
 //	-crash-marker CRASH_MARKER crash-once's marker (default /dev/shm/daedalus-crashed-once)
+//	-require-writable REQUIRE_WRITABLE
+//	                           comma-separated directories it must be able to
+//	                           write a file in at start, or it exits 1, as
+//	                           blogs that keep a cache or temporary files do
+//	-require-uid REQUIRE_UID   the uid it must run as, or it exits 1, as
+//	                           images whose files belong to their own user do
 //	-shutdown-delay SHUTDOWN_DELAY
 //	                           how long to keep serving after SIGTERM, with
 //	                           /healthz failing, before closing the listener
@@ -34,6 +40,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -59,6 +66,8 @@ type config struct {
 	version       string
 	crashMarker   string
 	shutdownDelay time.Duration
+	writable      []string
+	uid           int // -1: any
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -80,6 +89,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	flags.StringVar(&cfg.crashMarker, "crash-marker",
 		env("CRASH_MARKER", "/dev/shm/daedalus-crashed-once"),
 		"file that marks crash-once's first start (env CRASH_MARKER)")
+	writable := flags.String("require-writable", getenv("REQUIRE_WRITABLE"),
+		"comma-separated directories it must write to at start (env REQUIRE_WRITABLE)")
+	uid := flags.String("require-uid", getenv("REQUIRE_UID"),
+		"the uid it must run as (env REQUIRE_UID)")
 	delay := flags.String("shutdown-delay", env("SHUTDOWN_DELAY", "3s"),
 		"serving time after SIGTERM before the listener closes (env SHUTDOWN_DELAY)")
 	if err := flags.Parse(args); err != nil {
@@ -99,6 +112,17 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	var err error
 	if cfg.shutdownDelay, err = time.ParseDuration(*delay); err != nil || cfg.shutdownDelay < 0 {
 		return cfg, fmt.Errorf("invalid shutdown delay %q", *delay)
+	}
+	for _, dir := range strings.Split(*writable, ",") {
+		if dir != "" {
+			cfg.writable = append(cfg.writable, dir)
+		}
+	}
+	cfg.uid = -1
+	if *uid != "" {
+		if cfg.uid, err = strconv.Atoi(*uid); err != nil || cfg.uid < 0 {
+			return cfg, fmt.Errorf("invalid uid %q", *uid)
+		}
 	}
 	return cfg, nil
 }
@@ -216,6 +240,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
 		return 2
+	}
+	if cfg.uid >= 0 && os.Getuid() != cfg.uid {
+		logf("REQUIRE_UID=%d: running as uid %d, exiting with status 1", cfg.uid, os.Getuid())
+		return 1
+	}
+	for _, dir := range cfg.writable {
+		file, err := os.CreateTemp(dir, "daedalus-*")
+		if err != nil {
+			logf("REQUIRE_WRITABLE: cannot write in %s (%v), exiting with status 1", dir, err)
+			return 1
+		}
+		_ = file.Close()
+		logf("REQUIRE_WRITABLE: wrote %s", file.Name())
 	}
 	switch cfg.behavior {
 	case behaviorCrash:

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -114,6 +115,28 @@ func TestBadConfig(t *testing.T) {
 		var stderr bytes.Buffer
 		if code := run(context.Background(), nil, env(values), io.Discard, &stderr); code != 2 {
 			t.Errorf("%v: exit %d, want 2 (%s)", values, code, stderr.String())
+		}
+	}
+}
+
+func TestRequirements(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // serve nothing: only the checks before serving matter
+	dir := t.TempDir()
+	uid := strconv.Itoa(os.Getuid())
+	for _, c := range []struct {
+		values map[string]string
+		code   int
+	}{
+		{map[string]string{"REQUIRE_WRITABLE": dir + "," + dir}, 0},
+		{map[string]string{"REQUIRE_WRITABLE": filepath.Join(dir, "missing")}, 1},
+		{map[string]string{"REQUIRE_UID": uid}, 0},
+		{map[string]string{"REQUIRE_UID": uid + "1"}, 1},
+		{map[string]string{"REQUIRE_UID": "someone"}, 2},
+	} {
+		c.values["PORT"], c.values["SHUTDOWN_DELAY"] = "0", "0s"
+		if code := run(ctx, nil, env(c.values), io.Discard, io.Discard); code != c.code {
+			t.Errorf("%v: exit %d, want %d", c.values, code, c.code)
 		}
 	}
 }
