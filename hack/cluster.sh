@@ -149,6 +149,7 @@ case "${1:-}" in
     if [[ "$("${here}/node.sh" status)" == "${cluster_dir}" ]]; then
       echo "NODE_IP=$("${here}/node.sh" ip)"
       cat /var/lib/blogsite-node/images.env
+      cat /var/lib/blogsite-node/private-registry.env
     fi
     ;;
   *) echo "usage: $0 up|down|kubeconfig|env" >&2; exit 2 ;;

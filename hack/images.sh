@@ -24,6 +24,9 @@
 #                                                                  (tests/images/pause, FROM scratch)
 #   DAEDALUS_CRASH_IMAGE=...daedalus-standin:<tag>-crash (and _CRASH_ONCE_, _NEVER_READY_):
 #                                                                  the stand-in misbehaving by default
+#   DAEDALUS_BLOG_IMAGE=...private/daedalus-blog:<tag>             the stand-in as a real blog image:
+#                                                                  uid 10001, writes to /tmp and
+#                                                                  /var/cache/blog
 #
 # `push` also names the stand-in daedalus-standin:local in the registry, for
 # deploy/examples/local/.
@@ -398,6 +401,12 @@ for variant in "${variants[@]}"; do
   repositories+=(daedalus-standin)
   tags+=("${daedalus_tag}-${variant}")
 done
+# A blog image as real ones are: it runs as its own uid (10001) and writes to
+# /tmp and a cache directory at start, or exits. In a repository of its own,
+# which the real node's registry serves only with credentials.
+names+=(DAEDALUS_BLOG_IMAGE)
+repositories+=(private/daedalus-blog)
+tags+=("${daedalus_tag}")
 refs=()
 for i in "${!names[@]}"; do refs+=("${REGISTRY_NAME}/${repositories[i]}:${tags[i]}"); done
 
@@ -423,6 +432,11 @@ for i in "${!names[@]}"; do
         "-X main.version=${tags[i]}" --port 8080 --stop-signal SIGTERM ;;
     PAUSE_IMAGE)
       build_go_image "${ref}" tests/images/pause pause 65535:65535 "" --stop-signal SIGTERM ;;
+    DAEDALUS_BLOG_IMAGE)  # after DAEDALUS_IMAGE in the list, so that one exists
+      ctr="$(bah from --quiet --pull=never "${refs[2]}")"
+      bah config --user 10001:10001 --env REQUIRE_UID=10001 \
+        --env REQUIRE_WRITABLE=/tmp,/var/cache/blog "${ctr}"
+      bah commit --quiet --rm "${ctr}" "${ref}" >/dev/null ;;
     DAEDALUS_*_IMAGE)  # after DAEDALUS_IMAGE in the list, so that one exists
       variant="${tags[i]#"${daedalus_tag}-"}"
       ctr="$(bah from --quiet --pull=never "${refs[2]}")"

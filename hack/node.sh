@@ -37,6 +37,10 @@ POD_GATEWAY=198.18.0.1
 KWOK_POD_CIDR=198.18.128.0/17
 DNS_SERVICE_IP=198.19.0.10
 REGISTRY_PORT=5000
+# The same registry, for repositories under private/ only with a login
+# (nginx with basic auth in front of it): where a test pulls with a Secret.
+PRIVATE_REGISTRY_PORT=5001
+PRIVATE_REGISTRY_USER=blogsite
 # The real node repels every pod without this toleration; namespaces annotated
 # by `real_namespace` in the tests (and `make run`'s) get it, and a node
 # selector, through the PodTolerationRestriction/PodNodeSelector plugins.
@@ -51,7 +55,7 @@ SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory net.ipv4.ip_forw
 FOREIGN_PATHS=(/run/containerd /var/log/pods /var/log/containers /var/run/netns /run/netns
   /var/lib/cni /etc/cni /opt/containerd /opt/cni /usr/libexec/kubernetes /var/lib/kubelet
   /run/nri /var/run/nri /var/lib/containerd /etc/containerd /var/run/cdi /etc/cdi)
-PROCESSES=(registry containerd kubelet kube-proxy coredns)
+PROCESSES=(registry registry-auth containerd kubelet kube-proxy coredns)
 
 cache="${BLOGSITE_TOOLS_CACHE:-${HOME}/.cache/blogsite-operator}"
 
@@ -190,6 +194,54 @@ YAML
   wait_for 30 "the registry" curl -fsS "http://${ip}:${REGISTRY_PORT}/v2/"
 }
 
+start_private_registry() {  # the frontend image's nginx: private/* needs a login
+  local ip="$1" dir="${STATE}/private-registry" nginx password
+  nginx="$("${here}/images.sh" nginx)"
+  nginx="${nginx#NGINX=}"
+  mkdir -p "${dir}/temp"
+  chmod 0755 "${dir}" "${dir}/temp"
+  password="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+  # nginx's {SHA} scheme (RFC 2307); its workers (nobody) read the file.
+  printf '%s:{SHA}%s\n' "${PRIVATE_REGISTRY_USER}" \
+    "$(printf '%s' "${password}" | openssl sha1 -binary | base64)" > "${dir}/htpasswd"
+  chmod 0644 "${dir}/htpasswd"
+  ( umask 077
+    printf 'PRIVATE_REGISTRY=%s\nPRIVATE_REGISTRY_USER=%s\nPRIVATE_REGISTRY_PASSWORD=%s\n' \
+      "${ip}:${PRIVATE_REGISTRY_PORT}" "${PRIVATE_REGISTRY_USER}" "${password}" \
+      > "${STATE}/private-registry.env" )
+  cat > "${dir}/nginx.conf" <<NGINX
+worker_processes 1;
+pid ${dir}/nginx.pid;
+events {}
+http {
+    access_log off;
+    client_body_temp_path ${dir}/temp/body;
+    proxy_temp_path ${dir}/temp/proxy;
+    fastcgi_temp_path ${dir}/temp/fastcgi;
+    uwsgi_temp_path ${dir}/temp/uwsgi;
+    scgi_temp_path ${dir}/temp/scgi;
+    server {
+        listen ${ip}:${PRIVATE_REGISTRY_PORT};
+        client_max_body_size 0;
+        proxy_buffering off;
+        proxy_request_buffering off;
+        proxy_set_header Host \$http_host;
+        location /v2/private/ {
+            auth_basic "blogsite private";
+            auth_basic_user_file ${dir}/htpasswd;
+            proxy_pass http://${ip}:${REGISTRY_PORT};
+        }
+        location / {
+            proxy_pass http://${ip}:${REGISTRY_PORT};
+        }
+    }
+}
+NGINX
+  start registry-auth "${LOGS}/registry-auth.log" \
+    "${nginx}" -e stderr -p "${dir}" -c "${dir}/nginx.conf" -g "daemon off;"
+  wait_for 30 "the private registry" curl -fsS "http://${ip}:${PRIVATE_REGISTRY_PORT}/v2/"
+}
+
 start_containerd() {
   local ip="$1" pause_image="$2"
   mkdir -p "${STATE}/containerd" "${RUN}/containerd" "${STATE}/certs.d/_default" \
@@ -197,6 +249,12 @@ start_containerd() {
   # Every registry name goes to the local registry, and only there.
   cat > "${STATE}/certs.d/_default/hosts.toml" <<TOML
 server = "http://${ip}:${REGISTRY_PORT}"
+TOML
+  # Except the private registry's own address: a pull from it carries the
+  # pod's pull secret (containerd gives a login only to the host it is for).
+  mkdir -p "${STATE}/certs.d/${ip}:${PRIVATE_REGISTRY_PORT}"
+  cat > "${STATE}/certs.d/${ip}:${PRIVATE_REGISTRY_PORT}/hosts.toml" <<TOML
+server = "http://${ip}:${PRIVATE_REGISTRY_PORT}"
 TOML
   cat > "${STATE}/cni/net.d/10-blogsite.conflist" <<JSON
 {
@@ -453,6 +511,7 @@ up() {
   LOGS="${cluster_dir}/logs/node"
   mkdir -p "${LOGS}"
   start_registry "${ip}"
+  start_private_registry "${ip}"
   local pause_image
   pause_image="$(push_images "${ip}" | sed -n 's/^PAUSE_IMAGE=//p')"
   isolate_test_range
@@ -522,7 +581,7 @@ down() {
     done
   fi
   pkill -KILL -f "containerd-shim-runc-v2 .*-address ${RUN}/containerd/containerd.sock" 2>/dev/null || true
-  for name in containerd registry; do stop "${name}"; done
+  for name in containerd registry-auth registry; do stop "${name}"; done
   tools >/dev/null 2>&1 && "${KUBERNETES_BIN}/kube-proxy" --cleanup >/dev/null 2>&1 || true
   clean_iptables
   ip link delete "${BRIDGE}" 2>/dev/null || true  # and the route through it
