@@ -1119,6 +1119,89 @@ def test_a_container_that_crashes_once_is_not_reverted(
     served_site.good_image = image
 
 
+def private_image(real_node: RealNode, env: dict[str, str]) -> str:
+    """The blog image, by the address of the registry that wants a login."""
+    repository = env["DAEDALUS_BLOG_IMAGE"].split("/", 1)[1]  # private/daedalus-blog:<tag>
+    return f"{env['PRIVATE_REGISTRY']}/{repository}"
+
+
+def waiting_reason(kubectl: Kubectl, namespace: str, pod: str) -> dict[str, str] | None:
+    status = kubectl.json("get", "pod", pod, "-n", namespace).get("status") or {}
+    for container in status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in {"ErrImagePull", "ImagePullBackOff"}:
+            return {"reason": waiting["reason"], "message": waiting.get("message", "")}
+    return None
+
+
+def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    """An image as real blogs come: from a registry that wants a login, running
+    as its own uid, writing to /tmp and a cache at start (or exiting). The
+    site gives it a pull secret, its uid, two writable directories and
+    arguments, and the pod stays within the restricted standard."""
+    site = served_site
+    env = cluster_env()
+    image = private_image(real_node, env)
+    # The registry really wants the login: a pod without the Secret cannot pull.
+    unauthorized = f"no-login-{uuid.uuid4().hex[:5]}"
+    kubectl.run(
+        "run", unauthorized, "-n", site.namespace, "--image", image, "--restart=Never",
+        "--overrides", json.dumps({"spec": {"automountServiceAccountToken": False}}),
+    )  # fmt: skip
+    try:
+        refused = wait_for(
+            lambda: waiting_reason(kubectl, site.namespace, unauthorized),
+            timeout=60,
+            what="the pull without a login refused",
+        )
+        # containerd's words for the 401 and its Basic challenge.
+        assert "no basic auth credentials" in refused["message"], refused
+    finally:
+        kubectl.run("delete", "pod", unauthorized, "-n", site.namespace, "--wait=false")
+    kubectl.run(
+        "create", "secret", "docker-registry", "private-login", "-n", site.namespace,
+        "--docker-server", env["PRIVATE_REGISTRY"],
+        "--docker-username", env["PRIVATE_REGISTRY_USER"],
+        "--docker-password", env["PRIVATE_REGISTRY_PASSWORD"],
+    )  # fmt: skip
+    daedalus = {
+        "imagePullSecrets": ["private-login"],
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "writablePaths": ["/tmp", "/var/cache/blog"],
+        "args": ["-page", "a real blog"],
+    }
+    with site.traffic() as traffic:
+        kubectl.apply(blogsite(real_node, pebble, image, daedalus=daedalus), site.namespace)
+        wait_for(
+            lambda: rolled_out(kubectl, site.namespace, "daedalus", image),
+            timeout=180,
+            interval=1,
+            what="the private blog image rolled out",
+        )
+        # The old pods drain for a few seconds after the new ones are Ready.
+        tls = tls_context(site.root_pem)
+        wait_for(
+            lambda: "a real blog" in request(site.frontend_ip, 443, DOMAINS[0], tls=tls).body,
+            timeout=30,
+            what="the page of the blog image, given its args",
+        )
+        # Back to the stand-in the other tests use (a change like any other).
+        kubectl.apply(blogsite(real_node, pebble, site.good_image), site.namespace)
+        wait_for(
+            lambda: rolled_out(kubectl, site.namespace, "daedalus", site.good_image),
+            timeout=180,
+            interval=1,
+            what="the stand-in rolled back in",
+        )
+    FIGURES.append(f"real node: private blog image in and out; traffic: {traffic.summary()}")
+    assert not traffic.failures, traffic.summary()
+    body = site_status(kubectl, site.namespace)
+    assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
+
+
 def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
     """Ask for a renewal with the annotation; the certificate that replaced `before`."""
     kubectl.run(
