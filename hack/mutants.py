@@ -28,6 +28,8 @@ sys.path.insert(0, str(ROOT))
 # The test cluster as the integration tests name and find it.
 from tests.integration.conftest import TEST_CLUSTER_ENV, cluster_answers  # noqa: E402
 
+REAL_NODE = "tests/integration/test_real_node.py::"
+
 
 @dataclass(frozen=True)
 class Mutant:
@@ -43,6 +45,15 @@ class Mutant:
 
 
 MUTANTS = [
+    Mutant(
+        "writable-paths-ignored",
+        "daedalus.writablePaths accepted and never mounted: a blog that writes to /tmp crashes",
+        "operator/blogsite_operator/render/site.py",
+        '{"name": f"writable-{i}", "emptyDir": {}} for i in range(len(daedalus.writable_paths))',
+        '{"name": f"writable-{i}", "emptyDir": {}} for i in range(0)',
+        (REAL_NODE + "test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user",),
+        in_image=True,
+    ),
     Mutant(
         "every-peer-trusted",
         "X-Forwarded-Proto and the client address believed from anyone",
