@@ -31,7 +31,7 @@ from blogsite_operator.issuance.issuer import CertificateIssuer
 from blogsite_operator.metrics import METRICS
 from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import Outcome, reconcile_site
-from blogsite_operator.render.site import MANAGED_BY
+from blogsite_operator.render.site import MANAGED_BY, site_of
 from blogsite_operator.scheduling import PassSlots
 from blogsite_operator.settings import OperatorSettings
 
@@ -459,9 +459,9 @@ def register(
                 return
             if type == "DELETED":
                 queue.cache.forget(kind, namespace, name)
-            # Every child, pods included, names its site in this label (and the
+            # Every child, pods included, names its site in a label (and the
             # watch only sends objects labelled as managed by this operator).
-            site = body.metadata.get("labels", {}).get("app.kubernetes.io/instance")
+            site = site_of(dict(body))
             if site:
                 queue.enqueue(namespace, site)
             else:

@@ -843,7 +843,20 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
         return _put_back_or_placeholder(api, ref, served, kept, names, outcome, now, served_before)
     if live is not None and served.issued_by is not None and not copy_in_the_way:
         _keep_a_copy(api, ref, live, served, kept, outcome)
+    if live is not None and is_orphan_of(live, ref.name):
+        _relabel_kept(api, ref, live)
     return served
+
+
+def _relabel_kept(api: ClusterApi, ref: SiteRef, live: dict[str, Any]) -> None:
+    """A certificate kept by an older operator carries app.kubernetes.io/instance,
+    which GitOps tools take for theirs: the site's own label replaces it, once."""
+    labels = live["metadata"].get("labels") or {}
+    if "app.kubernetes.io/instance" not in labels:
+        return
+    # The same Secret applied again with the labels it has now (server-side
+    # apply drops the label this field manager set before).
+    api.apply(render_tls_copy(ref, live["metadata"]["name"], live))
 
 
 def _put_back_or_placeholder(  # noqa: PLR0917 - one pass's context

@@ -622,6 +622,9 @@ def test_a_certificate_outlives_its_blogsite_and_is_reused_when_it_comes_back(
     secret = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
     assert secret["metadata"]["uid"] == secret_uid, "the same Secret, never rewritten"
     assert not secret["metadata"].get("ownerReferences")
+    # Nothing a GitOps tool's label tracking takes for an Application's own.
+    assert "app.kubernetes.io/instance" not in secret["metadata"]["labels"]
+    assert secret["metadata"]["labels"]["blog.daedalus.dev/site"] == SITE
     orders = operator_process.logs().count(f"[{namespace}/{SITE}] issued a certificate")
     assert orders == 1, f"{orders} orders for one site deleted and created twice"
     assert len(events(kubectl, namespace, "CertificateRecovered")) >= 1

@@ -21,6 +21,7 @@ from blogsite_operator.reconcile import (
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import (
     MANAGED_BY,
+    SITE_LABEL,
     TLS_HASH_ANNOTATION,
     UPSTREAMS_ANNOTATION,
     UPSTREAMS_RESTART_ANNOTATION,
@@ -417,6 +418,29 @@ class TestTls:
         assert "ownerReferences" not in kept["metadata"], "an issued certificate is kept"
         _, reconciled = self.reconciled_over(kept)
         assert reconciled["status"] == "True", reconciled
+
+    def test_a_kept_certificate_carries_no_label_a_gitops_tool_claims(self) -> None:
+        labels = self.kept_certificate("blog")["metadata"]["labels"]
+        assert "app.kubernetes.io/instance" not in labels  # Argo CD's label tracking
+        assert labels[SITE_LABEL] == "blog"
+        assert labels["app.kubernetes.io/managed-by"] == "blogsite-operator"
+
+    def test_a_certificate_kept_by_an_older_operator_is_relabelled_once(self) -> None:
+        kept = self.kept_certificate("blog")
+        labels = kept["metadata"]["labels"]
+        del labels[SITE_LABEL]
+        labels["app.kubernetes.io/instance"] = "blog"
+        api = MemoryApi()
+        api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(kept)
+        reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
+        relabelled = api.objects[("Secret", "ns", "blog-tls")]
+        assert "app.kubernetes.io/instance" not in relabelled["metadata"]["labels"]
+        assert relabelled["metadata"]["labels"][SITE_LABEL] == "blog"
+        assert relabelled["data"] == kept["data"]
+        assert not relabelled["metadata"].get("ownerReferences")
+        assert api.writes.count("apply Secret blog-tls") == 1
+        reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
+        assert api.writes.count("apply Secret blog-tls") == 1
 
     def test_a_kept_certificate_of_another_name_is_someone_elses(self) -> None:
         kept = self.kept_certificate("other")

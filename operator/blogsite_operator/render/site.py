@@ -110,6 +110,28 @@ def selector_labels(site_name: str, component: Component) -> dict[str, str]:
     }
 
 
+# The site of an object no BlogSite owns (a kept certificate), in place of
+# app.kubernetes.io/instance: GitOps tools claim objects by that label (Argo
+# CD's label tracking takes it for an Application's name) and would prune a
+# certificate that is in no repository, forcing a new order.
+SITE_LABEL = "blog.daedalus.dev/site"
+
+
+def site_of(obj: dict[str, Any]) -> str | None:
+    """The BlogSite an object of this operator belongs to, by its labels."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/instance") or labels.get(SITE_LABEL) or None
+
+
+def _unowned(metadata: dict[str, Any], site_name: str) -> None:
+    """Metadata for an object kept when its BlogSite goes: no owner, and no
+    label a GitOps tool takes for its own."""
+    del metadata["ownerReferences"]
+    labels = metadata["labels"]
+    del labels["app.kubernetes.io/instance"]
+    labels[SITE_LABEL] = site_name
+
+
 def _labels(site_name: str, component: Component) -> dict[str, str]:
     return {**selector_labels(site_name, component), "app.kubernetes.io/managed-by": MANAGED_BY}
 
@@ -141,10 +163,7 @@ def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
 def _labelled_for(obj: dict[str, Any], site_name: str) -> bool:
     """Carries the labels this operator puts on the children of `site_name`."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return (
-        labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
-        and labels.get("app.kubernetes.io/instance") == site_name
-    )
+    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and site_of(obj) == site_name
 
 
 def is_orphan_of(obj: dict[str, Any], site_name: str) -> bool:
@@ -438,7 +457,7 @@ def render_tls_copy(
     metadata = _metadata(site, Component.FRONTEND)
     metadata["name"] = name
     if not owned:
-        del metadata["ownerReferences"]
+        _unowned(metadata, site.name)
     annotations = (source.get("metadata") or {}).get("annotations") or {}
     kept = {k: annotations[k] for k in COPIED_ANNOTATIONS if k in annotations}
     if copied_from is not None:
@@ -477,7 +496,7 @@ def render_tls_secret(
             ISSUED_BY_SERVER_ANNOTATION: server,
         }
         # Kept when the BlogSite goes (see is_orphan_of).
-        del metadata["ownerReferences"]
+        _unowned(metadata, site.name)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
