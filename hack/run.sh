@@ -40,6 +40,27 @@ for _ in $(seq 1 600); do [[ -s "${pebble_state}/root.pem" ]] && break; sleep 0.
 if [[ ! -s "${pebble_state}/root.pem" ]]; then
   echo "[run] Pebble did not start; see ${pebble_state}.log" >&2; exit 1
 fi
+# Pebble makes a new root at every start: certificates a previous run's
+# Pebble issued (kept for a BlogSite of the same name, and their copies)
+# chain to a root that is gone, and a site would take them up again. They are
+# deleted, so the demo orders anew and `curl --cacert root.pem` works.
+pebble_server="https://127.0.0.1:${PEBBLE_PORT:-14000}/dir"
+while read -r namespace name; do
+  [[ -n "${name}" ]] || continue
+  chain="$("${kubectl_bin}" get secret "${name}" -n "${namespace}" -o jsonpath='{.data.tls\.crt}' | base64 -d)"
+  if ! openssl verify -CAfile "${pebble_state}/root.pem" -untrusted <(echo "${chain}") \
+       <(echo "${chain}") >/dev/null 2>&1; then
+    echo "[run] deleting ${namespace}/${name}: issued by an earlier Pebble, whose root is gone" >&2
+    "${kubectl_bin}" delete secret "${name}" -n "${namespace}" --wait=false >/dev/null
+  fi
+done < <("${kubectl_bin}" get secrets -A -l app.kubernetes.io/managed-by=blogsite-operator -o json \
+  | "${root}/.venv/bin/python" -c '
+import json, sys
+for item in json.load(sys.stdin)["items"]:
+    meta = item["metadata"]
+    if (meta.get("annotations") or {}).get("blog.daedalus.dev/acme-server") == sys.argv[1]:
+        print(meta["namespace"], meta["name"])' "${pebble_server}")
+
 "${kubectl_bin}" create secret generic pebble-ca --from-file=ca.crt="${pebble_state}/pebble-ca.pem" \
   --dry-run=client -o yaml | "${kubectl_bin}" apply -f - >/dev/null
 
