@@ -46,6 +46,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "playground-keeps-an-earlier-pebbles-certificate",
+        "make run a second time serves a certificate whose Pebble root is gone",
+        "hack/run.sh",
+        '    "${kubectl_bin}" delete secret "${name}" -n "${namespace}" --wait=false >/dev/null',
+        "    true",
+        ("tests/integration/test_playground.py",),
+    ),
+    Mutant(
         "writable-paths-ignored",
         "daedalus.writablePaths accepted and never mounted: a blog that writes to /tmp crashes",
         "operator/blogsite_operator/render/site.py",
