@@ -112,7 +112,7 @@ def test_blogsite_becomes_ready_with_owned_children(
     row = table[1].split()
     assert row[:3] == ["lethain", "lethain.com", "True"]
     assert {"Healthy", "Progressing"} & set(row)  # the Rollout column
-    assert "ghcr.io/example/daedalus:3f2c1a9" in row
+    assert "registry.blogsite.test/daedalus-standin:local" in row
 
     events = kubectl.json(
         "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=lethain"
@@ -362,7 +362,9 @@ def test_tls_site_serves_a_placeholder_until_a_certificate_exists(
 ) -> None:
     # The example, its CA pointed at a closed port on loopback (a test never
     # reaches the Internet): the order fails and the placeholder stays.
-    example = yaml.safe_load((ROOT / "deploy/examples/blogsite-tls.yaml").read_text())
+    example = yaml.safe_load(
+        (ROOT / "deploy/examples/production/blogsite-letsencrypt.yaml").read_text()
+    )
     example["spec"]["tls"]["acme"]["server"] = "https://127.0.0.1:9/directory"
     kubectl.apply(example, namespace)
 

@@ -56,7 +56,7 @@ def test_status_renew_and_retry_on_a_running_site(
     assert f"BlogSite {namespace}/lethain" in screen
     assert "domains:  lethain.com, www.lethain.com" in screen
     assert "Certificate:\n  none (plain HTTP)" in screen
-    assert "daedalus      ghcr.io/example/daedalus:3f2c1a9  2/2 available" in screen
+    assert "daedalus      registry.blogsite.test/daedalus-standin:local  2/2 available" in screen
     assert "Created" in screen.split("Events:", 1)[1]
 
     renewed = plugin(kubectl, "renew", "lethain", "-n", namespace)
