@@ -54,6 +54,7 @@ from tests.support import free_port  # noqa: E402
 
 from blogsite_operator import certs, kube, models  # noqa: E402
 from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noqa: E402
+from blogsite_operator.render.site import site_of  # noqa: E402
 
 NAMESPACE = "bench"
 PLAIN_NAMESPACE = "bench-plain"
@@ -217,7 +218,7 @@ def wait_for_convergence(
         # runs on the cores it measures.
         for kind in kinds if len(children_at) < len(expected) else []:
             for obj in api.list_objects(kind, namespace, "app.kubernetes.io/name=blogsite"):
-                instance = obj["metadata"]["labels"]["app.kubernetes.io/instance"]
+                instance = site_of(obj) or ""
                 present.setdefault(instance, set()).add((kind, obj["metadata"]["name"]))
         for name, wanted in expected.items():
             if name not in children_at and wanted <= present.get(name, set()):

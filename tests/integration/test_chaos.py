@@ -33,7 +33,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.reconcile import read_served_certificate
-from blogsite_operator.render.site import ACME_ACCOUNT_LABEL, MANAGED_BY
+from blogsite_operator.render.site import ACME_ACCOUNT_LABEL, MANAGED_BY, site_of
 from tests.acme_faults import AcmeFaultProxy, OrderSpan
 from tests.control_plane import ControlPlane
 from tests.integration.conftest import ACME_TEST_ENV, Kubectl, OperatorProcess
@@ -143,7 +143,7 @@ def children_by_site(kubectl: Kubectl, namespace: str) -> dict[str, Counter[tupl
             if labels.get(ACME_ACCOUNT_LABEL):
                 continue
             owners = [r for r in meta.get("ownerReferences") or [] if r["kind"] == "BlogSite"]
-            site_name = labels.get("app.kubernetes.io/instance", "")
+            site_name = site_of(obj) or ""
             if owners:
                 (owner,) = owners
                 assert owner.get("controller"), (kind, meta["name"], owner)
