@@ -11,11 +11,18 @@ local ACME server validate.
 
 from __future__ import annotations
 
+import http.client
+import json
 import logging
+import os
 import re
+import ssl
 import threading
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
 
 logger = logging.getLogger("blogsite_operator.challenge_server")
 
@@ -92,6 +99,106 @@ def make_handler(
     return ChallengeHandler
 
 
+class ConfigMapApi(Protocol):
+    def list_raw(
+        self, kind: str, namespace: str | None, query: list[tuple[str, str]]
+    ) -> dict[str, Any]: ...
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        query: list[tuple[str, str]],
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> Iterator[dict[str, Any]]: ...
+
+
+SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+class InClusterApi:
+    """List and watch ConfigMaps as the pod's ServiceAccount, with the
+    standard library only: in the cert-refresh pod, the kubernetes package
+    (and urllib3, and this operator's models) would be most of its memory."""
+
+    def __init__(self, service_account: Path = SERVICE_ACCOUNT) -> None:
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        self.host = f"[{host}]" if ":" in host else host
+        self.port = int(os.environ.get("KUBERNETES_SERVICE_PORT", "443"))
+        self.token_file = service_account / "token"
+        self.context = ssl.create_default_context(cafile=str(service_account / "ca.crt"))
+
+    def _get(self, path: str, query: list[tuple[str, str]], timeout: float) -> Any:
+        connection = http.client.HTTPSConnection(
+            self.host, self.port, timeout=timeout, context=self.context
+        )
+        # Read at every request: the kubelet rotates a projected token.
+        token = self.token_file.read_text(encoding="ascii").strip()
+        target = f"{path}?{urllib.parse.urlencode(query)}" if query else path
+        connection.request("GET", target, headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        if response.status != 200:
+            body = response.read(4096).decode("utf-8", "replace")
+            connection.close()
+            raise OSError(f"GET {path}: HTTP {response.status}: {body}")
+        return connection, response
+
+    @staticmethod
+    def _only_config_maps(kind: str) -> None:
+        if kind != "ConfigMap":
+            raise ValueError(f"the challenge server reads ConfigMaps only, not {kind}")
+
+    @staticmethod
+    def _path(namespace: str | None) -> str:
+        if namespace is None:
+            return "/api/v1/configmaps"
+        return f"/api/v1/namespaces/{urllib.parse.quote(namespace)}/configmaps"
+
+    def list_raw(
+        self, kind: str, namespace: str | None, query: list[tuple[str, str]]
+    ) -> dict[str, Any]:
+        self._only_config_maps(kind)
+        connection, response = self._get(self._path(namespace), query, timeout=30)
+        try:
+            listed: dict[str, Any] = json.loads(response.read())
+            return listed
+        finally:
+            connection.close()
+
+    def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        query: list[tuple[str, str]],
+        resource_version: str,
+        timeout_seconds: int,
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) until the server ends the watch;
+        an ERROR event (410 Gone: relist) is raised."""
+        self._only_config_maps(kind)
+        params = [
+            *query,
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "false"),
+            ("timeoutSeconds", str(timeout_seconds)),
+        ]
+        connection, response = self._get(
+            self._path(namespace), params, timeout=timeout_seconds + 30
+        )
+        try:
+            for line in response:  # chunked: one JSON event per line
+                if not line.strip():
+                    continue
+                event: dict[str, Any] = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise OSError(f"watch ended: {status.get('code')} {status.get('message')}")
+                yield event
+        finally:
+            connection.close()
+
+
 def watch_answers(
     answers: Answers,
     *,
@@ -99,15 +206,9 @@ def watch_answers(
     config_map: str | None,
     selector: str | None,
     stop: threading.Event,
+    api: ConfigMapApi,
 ) -> None:
-    """List, then watch; relist when the watch expires or fails. Runs until `stop`.
-
-    Through the plain REST calls of `kube.Api`: the kubernetes package's
-    CoreV1Api alone would cost this pod about 80 MiB.
-    """
-    from blogsite_operator import kube  # noqa: PLC0415 - only the server needs it
-
-    api = kube.Api()
+    """List, then watch; relist when the watch expires or fails. Runs until `stop`."""
     query: list[tuple[str, str]] = []
     if config_map is not None:
         query.append(("fieldSelector", f"metadata.name={config_map}"))
@@ -158,9 +259,14 @@ def serve(
     stop = threading.Event()
     watching = config_map is not None or selector is not None
     if watching:
-        from blogsite_operator import kube  # noqa: PLC0415
+        api: ConfigMapApi
+        if kubeconfig is None and (SERVICE_ACCOUNT / "token").exists():
+            api = InClusterApi()
+        else:  # `make run`, the tests: a kubeconfig, through the operator's client
+            from blogsite_operator import kube  # noqa: PLC0415
 
-        kube.load_config(kubeconfig)
+            kube.load_config(kubeconfig)
+            api = kube.Api()
         threading.Thread(
             target=watch_answers,
             kwargs={
@@ -169,6 +275,7 @@ def serve(
                 "config_map": config_map,
                 "selector": selector,
                 "stop": stop,
+                "api": api,
             },
             name="watch-answers",
             daemon=True,

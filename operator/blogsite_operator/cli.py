@@ -12,13 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pydantic
-import yaml
-
-from blogsite_operator import crd, models
-from blogsite_operator.policies.kubernetes_version import version_problem
-from blogsite_operator.render import SiteRef, render_site
-from blogsite_operator.settings import OperatorSettings, namespace_names
+# Each command imports what it needs: cert-refresh pods run `challenge-server`
+# and the frontend's init container `await-certificate`, and neither should
+# pay for pydantic, the models or the kubernetes package in its memory.
 
 if TYPE_CHECKING:
     from blogsite_operator.health import Health
@@ -30,6 +26,10 @@ class CliError(Exception):
 
 
 def _load_sites(path: str) -> list[dict[str, Any]]:
+    import yaml  # noqa: PLC0415 - see the imports above
+
+    from blogsite_operator import models  # noqa: PLC0415
+
     text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     try:
         documents = [d for d in yaml.safe_load_all(text) if d]
@@ -42,6 +42,13 @@ def _load_sites(path: str) -> list[dict[str, Any]]:
 
 
 def render_command(args: argparse.Namespace) -> int:
+    import pydantic  # noqa: PLC0415 - see the imports above
+    import yaml  # noqa: PLC0415
+
+    from blogsite_operator import models  # noqa: PLC0415
+    from blogsite_operator.render import SiteRef, render_site  # noqa: PLC0415
+    from blogsite_operator.settings import OperatorSettings  # noqa: PLC0415
+
     settings = OperatorSettings.from_env().render
     output: list[dict[str, Any]] = []
     for site in _load_sites(args.file):
@@ -62,6 +69,8 @@ def render_command(args: argparse.Namespace) -> int:
 
 
 def crd_command(_: argparse.Namespace) -> int:
+    from blogsite_operator import crd  # noqa: PLC0415 - see the imports above
+
     sys.stdout.write(crd.crd_yaml())
     return 0
 
@@ -69,9 +78,11 @@ def crd_command(_: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415 - keeps `render` and `crd` free of the heavy import
 
-    from blogsite_operator import handlers, kube, sitelog  # noqa: PLC0415
+    from blogsite_operator import handlers, kube, models, sitelog  # noqa: PLC0415
     from blogsite_operator.health import WATCHING_LOGGER, Health  # noqa: PLC0415
     from blogsite_operator.metrics import METRICS  # noqa: PLC0415
+    from blogsite_operator.policies.kubernetes_version import version_problem  # noqa: PLC0415
+    from blogsite_operator.settings import OperatorSettings, namespace_names  # noqa: PLC0415
 
     try:
         settings = OperatorSettings.from_env()
