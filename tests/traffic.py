@@ -98,6 +98,9 @@ class Traffic:
     host: str
     tls: ssl.SSLContext | None
     expect: str
+    # Seconds between the starts of two requests: 0.05 is about 20 a second,
+    # enough to see any gap in serving.
+    interval: float = 0.05
     sent: int = 0
     failures: list[str] = field(default_factory=list)
     completed: list[float] = field(default_factory=list)  # time.monotonic() of each
@@ -143,8 +146,7 @@ class Traffic:
                     self.completed.append(time.monotonic())
             except (OSError, http.client.HTTPException) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")
-            # About 20 requests a second: enough to see any gap in serving.
-            self._stop.wait(max(0.0, 0.05 - (time.monotonic() - started)))
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def summary(self) -> str:
         shown = "; ".join(self.failures[:5])

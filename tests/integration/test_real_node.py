@@ -1202,6 +1202,78 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
     assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
 
 
+def working_sets(kubectl: Kubectl, namespaces: dict[str, str]) -> dict[str, float]:
+    """MiB of working set per pod, as the kubelet's stats summary reports it
+    (what the kubelet evicts by), for the Deployments whose names start with
+    `namespaces[namespace]`, keyed by the rest of the Deployment's name (or
+    "operator" when nothing is left); "@" holds the time of the statistics,
+    so a caller can wait for fresh ones."""
+    summary = json.loads(
+        kubectl.run("get", "--raw", f"/api/v1/nodes/{NODE_NAME}/proxy/stats/summary").stdout
+    )
+    found: dict[str, float] = {}
+    times: list[float] = []
+    for pod in summary.get("pods") or []:
+        ref = pod["podRef"]
+        prefix = namespaces.get(ref["namespace"])
+        if prefix is None or not ref["name"].startswith(prefix):
+            continue
+        # <deployment>-<ReplicaSet hash>-<pod suffix>
+        component = ref["name"].rsplit("-", 2)[0][len(prefix) :].strip("-") or "operator"
+        memory = [c.get("memory") or {} for c in pod.get("containers") or []]
+        mib = sum(m.get("workingSetBytes", 0) for m in memory) / 2**20
+        found[component] = max(found.get(component, 0.0), mib)
+        times += [
+            datetime.datetime.fromisoformat(m["time"]).timestamp() for m in memory if "time" in m
+        ]
+    found["@"] = max(times, default=0.0)
+    return found
+
+
+def test_footprint_of_a_site_idle_and_under_50_requests_a_second(
+    kubectl: Kubectl, served_site: ServedSite, operator_pod: dict[str, Any]
+) -> None:
+    """Figures for BENCHMARKS.md, every run: each pod's working set idle and
+    under about 50 requests a second through the frontend (the highest of
+    the samples taken while the traffic runs; the kubelet refreshes its
+    statistics every 10 to 15 s)."""
+    site = served_site
+    pods = {site.namespace: f"{SITE}-", OPERATOR_NAMESPACE: RELEASE}
+    idle = wait_for(
+        lambda: (
+            (found := working_sets(kubectl, pods)).keys()
+            >= {"frontend", "daedalus", "cert-refresh"}
+            and all(found.values())
+            and found
+        ),
+        timeout=60,
+        what="the kubelet's statistics of every pod of the site",
+    )
+    busy: dict[str, float] = {}
+    traffic = Traffic(site.frontend_ip, 443, DOMAINS[0], tls_context(site.root_pem), PAGE, 0.02)
+    with traffic:
+        seen = idle["@"]
+        for _ in range(3):  # three fresh samples while the traffic runs
+            sample = wait_for(
+                lambda: (found := working_sets(kubectl, pods))["@"] > seen and found,  # noqa: B023
+                timeout=60,
+                what="fresh statistics from the kubelet",
+            )
+            seen = sample.pop("@")
+            for component, mib in sample.items():
+                busy[component] = max(busy.get(component, 0.0), mib)
+    idle.pop("@")
+    seconds = traffic.completed[-1] - traffic.completed[0] if traffic.completed else 0.0
+    rate = len(traffic.completed) / seconds if seconds else 0.0
+    assert not traffic.failures, traffic.summary()
+    for component in sorted(idle):
+        FIGURES.append(
+            f"footprint: {component} working set {idle[component]:.1f} MiB idle, "
+            f"{busy.get(component, 0.0):.1f} MiB at {rate:.0f} requests/s"
+        )
+    assert busy.keys() >= idle.keys(), busy
+
+
 def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
     """Ask for a renewal with the annotation; the certificate that replaced `before`."""
     kubectl.run(
