@@ -158,7 +158,7 @@ class TestDaedalus:
             ]
         )
         assert c["resources"]["limits"]["memory"] == "1Gi"
-        assert c["resources"]["requests"] == {"cpu": "100m", "memory": "128Mi"}
+        assert c["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
 
     def test_real_blog_images_get_what_they_need_within_the_restricted_standard(self) -> None:
         daedalus = {

@@ -198,18 +198,22 @@ def may_write_tls_secret(obj: dict[str, Any], site: SiteRef) -> bool:
     return is_owned_by(obj, site.uid) or is_orphan_of(obj, site.name)
 
 
+# Requests from what the pods use on the real node (BENCHMARKS.md, "A
+# site's footprint": frontend 3.9 MiB, cert-refresh 12.4 MiB idle and at 50
+# requests/s) with room to spare; limits well above, for bursts. daedalus is
+# the user's blog: its request is a guess a BlogSite's resources replace.
 _DEFAULT_RESOURCES: dict[Component, dict[str, dict[str, str]]] = {
     Component.FRONTEND: {
-        "requests": {"cpu": "50m", "memory": "64Mi"},
+        "requests": {"cpu": "20m", "memory": "16Mi"},
         "limits": {"memory": "128Mi"},
     },
     Component.DAEDALUS: {
-        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "requests": {"cpu": "50m", "memory": "64Mi"},
         "limits": {"memory": "512Mi"},
     },
     Component.CERT_REFRESH: {
-        "requests": {"cpu": "10m", "memory": "64Mi"},
-        "limits": {"memory": "128Mi"},
+        "requests": {"cpu": "5m", "memory": "24Mi"},
+        "limits": {"memory": "64Mi"},
     },
 }
 
