@@ -24,6 +24,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from blogsite_operator.watch_stream import watch_event, watch_query
+
 logger = logging.getLogger("blogsite_operator.challenge_server")
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
@@ -176,25 +178,15 @@ class InClusterApi:
         """Watch events ({"type", "object"}) until the server ends the watch;
         an ERROR event (410 Gone: relist) is raised."""
         self._only_config_maps(kind)
-        params = [
-            *query,
-            ("watch", "true"),
-            ("resourceVersion", resource_version),
-            ("allowWatchBookmarks", "false"),
-            ("timeoutSeconds", str(timeout_seconds)),
-        ]
+        params = watch_query(query, resource_version, timeout_seconds)
         connection, response = self._get(
             self._path(namespace), params, timeout=timeout_seconds + 30
         )
         try:
             for line in response:  # chunked: one JSON event per line
-                if not line.strip():
-                    continue
-                event: dict[str, Any] = json.loads(line)
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    raise OSError(f"watch ended: {status.get('code')} {status.get('message')}")
-                yield event
+                event = watch_event(line)  # an ERROR event raises: the caller relists
+                if event is not None:
+                    yield event
         finally:
             connection.close()
 

@@ -26,6 +26,7 @@ from blogsite_operator import models
 from blogsite_operator.metrics import METRICS, verb_of
 from blogsite_operator.render.site import FIELD_MANAGER
 from blogsite_operator.timestamps import format_time
+from blogsite_operator.watch_stream import WatchEndedError, watch_event, watch_query
 
 USER_AGENT = "blogsite-operator/0.1.0"
 # This process among all operator processes, ever: a pod's hostname is its
@@ -215,13 +216,7 @@ class Api:
     ) -> Iterator[dict[str, Any]]:
         """Watch events ({"type", "object"}) as plain dicts until the server ends
         the watch; an ERROR event (410 Gone) is raised as ApiException."""
-        params = [
-            *query,
-            ("watch", "true"),
-            ("resourceVersion", resource_version),
-            ("allowWatchBookmarks", "false"),
-            ("timeoutSeconds", str(timeout_seconds)),
-        ]
+        params = watch_query(query, resource_version, timeout_seconds)
         response = self._request(
             "GET", KINDS[kind].path(namespace), query=params, timeout=timeout_seconds + 30
         )
@@ -235,13 +230,12 @@ class Api:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if not line.strip():
-                        continue
-                    event: dict[str, Any] = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        status = event.get("object") or {}
-                        raise ApiException(status=status.get("code"), reason=status.get("message"))
-                    yield event
+                    try:
+                        event = watch_event(line)
+                    except WatchEndedError as ended:
+                        raise ApiException(status=ended.code, reason=ended.message) from None
+                    if event is not None:
+                        yield event
         finally:
             raw.release_conn()
 
