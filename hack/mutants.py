@@ -46,6 +46,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "cert-refresh-ignores-its-watch",
+        "cert-refresh's client lists but drops watch events: a new answer waits for a relist",
+        "operator/blogsite_operator/challenge_server.py",
+        "# an ERROR event raises: the caller relists\n                if event is not None:",
+        "# an ERROR event raises: the caller relists\n                if event is None:",
+        ("tests/integration/test_challenge_server.py",),
+    ),
+    Mutant(
         "playground-keeps-an-earlier-pebbles-certificate",
         "make run a second time serves a certificate whose Pebble root is gone",
         "hack/run.sh",
