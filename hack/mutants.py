@@ -46,6 +46,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "requests-as-before",
+        "the frontend's memory request of before the measurement (64Mi): ten sites no longer fit",
+        "operator/blogsite_operator/render/site.py",
+        '"requests": {"cpu": "20m", "memory": "16Mi"},',
+        '"requests": {"cpu": "20m", "memory": "64Mi"},',
+        ("tests/integration/test_small_node.py",),
+    ),
+    Mutant(
         "cert-refresh-ignores-its-watch",
         "cert-refresh's client lists but drops watch events: a new answer waits for a relist",
         "operator/blogsite_operator/challenge_server.py",
