@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 import os
 import re
 import ssl
+import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,14 @@ from typing import Any, Protocol
 
 from blogsite_operator.watch_stream import watch_event, watch_query
 
-logger = logging.getLogger("blogsite_operator.challenge_server")
+
+def _log(level: str, message: str) -> None:
+    """One line on stderr, as the logging package would print it: that
+    package alone is about a megabyte of this pod's twelve (BENCHMARKS.md)."""
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    sys.stderr.write(f"{now} {level} blogsite_operator.challenge_server: {message}\n")
+    sys.stderr.flush()
+
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # RFC 8555 §8.3: tokens are base64url, so nothing else is ever looked up.
@@ -96,7 +104,7 @@ def make_handler(
             self.wfile.write(body)
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
-            logger.debug("%s %s", self.address_string(), format % args)
+            pass  # no access log: the CA's fetches are in the operator's own log
 
     return ChallengeHandler
 
@@ -231,8 +239,8 @@ def watch_answers(
                     return
             delay = 1.0
         except Exception as error:  # noqa: BLE001 - keep serving what we have; relist
-            logger.warning(
-                "watching challenge answers failed, relisting in %.0fs: %s", delay, error
+            _log(
+                "WARNING", f"watching challenge answers failed, relisting in {delay:.0f}s: {error}"
             )
             stop.wait(delay)
             delay = min(delay * 2, 30.0)
@@ -275,16 +283,14 @@ def serve(
         answers.synced.wait(timeout=30)
     ready = answers.synced.is_set if watching else (lambda: True)
     server = ThreadingHTTPServer((address, port), make_handler(answers, ready))
-    logger.info(
-        "challenge server listening on %s:%d, serving %s",
-        address,
-        port,
+    serving = (
         f"ConfigMap {namespace}/{config_map}"
         if config_map
         else f"ConfigMaps labelled {selector}"
         if selector
-        else "nothing (no ConfigMap given)",
+        else "nothing (no ConfigMap given)"
     )
+    _log("INFO", f"challenge server listening on {address}:{port}, serving {serving}")
     try:
         server.serve_forever()
     finally:

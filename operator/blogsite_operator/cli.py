@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -76,9 +75,11 @@ def crd_command(_: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415
+
     import kopf  # noqa: PLC0415 - keeps `render` and `crd` free of the heavy import
 
-    from blogsite_operator import handlers, kube, models, sitelog  # noqa: PLC0415
+    from blogsite_operator import handlers, kube, models  # noqa: PLC0415
     from blogsite_operator.health import WATCHING_LOGGER, Health  # noqa: PLC0415
     from blogsite_operator.metrics import METRICS  # noqa: PLC0415
     from blogsite_operator.policies.kubernetes_version import version_problem  # noqa: PLC0415
@@ -89,22 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
         namespaces = namespace_names(args.namespace) or settings.namespaces
     except ValueError as error:
         raise CliError(str(error)) from error
-    log_format = {
-        "plain": kopf.LogFormat.PLAIN,
-        "full": kopf.LogFormat.FULL,
-        "json": kopf.LogFormat.JSON,
-    }[args.log_format or settings.log_format]
-    # Plain lines about a site start with [namespace/name]; JSON ones carry it
-    # in an `object` field (kopf's formatters, fed by sitelog's filter).
-    kopf.configure(verbose=args.verbose, log_format=log_format, log_prefix=None)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(sitelog.SiteReference())
-    if not args.verbose:
-        # kopf reports every event handler's success at INFO; keep its warnings.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # The `acme` package logs whole requests and responses at DEBUG: noise, and
-    # nothing a user of this operator needs (our own log lines say what happened).
-    logging.getLogger("acme").setLevel(logging.INFO)
+    _configure_logs(args.log_format or settings.log_format, verbose=args.verbose)
     kube.load_config(args.kubeconfig)
     too_old = version_problem(kube.Api().server_version())
     if too_old is not None:
@@ -155,6 +141,31 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_logs(log_format: str, *, verbose: bool) -> None:
+    import logging  # noqa: PLC0415 - see the imports above
+
+    import kopf  # noqa: PLC0415
+
+    from blogsite_operator import sitelog  # noqa: PLC0415
+
+    formats = {
+        "plain": kopf.LogFormat.PLAIN,
+        "full": kopf.LogFormat.FULL,
+        "json": kopf.LogFormat.JSON,
+    }
+    # Plain lines about a site start with [namespace/name]; JSON ones carry it
+    # in an `object` field (kopf's formatters, fed by sitelog's filter).
+    kopf.configure(verbose=verbose, log_format=formats[log_format], log_prefix=None)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(sitelog.SiteReference())
+    if not verbose:
+        # kopf reports every event handler's success at INFO; keep its warnings.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # The `acme` package logs whole requests and responses at DEBUG: noise, and
+    # nothing a user of this operator needs (our own log lines say what happened).
+    logging.getLogger("acme").setLevel(logging.INFO)
+
+
 def _lead(lease: tuple[str, str], seconds: float, health: Health) -> LeaderElector | None:
     """Wait for the leader Lease; keep renewing it. None if told to stop first."""
     from blogsite_operator import kube, leader  # noqa: PLC0415
@@ -183,6 +194,8 @@ def _lead(lease: tuple[str, str], seconds: float, health: Health) -> LeaderElect
 def _exit_at_once() -> None:
     """Leadership lost: stop every write now, threads included, before
     another replica may start; the kubelet restarts us as a candidate."""
+    import logging  # noqa: PLC0415 - loaded by then (kopf's)
+
     logging.getLogger("blogsite_operator").critical("leadership lost; exiting")
     logging.shutdown()
     os._exit(1)
@@ -260,8 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def await_certificate_command(args: argparse.Namespace) -> int:
+    import logging  # noqa: PLC0415 - see the imports above
+
     from blogsite_operator.await_certificate import await_content  # noqa: PLC0415
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     waited = await_content(args.file, args.sha256.strip().lower())
     logging.getLogger(__name__).info("%s holds the certificate after %.1fs", args.file, waited)
     return 0
@@ -285,10 +303,6 @@ def challenge_server_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "run":  # `run` logs through kopf's own configuration
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
     try:
         return int(args.func(args))
     except CliError as error:
