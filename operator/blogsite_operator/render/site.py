@@ -199,7 +199,7 @@ def may_write_tls_secret(obj: dict[str, Any], site: SiteRef) -> bool:
 
 
 # Requests from what the pods use on the real node (BENCHMARKS.md, "A
-# site's footprint": frontend 3.9 MiB, cert-refresh 12.4 MiB idle and at 50
+# site's footprint": frontend 3.9 MiB, cert-refresh 11.9 MiB idle and at 50
 # requests/s) with room to spare; limits well above, for bursts. daedalus is
 # the user's blog: its request is a guess a BlogSite's resources replace.
 _DEFAULT_RESOURCES: dict[Component, dict[str, dict[str, str]]] = {
