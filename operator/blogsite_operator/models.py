@@ -528,7 +528,7 @@ class Frontend(Model):
         "from these are the client's address (X-Forwarded-For, or the PROXY protocol) and "
         "X-Forwarded-Proto believed; anyone else's are replaced by what nginx sees.",
         json_schema_extra=schema_extra(
-            cel("self.all(r, isCIDR(r))", "every entry must be a CIDR such as 10.0.0.0/8"),
+            cel("self.all(r, isCIDR(r))", "every entry must be a CIDR such as 198.18.0.0/15"),
         ),
     )
     proxy_protocol: bool = Field(
@@ -553,7 +553,7 @@ class Frontend(Model):
         for source in self.trusted_proxies:
             if not _is_cidr(source):
                 raise ValueError(
-                    f"trustedProxies: {source!r}: every entry must be a CIDR such as 10.0.0.0/8"
+                    f"trustedProxies: {source!r}: every entry must be a CIDR such as 198.18.0.0/15"
                 )
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError("proxyProtocol needs trustedProxies")

@@ -187,7 +187,7 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ("hsts-without-tls", with_frontend(hsts={}), ["spec.frontend.hsts", "needs tls"]),
     (
         "trusted-proxy-not-a-cidr",
-        with_frontend(trustedProxies=["10.0.0.1"]),
+        with_frontend(trustedProxies=["198.18.0.1"]),
         ["spec.frontend.trustedProxies", "CIDR"],
     ),
     (

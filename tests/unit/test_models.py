@@ -129,11 +129,11 @@ class TestTls:
 
     def test_trusted_proxies_are_cidrs_and_proxy_protocol_needs_them(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="must be a CIDR"):
-            models.parse_spec(spec(frontend={"trustedProxies": ["10.0.0.1"]}))
+            models.parse_spec(spec(frontend={"trustedProxies": ["198.18.0.1"]}))
         with pytest.raises(pydantic.ValidationError, match="proxyProtocol needs trustedProxies"):
             models.parse_spec(spec(frontend={"proxyProtocol": True}))
         parsed = models.parse_spec(
-            spec(frontend={"trustedProxies": ["10.0.0.0/8"], "proxyProtocol": True})
+            spec(frontend={"trustedProxies": ["198.18.0.0/15"], "proxyProtocol": True})
         )
         assert parsed.frontend.proxy_protocol
 
