@@ -443,12 +443,7 @@ class FrontendService(Model):
                     f"annotations: {key!r}: annotation keys must be valid Kubernetes "
                     "annotation keys, e.g. example.com/setting"
                 )
-        for source in self.load_balancer_source_ranges:
-            if not _is_cidr(source):
-                raise ValueError(
-                    f"loadBalancerSourceRanges: {source!r}: every entry must be a CIDR such "
-                    "as 203.0.113.0/24"
-                )
+        _check_cidrs("loadBalancerSourceRanges", self.load_balancer_source_ranges, "203.0.113.0/24")
         if self.load_balancer_source_ranges and self.type != ServiceType.LOAD_BALANCER:
             raise ValueError("loadBalancerSourceRanges applies only to type LoadBalancer")
         if self.external_traffic_policy is not None and self.type == ServiceType.CLUSTER_IP:
@@ -468,6 +463,13 @@ def _is_cidr(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _check_cidrs(field: str, values: list[str], example: str) -> None:
+    """The CRD's `self.all(r, isCIDR(r))`, in Python, with the same words."""
+    for value in values:
+        if not _is_cidr(value):
+            raise ValueError(f"{field}: {value!r}: every entry must be a CIDR such as {example}")
 
 
 class Hsts(Model):
@@ -550,11 +552,7 @@ class Frontend(Model):
 
     @model_validator(mode="after")
     def _same_rules_as_the_crd(self) -> Frontend:
-        for source in self.trusted_proxies:
-            if not _is_cidr(source):
-                raise ValueError(
-                    f"trustedProxies: {source!r}: every entry must be a CIDR such as 198.18.0.0/15"
-                )
+        _check_cidrs("trustedProxies", self.trusted_proxies, "198.18.0.0/15")
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError("proxyProtocol needs trustedProxies")
         return self
