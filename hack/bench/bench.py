@@ -218,7 +218,7 @@ def wait_for_convergence(
         # runs on the cores it measures.
         for kind in kinds if len(children_at) < len(expected) else []:
             for obj in api.list_objects(kind, namespace, "app.kubernetes.io/name=blogsite"):
-                instance = site_of(obj) or ""
+                instance = site_of(obj["metadata"].get("labels") or {}) or ""
                 present.setdefault(instance, set()).add((kind, obj["metadata"]["name"]))
         for name, wanted in expected.items():
             if name not in children_at and wanted <= present.get(name, set()):

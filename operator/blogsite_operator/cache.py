@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from blogsite_operator import kube
-from blogsite_operator.render.site import SITE_LABEL
+from blogsite_operator.render.site import site_of
 
 # A single entry not confirmed by a watch event or a read for this long is
 # read again before it is trusted.
@@ -60,8 +60,7 @@ class _Entry:
 
     def group(self, key: tuple[str, str, str]) -> tuple[str, str, str]:
         """(kind, namespace, site): what a pass's select looks up."""
-        # A kept certificate names its site in SITE_LABEL instead.
-        return (key[0], key[1], self.labels.get(INSTANCE_LABEL) or self.labels.get(SITE_LABEL, ""))
+        return (key[0], key[1], site_of(self.labels) or "")
 
 
 def _resource_version(obj: dict[str, Any]) -> int | None:

@@ -461,7 +461,7 @@ def register(
                 queue.cache.forget(kind, namespace, name)
             # Every child, pods included, names its site in a label (and the
             # watch only sends objects labelled as managed by this operator).
-            site = site_of(dict(body))
+            site = site_of(body.metadata.get("labels", {}))
             if site:
                 queue.enqueue(namespace, site)
             else:

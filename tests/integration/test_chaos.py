@@ -143,7 +143,7 @@ def children_by_site(kubectl: Kubectl, namespace: str) -> dict[str, Counter[tupl
             if labels.get(ACME_ACCOUNT_LABEL):
                 continue
             owners = [r for r in meta.get("ownerReferences") or [] if r["kind"] == "BlogSite"]
-            site_name = site_of(obj) or ""
+            site_name = site_of(labels) or ""
             if owners:
                 (owner,) = owners
                 assert owner.get("controller"), (kind, meta["name"], owner)

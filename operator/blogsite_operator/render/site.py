@@ -6,6 +6,7 @@ import base64
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -117,9 +118,8 @@ def selector_labels(site_name: str, component: Component) -> dict[str, str]:
 SITE_LABEL = "blog.daedalus.dev/site"
 
 
-def site_of(obj: dict[str, Any]) -> str | None:
+def site_of(labels: Mapping[str, str]) -> str | None:
     """The BlogSite an object of this operator belongs to, by its labels."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
     return labels.get("app.kubernetes.io/instance") or labels.get(SITE_LABEL) or None
 
 
@@ -163,7 +163,7 @@ def is_owned_by(obj: dict[str, Any], uid: str) -> bool:
 def _labelled_for(obj: dict[str, Any], site_name: str) -> bool:
     """Carries the labels this operator puts on the children of `site_name`."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
-    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and site_of(obj) == site_name
+    return labels.get("app.kubernetes.io/managed-by") == MANAGED_BY and site_of(labels) == site_name
 
 
 def is_orphan_of(obj: dict[str, Any], site_name: str) -> bool:
