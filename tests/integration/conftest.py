@@ -99,14 +99,15 @@ class Kubectl:
         return result.returncode == 0
 
 
-def cluster_env(*, check: bool = True) -> dict[str, str]:
-    """`hack/cluster.sh env`: kubectl, kubeconfig, and the real node's address and images."""
+def cluster_env(*, check: bool = True, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`hack/cluster.sh env`: kubectl, kubeconfig, and the real node's address and
+    images, of the test cluster (or the one `env` names)."""
     result = subprocess.run(
         [str(HACK / "cluster.sh"), "env"],
         check=check,
         capture_output=True,
         text=True,
-        env=TEST_CLUSTER_ENV,
+        env=env or TEST_CLUSTER_ENV,
     )
     return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
 

@@ -19,7 +19,7 @@ import pytest
 
 from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration import test_crd_validation, test_operator
-from tests.integration.conftest import HACK, ROOT, TEST_CLUSTER_ENV, Kubectl
+from tests.integration.conftest import HACK, ROOT, TEST_CLUSTER_ENV, Kubectl, cluster_env
 
 OLDEST_ENV = {
     **TEST_CLUSTER_ENV,
@@ -33,24 +33,13 @@ def versions() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
 
 
-def oldest_cluster_env() -> dict[str, str]:
-    result = subprocess.run(
-        [str(HACK / "cluster.sh"), "env"],
-        check=True,
-        capture_output=True,
-        text=True,
-        env=OLDEST_ENV,
-    )
-    return dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-
-
 @pytest.fixture(scope="module")
 def kubectl() -> Iterator[Kubectl]:
     """The oldest minor's cluster, up for this module only, with the CRD from crds/."""
     cluster = [str(HACK / "cluster.sh")]
     subprocess.run([*cluster, "up"], check=True, timeout=1800, env=OLDEST_ENV)
     try:
-        env = oldest_cluster_env()
+        env = cluster_env(env=OLDEST_ENV)
         client = Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
         client.run(
             "apply",
