@@ -334,15 +334,11 @@ def release_values(node: RealNode, watched: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def release(
-    kubectl: Kubectl,
-    real_node: RealNode,
-    real_namespace: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Release]:
-    """`helm install` of the chart, as the README says, into a namespace that
-    enforces the restricted Pod Security Standard."""
+def new_release(
+    kubectl: Kubectl, node: RealNode, watched: str, tmp_path_factory: pytest.TempPathFactory
+) -> Release:
+    """A Release handle for `node`'s images, its operator namespace made, and
+    its operators' logs followed from now on; nothing installed yet."""
     kubectl.run(
         "apply",
         "-f",
@@ -360,11 +356,24 @@ def release(
         ),
     )
     values_path = tmp_path_factory.mktemp("helm") / "values.yaml"
-    values_path.write_text(yaml.safe_dump(release_values(real_node, real_namespace)))
+    values_path.write_text(yaml.safe_dump(release_values(node, watched)))
     kept_logs = OperatorLogs(kubectl, tmp_path_factory.mktemp("operator-logs"))
-    handle = Release(
-        kubectl, Helm(helm_binary(), kubectl.kubeconfig), values_path, real_namespace, kept_logs
+    return Release(
+        kubectl, Helm(helm_binary(), kubectl.kubeconfig), values_path, watched, kept_logs
     )
+
+
+@pytest.fixture(scope="module")
+def release(
+    kubectl: Kubectl,
+    real_node: RealNode,
+    real_namespace: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Release]:
+    """`helm install` of the chart, as the README says, into a namespace that
+    enforces the restricted Pod Security Standard."""
+    handle = new_release(kubectl, real_node, real_namespace, tmp_path_factory)
+    kept_logs = handle.kept_logs
     audit = audit_log(kubectl)
     handle.audit_offset = audit.stat().st_size if audit.exists() else 0
     try:
@@ -682,7 +691,12 @@ def served_site(
     pebble: Pebble,
     operator_pod: dict[str, Any],
 ) -> ServedSite:
-    namespace = real_namespace
+    return serve_site(kubectl, real_node, real_namespace, pebble)
+
+
+def serve_site(kubectl: Kubectl, node: RealNode, namespace: str, pebble: Pebble) -> ServedSite:
+    """The ACME site applied in `namespace`, once it is certified, Ready and
+    every frontend pod serves its certificate."""
     kubectl.run(
         "create",
         "secret",
@@ -693,7 +707,7 @@ def served_site(
         f"--from-file=ca.crt={pebble.state_dir / 'pebble-ca.pem'}",
     )
     started = time.monotonic()
-    kubectl.apply(blogsite(real_node, pebble, real_node.daedalus()), namespace)
+    kubectl.apply(blogsite(node, pebble, node.daedalus()), namespace)
     service = wait_for(
         lambda: (
             kubectl.json("get", "service", f"{SITE}-frontend", "-n", namespace)
@@ -731,7 +745,7 @@ def served_site(
         what="the frontend rolled out with the issued certificate",
     )
     assert body["status"]["certificate"]["dnsNames"]
-    return ServedSite(namespace, frontend_ip, root, real_node.daedalus())
+    return ServedSite(namespace, frontend_ip, root, node.daedalus())
 
 
 def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
