@@ -1288,6 +1288,84 @@ def test_footprint_of_a_site_idle_and_under_50_requests_a_second(
     assert busy.keys() >= idle.keys(), busy
 
 
+def one_replica_site(node: RealNode, pebble: Pebble, name: str) -> dict[str, Any]:
+    body = blogsite(
+        node,
+        pebble,
+        node.daedalus(),
+        domains=[f"{name}.example.test"],
+        redirectDomains=[],
+        daedalus={"replicas": 1},
+        frontend={"replicas": 1},
+    )
+    body["metadata"]["name"] = name
+    return body
+
+
+def test_the_operator_at_ten_sites(
+    kubectl: Kubectl,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+    operator_pod: dict[str, Any],
+) -> None:
+    """The operator's working set with ten sites certified and Ready (the
+    served site and nine one-replica ones), for BENCHMARKS.md."""
+    namespace = served_site.namespace
+    names = [f"ten-{i}" for i in range(1, 10)]
+    for name in names:
+        kubectl.apply(one_replica_site(real_node, pebble, name), namespace)
+    try:
+        for name in names:
+            service = wait_for(
+                lambda name=name: (  # type: ignore[misc]
+                    kubectl.exists("service", f"{name}-frontend", namespace)
+                    and kubectl.json("get", "service", f"{name}-frontend", "-n", namespace)
+                ),
+                what=f"the frontend Service of {name}",
+            )
+            pebble.resolve(f"{name}.example.test", service["spec"]["clusterIP"])
+
+        def all_ready() -> bool:
+            sites = kubectl.json("get", "blogsites", "-n", namespace)["items"]
+            return len(sites) == 10 and all(
+                condition(site, kind).get("status") == "True"
+                for site in sites
+                for kind in ("Ready", "CertificateReady")
+            )
+
+        started = time.monotonic()
+        wait_for(all_ready, timeout=300, interval=2, what="ten sites certified and Ready")
+        ready = time.monotonic() - started
+        pods = {OPERATOR_NAMESPACE: RELEASE}
+        seen = working_sets(kubectl, pods)["@"]
+        found = wait_for(
+            lambda: (sample := working_sets(kubectl, pods))["@"] > seen and sample,
+            timeout=60,
+            what="fresh statistics from the kubelet",
+        )
+        FIGURES.append(
+            f"footprint: operator working set {found['operator']:.1f} MiB with ten sites "
+            f"(nine more certified and Ready in {ready:.0f}s)"
+        )
+    finally:
+        kubectl.run("delete", "blogsite", *names, "-n", namespace, "--wait=true", timeout=300)
+        wait_for(
+            lambda: (
+                not kubectl.json(
+                    "get",
+                    "pods",
+                    "-n",
+                    namespace,
+                    "-l",
+                    f"app.kubernetes.io/instance in ({','.join(names)})",
+                )["items"]
+            ),
+            timeout=180,
+            what="the nine sites' pods gone",
+        )
+
+
 def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
     """Ask for a renewal with the annotation; the certificate that replaced `before`."""
     kubectl.run(
