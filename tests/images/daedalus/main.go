@@ -15,6 +15,10 @@
 //	                           blogs that keep a cache or temporary files do
 //	-require-uid REQUIRE_UID   the uid it must run as, or it exits 1, as
 //	                           images whose files belong to their own user do
+//	-keep-file KEEP_FILE     a file (on a persistent volume) it appends
+//	                           "<pod> <version>" to at start, or it exits 1;
+//	                           GET /kept answers the file, as blogs that keep
+//	                           posts or uploads do
 //	-shutdown-delay SHUTDOWN_DELAY
 //	                           how long to keep serving after SIGTERM, with
 //	                           /healthz failing, before closing the listener
@@ -68,6 +72,7 @@ type config struct {
 	shutdownDelay time.Duration
 	writable      []string
 	uid           int // -1: any
+	keepFile      string
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -93,6 +98,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		"comma-separated directories it must write to at start (env REQUIRE_WRITABLE)")
 	uid := flags.String("require-uid", getenv("REQUIRE_UID"),
 		"the uid it must run as (env REQUIRE_UID)")
+	flags.StringVar(&cfg.keepFile, "keep-file", getenv("KEEP_FILE"),
+		"file it appends its pod and version to at start, served at /kept (env KEEP_FILE)")
 	delay := flags.String("shutdown-delay", env("SHUTDOWN_DELAY", "3s"),
 		"serving time after SIGTERM before the listener closes (env SHUTDOWN_DELAY)")
 	if err := flags.Parse(args); err != nil {
@@ -168,6 +175,9 @@ var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
 func (s *server) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", s.healthz)
+	if s.cfg.keepFile != "" {
+		mux.HandleFunc("/kept", s.kept)
+	}
 	mux.HandleFunc("/", s.page)
 	return mux
 }
@@ -180,6 +190,30 @@ func (s *server) healthz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	_, _ = io.WriteString(w, "ok\n")
+}
+
+// kept answers the keep file: one line per start of any pod that shares it.
+func (s *server) kept(w http.ResponseWriter, _ *http.Request) {
+	content, err := os.ReadFile(s.cfg.keepFile)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write(content)
+}
+
+// keep appends "<pod> <version>" to the keep file.
+func keep(path, hostname, version string) error {
+	file, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(file, "%s %s\n", hostname, version)
+	if closeErr := file.Close(); err == nil {
+		err = closeErr
+	}
+	return err
 }
 
 func (s *server) page(w http.ResponseWriter, r *http.Request) {
@@ -264,6 +298,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	}
 	hostname, _ := os.Hostname()
+	if cfg.keepFile != "" {
+		if err := keep(cfg.keepFile, hostname, cfg.version); err != nil {
+			logf("KEEP_FILE: %v, exiting with status 1", err)
+			return 1
+		}
+		logf("KEEP_FILE: appended to %s", cfg.keepFile)
+	}
 	s := &server{cfg: cfg, hostname: hostname}
 	ln, err := net.Listen("tcp", ":"+cfg.port)
 	if err != nil {

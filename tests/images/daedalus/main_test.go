@@ -141,6 +141,29 @@ func TestRequirements(t *testing.T) {
 	}
 }
 
+func TestKeepFile(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	dir := t.TempDir()
+	kept := filepath.Join(dir, "kept")
+	for _, version := range []string{"v1", "v2"} {
+		values := map[string]string{"KEEP_FILE": kept, "VERSION": version, "PORT": "0", "SHUTDOWN_DELAY": "0s"}
+		if code := run(ctx, nil, env(values), io.Discard, io.Discard); code != 0 {
+			t.Fatalf("%s: exit %d", version, code)
+		}
+	}
+	hostname, _ := os.Hostname()
+	s := newServer(t, map[string]string{"KEEP_FILE": kept})
+	code, body := get(t, s.handler(), "/kept", "blog.example.test")
+	if want := hostname + " v1\n" + hostname + " v2\n"; code != http.StatusOK || body != want {
+		t.Fatalf("/kept: %d %q, want %q", code, body, want)
+	}
+	values := map[string]string{"KEEP_FILE": filepath.Join(dir, "missing", "kept"), "PORT": "0"}
+	if code := run(ctx, nil, env(values), io.Discard, io.Discard); code != 1 {
+		t.Fatalf("an unwritable keep file: exit %d, want 1", code)
+	}
+}
+
 func TestCrash(t *testing.T) {
 	var stdout bytes.Buffer
 	if code := run(context.Background(), nil, env(map[string]string{"BEHAVIOR": "crash"}), &stdout, io.Discard); code != 1 {
