@@ -259,6 +259,14 @@ class ExternalTrafficPolicy(StrEnum):
     LOCAL = "Local"
 
 
+class VolumeAccessMode(StrEnum):
+    """A claim's access mode, as its PersistentVolumeClaim says it."""
+
+    READ_WRITE_ONCE = "ReadWriteOnce"
+    READ_WRITE_MANY = "ReadWriteMany"
+    READ_WRITE_ONCE_POD = "ReadWriteOncePod"
+
+
 class KeyAlgorithm(StrEnum):
     ECDSA_P256 = "ECDSAP256"
     RSA_2048 = "RSA2048"
@@ -325,8 +333,43 @@ class Resources(Model):
     limits: ResourceList | None = Field(default=None, description="Resource caps.")
 
 
+class PersistentVolume(Model):
+    """A PersistentVolumeClaim of the user's, mounted in every daedalus pod:
+    files the blog keeps across pods and rollouts. The operator never creates
+    or deletes it, so deleting the BlogSite keeps the files."""
+
+    claim_name: SecretName = Field(
+        description="The PersistentVolumeClaim, in the site's namespace."
+    )
+    mount_path: ContainerPath = Field(description="Where daedalus sees it, e.g. /var/lib/blog.")
+    access_mode: VolumeAccessMode = Field(
+        default=VolumeAccessMode.READ_WRITE_ONCE,
+        description="The claim's access mode. ReadWriteMany: pods anywhere, rolling updates. "
+        "ReadWriteOnce: every daedalus pod on one node (the node that mounts it), rolling "
+        "updates. ReadWriteOncePod: one pod (replicas 1), and a rollout stops it before its "
+        "replacement starts, so the blog is down for a moment.",
+    )
+
+
 class Daedalus(Model):
     """The blog binary: its image, how it listens and how it is health-checked."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            cel(
+                "!has(self.persistentVolume) || self.persistentVolume.accessMode != "
+                "'ReadWriteOncePod' || self.replicas == 1",
+                "a ReadWriteOncePod claim admits one pod: replicas must be 1",
+                field_path=".replicas",
+            ),
+            cel(
+                "!has(self.persistentVolume) || !has(self.writablePaths) || "
+                "!(self.persistentVolume.mountPath in self.writablePaths)",
+                "the persistent volume's mountPath is also in writablePaths",
+                field_path=".persistentVolume.mountPath",
+            ),
+        ),
+    )
 
     image: ImageRef = Field(
         description="Container image with a tag or digest, e.g. ghcr.io/example/daedalus:3f2c1a9. "
@@ -380,6 +423,23 @@ class Daedalus(Model):
         le=2147483647,
         description="The gid the blog runs as, which also owns its volumes; omitted: 65532.",
     )
+    persistent_volume: PersistentVolume | None = Field(
+        default=None,
+        description="A claim of the user's for files the blog keeps (posts, uploads); "
+        "without it every file written goes with its pod.",
+    )
+
+    @model_validator(mode="after")
+    def _same_rules_as_the_crd(self) -> Daedalus:
+        """The CEL rules above, checked in Python too."""
+        volume = self.persistent_volume
+        if volume is None:
+            return self
+        if volume.access_mode == VolumeAccessMode.READ_WRITE_ONCE_POD and self.replicas != 1:
+            raise ValueError("a ReadWriteOncePod claim admits one pod: replicas must be 1")
+        if volume.mount_path in self.writable_paths:
+            raise ValueError("the persistent volume's mountPath is also in writablePaths")
+        return self
 
 
 class FrontendService(Model):

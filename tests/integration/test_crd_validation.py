@@ -174,6 +174,31 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.daedalus.runAsUser", "greater than or equal to 1"],
     ),
     (
+        "read-write-once-pod-with-two-replicas",
+        with_daedalus(
+            persistentVolume={
+                "claimName": "c",
+                "mountPath": "/data",
+                "accessMode": "ReadWriteOncePod",
+            }
+        ),
+        ["spec.daedalus.replicas", "replicas must be 1"],
+    ),
+    (
+        "persistent-volume-also-writable",
+        with_daedalus(
+            writablePaths=["/data"], persistentVolume={"claimName": "c", "mountPath": "/data"}
+        ),
+        ["spec.daedalus.persistentVolume.mountPath", "also in writablePaths"],
+    ),
+    (
+        "persistent-volume-access-mode-unknown",
+        with_daedalus(
+            persistentVolume={"claimName": "c", "mountPath": "/data", "accessMode": "ReadOnlyMany"}
+        ),
+        ["spec.daedalus.persistentVolume.accessMode", "Unsupported value"],
+    ),
+    (
         "pull-secret-not-a-name",
         with_daedalus(imagePullSecrets=["Registry Login"]),
         ["spec.daedalus.imagePullSecrets[0]", "Secret name"],

@@ -123,6 +123,30 @@ class TestTls:
         )
         assert parsed.daedalus.writable_paths == ["/tmp", "/home/app/.cache"]
 
+    def test_a_read_write_once_pod_claim_needs_one_replica(self) -> None:
+        volume = {"claimName": "c", "mountPath": "/data", "accessMode": "ReadWriteOncePod"}
+        with pytest.raises(pydantic.ValidationError, match="replicas must be 1"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "persistentVolume": volume}))
+        parsed = models.parse_spec(
+            spec(daedalus={"image": "d:1", "replicas": 1, "persistentVolume": volume})
+        )
+        assert parsed.daedalus.persistent_volume is not None
+
+    def test_a_persistent_volume_is_not_also_a_writable_path(self) -> None:
+        daedalus = {
+            "image": "d:1",
+            "writablePaths": ["/data"],
+            "persistentVolume": {"claimName": "c", "mountPath": "/data"},
+        }
+        with pytest.raises(pydantic.ValidationError, match="also in writablePaths"):
+            models.parse_spec(spec(daedalus=daedalus))
+
+    @pytest.mark.parametrize("claim", ["", "Blog", "a_b", "-a"])
+    def test_a_persistent_volume_names_a_valid_claim(self, claim: str) -> None:
+        volume = {"claimName": claim, "mountPath": "/data"}
+        with pytest.raises(pydantic.ValidationError, match="claimName"):
+            models.parse_spec(spec(daedalus={"image": "d:1", "persistentVolume": volume}))
+
     def test_the_blog_never_runs_as_root(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="greater than or equal to 1"):
             models.parse_spec(spec(daedalus={"image": "d:1", "runAsUser": 0}))

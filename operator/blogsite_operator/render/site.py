@@ -262,6 +262,8 @@ def _deployment(
     volumes: list[dict[str, Any]] | None = None,
     image_pull_secrets: list[str] | None = None,
     fs_group: int = NONROOT_UID,
+    affinity: dict[str, Any] | None = None,
+    recreate: bool = False,
 ) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
@@ -273,6 +275,15 @@ def _deployment(
         pod_spec["imagePullSecrets"] = [{"name": name} for name in image_pull_secrets]
     if volumes:
         pod_spec["volumes"] = volumes
+    if affinity:
+        pod_spec["affinity"] = affinity
+    # Never take a serving pod away before its replacement is Ready, unless
+    # the two cannot run at once (a volume only one pod may mount).
+    strategy: dict[str, Any] = (
+        {"type": "Recreate"}
+        if recreate
+        else {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -283,11 +294,7 @@ def _deployment(
             # when a revert needs it.
             "revisionHistoryLimit": 10,
             "selector": {"matchLabels": selector_labels(site.name, component)},
-            # Never take a serving pod away before its replacement is Ready.
-            "strategy": {
-                "type": "RollingUpdate",
-                "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
-            },
+            "strategy": strategy,
             "template": {
                 "metadata": {"labels": _labels(site.name, component)},
                 "spec": pod_spec,
@@ -347,6 +354,22 @@ def _env(env: list[models.EnvVar]) -> list[dict[str, Any]]:
     return rendered
 
 
+def _one_node(site: SiteRef, component: Component) -> dict[str, Any]:
+    """Every pod of the component on the node of the others: a ReadWriteOnce
+    volume is mounted by one node at a time, so a replacement pod elsewhere
+    would wait for ever (the scheduler lets the first pod go anywhere)."""
+    return {
+        "podAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {"matchLabels": selector_labels(site.name, component)},
+                    "topologyKey": "kubernetes.io/hostname",
+                }
+            ]
+        }
+    }
+
+
 def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, Any]]:
     daedalus = spec.daedalus
     check = daedalus.health_check
@@ -372,11 +395,19 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
     volumes = [
         {"name": f"writable-{i}", "emptyDir": {}} for i in range(len(daedalus.writable_paths))
     ]
-    if volumes:
-        container["volumeMounts"] = [
-            {"name": f"writable-{i}", "mountPath": path}
-            for i, path in enumerate(daedalus.writable_paths)
-        ]
+    mounts = [
+        {"name": f"writable-{i}", "mountPath": path}
+        for i, path in enumerate(daedalus.writable_paths)
+    ]
+    kept = daedalus.persistent_volume
+    if kept is not None:
+        volumes.append(
+            {"name": "persistent", "persistentVolumeClaim": {"claimName": kept.claim_name}}
+        )
+        mounts.append({"name": "persistent", "mountPath": kept.mount_path})
+    if mounts:
+        container["volumeMounts"] = mounts
+    access = kept.access_mode if kept is not None else None
     return [
         _deployment(
             site,
@@ -386,6 +417,12 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
             volumes=volumes,
             image_pull_secrets=list(daedalus.image_pull_secrets),
             fs_group=group,
+            affinity=(
+                _one_node(site, Component.DAEDALUS)
+                if access == models.VolumeAccessMode.READ_WRITE_ONCE
+                else None
+            ),
+            recreate=access == models.VolumeAccessMode.READ_WRITE_ONCE_POD,
         ),
         _service(
             site,
