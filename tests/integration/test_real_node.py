@@ -36,6 +36,7 @@ from cryptography import x509
 from blogsite_operator import certs
 from blogsite_operator.render.site import (
     FRONTEND_HTTPS_PORT,
+    NONROOT_UID,
     TLS_HASH_ANNOTATION,
     UPSTREAMS_RESTART_ANNOTATION,
     VERSION_LABEL,
@@ -1214,6 +1215,122 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
     assert not traffic.failures, traffic.summary()
     body = site_status(kubectl, site.namespace)
     assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
+
+
+# hack/node.sh's state directory, which `cluster.sh down` removes: volumes
+# made here for a test go there, so none outlives the cluster.
+NODE_STATE = Path("/var/lib/blogsite-node")
+
+
+def node_volume(kubectl: Kubectl, namespace: str, claim: str, directory: Path) -> None:
+    """A PersistentVolume on the node (hostPath: the node is this machine)
+    bound to a new claim `claim`, as a cluster's storage would provide."""
+    directory.mkdir(parents=True)
+    os.chown(directory, NONROOT_UID, NONROOT_UID)  # hostPath ignores fsGroup
+    volume = f"{namespace}-{claim}"
+    objects = [
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": volume},
+            "spec": {
+                "capacity": {"storage": "16Mi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": str(directory), "type": "Directory"},
+                "claimRef": {"namespace": namespace, "name": claim},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": {"name": claim, "namespace": namespace},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": volume,
+                "resources": {"requests": {"storage": "16Mi"}},
+            },
+        },
+    ]
+    kubectl.run("apply", "-f", "-", stdin=yaml.safe_dump_all(objects))
+
+
+def kept_lines(kubectl: Kubectl, namespace: str, name: str) -> list[str]:
+    ip = cluster_ip(kubectl, namespace, f"{name}-frontend")
+    if ip is None:
+        return []
+    try:
+        response = request(ip, 80, f"{name}.example.test", "/kept")
+    except OSError:
+        return []
+    return response.body.splitlines() if response.status == 200 else []
+
+
+def test_a_persistent_volume_keeps_the_blogs_files_across_a_rollout_and_the_site(
+    kubectl: Kubectl, real_node: RealNode, real_namespace: str, operator_pod: dict[str, Any]
+) -> None:
+    """Two pods of one version, then two of the next, append to one file on
+    the user's claim (ReadWriteOnce): the next version's pods read what the
+    first wrote, and the claim and its files outlive the BlogSite."""
+    namespace, name, claim = real_namespace, "keeps", "keeps-content"
+    directory = NODE_STATE / "volumes" / f"{namespace}-{claim}"
+    node_volume(kubectl, namespace, claim, directory)
+
+    def site(version: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "blog.daedalus.dev/v1alpha1",
+            "kind": "BlogSite",
+            "metadata": {"name": name},
+            "spec": {
+                "domains": [f"{name}.example.test"],
+                "daedalus": {
+                    "image": real_node.daedalus(),
+                    "replicas": 2,
+                    "healthCheck": {"path": "/healthz", "periodSeconds": 2},
+                    "env": [
+                        {"name": "KEEP_FILE", "value": "/var/lib/blog/kept"},
+                        {"name": "VERSION", "value": version},
+                    ],
+                    "persistentVolume": {"claimName": claim, "mountPath": "/var/lib/blog"},
+                },
+                "frontend": {"replicas": 1, "http": "serve"},
+                "rollout": {"readyTimeoutSeconds": READY_TIMEOUT},
+            },
+        }
+
+    try:
+        for version, lines in (("v1", 2), ("v2", 4)):
+            kubectl.apply(site(version), namespace)
+            kept = wait_for(
+                lambda lines=lines: (  # type: ignore[misc]
+                    len(found := kept_lines(kubectl, namespace, name)) == lines and found
+                ),
+                timeout=180,
+                interval=1,
+                what=f"{lines} starts kept on the volume",
+            )
+        versions = [line.split()[1] for line in kept]
+        assert versions == ["v1", "v1", "v2", "v2"], kept
+        assert len({line.split()[0] for line in kept}) == 4, kept  # four pods
+        written = directory / "kept"
+        assert written.read_text().splitlines() == kept
+        assert written.stat().st_uid == NONROOT_UID  # the pod's own user wrote it
+        daedalus = kubectl.json("get", "deployment", f"{name}-daedalus", "-n", namespace)
+        assert "podAffinity" in daedalus["spec"]["template"]["spec"]["affinity"]
+        kubectl.run("delete", "blogsite", name, "-n", namespace, "--wait=true", timeout=180)
+        wait_for(
+            lambda: not kubectl.exists("deployment", f"{name}-daedalus", namespace),
+            what="the site's Deployments gone",
+        )
+        assert kubectl.exists("persistentvolumeclaim", claim, namespace)
+        assert written.read_text().splitlines() == kept
+    finally:
+        kubectl.run("delete", "blogsite", name, "-n", namespace, "--wait=true", check=False)
+        kubectl.run("delete", "persistentvolumeclaim", claim, "-n", namespace, check=False)
+        kubectl.run("delete", "persistentvolume", f"{namespace}-{claim}", check=False)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def working_sets(kubectl: Kubectl, namespaces: dict[str, str]) -> dict[str, float]:
