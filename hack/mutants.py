@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from tests.integration.conftest import TEST_CLUSTER_ENV, cluster_answers  # noqa: E402
 
 REAL_NODE = "tests/integration/test_real_node.py::"
+UPGRADE = "tests/integration/test_upgrade.py::"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,32 @@ class Mutant:
 
 
 MUTANTS = [
+    Mutant(
+        "selector-changed-across-releases",
+        "a release that selects pods by one more label: fresh sites work, but every "
+        "Deployment of the previous release refuses the change (selectors are immutable)",
+        "operator/blogsite_operator/render/site.py",
+        '        "app.kubernetes.io/component": component.value,\n    }\n\n\n# The site of',
+        '        "app.kubernetes.io/component": component.value,\n'
+        '        "blog.daedalus.dev/site": site_name,\n    }\n\n\n# The site of',
+        (
+            UPGRADE
+            + "test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certificate",
+        ),
+        in_image=True,
+    ),
+    Mutant(
+        "persistent-volume-not-mounted",
+        "daedalus.persistentVolume accepted and never mounted: the blog's files go with its pods",
+        "operator/blogsite_operator/render/site.py",
+        '        mounts.append({"name": "persistent", "mountPath": kept.mount_path})',
+        "        pass",
+        (
+            REAL_NODE
+            + "test_a_persistent_volume_keeps_the_blogs_files_across_a_rollout_and_the_site",
+        ),
+        in_image=True,
+    ),
     Mutant(
         "requests-as-before",
         "the frontend's memory request of before the measurement (64Mi): ten sites no longer fit",
