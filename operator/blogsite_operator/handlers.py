@@ -30,7 +30,7 @@ from blogsite_operator.cache import CachedApi, ChildCache
 from blogsite_operator.issuance.issuer import CertificateIssuer
 from blogsite_operator.metrics import METRICS
 from blogsite_operator.nginx_check import NginxChecker
-from blogsite_operator.reconcile import Outcome, reconcile_site
+from blogsite_operator.reconcile import Outcome, reconcile_site, relabel_kept_of_gone_site
 from blogsite_operator.render.site import MANAGED_BY, site_of
 from blogsite_operator.scheduling import PassSlots
 from blogsite_operator.settings import OperatorSettings
@@ -211,6 +211,8 @@ class SiteQueue:
         site: dict[str, Any] | None = None
         try:
             site = await asyncio.to_thread(self.api.get, models.KIND, namespace, name)
+            if site is None:
+                await asyncio.to_thread(relabel_kept_of_gone_site, self.api, namespace, name)
             if site is None or site["metadata"].get("deletionTimestamp"):
                 self.forget(key)
                 return "gone"

@@ -72,6 +72,7 @@ from blogsite_operator.render.site import (
     render_tls_copy,
     render_tls_secret,
     tls_secret_name,
+    tls_secret_name_for,
     upstream_services,
     with_nginx_config,
 )
@@ -846,6 +847,16 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     if live is not None and is_orphan_of(live, ref.name):
         _relabel_kept(api, ref, live)
     return served
+
+
+def relabel_kept_of_gone_site(api: ClusterApi, namespace: str, site_name: str) -> None:
+    """A pass for a BlogSite that is gone: the certificate it left, if an
+    older operator kept it with app.kubernetes.io/instance, gets the site's
+    own label now rather than when a site of the name comes back (until
+    then a GitOps tool could prune it, and the next site would order anew)."""
+    live = api.get("Secret", namespace, tls_secret_name_for(site_name))
+    if live is not None and is_orphan_of(live, site_name):
+        _relabel_kept(api, SiteRef(site_name, namespace, uid=""), live)
 
 
 def _relabel_kept(api: ClusterApi, ref: SiteRef, live: dict[str, Any]) -> None:

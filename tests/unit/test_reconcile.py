@@ -17,6 +17,7 @@ from blogsite_operator.reconcile import (
     merge_patch,
     next_status,
     reconcile_site,
+    relabel_kept_of_gone_site,
 )
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import (
@@ -425,13 +426,19 @@ class TestTls:
         assert labels[SITE_LABEL] == "blog"
         assert labels["app.kubernetes.io/managed-by"] == "blogsite-operator"
 
-    def test_a_certificate_kept_by_an_older_operator_is_relabelled_once(self) -> None:
-        kept = self.kept_certificate("blog")
+    @classmethod
+    def kept_by_an_older_operator(cls) -> tuple[dict[str, Any], MemoryApi]:
+        """blog's kept certificate, labelled as operators before SITE_LABEL did."""
+        kept = cls.kept_certificate("blog")
         labels = kept["metadata"]["labels"]
         del labels[SITE_LABEL]
         labels["app.kubernetes.io/instance"] = "blog"
         api = MemoryApi()
         api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(kept)
+        return kept, api
+
+    def test_a_certificate_kept_by_an_older_operator_is_relabelled_once(self) -> None:
+        kept, api = self.kept_by_an_older_operator()
         reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
         relabelled = api.objects[("Secret", "ns", "blog-tls")]
         assert "app.kubernetes.io/instance" not in relabelled["metadata"]["labels"]
@@ -441,6 +448,29 @@ class TestTls:
         assert api.writes.count("apply Secret blog-tls") == 1
         reconcile_site(api, site(tls={"acme": {"email": "ops@example.com"}}), RenderSettings())
         assert api.writes.count("apply Secret blog-tls") == 1
+
+    def test_a_certificate_an_older_operator_kept_is_relabelled_before_its_site_returns(
+        self,
+    ) -> None:
+        kept, api = self.kept_by_an_older_operator()
+        relabel_kept_of_gone_site(api, "ns", "blog")
+        relabelled = api.objects[("Secret", "ns", "blog-tls")]
+        assert "app.kubernetes.io/instance" not in relabelled["metadata"]["labels"]
+        assert relabelled["metadata"]["labels"][SITE_LABEL] == "blog"
+        assert relabelled["data"] == kept["data"]
+        assert not relabelled["metadata"].get("ownerReferences")
+        relabel_kept_of_gone_site(api, "ns", "blog")
+        relabel_kept_of_gone_site(api, "ns", "other")  # names another site's Secret
+        assert api.writes == ["apply Secret blog-tls"]
+
+    def test_a_gone_sites_name_on_a_secret_it_does_not_own_relabels_nothing(self) -> None:
+        owned = render_tls_secret(
+            SiteRef("blog", "ns", "u1"), *certs.self_signed_placeholder(["blog.example.com"])
+        )
+        api = MemoryApi()
+        api.objects[("Secret", "ns", "blog-tls")] = copy.deepcopy(owned)
+        relabel_kept_of_gone_site(api, "ns", "blog")
+        assert api.writes == []
 
     def test_a_kept_certificate_of_another_name_is_someone_elses(self) -> None:
         kept = self.kept_certificate("other")
