@@ -163,6 +163,16 @@ MUTATIONS: list[tuple[str, st.SearchStrategy[Any]]] = [
         "daedalus.env",
         HOSTILE.map(lambda k: [{"name": "A", "secretKeyRef": {"name": "s", "key": k}}]),
     ),
+    (
+        "daedalus.persistentVolume",
+        st.sampled_from(
+            [
+                {"claimName": "Bad_Name", "mountPath": "/data"},
+                {"claimName": "c", "mountPath": "/a/../b"},
+                {"claimName": "c", "mountPath": "/data", "accessMode": "ReadOnlyMany"},
+            ]
+        ),
+    ),
     ("frontend.http", st.one_of(HOSTILE, st.just("both"))),
     ("frontend.replicas", st.sampled_from([0, 51])),
     ("frontend.service.type", st.one_of(HOSTILE, st.just("ExternalName"))),
