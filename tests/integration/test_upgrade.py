@@ -18,10 +18,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from blogsite_operator.render.site import SITE_LABEL
 from tests.chart.conftest import CHART
 from tests.integration.conftest import HACK, ROOT, Kubectl
 from tests.integration.test_real_node import (
@@ -36,6 +38,7 @@ from tests.integration.test_real_node import (
     create_real_namespace,
     deployment,
     new_release,
+    one_replica_site,
     pebble,
     real_node,
     release_values,
@@ -133,6 +136,46 @@ def container(kubectl: Kubectl, namespace: str, component: str) -> dict[str, obj
     return first
 
 
+GONE = "gone"
+
+
+def kept_secret(kubectl: Kubectl, namespace: str) -> dict[str, Any]:
+    body: dict[str, Any] = kubectl.json("get", "secret", f"{GONE}-tls", "-n", namespace)
+    return body
+
+
+def keep_a_certificate(
+    kubectl: Kubectl, node: RealNode, pebble: Pebble, namespace: str
+) -> dict[str, Any]:
+    """A second ACME site, certified, then deleted: the certificate the
+    operator keeps for the next site of its name."""
+    kubectl.apply(one_replica_site(node, pebble, GONE), namespace)
+    service = wait_for(
+        lambda: (
+            kubectl.exists("service", f"{GONE}-frontend", namespace)
+            and kubectl.json("get", "service", f"{GONE}-frontend", "-n", namespace)
+        ),
+        what=f"the frontend Service of {GONE}",
+    )
+    pebble.resolve(f"{GONE}.example.test", service["spec"]["clusterIP"])
+    wait_for(
+        lambda: (
+            condition(
+                kubectl.json("get", "blogsite", GONE, "-n", namespace), "CertificateReady"
+            ).get("status")
+            == "True"
+        ),
+        timeout=180,
+        what=f"{GONE} certified",
+    )
+    kubectl.run("delete", "blogsite", GONE, "-n", namespace, "--wait=true", timeout=180)
+    wait_for(
+        lambda: not kubectl.exists("deployment", f"{GONE}-frontend", namespace),
+        what=f"the Deployments of {GONE} gone",
+    )
+    return kept_secret(kubectl, namespace)
+
+
 CERTIFICATE_FIELDS = ("serialNumber", "notBefore", "notAfter", "dnsNames", "sha256")
 
 
@@ -147,6 +190,8 @@ def test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certifica
     namespace = release.watched
     release.leader()
     site = serve_site(kubectl, real_node, namespace, pebble)
+    kept = keep_a_certificate(kubectl, real_node, pebble, namespace)
+    assert kept["metadata"]["labels"]["app.kubernetes.io/instance"] == GONE  # as it was
     before = site_status(kubectl, namespace)["status"]
     secret = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
     orders = issuing_events(kubectl, namespace)
@@ -183,6 +228,20 @@ def test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certifica
     )
     assert not traffic.failures, traffic.summary()
 
+    # The certificate the old release kept loses the label GitOps tools
+    # claim, before any site of its name comes back.
+    relabelled = wait_for(
+        lambda: (
+            "app.kubernetes.io/instance"
+            not in (body := kept_secret(kubectl, namespace))["metadata"]["labels"]
+            and body
+        ),
+        timeout=60,
+        what="the kept certificate relabelled",
+    )
+    assert relabelled["metadata"]["labels"][SITE_LABEL] == GONE
+    assert relabelled["data"] == kept["data"]
+    assert not relabelled["metadata"].get("ownerReferences")
     # No certificate ordered again: the same one in the Secret and served by
     # every frontend pod, and no Issuing Event since.
     after_secret = kubectl.json("get", "secret", f"{SITE}-tls", "-n", namespace)
