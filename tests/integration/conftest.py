@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +382,34 @@ def challenge_server(kubectl: Kubectl, namespace: str, tmp_path: Path) -> Iterat
     server.start()
     yield server
     server.stop()
+
+
+class _HTTP01(BaseHTTPRequestHandler):
+    """Answers /.well-known/acme-challenge/<token> from `answers`."""
+
+    answers: dict[str, str] = {}  # noqa: RUF012 - the fixture's, one test at a time
+
+    def do_GET(self) -> None:
+        body = self.answers.get(self.path.rsplit("/", 1)[-1], "").encode()
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+@pytest.fixture
+def http01_server() -> Iterator[dict[str, str]]:
+    """Where Pebble validates HTTP-01; yields token -> key authorization."""
+    _HTTP01.answers = {}
+    server = ThreadingHTTPServer(("127.0.0.1", PEBBLE_HTTP01_PORT), _HTTP01)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield _HTTP01.answers
+    server.shutdown()
+    server.server_close()
 
 
 class Watch:

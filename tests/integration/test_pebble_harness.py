@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from acme import challenges, client, crypto_util, messages
@@ -88,34 +86,6 @@ def _dns_query(port: int, name: str, qtype: int) -> list[bytes]:
 def test_dns_answers_loopback_for_any_name_and_no_ipv6(pebble: Pebble) -> None:
     assert _dns_query(pebble.dns_port, "www.any-blog.example", 1) == [bytes([127, 0, 0, 1])]
     assert _dns_query(pebble.dns_port, "www.any-blog.example", 28) == []
-
-
-class _HTTP01(BaseHTTPRequestHandler):
-    """Answers /.well-known/acme-challenge/<token> from `answers`."""
-
-    answers: dict[str, str] = {}  # noqa: RUF012 - filled by the one test using it
-
-    def do_GET(self) -> None:
-        body = self.answers.get(self.path.rsplit("/", 1)[-1], "").encode()
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
-        pass
-
-
-@pytest.fixture
-def http01_server() -> Iterator[dict[str, str]]:
-    """Where Pebble validates HTTP-01; yields token -> key authorization."""
-    _HTTP01.answers = {}
-    server = ThreadingHTTPServer(("127.0.0.1", int(DEFAULT_ENV["PEBBLE_HTTP01_PORT"])), _HTTP01)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield _HTTP01.answers
-    server.shutdown()
-    server.server_close()
 
 
 def test_issues_shortlived_certificate_and_serves_set_renewal_info(
