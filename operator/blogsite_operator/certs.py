@@ -6,6 +6,7 @@ from the renderers, and its output never reaches logs, Events or status.
 
 from __future__ import annotations
 
+import base64
 import datetime
 from dataclasses import dataclass
 
@@ -79,6 +80,27 @@ def certificate_info(cert_pem: bytes) -> CertificateInfo:
         serial=format(certificate.serial_number, "x"),
         issuer=str(issuer[0].value) if issuer else "",
     )
+
+
+def ari_certificate_id(cert_pem: bytes) -> str | None:
+    """The leaf's ARI identifier (RFC 9773, section 4.1): the issuer's key
+    identifier and the serial's DER bytes, each base64url without padding.
+    None without an Authority Key Identifier (a placeholder has none)."""
+    certificate = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    if aki.value.key_identifier is None:
+        return None
+    serial = certificate.serial_number
+    # An ASN.1 INTEGER: big-endian two's complement, with room for the sign bit.
+    der = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+    return f"{_base64url(aki.value.key_identifier)}.{_base64url(der)}"
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
 def _key_algorithm(public_key: object) -> str:

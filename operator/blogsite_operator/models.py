@@ -861,6 +861,11 @@ class IssuedBy(Model):
 
     server: str | None = Field(default=None, description="ACME directory URL.")
     serial_number: str | None = Field(default=None, description="Serial number (hex).")
+    replaced: str | None = Field(
+        default=None,
+        description="ARI identifier (RFC 9773) of the certificate the order replaced: a "
+        "renewal that names it is exempt from the CA's rate limits.",
+    )
 
 
 class CertificateStatus(Model):

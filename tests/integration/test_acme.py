@@ -8,6 +8,7 @@ the operator published in the test namespace, watched through the API.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import hashlib
 import itertools
@@ -1012,6 +1013,43 @@ def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
     for authorization in order.authorizations:
         polled, _ = session.client.poll(authorization)
         assert polled.body.status == messages.STATUS_DEACTIVATED, polled.body.status
+
+
+def test_a_renewal_names_the_certificate_it_replaces_and_orders_again_when_refused(
+    pebble: Pebble, http01_server: dict[str, str]
+) -> None:
+    """Against Pebble, which implements RFC 9773: an order naming the
+    certificate it renews is taken; naming one already replaced is refused
+    with alreadyReplaced, and the order is placed again without it."""
+    account = AccountConfig(
+        server=pebble.directory_url,
+        email="ops@blog.example",
+        key_pem=certs.generate_private_key("ECDSAP256"),
+        ca_bundle_path=str(pebble.state_dir / "pebble-ca.pem"),
+    )
+    session = Session(account)
+    session.register()
+    request = OrderRequest(
+        names=("ari.blog.example",),
+        key_algorithm="ECDSAP256",
+        profile=None,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    first = session.order(request, publish=http01_server.update)
+    first_id = certs.ari_certificate_id(first.fullchain_pem)
+    assert first_id is not None
+    renewing = dataclasses.replace(request, replaces=first_id)
+    second = session.order(renewing, publish=http01_server.update)
+    assert (second.replaced, second.replaces_refused) == (first_id, None)
+    # Pebble marked the first certificate replaced: naming it again is refused.
+    third = session.order(renewing, publish=http01_server.update)
+    assert third.replaced is None
+    assert third.replaces_refused is not None
+    assert "alreadyReplaced" in third.replaces_refused, third.replaces_refused
+    serials = {leaf(issued.fullchain_pem).serial_number for issued in (first, second, third)}
+    assert len(serials) == 3
+    for issued in (second, third):
+        verify_against_root(issued.fullchain_pem, pebble.root_pem(), "ari.blog.example")
 
 
 def test_a_certificate_for_names_the_spec_no_longer_has_is_never_written(

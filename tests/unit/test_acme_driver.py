@@ -8,6 +8,7 @@ through `read_served_certificate`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import re
 from dataclasses import dataclass, field
@@ -96,6 +97,9 @@ def ca_signed(
         .not_valid_before(not_before)
         .not_valid_after(not_before + datetime.timedelta(days=days))
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(CA_KEY.public_key()), False
+        )
         .sign(CA_KEY, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM), key_pem
@@ -423,6 +427,53 @@ class TestSuccess:
         assert issuer.jobs == []
         drive(issuer, served, previous=status_after(outcome))
         assert [type(job) for job in issuer.jobs] == [RenewalInfoJob]
+
+
+class TestReplaces:
+    """RFC 9773: a renewal names the certificate it replaces."""
+
+    def test_a_renewal_names_the_certificate_this_operator_obtained_from_the_same_ca(
+        self,
+    ) -> None:
+        served = issued(by_job="job-0")
+        issuer = FakeIssuer()
+        drive(issuer, served, renew_request="2026-11-25")
+        (job,) = issuer.jobs
+        assert isinstance(job, IssueJob)
+        assert served.cert_pem is not None
+        assert job.replaces == certs.ari_certificate_id(served.cert_pem)
+        assert job.replaces is not None
+
+    def test_not_a_certificate_of_another_ca_or_the_users(self) -> None:
+        for served in (issued(), placeholder()):  # no order of ours wrote these
+            issuer = FakeIssuer()
+            drive(issuer, served, renew_request="2026-11-25")
+            (job,) = issuer.jobs
+            assert isinstance(job, IssueJob)
+            assert job.replaces is None
+
+    def test_the_replaced_certificate_is_recorded_and_a_refusal_told(self) -> None:
+        served = issued(by_job="job-1")
+        result = JobResult(
+            issue_job(),
+            NOW,
+            serial=serial_of(served),
+            not_after=NOW + datetime.timedelta(days=90),
+            replaced="aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE",
+        )
+        outcome = drive(FakeIssuer(result=result), served)
+        assert outcome.fields["issuedBy"]["replaced"] == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+        assert [event[1] for event in outcome.events] == ["CertificateIssued"]
+        refused = dataclasses.replace(
+            result, replaced=None, replaces_refused="alreadyReplaced: already has a replacement"
+        )
+        outcome = drive(FakeIssuer(result=refused), served)
+        assert "replaced" not in outcome.fields["issuedBy"]
+        assert [event[:2] for event in outcome.events] == [
+            ("Normal", "CertificateIssued"),
+            ("Warning", "ReplacesRefused"),
+        ]
+        assert "alreadyReplaced" in outcome.events[1][2]
 
 
 # --- renewal information (ARI) and renewal --------------------------------------

@@ -13,7 +13,11 @@ from typing import Any
 import pytest
 import requests
 from acme import challenges, errors, messages
+from acme.client import _renewal_info_path_component
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from josepy.jwk import JWKEC
 
 from blogsite_operator import certs
@@ -35,6 +39,44 @@ from blogsite_operator.issuance.protocol import (
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
 NAMES = ("a.example.com", "b.example.com")
+
+
+def certificate_with(serial: int, key_identifier: bytes | None) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ari.example")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + datetime.timedelta(days=6))
+    )
+    if key_identifier is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier(key_identifier, None, None), critical=False
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+class TestAriCertificateId:
+    def test_the_rfc_9773_example(self) -> None:
+        key_identifier = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
+        cert_pem = certificate_with(0x87654321, key_identifier)
+        # The serial's DER is 00 87 65 43 21: a leading zero keeps it positive.
+        assert certs.ari_certificate_id(cert_pem) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+
+    @pytest.mark.parametrize("serial", [1, 0x7F, 0x80, 0xFF, 2**159 - 1])
+    def test_as_the_acme_package_names_its_renewal_info(self, serial: int) -> None:
+        cert_pem = certificate_with(serial, b"\x01\x02\x03")
+        expected = _renewal_info_path_component(x509.load_pem_x509_certificate(cert_pem))
+        assert certs.ari_certificate_id(cert_pem) == expected
+
+    def test_none_without_an_authority_key_identifier(self) -> None:
+        assert certs.ari_certificate_id(certificate_with(5, None)) is None
+        placeholder, _ = certs.self_signed_placeholder(["a.example.com"])
+        assert certs.ari_certificate_id(placeholder) is None
 
 
 class TestRetryAfter:

@@ -23,6 +23,7 @@ from blogsite_operator.policies.certificate import (
     needs_renewal_info,
     next_attempt,
     plan_renewal,
+    replaced_certificate_id,
 )
 from blogsite_operator.policies.readiness import CONDITION_TRUE, Verdict
 from blogsite_operator.render.site import SiteRef
@@ -107,6 +108,7 @@ def drive_acme(
                     acme,
                     renewal_request=request if requested else None,
                     proxy_protocol=proxy_protocol,
+                    replaces=replaced_certificate_id(served, directory_url(acme.server)),
                 )
             )
             busy = True
@@ -215,8 +217,10 @@ class _State:
                 "server": directory_url(result.job.acme.server),
                 "serialNumber": result.serial or "",
             }
+            if result.replaced is not None:
+                self.issued_by["replaced"] = result.replaced
             until = format_time(result.not_after) if result.not_after else "?"
-            return [
+            events = [
                 (
                     "Normal",
                     "CertificateIssued",
@@ -227,6 +231,19 @@ class _State:
                     ),
                 )
             ]
+            if result.replaces_refused is not None:
+                events.append(
+                    (
+                        "Warning",
+                        "ReplacesRefused",
+                        (
+                            "the CA would not let the order replace the certificate it renews "
+                            f"({result.replaces_refused}); it was ordered again without "
+                            "`replaces`, so it counted against the CA's rate limits"
+                        ),
+                    )
+                )
+            return events
         self.failed_attempts += 1
         self.next_attempt = next_attempt(
             self.failed_attempts,

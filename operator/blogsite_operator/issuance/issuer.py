@@ -80,6 +80,8 @@ class IssueJob:
     renewal_request: str | None = field(default=None, compare=False)
     # The frontend's port 80 expects the PROXY protocol: so does the self-check.
     proxy_protocol: bool = field(default=False, compare=False)
+    # ARI identifier of the certificate this order renews, named in the order.
+    replaces: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class JobResult:
     renewal_info: RenewalInfo | None = None
     acme_requests: int = 0
     seconds: float = 0.0
+    replaced: str | None = None  # the ARI identifier the order replaced
+    replaces_refused: str | None = None  # why the CA would not take `replaces`
 
 
 class CertificateIssuer:
@@ -209,6 +213,7 @@ class CertificateIssuer:
                         key_algorithm=str(job.acme.key_algorithm),
                         profile=job.acme.profile,
                         timeout=datetime.timedelta(seconds=self.settings.order_timeout_seconds),
+                        replaces=job.replaces,
                     ),
                     publish=lambda answers: self._publish(site, answers),
                     self_check=self._self_checker(site, proxy_protocol=job.proxy_protocol),
@@ -242,6 +247,8 @@ class CertificateIssuer:
             serial=info.serial,
             not_after=info.not_after,
             acme_requests=session.counter.requests,
+            replaced=issued.replaced,
+            replaces_refused=issued.replaces_refused,
         )
 
     def _check_still_wanted(self, job: IssueJob) -> None:

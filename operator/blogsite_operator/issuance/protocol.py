@@ -20,7 +20,10 @@ from typing import Any
 
 import requests
 from acme import challenges, client, crypto_util, errors, messages
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from josepy import errors as jose_errors
+from josepy.json_util import field as jose_field
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -69,12 +72,24 @@ class OrderRequest:
     key_algorithm: str
     profile: str | None
     timeout: datetime.timedelta
+    # The ARI identifier of the certificate this order renews (RFC 9773):
+    # a CA that knows it exempts the order from its rate limits.
+    replaces: str | None = None
 
 
 @dataclass(frozen=True)
 class Issued:
     fullchain_pem: bytes
     key_pem: bytes = field(repr=False)
+    replaced: str | None = None  # the ARI identifier the order named
+    # Why the CA would not take `replaces` (the order was placed again without it).
+    replaces_refused: str | None = None
+
+
+class _NewOrderReplacing(messages.NewOrder):
+    """newOrder with RFC 9773's `replaces`, which the `acme` package lacks."""
+
+    replaces: str = jose_field("replaces", omitempty=True)
 
 
 @dataclass
@@ -91,6 +106,8 @@ class _Network(client.ClientNetwork):
         super().__init__(key, alg=ES256, verify_ssl=verify, user_agent=USER_AGENT)  # type: ignore[arg-type]
         self.counter = counter
         self.retry_after: datetime.datetime | None = None
+        # The `acme` package drops the problem of a 409 (ConflictError): kept here.
+        self.last_problem: messages.Error | None = None
         # name -> URL from the CA's directory, once read: names requests in metrics.
         self.directory_urls: dict[str, str] = {}
 
@@ -107,6 +124,7 @@ class _Network(client.ClientNetwork):
         # The last response's: an error is explained by the response that carried it.
         header = response.headers.get("Retry-After")
         self.retry_after = parse_retry_after(header) if header else None
+        self.last_problem = _problem_document(response)
         return response
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
@@ -184,6 +202,17 @@ def _explained(network: _Network | None = None) -> Iterator[None]:
         ) from None
     except errors.Error as error:
         raise IssuanceError("AcmeError", f"{type(error).__name__}: {error}") from None
+
+
+def _problem_document(response: requests.Response) -> messages.Error | None:
+    """The RFC 7807 problem a response carries, if any."""
+    if not response.headers.get("Content-Type", "").startswith("application/problem+json"):
+        return None
+    try:
+        problem: messages.Error = messages.Error.from_json(response.json())
+    except (ValueError, jose_errors.DeserializationError):
+        return None
+    return problem
 
 
 def _problem(error: messages.Error) -> str:
@@ -269,7 +298,7 @@ class Session:
         # naive local time: the `acme` package compares its deadlines with now()
         deadline = datetime.datetime.now() + request.timeout  # noqa: DTZ005
         with _explained(self.network):
-            order = self.client.new_order(csr_pem, profile=request.profile)
+            order, refused = self._new_order(csr_pem, request)
             answers: dict[str, str] = {}
             checks: list[tuple[str, str, str]] = []  # name, token, key authorization
             responses = []
@@ -308,7 +337,59 @@ class Session:
             order = self._finalize(order, deadline)
         fullchain = order.fullchain_pem.encode()
         _check_issued(fullchain, key_pem, request.names)
-        return Issued(fullchain_pem=fullchain, key_pem=key_pem)
+        return Issued(
+            fullchain_pem=fullchain,
+            key_pem=key_pem,
+            replaced=request.replaces if refused is None else None,
+            replaces_refused=refused,
+        )
+
+    def _new_order(self, csr_pem: bytes, request: OrderRequest) -> tuple[Any, str | None]:
+        """The order, naming the certificate it replaces when there is one;
+        (order, why the CA refused `replaces`, when it did). A refusal
+        (alreadyReplaced: another order renewed it already; or a certificate
+        the CA does not know) is not the renewal's failure: it is ordered
+        again without `replaces`, once, as an order no limit exempts."""
+        if request.replaces is None:
+            return self.client.new_order(csr_pem, profile=request.profile), None
+        try:
+            return self._new_order_replacing(csr_pem, request.profile, request.replaces), None
+        except messages.Error as error:
+            if error.code == "rateLimited":
+                raise
+            refused = _problem(error)
+        except errors.ConflictError:  # 409: how RFC 9773's alreadyReplaced comes
+            problem = self.network.last_problem
+            refused = _problem(problem) if problem is not None else "conflict (HTTP 409)"
+        logger.warning(
+            "the ACME server refused to let the order replace %s (%s); ordering without it",
+            request.replaces,
+            refused,
+        )
+        return self.client.new_order(csr_pem, profile=request.profile), refused
+
+    def _new_order_replacing(self, csr_pem: bytes, profile: str | None, replaces: str) -> Any:
+        """The `acme` package's new_order, with `replaces` in the request."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        dns_names, _ = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+        identifiers = tuple(
+            messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in dns_names
+        )
+        new_order = _NewOrderReplacing(
+            identifiers=identifiers, profile=profile or "", replaces=replaces
+        )
+        response = self.client._post(self.client.directory["newOrder"], new_order)
+        body = messages.Order.from_json(response.json())
+        authorizations = [
+            self.client._authzr_from_response(self.client._post_as_get(url), uri=url)
+            for url in body.authorizations
+        ]
+        return messages.OrderResource(
+            body=body,
+            uri=response.headers.get("Location"),
+            authorizations=authorizations,
+            csr_pem=csr_pem,
+        )
 
     def _poll_authorizations(self, order: Any, deadline: datetime.datetime) -> Any:
         """Each authorization until it is no longer pending, as the `acme`

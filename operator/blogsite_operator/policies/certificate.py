@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
-from blogsite_operator import models
+from blogsite_operator import certs, models
 from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE, Verdict
 from blogsite_operator.timestamps import ceil_second, format_time, parse_time
@@ -251,6 +251,20 @@ class RenewalPlan:
     due: bool
     reason: str  # CamelCase, for Events: why now, or what sets the time
     renewal_time: datetime.datetime | None  # when renewal is planned, for a valid certificate
+
+
+def replaced_certificate_id(served: ServedCertificate, server: str) -> str | None:
+    """What a new order names in `replaces` (RFC 9773): the served
+    certificate's ARI identifier, when this operator obtained it from the
+    same ACME server (no CA replaces what another issued). None otherwise."""
+    if served.cert_pem is None or served.info is None or served.info.is_placeholder:
+        return None
+    if served.issued_by is None or served.issued_by[1] != server:
+        return None
+    try:
+        return certs.ari_certificate_id(served.cert_pem)
+    except ValueError:
+        return None
 
 
 def plan_renewal(
