@@ -49,6 +49,26 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "renewal-without-replaces",
+        "renewals that never name the certificate they replace: no rate-limit exemption",
+        "operator/blogsite_operator/issuance/driver.py",
+        "replaces=replaced_certificate_id(served, directory_url(acme.server)),",
+        "replaces=None,",
+        (
+            "tests/unit/test_acme_driver.py::TestReplaces::test_a_renewal_names_the_certificate_this_operator_obtained_from_the_same_ca",
+        ),
+    ),
+    Mutant(
+        "already-replaced-fails-the-renewal",
+        "a CA's alreadyReplaced taken for the renewal's failure: the certificate ages out",
+        "operator/blogsite_operator/issuance/protocol.py",
+        "        except errors.ConflictError:  # 409",
+        "        except ZeroDivisionError:  # 409",
+        (
+            "tests/integration/test_acme.py::test_a_renewal_names_the_certificate_it_replaces_and_orders_again_when_refused",
+        ),
+    ),
+    Mutant(
         "refusal-names-the-parent",
         "a cross-field rule that names its object, not the field to change: "
         "spec.daedalus instead of spec.daedalus.replicas",
