@@ -974,11 +974,8 @@ def test_a_tls_secret_that_belongs_to_someone_else_is_never_written(
     assert not events(kubectl, namespace, "CertificateIssued")
 
 
-def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
-    pebble: Pebble,
-) -> None:
-    """Against Pebble itself: an order the operator will not answer leaves no
-    authorization pending at the CA (which caps them per account)."""
+def registered_session(pebble: Pebble) -> Session:
+    """The operator's ACME session with a new account at Pebble."""
     account = AccountConfig(
         server=pebble.directory_url,
         email="ops@blog.example",
@@ -987,6 +984,15 @@ def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
     )
     session = Session(account)
     session.register()
+    return session
+
+
+def test_a_failed_self_check_deactivates_the_orders_authorizations_at_the_ca(
+    pebble: Pebble,
+) -> None:
+    """Against Pebble itself: an order the operator will not answer leaves no
+    authorization pending at the CA (which caps them per account)."""
+    session = registered_session(pebble)
     orders: list[Any] = []
     new_order = session.client.new_order
 
@@ -1021,14 +1027,7 @@ def test_a_renewal_names_the_certificate_it_replaces_and_orders_again_when_refus
     """Against Pebble, which implements RFC 9773: an order naming the
     certificate it renews is taken; naming one already replaced is refused
     with alreadyReplaced, and the order is placed again without it."""
-    account = AccountConfig(
-        server=pebble.directory_url,
-        email="ops@blog.example",
-        key_pem=certs.generate_private_key("ECDSAP256"),
-        ca_bundle_path=str(pebble.state_dir / "pebble-ca.pem"),
-    )
-    session = Session(account)
-    session.register()
+    session = registered_session(pebble)
     request = OrderRequest(
         names=("ari.blog.example",),
         key_algorithm="ECDSAP256",
