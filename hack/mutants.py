@@ -49,6 +49,19 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "kept-certificate-relabelled-only-on-return",
+        "a certificate an older operator kept keeps the label GitOps tools prune by, until "
+        "a site of its name comes back",
+        "operator/blogsite_operator/handlers.py",
+        "await asyncio.to_thread(relabel_kept_of_gone_site, self.api, namespace, name)",
+        "pass",
+        (
+            UPGRADE
+            + "test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certificate",
+        ),
+        in_image=True,
+    ),
+    Mutant(
         "renewal-without-replaces",
         "renewals that never name the certificate they replace: no rate-limit exemption",
         "operator/blogsite_operator/issuance/driver.py",
