@@ -30,7 +30,6 @@ from tests.integration.conftest import TEST_CLUSTER_ENV, cluster_answers  # noqa
 
 REAL_NODE = "tests/integration/test_real_node.py::"
 UPGRADE = "tests/integration/test_upgrade.py::"
-LEADER = "tests/integration/test_leader.py::"
 CRD_CASES = "tests/integration/test_crd_validation.py::test_invalid_blogsite_is_rejected"
 
 
@@ -89,17 +88,6 @@ MUTANTS = [
         "                - fieldPath: .replicas\n                  message: 'a ReadWriteOncePod",
         "                - message: 'a ReadWriteOncePod",
         (CRD_CASES + "[read-write-once-pod-with-two-replicas]",),
-    ),
-    Mutant(
-        "standby-slow-to-take-over",
-        "a standby that tries five retry periods apart: takeovers late by seconds",
-        "operator/blogsite_operator/leader.py",
-        "stop.wait(self.timings.retry_period * (1 + random.random() * 0.2))  # noqa: S311",
-        "stop.wait(self.timings.retry_period * 5)",
-        (
-            LEADER + "test_a_standby_waits_while_the_leader_renews_and_takes_over_when_it_lets_go",
-            LEADER + "test_a_silent_leader_keeps_the_lease_for_its_whole_duration",
-        ),
     ),
     Mutant(
         "selector-changed-across-releases",
