@@ -39,6 +39,13 @@ class Metrics:
             site,
             registry=r,
         )
+        self.certificate_issued = Gauge(
+            f"{PREFIX}_certificate_issued_timestamp_seconds",
+            "When the certificate a site serves became valid (notBefore, Unix time): with "
+            "the expiration, its lifetime, which the alerts measure time in.",
+            site,
+            registry=r,
+        )
         self.certificate_renewal = Gauge(
             f"{PREFIX}_certificate_renewal_timestamp_seconds",
             "When the operator plans to renew a site's certificate (Unix time).",
@@ -160,6 +167,7 @@ class Metrics:
         placeholder = bool(certificate.get("placeholder"))
         for gauge, field in (
             (self.certificate_expiration, "notAfter"),
+            (self.certificate_issued, "notBefore"),
             (self.certificate_renewal, "renewalTime"),
         ):
             # A placeholder's 90 days say nothing of when users see an error.
@@ -192,6 +200,7 @@ class Metrics:
         """A deleted site leaves no series behind."""
         for gauge in (
             self.certificate_expiration,
+            self.certificate_issued,
             self.certificate_renewal,
             self.certificate_placeholder,
         ):

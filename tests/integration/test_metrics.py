@@ -146,6 +146,14 @@ def test_prometheus_sees_the_certificate_a_revert_and_the_passes(  # noqa: PLR09
         timeout=60,
         what="the issued certificate's expiry in Prometheus",
     )
+    # Its lifetime, which the certificate alerts measure in, as Prometheus computes it.
+    lifetime = f"{expiry} - blogsite_certificate_issued_timestamp_seconds{{{labels}}}"
+    issued_for = not_after - issued[0].not_valid_before_utc.timestamp()
+    wait_for(
+        lambda: prometheus.value(lifetime) == issued_for,
+        timeout=60,
+        what="the issued certificate's lifetime in Prometheus",
+    )
     ready = f'blogsite_certificate_ready_status{{{labels},condition="True"}}'
     wait_for(
         lambda: prometheus.value(ready) == 1.0, timeout=60, what="CertificateReady in Prometheus"

@@ -8,7 +8,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from blogsite_operator.metrics import Metrics, acme_endpoint, verb_of
 
 STATUS = {
-    "certificate": {"notAfter": "2027-01-01T00:00:00Z", "renewalTime": "2026-12-02T00:00:00Z"},
+    "certificate": {
+        "notBefore": "2026-10-03T00:00:00Z",
+        "notAfter": "2027-01-01T00:00:00Z",
+        "renewalTime": "2026-12-02T00:00:00Z",
+    },
     "conditions": [
         {"type": "Ready", "status": "True"},
         {"type": "CertificateReady", "status": "False"},
@@ -41,6 +45,8 @@ def test_a_sites_certificate_and_conditions_become_series() -> None:
     assert samples(metrics, "blogsite_certificate_renewal_timestamp_seconds") == {
         site: 1796169600.0
     }
+    # notBefore: with the expiration, the lifetime the alerts measure in.
+    assert samples(metrics, "blogsite_certificate_issued_timestamp_seconds") == {site: 1790985600.0}
     ready = samples(metrics, "blogsite_certificate_ready_status")
     assert ready == {
         tuple(sorted((*site, ("condition", value)))): float(value == "False")
@@ -64,6 +70,7 @@ def test_a_deleted_site_leaves_no_series_and_others_stay() -> None:
     metrics.forget_site("blogs", "lethain")
     for name in (
         "blogsite_certificate_expiration_timestamp_seconds",
+        "blogsite_certificate_issued_timestamp_seconds",
         "blogsite_certificate_ready_status",
         "blogsite_site_condition",
         "blogsite_rollout_reverted_status",
