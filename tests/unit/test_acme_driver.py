@@ -320,6 +320,21 @@ class TestFailedOrder:
         assert datetime.timedelta(seconds=2 * BACKOFF) <= wait
         assert wait <= datetime.timedelta(seconds=2 * BACKOFF * 1.1)
 
+    def test_a_short_lived_certificate_near_its_end_is_retried_within_a_tenth_of_its_time(
+        self,
+    ) -> None:
+        # A 6-day certificate with 10 hours left, its renewal failing for the
+        # tenth time: an hour at most, not the 6-hour cap.
+        served = issued(not_before=NOW - datetime.timedelta(hours=134), days=6)
+        assert served.info is not None
+        left = served.info.not_after - self.finished_at
+        issuer = FakeIssuer(result=self.result())
+        fields = drive(issuer, served, previous=failed(attempts=9)).fields
+        assert fields["failedAttempts"] == 10
+        wait = parse(fields["nextAttempt"]) - self.finished_at
+        assert left / 10 <= wait <= left / 10 * 1.1 + datetime.timedelta(seconds=1)
+        assert wait < datetime.timedelta(hours=2)
+
     def test_retry_after_of_the_ca_is_honoured(self) -> None:
         later = NOW + datetime.timedelta(hours=2)
         error = IssuanceError("RateLimited", "rateLimited: too many certificates", later)

@@ -270,6 +270,22 @@ class TestNextAttempt:
         waits = [backoff(n) for n in range(1, 10)]
         assert waits == [BASE * f for f in (1, 2, 4, 8, 16, 32, 64)] + [CAP, CAP]
 
+    def test_a_short_lifetime_bounds_the_wait_to_a_tenth_of_the_time_left(self) -> None:
+        def wait(failures: int, left: datetime.timedelta) -> datetime.timedelta:
+            at = next_attempt(failures, NOW, base=BASE, cap=CAP, expires=NOW + left)
+            return at - NOW
+
+        hours = datetime.timedelta(hours=1)
+        # A 160-hour certificate at its renewal time (53 h left): 5.3 h at most.
+        assert wait(20, 53 * hours) == 5.3 * hours
+        # Near its end: a tenth of what is left, never less than the base.
+        assert wait(20, 10 * hours) == hours
+        assert wait(20, 30 * datetime.timedelta(minutes=1)) == BASE
+        assert wait(20, -hours) == BASE  # expired: as often as the base allows
+        # A 90-day certificate with 30 days left: the usual cap.
+        assert wait(20, 30 * 24 * hours) == CAP
+        assert wait(1, 10 * hours) == BASE  # the first retries are short anyway
+
     def test_no_overflow_after_very_many_failures(self) -> None:
         assert backoff(10_000) == CAP
 

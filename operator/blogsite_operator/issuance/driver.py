@@ -72,7 +72,9 @@ def drive_acme(
 
     busy, result = issuer.state(key)
     if result is not None and result.job.id != state.last_job:
-        events.extend(state.fold(result, issuer.settings, now))
+        serving = served.info is not None and not served.info.is_placeholder
+        expires = served.info.not_after if serving and served.info is not None else None
+        events.extend(state.fold(result, issuer.settings, now, expires))
     elif result is None and not busy:
         events.extend(state.recover(served))
     events.extend(state.forget_failure_of_other_names(names))
@@ -187,9 +189,14 @@ class _State:
         )
 
     def fold(
-        self, result: JobResult, settings: AcmeSettings, now: datetime.datetime
+        self,
+        result: JobResult,
+        settings: AcmeSettings,
+        now: datetime.datetime,
+        expires: datetime.datetime | None = None,
     ) -> list[tuple[str, str, str]]:
-        """Take in what a finished job did; the Events that tell the user."""
+        """Take in what a finished job did; the Events that tell the user.
+        `expires`: the end of the certificate served, which bounds the backoff."""
         self.last_job = result.job.id
         error = result.error
         if isinstance(result.job, RenewalInfoJob):
@@ -252,6 +259,7 @@ class _State:
             cap=datetime.timedelta(seconds=settings.max_backoff_seconds),
             retry_after=error.retry_after,
             jitter=random.uniform(0, 0.1),  # noqa: S311 - spreading retries, not secrecy
+            expires=expires,
         )
         self.last_failure = {
             "time": format_time(result.finished_at),

@@ -339,6 +339,10 @@ def needs_renewal_info(
 MAX_RETRY_AFTER = datetime.timedelta(days=1)
 
 
+# A failed renewal waits at most this fraction of the certificate's time left.
+LIFETIME_LEFT_PER_RETRY = 10
+
+
 def next_attempt(
     failed_attempts: int,
     now: datetime.datetime,
@@ -347,12 +351,18 @@ def next_attempt(
     cap: datetime.timedelta,
     retry_after: datetime.datetime | None = None,
     jitter: float = 0.0,
+    expires: datetime.datetime | None = None,
 ) -> datetime.datetime:
     """Exponential backoff (base, 2x base, ... up to cap), never before Retry-After.
 
     `jitter` (0..1) stretches the delay a little so sites that failed together
-    (a CA outage) do not all retry in the same second.
+    (a CA outage) do not all retry in the same second. With `expires` (the
+    served certificate's end), the cap is also a tenth of the time left, never
+    under `base`: a 6-day certificate near its end tries every few minutes,
+    not every 6 hours.
     """
+    if expires is not None:
+        cap = min(cap, max(base, (expires - now) / LIFETIME_LEFT_PER_RETRY))
     exponent = min(max(failed_attempts - 1, 0), 30)
     delay = min(cap, base * (1 << exponent)) * (1 + jitter)
     at = now + delay
