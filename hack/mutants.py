@@ -48,6 +48,27 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "expiry-alert-in-days",
+        "BlogSiteCertificateExpiringSoon at 14 days again: fires for ever on 6-day certificates",
+        "deploy/prometheus/blogsite-operator.rules.yaml",
+        "            < (blogsite_certificate_expiration_timestamp_seconds\n"
+        "               - blogsite_certificate_issued_timestamp_seconds) / 6",
+        "            < 14 * 24 * 3600",
+        (
+            "tests/alerts/test_alerts.py::test_every_alert_fires_in_its_unit_tests_and_only_when_it_should",
+        ),
+    ),
+    Mutant(
+        "backoff-ignores-the-lifetime",
+        "a failing renewal of a 6-day certificate near its end waits the 6-hour cap",
+        "operator/blogsite_operator/policies/certificate.py",
+        "    if expires is not None:\n        cap = min(",
+        "    if False:\n        cap = min(",
+        (
+            "tests/unit/test_acme_driver.py::TestFailedOrder::test_a_short_lived_certificate_near_its_end_is_retried_within_a_tenth_of_its_time",
+        ),
+    ),
+    Mutant(
         "kept-certificate-relabelled-only-on-return",
         "a certificate an older operator kept keeps the label GitOps tools prune by, until "
         "a site of its name comes back",
