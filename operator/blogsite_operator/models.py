@@ -647,7 +647,12 @@ class Acme(Model):
         max_length=1024,
         description="ACME server: 'letsencrypt', 'letsencrypt-staging' or a directory URL.",
     )
-    email: Email = Field(description="Contact address for the ACME account (expiry notices).")
+    email: Email | None = Field(
+        default=None,
+        description="Contact address for the ACME account. Optional: Let's Encrypt sends no "
+        "expiry e-mail since June 2025 (the operator's own alerts do that job); a site that "
+        "named one keeps its account.",
+    )
     key_algorithm: KeyAlgorithm = Field(
         default=KeyAlgorithm.ECDSA_P256,
         description="Certificate key type: ECDSAP256 (default), RSA2048 or RSA4096.",

@@ -104,6 +104,14 @@ class TestTls:
         with pytest.raises(pydantic.ValidationError, match="exactly one"):
             models.parse_spec(spec(tls=tls))
 
+    def test_an_acme_email_is_optional(self) -> None:
+        parsed = models.parse_spec(spec(tls={"acme": {}}))
+        assert parsed.tls is not None
+        assert parsed.tls.acme is not None
+        assert parsed.tls.acme.email is None
+        with pytest.raises(pydantic.ValidationError, match="email"):
+            models.parse_spec(spec(tls={"acme": {"email": "not an address"}}))
+
     def test_redirect_policy_needs_tls(self) -> None:
         with pytest.raises(pydantic.ValidationError, match="needs tls"):
             models.parse_spec(spec(frontend={"http": "redirect"}))

@@ -8,7 +8,13 @@ import pytest
 
 from blogsite_operator import models
 from blogsite_operator.render import RenderSettings, SiteFacts, SiteRef, render_site
-from blogsite_operator.render.site import DRAIN_SECONDS, template_version, version_of
+from blogsite_operator.render.site import (
+    DRAIN_SECONDS,
+    acme_account_secret_name,
+    render_acme_account_secret,
+    template_version,
+    version_of,
+)
 
 SITE = SiteRef(name="lethain", namespace="blogs", uid="uid-1")
 
@@ -364,3 +370,23 @@ class TestDisruptionBudgets:
         assert ("PodDisruptionBudget", "lethain-daedalus") not in objects
         budget = objects[("PodDisruptionBudget", "lethain-frontend")]
         assert budget["spec"]["maxUnavailable"] == 1
+
+
+class TestAcmeAccount:
+    SERVER = "https://acme-v02.api.letsencrypt.org/directory"
+
+    def test_a_site_with_an_email_keeps_the_account_it_had(self) -> None:
+        # The name every release so far gave this account: a new one would
+        # mean a new registration, and the CA's per-account history lost.
+        assert acme_account_secret_name(self.SERVER, "ops@example.com") == (
+            "blogsite-acme-account-34ba4ed2338d"
+        )
+
+    def test_no_email_is_an_account_without_a_contact(self) -> None:
+        name = acme_account_secret_name(self.SERVER, None)
+        assert name == acme_account_secret_name(self.SERVER, "")
+        assert name != acme_account_secret_name(self.SERVER, "ops@example.com")
+        secret = render_acme_account_secret("blogs", name, self.SERVER, None, b"key")
+        assert "blog.daedalus.dev/acme-email" not in secret["metadata"]["annotations"]
+        with_email = render_acme_account_secret("blogs", name, self.SERVER, "a@b.co", b"key")
+        assert with_email["metadata"]["annotations"]["blog.daedalus.dev/acme-email"] == "a@b.co"

@@ -59,7 +59,7 @@ class IssuanceError(Exception):
 @dataclass(frozen=True)
 class AccountConfig:
     server: str  # directory URL
-    email: str
+    email: str | None  # the account's contact, if any
     key_pem: bytes = field(repr=False)  # EC P-256 account key (PKCS#8)
     ca_bundle_path: str | None = None  # trust for a private ACME server's HTTPS
     eab_key_id: str | None = None

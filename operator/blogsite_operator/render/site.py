@@ -708,14 +708,15 @@ def challenges_config_map_name(site_name: str) -> str:
 ACME_ACCOUNT_LABEL = "blog.daedalus.dev/acme-account"
 
 
-def acme_account_secret_name(server: str, email: str, eab_key_id: str = "") -> str:
-    """One account per CA, contact and EAB key id in a namespace, shared by its sites."""
-    digest = hashlib.sha256(f"{server}\n{email}\n{eab_key_id}".encode()).hexdigest()[:12]
+def acme_account_secret_name(server: str, email: str | None, eab_key_id: str = "") -> str:
+    """One account per CA, contact and EAB key id in a namespace, shared by its sites
+    (no contact: the same name as an empty one, so names from before stay)."""
+    digest = hashlib.sha256(f"{server}\n{email or ''}\n{eab_key_id}".encode()).hexdigest()[:12]
     return f"blogsite-acme-account-{digest}"
 
 
 def render_acme_account_secret(
-    namespace: str, name: str, server: str, email: str, key_pem: bytes
+    namespace: str, name: str, server: str, email: str | None, key_pem: bytes
 ) -> dict[str, Any]:
     """An ACME account key, generated once. Owned by no one site: it outlives
     them, as the account at the CA does."""
@@ -728,7 +729,7 @@ def render_acme_account_secret(
             "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, ACME_ACCOUNT_LABEL: "true"},
             "annotations": {
                 "blog.daedalus.dev/acme-server": server,
-                "blog.daedalus.dev/acme-email": email,
+                **({"blog.daedalus.dev/acme-email": email} if email else {}),
             },
         },
         "type": "Opaque",
