@@ -82,6 +82,17 @@ def certificate_info(cert_pem: bytes) -> CertificateInfo:
     )
 
 
+# Issuer names of CAs no browser trusts, made for trying things out: Let's
+# Encrypt's staging hierarchy ("(STAGING) Counterfeit Cashew R10", ...) and
+# Pebble, the ACME test server ("Pebble Intermediate CA 3f0d2a").
+TEST_ISSUER_PREFIXES = ("(STAGING)", "Pebble ")
+
+
+def is_test_issuer(issuer: str) -> bool:
+    """Whether a certificate's issuer name is a staging or test CA's."""
+    return issuer.startswith(TEST_ISSUER_PREFIXES)
+
+
 def ari_certificate_id(cert_pem: bytes) -> str | None:
     """The leaf's ARI identifier (RFC 9773, section 4.1): the issuer's key
     identifier and the serial's DER bytes, each base64url without padding.

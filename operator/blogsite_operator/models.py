@@ -882,6 +882,14 @@ class CertificateStatus(Model):
     renewal_time: str | None = Field(
         default=None, description="When renewal is planned (RFC 3339)."
     )
+    issuer: str | None = Field(
+        default=None, description="The CA that signed it (the certificate's issuer name)."
+    )
+    test_issuer: bool | None = Field(
+        default=None,
+        description="True for a staging or test CA browsers do not trust (Let's Encrypt "
+        "staging, Pebble).",
+    )
     dns_names: list[str] = Field(default_factory=list, description="Names on the certificate.")
     serial_number: str | None = Field(default=None, description="Serial number (hex).")
     placeholder: bool = Field(

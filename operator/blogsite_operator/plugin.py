@@ -94,6 +94,11 @@ def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
         lines.append(
             f"  valid    {certificate.get('notBefore', '?')} .. {certificate.get('notAfter', '?')}"
         )
+        if certificate.get("issuer") and not certificate.get("placeholder"):
+            test = "  (a staging or test CA: browsers refuse it)"
+            lines.append(
+                f"  issuer   {certificate['issuer']}{test if certificate.get('testIssuer') else ''}"
+            )
         if certificate.get("renewalTime"):
             lines.append(f"  renewal  planned {certificate['renewalTime']}")
         failure = certificate.get("lastFailure")

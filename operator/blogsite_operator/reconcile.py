@@ -1025,4 +1025,22 @@ def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[Event]:
             condition["status"] == CONDITION_FALSE
         ):
             events.append(Event("Warning", condition["reason"], condition["message"]))
+    events.extend(_test_certificate_event(old.get("certificate"), new.get("certificate")))
     return events
+
+
+def _test_certificate_event(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Event]:
+    """A Warning when the site comes to serve a certificate of a staging or
+    test CA (browsers refuse it), once per certificate."""
+    if not new or not new.get("testIssuer"):
+        return []
+    if old and old.get("testIssuer") and old.get("serialNumber") == new.get("serialNumber"):
+        return []
+    return [
+        Event(
+            "Warning",
+            "TestCertificate",
+            f"serving a certificate from a staging or test CA ({new.get('issuer')}): browsers "
+            "do not trust it; use a production ACME server for visitors",
+        )
+    ]

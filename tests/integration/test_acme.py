@@ -218,6 +218,15 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     renewal = datetime.datetime.fromisoformat(status["renewalTime"])
     assert certificate.not_valid_before_utc < renewal < certificate.not_valid_after_utc
     assert "failedAttempts" not in status
+    # Pebble is a test CA: said in status and in an Event.
+    issuer = certificate.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert status["issuer"] == issuer
+    assert str(issuer).startswith("Pebble")
+    assert status["testIssuer"] is True
+    wait_for(
+        lambda: events(kubectl, namespace, "TestCertificate"),
+        what="a TestCertificate Warning Event",
+    )
     accounts = kubectl.json(
         "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
     )["items"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from typing import Any
 
@@ -443,3 +444,24 @@ def test_a_certificate_copied_on_a_switch_to_acme_is_replaced_at_once() -> None:
     copied = ServedCertificate("blog-tls", info(SITE_NAMES, days=80), copied_from="mine")
     plan = plan_renewal(acme.acme, list(SITE_NAMES), copied, None, renewal_requested=False, now=NOW)
     assert (plan.due, plan.reason) == (True, "TakingOver")
+
+
+def test_status_names_the_issuer_and_whether_browsers_trust_it() -> None:
+    def status_of(issuer_cn: str) -> dict[str, Any]:
+        served = ServedCertificate(
+            "mine", dataclasses.replace(info(("a.example.com",)), issuer=issuer_cn)
+        )
+        status = certificate_status(served)
+        assert status is not None
+        return status
+
+    assert status_of("R12")["issuer"] == "R12"
+    assert status_of("R12")["testIssuer"] is False
+    assert status_of("(STAGING) Counterfeit Cashew R10")["testIssuer"] is True
+    assert status_of("Pebble Intermediate CA 3f0d2a")["testIssuer"] is True
+    # The operator's own placeholder is a placeholder, not a test CA's certificate.
+    placeholder = certificate_status(
+        ServedCertificate("mine", info(("a.example.com",), placeholder=True))
+    )
+    assert placeholder is not None
+    assert placeholder["testIssuer"] is False

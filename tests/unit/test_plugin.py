@@ -16,6 +16,8 @@ SITE = {
         "certificate": {
             "placeholder": False,
             "serialNumber": "1f",
+            "issuer": "(STAGING) Counterfeit Cashew R10",
+            "testIssuer": True,
             "notBefore": "2026-11-01T00:00:00Z",
             "notAfter": "2027-01-30T00:00:00Z",
             "renewalTime": "2026-12-31T00:00:00Z",
@@ -49,6 +51,7 @@ def test_one_screen_says_what_is_wrong_and_what_comes_next() -> None:
         "CertificateReady False   AcmeServerUnreachable" in screen
     )  # the longest type sets the column
     assert "issued, serial 1f" in screen
+    assert "issuer   (STAGING) Counterfeit Cashew R10  (a staging or test CA" in screen
     assert "renewal  planned 2026-12-31T00:00:00Z" in screen
     assert "last failure: AcmeServerUnreachable: connection refused (2 attempt(s); next" in screen
     assert "daedalus      ghcr.io/example/daedalus:1  2/2 available" in screen

@@ -1057,3 +1057,16 @@ def test_a_switch_from_a_users_secret_to_acme_keeps_serving_its_certificate() ->
     assert copied["metadata"]["annotations"] == {"blog.daedalus.dev/copied-from": "mine"}
     assert any(r == "CertificateCopied" for _, r, _ in api.events)
     assert not any(r == "PlaceholderCertificate" for _, r, _ in api.events)
+
+
+def test_a_certificate_of_a_test_ca_is_told_once_per_certificate() -> None:
+    staging = {"issuer": "(STAGING) Counterfeit Cashew R10", "testIssuer": True}
+    first = {"conditions": [], "certificate": {**staging, "serialNumber": "1"}}
+    (event,) = _transition_events({"conditions": []}, first)
+    assert (event.type, event.reason) == ("Warning", "TestCertificate")
+    assert "(STAGING) Counterfeit Cashew R10" in event.message
+    assert _transition_events(first, first) == []  # the same certificate again
+    renewed = {"conditions": [], "certificate": {**staging, "serialNumber": "2"}}
+    assert [e.reason for e in _transition_events(first, renewed)] == ["TestCertificate"]
+    production = {"conditions": [], "certificate": {"issuer": "R12", "testIssuer": False}}
+    assert _transition_events(renewed, production) == []

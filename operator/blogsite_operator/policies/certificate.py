@@ -99,6 +99,8 @@ def certificate_status(served: ServedCertificate) -> dict[str, Any] | None:
         "serialNumber": info.serial,
         "placeholder": info.is_placeholder,
         "sha256": served.certificate_hash,
+        "issuer": info.issuer,
+        "testIssuer": certs.is_test_issuer(info.issuer) and not info.is_placeholder,
     }
 
 
