@@ -31,6 +31,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Whether the site is serving",
     },
     {
+        "name": "Address",
+        "type": "string",
+        "jsonPath": ".status.externalAddresses[0]",
+        "description": "The frontend's external address (a load balancer's IP or name)",
+    },
+    {
         "name": "Cert-Expiry",
         # A string: kubectl renders "date" columns as an age, and a future
         # time as "<invalid>".
@@ -45,10 +51,25 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Healthy, Progressing, RolledBack, RolloutFailed or Degraded",
     },
     {
+        # What runs, not what the spec asks for: after a revert they differ.
         "name": "Image",
         "type": "string",
-        "jsonPath": ".spec.daedalus.image",
-        "description": "daedalus image",
+        "jsonPath": ".status.components.daedalus.image",
+        "description": "The daedalus image rolled out",
+    },
+    {
+        "name": "Issuer",
+        "type": "string",
+        "jsonPath": ".status.certificate.issuer",
+        "description": "The CA of the served certificate",
+        "priority": 1,  # kubectl get -o wide
+    },
+    {
+        "name": "Test-CA",
+        "type": "boolean",
+        "jsonPath": ".status.certificate.testIssuer",
+        "description": "A staging or test CA browsers do not trust",
+        "priority": 1,
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

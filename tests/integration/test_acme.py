@@ -218,11 +218,14 @@ def test_first_issuance_covers_every_name_and_verifies_against_pebbles_root(
     renewal = datetime.datetime.fromisoformat(status["renewalTime"])
     assert certificate.not_valid_before_utc < renewal < certificate.not_valid_after_utc
     assert "failedAttempts" not in status
-    # Pebble is a test CA: said in status and in an Event.
+    # Pebble is a test CA: said in status, in `kubectl get -o wide`, and in an Event.
     issuer = certificate.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
     assert status["issuer"] == issuer
     assert str(issuer).startswith("Pebble")
     assert status["testIssuer"] is True
+    wide = kubectl.run("get", "blogsite", SITE, "-n", namespace, "-o", "wide").stdout
+    assert str(issuer) in wide
+    assert "TEST-CA" in wide.splitlines()[0]
     wait_for(
         lambda: events(kubectl, namespace, "TestCertificate"),
         what="a TestCertificate Warning Event",

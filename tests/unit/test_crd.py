@@ -71,4 +71,14 @@ def test_names_and_columns() -> None:
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns == ["Primary", "Ready", "Cert-Expiry", "Rollout", "Image", "Age"]
+    assert columns == [
+        "Primary",
+        "Ready",
+        "Address",
+        "Cert-Expiry",
+        "Rollout",
+        "Image",
+        "Issuer",
+        "Test-CA",
+        "Age",
+    ]
