@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+
+import pytest
 
 from blogsite_operator import models
 from blogsite_operator.issuance.issuer import CertificateIssuer, IssueJob, JobResult, _now
+from blogsite_operator.issuance.protocol import IssuanceError
 from blogsite_operator.render.site import SiteRef
 from blogsite_operator.settings import AcmeSettings
 
@@ -72,3 +76,27 @@ def test_after_shutdown_no_job_starts_and_a_running_one_is_waited_for() -> None:
     issuer.shutdown(wait=True)  # returns only once the running order has ended
     assert issuer.done.is_set()
     assert issuer.state(("ns", "other")) == (False, None)
+
+
+class FailingIssuer(HeldIssuer):
+    """An issuer whose order the CA refuses."""
+
+    def _issue(self, job: IssueJob) -> JobResult:
+        raise IssuanceError(
+            "ChallengeFailed",
+            "HTTP-01 validation failed for a.example.com: unauthorized: 404 from 198.51.100.7",
+        )
+
+
+def test_a_failed_order_is_logged_at_the_default_level_with_the_cas_problem(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    issuer = FailingIssuer()
+    with caplog.at_level(logging.INFO, logger="blogsite_operator"):
+        assert issuer.submit(IssueJob(SITE, ("a.example.com",), ACME))
+        assert issuer.done.wait(10)
+    issuer.shutdown()
+    (record,) = [r for r in caplog.records if "order failed" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "ChallengeFailed" in record.getMessage()
+    assert "unauthorized: 404 from 198.51.100.7" in record.getMessage()

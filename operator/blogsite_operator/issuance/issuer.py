@@ -178,6 +178,10 @@ class CertificateIssuer:
                 result = self._check_renewal_info(job)
         except IssuanceError as error:
             result = JobResult(job, _now(), error=error)
+            if isinstance(job, IssueJob) and error.reason != "Superseded":
+                # At the default level, with the CA's problem document: the
+                # status says it too, but a log is what many read first.
+                logger.warning("the ACME order failed: %s: %s", error.reason, error.message)
         except Exception as error:  # reported on the site, never lost
             logger.exception("the ACME job failed unexpectedly")
             result = JobResult(
