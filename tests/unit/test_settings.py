@@ -12,7 +12,7 @@ def test_defaults_watch_every_namespace_without_leader_election() -> None:
     assert settings.namespaces == ()
     assert settings.leader_lease is None
     assert settings.allow_extra_config is False
-    assert settings.acme.self_check is None
+    assert settings.acme.self_check == "frontend"  # on unless turned off
     assert settings.metrics is True
     assert OperatorSettings.from_env({"BLOGSITE_OPERATOR_METRICS": "false"}).metrics is False
     assert settings.watch_dead_seconds == 60
