@@ -159,6 +159,9 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
     assert image_of(after) == GOOD
     table = kubectl.run("get", "blogsite", "blog", "-n", namespace, "--no-headers").stdout
     assert "RolledBack" in table
+    # The IMAGE column is what runs, the good image, not the spec's bad one.
+    assert GOOD in table.split()
+    assert bad_image not in table
 
 
 def test_a_good_rollout_keeps_ready_true_and_shows_in_progressing(
