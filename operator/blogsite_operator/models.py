@@ -922,6 +922,11 @@ class CertificateStatus(Model):
         description="A digest (sha256) of the last value of the "
         "blog.daedalus.dev/renew-certificate annotation acted on.",
     )
+    rate_limit_hold: str | None = Field(
+        default=None,
+        description="Why no order goes now, and until when: the CA's rate limits, as the "
+        "account's ledger counts them, would refuse it.",
+    )
     last_job: str | None = Field(
         default=None,
         description="The ACME job whose result this status records last: a result is taken "

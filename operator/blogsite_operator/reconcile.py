@@ -27,11 +27,13 @@ from blogsite_operator.issuance.driver import (
     Issuer,
     drive_acme,
 )
+from blogsite_operator.issuance.issuer import account_secret_name
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
     needs_placeholder,
     served_by_frontend,
 )
+from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger
 from blogsite_operator.policies.readiness import (
     CONDITION_FALSE,
     CONDITION_TRUE,
@@ -552,6 +554,7 @@ def _certificate(
         now=now,
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
         proxy_protocol=spec.frontend.proxy_protocol,
+        ledger=_ledger_of(api, ref.namespace, acme),
     )
     outcome.events.extend(Event(*event) for event in driven.events)
     if driven.folded is not None:
@@ -847,6 +850,13 @@ def _ensure_tls_secret(  # noqa: PLR0917 - one pass's context
     if live is not None and is_orphan_of(live, ref.name):
         _relabel_kept(api, ref, live)
     return served
+
+
+def _ledger_of(api: ClusterApi, namespace: str, acme: models.Acme) -> Ledger:
+    """What the site's ACME account ordered lately (empty before its first order)."""
+    account = api.get_child("Secret", namespace, account_secret_name(acme))
+    annotations = ((account or {}).get("metadata") or {}).get("annotations") or {}
+    return Ledger.from_annotation(annotations.get(LEDGER_ANNOTATION))
 
 
 def relabel_kept_of_gone_site(api: ClusterApi, namespace: str, site_name: str) -> None:

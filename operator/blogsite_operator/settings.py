@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from blogsite_operator.policies.ledger import Limits
 from blogsite_operator.render import RenderSettings
 
 ENV_PREFIX = "BLOGSITE_OPERATOR_"
@@ -19,6 +21,12 @@ class AcmeSettings:
     max_backoff_seconds: float = 6 * 3600.0
     renewal_info_seconds: float = 6 * 3600.0
     order_timeout_seconds: float = 180.0
+    # Per ACME directory URL, the CA's limits the ledger holds orders to;
+    # Let's Encrypt's for every other server.
+    rate_limits: tuple[tuple[str, Limits], ...] = ()
+
+    def limits_for(self, server: str) -> Limits:
+        return dict(self.rate_limits).get(server, Limits())
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,10 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_ALLOW_EXTRA_CONFIG  true: honour frontend.extraConfig (default false)
       BLOGSITE_OPERATOR_ACME_SELF_CHECK  before answering a challenge, fetch the answer
           through `frontend` (the site's frontend Service, in-cluster) or a host:port
-          (sent the domain as Host); default: off
+          (sent the domain as Host), or off; default: frontend
+      BLOGSITE_OPERATOR_ACME_RATE_LIMITS  JSON: per ACME directory URL, the CA's limits
+          ({"certificatesPerNames": 5, "orders": 300, "failedAuthorizations": 5});
+          Let's Encrypt's for any server not named
       BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS      first wait after a failed order (300)
       BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS  longest wait between orders (21600)
       BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS ask the CA's renewal info at least
@@ -106,6 +117,7 @@ class OperatorSettings:
                 max_backoff_seconds=_seconds(get, "ACME_MAX_BACKOFF_SECONDS", 6 * 3600),
                 renewal_info_seconds=_seconds(get, "ACME_RENEWAL_INFO_SECONDS", 6 * 3600),
                 order_timeout_seconds=_seconds(get, "ACME_ORDER_TIMEOUT_SECONDS", 180),
+                rate_limits=_rate_limits(get("ACME_RATE_LIMITS")),
             ),
             render=RenderSettings(
                 frontend_image=get("FRONTEND_IMAGE") or render_defaults.frontend_image,
@@ -123,6 +135,22 @@ def _seconds(get: Callable[[str], str | None], key: str, default: float) -> floa
     if value <= 0:
         raise ValueError(f"{ENV_PREFIX}{key} must be positive, not {raw!r}")
     return value
+
+
+def _rate_limits(raw: str | None) -> tuple[tuple[str, Limits], ...]:
+    if not raw:
+        return ()
+    problem = f"{ENV_PREFIX}ACME_RATE_LIMITS"
+    try:
+        servers = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"{problem}: not JSON ({error})") from None
+    if not isinstance(servers, dict) or not all(isinstance(v, dict) for v in servers.values()):
+        raise ValueError(f"{problem}: an object of ACME directory URLs to objects of limits")
+    try:
+        return tuple((str(server), Limits.from_json(limits)) for server, limits in servers.items())
+    except ValueError as error:
+        raise ValueError(f"{problem}: {error}") from None
 
 
 def _self_check(raw: str | None) -> str | None:

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import re
 import secrets
 import ssl
 import threading
@@ -642,6 +643,61 @@ def test_a_certificate_outlives_its_blogsite_and_is_reused_when_it_comes_back(
     assert orders == 1, f"{orders} orders for one site deleted and created twice"
     assert len(events(kubectl, namespace, "CertificateRecovered")) >= 1
     FIGURES.append("ACME: a site deleted and created again twice: 1 order in all")
+
+
+def test_name_churn_gets_at_most_five_certificates_per_exact_set_across_a_restart(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    """A redirect name toggled out and in again and again: each change orders
+    (Pebble enforces no limits), until the account's ledger counts five
+    certificates for one exact set in 168 hours, Let's Encrypt's limit; the
+    sixth order is held, saying why and until when. The ledger lives in the
+    account Secret: an operator restarted halfway counts on."""
+    site = apply_acme_site(kubectl, namespace, pebble)
+    both, fewer = sorted(DOMAINS + REDIRECTS), sorted(DOMAINS)
+    issued: list[list[str]] = []
+    serial = None
+    for turn in range(10):  # both, fewer, both, ...: five certificates of each
+        if turn:
+            site["spec"]["redirectDomains"] = REDIRECTS if turn % 2 == 0 else []
+            kubectl.apply(site, namespace)
+        if turn == 5:  # the ledger outlives the process
+            assert operator_process.stop() == 0
+            operator_process.start()
+        wanted = both if turn % 2 == 0 else fewer
+        done = wait_for_certificate(kubectl, namespace, other_than=serial)
+        certificate = done["status"]["certificate"]
+        assert sorted(certificate["dnsNames"]) == wanted, (turn, certificate["dnsNames"])
+        serial = certificate["serialNumber"]
+        issued.append(wanted)
+    assert issued.count(both) == issued.count(fewer) == 5
+
+    site["spec"]["redirectDomains"] = REDIRECTS
+    kubectl.apply(site, namespace)  # a sixth certificate for `both`: held
+
+    def held() -> dict[str, Any] | None:
+        body = blogsite(kubectl, namespace)
+        certificate = (body.get("status") or {}).get("certificate") or {}
+        return body if certificate.get("rateLimitHold") else None
+
+    body = wait_for(held, timeout=60, what="the sixth order held by the ledger")
+    hold = body["status"]["certificate"]["rateLimitHold"]
+    assert "5 certificates for exactly these names in 168 hours" in hold, hold
+    assert re.search(r"the next order goes at 20\d\d-\d\d-\d\dT", hold), hold
+    ready = condition(body, "CertificateReady")
+    assert (ready["status"], ready["reason"]) == ("False", "RateLimitLedger"), ready
+    (event,) = events(kubectl, namespace, "RateLimitLedger")
+    assert event["type"] == "Warning"
+    # Held, not ordered: no order starts while the ledger says no.
+    orders = len(events(kubectl, namespace, "Issuing"))
+    operator_process.looked_again(SITE)
+    assert len(events(kubectl, namespace, "Issuing")) == orders
+    assert len(events(kubectl, namespace, "CertificateIssued")) == 10
+    FIGURES.append(f"ACME: name churn, 10 certificates, the 11th held: {hold}")
 
 
 def test_failed_challenge_is_reported_and_retried_until_it_validates(

@@ -34,6 +34,7 @@ from blogsite_operator.policies.certificate import (
     ServedCertificate,
     certificate_verdict,
 )
+from blogsite_operator.policies.ledger import Ledger, Limits, Recorded, record
 from blogsite_operator.policies.readiness import CONDITION_FALSE, CONDITION_TRUE
 from blogsite_operator.reconcile import read_served_certificate
 from blogsite_operator.render.site import (
@@ -178,6 +179,7 @@ def drive(
     now: datetime.datetime = NOW,
     can_publish: bool = True,
     status_written: bool = True,
+    ledger: Ledger | None = None,
 ) -> AcmeOutcome:
     """One pass; like the reconciler, acknowledges a folded result once status is written."""
     outcome = drive_acme(
@@ -191,6 +193,7 @@ def drive(
         renew_request=renew_request,
         now=now,
         can_publish=can_publish,
+        ledger=ledger,
     )
     if status_written and outcome.folded is not None:
         issuer.acknowledge(("blogs", "lethain"), outcome.folded)
@@ -489,6 +492,50 @@ class TestReplaces:
             ("Warning", "ReplacesRefused"),
         ]
         assert "alreadyReplaced" in outcome.events[1][2]
+
+
+class TestLedger:
+    """The CA would refuse a sixth certificate for these names this week."""
+
+    @staticmethod
+    def full() -> Ledger:
+        ledger = Ledger()
+        for hours in range(5):
+            at = NOW - datetime.timedelta(hours=20 - hours)
+            ledger = record(
+                ledger, Recorded(orders=1, certificate_for=tuple(NAMES), now=at), Limits()
+            )
+        return ledger
+
+    def test_no_order_past_the_limit_and_the_user_is_told_until_when(self) -> None:
+        issuer = FakeIssuer()
+        outcome = drive(issuer, placeholder(), ledger=self.full())
+        assert issuer.jobs == []
+        until = NOW - datetime.timedelta(hours=20) + datetime.timedelta(hours=168)
+        assert "5 certificates for exactly these names" in outcome.fields["rateLimitHold"]
+        assert iso(until) in outcome.fields["rateLimitHold"]
+        assert [event[:2] for event in outcome.events] == [("Warning", "RateLimitLedger")]
+        assert outcome.verdict.reason == "RateLimitLedger"
+        assert outcome.requeue_after == (until - NOW).total_seconds()
+        # The next pass holds on, quietly.
+        again = drive(issuer, placeholder(), ledger=self.full(), previous=status_after(outcome))
+        assert issuer.jobs == []
+        assert again.events == []
+        # Once the oldest certificate ages out, the order goes.
+        later = drive(
+            issuer, placeholder(), ledger=self.full(), previous=status_after(again), now=until
+        )
+        assert [type(job) for job in issuer.jobs] == [IssueJob]
+        assert later.fields["rateLimitHold"] is None
+
+    def test_an_ari_renewal_of_the_same_names_goes_anyway(self) -> None:
+        served = issued(by_job="job-0")
+        issuer = FakeIssuer()
+        drive(issuer, served, ledger=self.full(), renew_request="2026-11-25")
+        (job,) = issuer.jobs
+        assert isinstance(job, IssueJob)
+        assert job.renewal
+        assert job.replaces is not None
 
 
 # --- renewal information (ARI) and renewal --------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from blogsite_operator.policies.ledger import Limits
 from blogsite_operator.settings import OperatorSettings
 
 
@@ -51,8 +52,19 @@ def test_values_are_read_and_trimmed() -> None:
         ("ACME_BACKOFF_SECONDS", "soon", "ACME_BACKOFF_SECONDS must be a number"),
         ("ACME_BACKOFF_SECONDS", "-1", "ACME_BACKOFF_SECONDS must be positive"),
         ("ACME_SELF_CHECK", "http://x", "ACME_SELF_CHECK must be off, frontend or host:port"),
+        ("ACME_RATE_LIMITS", "{", "ACME_RATE_LIMITS: not JSON"),
+        ("ACME_RATE_LIMITS", '{"https://ca/dir": 5}', "ACME_RATE_LIMITS: an object of"),
+        ("ACME_RATE_LIMITS", '{"https://ca/dir": {"orders": 0}}', "must be a positive integer"),
     ],
 )
 def test_bad_values_are_refused_by_name(key: str, value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OperatorSettings.from_env({f"BLOGSITE_OPERATOR_{key}": value})
+
+
+def test_rate_limits_are_lets_encrypts_unless_a_server_says_otherwise() -> None:
+    raw = '{"https://ca.example/dir": {"certificatesPerNames": 10}}'
+    acme = OperatorSettings.from_env({"BLOGSITE_OPERATOR_ACME_RATE_LIMITS": raw}).acme
+    assert acme.limits_for("https://ca.example/dir").certificates_per_names == 10
+    assert acme.limits_for("https://ca.example/dir").orders == 300
+    assert acme.limits_for("https://acme-v02.api.letsencrypt.org/directory") == Limits()

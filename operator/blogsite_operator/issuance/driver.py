@@ -25,6 +25,7 @@ from blogsite_operator.policies.certificate import (
     plan_renewal,
     replaced_certificate_id,
 )
+from blogsite_operator.policies.ledger import Hold, Ledger, hold
 from blogsite_operator.policies.readiness import CONDITION_TRUE, Verdict
 from blogsite_operator.render.site import SiteRef
 from blogsite_operator.settings import AcmeSettings
@@ -63,9 +64,11 @@ def drive_acme(
     now: datetime.datetime,
     can_publish: bool = True,
     proxy_protocol: bool = False,
+    ledger: Ledger | None = None,
 ) -> AcmeOutcome:
     """`can_publish`: the answers ConfigMap exists (the first pass creates it);
-    `proxy_protocol`: the frontend's port 80 expects it (the self-check too)."""
+    `proxy_protocol`: the frontend's port 80 expects it (the self-check too);
+    `ledger`: what the site's ACME account ordered lately (None: not known)."""
     key = (site.namespace, site.name)
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
@@ -99,10 +102,22 @@ def drive_acme(
     # when what asked for it (a request, a renewal window) is no longer new.
     due = plan.due or state.failed_attempts > 0
     reason = plan.reason if plan.due else "RetryingFailedOrder"
+    server = directory_url(acme.server)
+    replaces = replaced_certificate_id(served, server)
+    renewal = replaces is not None and _same_names(served, names)
+    held_before, state.rate_limit_hold = state.rate_limit_hold, None
     if just_issued or (not busy and due and not can_publish):
         pass  # the next pass (new Secret, or new answers ConfigMap) decides
     elif not busy and due:
-        if requested or state.next_attempt is None or state.next_attempt <= now:
+        held = (
+            hold(ledger, names, now, issuer.settings.limits_for(server), exempt=renewal)
+            if ledger is not None
+            else None
+        )
+        if held is not None:  # the CA would refuse this order: wait, and say until when
+            events.extend(state.hold(held, held_before))
+            requeue = held.until
+        elif requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(
                 IssueJob(
                     site,
@@ -110,7 +125,8 @@ def drive_acme(
                     acme,
                     renewal_request=request if requested else None,
                     proxy_protocol=proxy_protocol,
-                    replaces=replaced_certificate_id(served, directory_url(acme.server)),
+                    replaces=replaces,
+                    renewal=renewal,
                 )
             )
             busy = True
@@ -166,6 +182,7 @@ class _State:
     renewal_request: str | None = None
     issued_by: dict[str, str] | None = None  # server and serial of our last order
     last_job: str | None = None  # the last job whose result is in status
+    rate_limit_hold: str | None = None  # why, and until when, no order may go
 
     @classmethod
     def from_status(cls, previous: dict[str, Any]) -> _State:
@@ -186,7 +203,15 @@ class _State:
             renewal_request=previous.get("renewalRequest"),
             issued_by=previous.get("issuedBy"),
             last_job=previous.get("lastJob"),
+            rate_limit_hold=previous.get("rateLimitHold"),
         )
+
+    def hold(self, held: Hold, before: str | None) -> list[tuple[str, str, str]]:
+        """No order while the ledger says the CA would refuse it; told once."""
+        self.rate_limit_hold = held.message
+        if held.message == before:
+            return []
+        return [("Warning", "RateLimitLedger", f"not ordering: {held.message}")]
 
     def fold(
         self,
@@ -347,6 +372,7 @@ class _State:
             "renewalRequest": self.renewal_request,
             "issuedBy": self.issued_by,
             "lastJob": self.last_job,
+            "rateLimitHold": self.rate_limit_hold,
         }
 
 
@@ -369,11 +395,16 @@ def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdic
             f"attempt(s)"
             + (f", next at {format_time(state.next_attempt)}" if state.next_attempt else "")
         )
+    held = state.rate_limit_hold
     if base.status == CONDITION_TRUE:
         extra = (
             "; renewing now" if issuing else (f"; renewal failing: {failing}" if failing else "")
         )
+        if held:
+            extra += f"; renewal waits for the CA's rate limits: {held}"
         return Verdict(base.status, base.reason, base.message + extra)
+    if held and not issuing:
+        return Verdict(base.status, "RateLimitLedger", f"{base.message}; not ordering: {held}")
     if issuing:
         return Verdict(base.status, "Issuing", f"ordering a certificate from {server}")
     if failing and state.last_failure is not None:
@@ -396,6 +427,14 @@ def _why(reason: str) -> str:
         "ServerChanged": "the ACME server changed",
         "TakingOver": "tls.acme replaces the Secret served before, copied until then",
     }.get(reason, reason)
+
+
+def _same_names(served: ServedCertificate, names: list[str]) -> bool:
+    """The served certificate is for exactly these names: ordering them again
+    with `replaces` is a renewal, which the CA's limits exempt."""
+    if served.info is None:
+        return False
+    return {n.lower() for n in served.info.dns_names} == {n.lower() for n in names}
 
 
 def _server_changed(state: _State, served: ServedCertificate, acme: models.Acme) -> bool:

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kubernetes.client.exceptions import ApiException
+
 from blogsite_operator import certs, kube, models, sitelog
 from blogsite_operator.issuance.protocol import (
     AccountConfig,
@@ -36,6 +38,7 @@ from blogsite_operator.issuance.protocol import (
 )
 from blogsite_operator.metrics import METRICS
 from blogsite_operator.policies.certificate import RenewalInfo
+from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger, Recorded, record
 from blogsite_operator.render.site import (
     ACME_ACCOUNT_LABEL,
     Component,
@@ -53,6 +56,15 @@ from blogsite_operator.settings import AcmeSettings
 logger = logging.getLogger("blogsite_operator.issuance")
 
 SiteKey = tuple[str, str]  # namespace, name
+
+
+LEDGER_WRITE_ATTEMPTS = 5
+
+
+def account_secret_name(acme: models.Acme) -> str:
+    """The Secret of the ACME account a site's orders use (and its ledger)."""
+    eab_kid = acme.external_account_binding.key_id if acme.external_account_binding else ""
+    return acme_account_secret_name(directory_url(acme.server), acme.email, eab_kid)
 
 
 class IssuerApi(Protocol):
@@ -82,6 +94,9 @@ class IssueJob:
     proxy_protocol: bool = field(default=False, compare=False)
     # ARI identifier of the certificate this order renews, named in the order.
     replaces: str | None = field(default=None, compare=False)
+    # It renews a certificate for exactly these names: with `replaces` taken,
+    # an ARI renewal, which the CA's limits (and the ledger) exempt.
+    renewal: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -224,9 +239,25 @@ class CertificateIssuer:
                 )
             except IssuanceError as error:
                 error.message = f"{error.message} ({session.counter.requests} ACME requests)"
+                self._record(
+                    job,
+                    Recorded(
+                        orders=session.orders_created, failed_names=error.failed_names, now=_now()
+                    ),
+                )
                 raise
             finally:
                 self._publish(site, {}, clear=True)
+        # The CA issued it, whatever happens to it next: it counts.
+        self._record(
+            job,
+            Recorded(
+                orders=session.orders_created,
+                certificate_for=job.names,
+                exempt=job.renewal and issued.replaced is not None,
+                now=_now(),
+            ),
+        )
         self._check_still_wanted(job)
         self.api.apply(
             render_tls_secret(
@@ -255,6 +286,42 @@ class CertificateIssuer:
             replaces_refused=issued.replaces_refused,
         )
 
+    def _record(self, job: IssueJob, what: Recorded) -> None:
+        """Into the account's ledger (its Secret's annotation), read, changed
+        and written back with its resourceVersion: sites sharing the account
+        record at once. A ledger that cannot be written is logged, never the
+        order's failure (the CA's own limits still hold)."""
+        if not what.orders and what.certificate_for is None and not what.failed_names:
+            return
+        site, acme = job.site, job.acme
+        name = account_secret_name(acme)
+        limits = self.settings.limits_for(directory_url(acme.server))
+        for _ in range(LEDGER_WRITE_ATTEMPTS):
+            try:
+                secret = self.api.get("Secret", site.namespace, name)
+                if secret is None:
+                    return
+                annotations = secret["metadata"].get("annotations") or {}
+                ledger = record(
+                    Ledger.from_annotation(annotations.get(LEDGER_ANNOTATION)), what, limits
+                )
+                patch = {
+                    "metadata": {
+                        "resourceVersion": secret["metadata"]["resourceVersion"],
+                        "annotations": {LEDGER_ANNOTATION: ledger.to_annotation()},
+                    }
+                }
+                self.api.merge_patch("Secret", site.namespace, name, patch)
+            except ApiException as error:
+                if error.status != 409:
+                    logger.warning(
+                        "cannot write the rate-limit ledger: %s", kube.describe_error(error)
+                    )
+                    return
+            else:
+                return
+        logger.warning("cannot write the rate-limit ledger: it kept changing under us")
+
     def _check_still_wanted(self, job: IssueJob) -> None:
         """The spec may have moved on while we ordered: never write a certificate
         for names the site no longer has over one it may need."""
@@ -281,8 +348,7 @@ class CertificateIssuer:
         (Let's Encrypt: 10 per 3 hours), and 200 sites must not need 200.
         """
         server = directory_url(acme.server)
-        eab_kid = acme.external_account_binding.key_id if acme.external_account_binding else ""
-        name = acme_account_secret_name(server, acme.email, eab_kid)
+        name = account_secret_name(acme)
         with self._account_lock:  # two sites' first orders must not make two keys
             secret = self.api.get("Secret", site.namespace, name)
             key_pem = _secret_value(secret, "key.pem")

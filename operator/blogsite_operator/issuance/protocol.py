@@ -48,12 +48,17 @@ def directory_url(server: str) -> str:
 
 class IssuanceError(Exception):
     def __init__(
-        self, reason: str, message: str, retry_after: datetime.datetime | None = None
+        self,
+        reason: str,
+        message: str,
+        retry_after: datetime.datetime | None = None,
+        failed_names: tuple[str, ...] = (),
     ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message[:1000]
         self.retry_after = retry_after
+        self.failed_names = failed_names  # whose validation the CA refused
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,10 @@ def _explained(network: _Network | None = None) -> Iterator[None]:
     except IssuanceError:
         raise
     except errors.ValidationError as error:
-        raise IssuanceError("ChallengeFailed", _describe_failed(error.failed_authzrs)) from None
+        failed = tuple(a.body.identifier.value for a in error.failed_authzrs)
+        raise IssuanceError(
+            "ChallengeFailed", _describe_failed(error.failed_authzrs), failed_names=failed
+        ) from None
     except errors.TimeoutError:
         raise IssuanceError(
             "OrderTimeout", "the ACME server did not finish the order in time"
@@ -232,6 +240,8 @@ def _describe_failed(authzrs: Any) -> str:
 
 class Session:
     """One ACME conversation with one account: use for one order or one ARI check."""
+
+    orders_created = 0  # newOrder requests the CA took (for the rate-limit ledger)
 
     def __init__(self, account: AccountConfig) -> None:
         self.account = account
@@ -351,9 +361,10 @@ class Session:
         the CA does not know) is not the renewal's failure: it is ordered
         again without `replaces`, once, as an order no limit exempts."""
         if request.replaces is None:
-            return self.client.new_order(csr_pem, profile=request.profile), None
+            return self._counted(self.client.new_order(csr_pem, profile=request.profile)), None
         try:
-            return self._new_order_replacing(csr_pem, request.profile, request.replaces), None
+            replacing = self._new_order_replacing(csr_pem, request.profile, request.replaces)
+            return self._counted(replacing), None
         except messages.Error as error:
             if error.code == "rateLimited":
                 raise
@@ -366,7 +377,11 @@ class Session:
             request.replaces,
             refused,
         )
-        return self.client.new_order(csr_pem, profile=request.profile), refused
+        return self._counted(self.client.new_order(csr_pem, profile=request.profile)), refused
+
+    def _counted(self, order: Any) -> Any:
+        self.orders_created += 1
+        return order
 
     def _new_order_replacing(self, csr_pem: bytes, profile: str | None, replaces: str) -> Any:
         """The `acme` package's new_order, with `replaces` in the request."""
