@@ -48,6 +48,28 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "ledger-never-consulted",
+        "orders sent whatever the account's ledger says: the CA refuses the sixth "
+        "certificate for one set of names, after the fact",
+        "operator/blogsite_operator/issuance/driver.py",
+        "            if ledger is not None\n            else None",
+        "            if False\n            else None",
+        (
+            "tests/integration/test_acme.py::test_name_churn_gets_at_most_five_certificates_per_exact_set_across_a_restart",
+            "tests/unit/test_acme_driver.py::TestLedger::test_no_order_past_the_limit_and_the_user_is_told_until_when",
+        ),
+    ),
+    Mutant(
+        "ledger-never-written",
+        "orders never recorded in the account's ledger: nothing is ever held",
+        "operator/blogsite_operator/issuance/issuer.py",
+        "        if not what.orders and what.certificate_for is None and not what.failed_names:\n",
+        "        if True:\n",
+        (
+            "tests/integration/test_acme.py::test_name_churn_gets_at_most_five_certificates_per_exact_set_across_a_restart",
+        ),
+    ),
+    Mutant(
         "expiry-alert-in-days",
         "BlogSiteCertificateExpiringSoon at 14 days again: fires for ever on 6-day certificates",
         "deploy/prometheus/blogsite-operator.rules.yaml",
