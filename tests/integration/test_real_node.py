@@ -437,6 +437,38 @@ def test_pods_run_on_the_real_node_with_test_range_addresses(
     assert in_operator_pod(kubectl, "import os; print(os.getuid())") == "65532"
 
 
+def test_no_service_can_take_a_control_plane_port_as_its_node_port(
+    kubectl: Kubectl, real_namespace: str
+) -> None:
+    """kube-proxy rejects new connections to every local address on the
+    nodePort of a Service without endpoints: a Service given the API
+    server's port would cut every client off it. The API server refuses
+    such a nodePort. (The Service asked for carries the label that makes
+    kube-proxy leave it alone, so a broken cluster that takes it is not cut
+    off; a server-side dry run does not check the range.)"""
+    server = kubectl.json("config", "view", "--minify")["clusters"][0]["cluster"]["server"]
+    port = int(server.rsplit(":", 1)[1])
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "takes-the-api-port",
+            "namespace": real_namespace,
+            "labels": {"service.kubernetes.io/service-proxy-name": "nobody"},
+        },
+        "spec": {
+            "type": "NodePort",
+            "selector": {"nothing": "here"},
+            "ports": [{"port": 80, "nodePort": port}],
+        },
+    }
+    result = kubectl.run("create", "-f", "-", stdin=yaml.safe_dump(service), check=False)
+    if result.returncode == 0:
+        kubectl.run("delete", "service", "takes-the-api-port", "-n", real_namespace)
+    assert result.returncode != 0, f"a Service may take nodePort {port}, the API server's"
+    assert "provided port is not in the valid range" in result.stderr, result.stderr
+
+
 def test_cluster_dns_answers_services_and_nothing_else(
     kubectl: Kubectl, operator_pod: dict[str, Any]
 ) -> None:
