@@ -104,6 +104,7 @@ def test_blogsite_becomes_ready_with_owned_children(
         "NAME",
         "PRIMARY",
         "READY",
+        "ADDRESS",
         "CERT-EXPIRY",
         "ROLLOUT",
         "IMAGE",
