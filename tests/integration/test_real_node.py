@@ -1451,6 +1451,16 @@ def one_replica_site(node: RealNode, pebble: Pebble, name: str) -> dict[str, Any
     return body
 
 
+def resolve_to_frontend(kubectl: Kubectl, pebble: Pebble, namespace: str, name: str) -> None:
+    """Pebble's DNS sends `name`.example.test to the frontend Service of the
+    one-replica site `name`, once that Service exists."""
+    address = wait_for(
+        lambda: cluster_ip(kubectl, namespace, f"{name}-frontend"),
+        what=f"the frontend Service of {name}",
+    )
+    pebble.resolve(f"{name}.example.test", address)
+
+
 def test_the_operator_at_ten_sites(
     kubectl: Kubectl,
     real_node: RealNode,
@@ -1466,14 +1476,7 @@ def test_the_operator_at_ten_sites(
         kubectl.apply(one_replica_site(real_node, pebble, name), namespace)
     try:
         for name in names:
-            service = wait_for(
-                lambda name=name: (  # type: ignore[misc]
-                    kubectl.exists("service", f"{name}-frontend", namespace)
-                    and kubectl.json("get", "service", f"{name}-frontend", "-n", namespace)
-                ),
-                what=f"the frontend Service of {name}",
-            )
-            pebble.resolve(f"{name}.example.test", service["spec"]["clusterIP"])
+            resolve_to_frontend(kubectl, pebble, namespace, name)
 
         def all_ready() -> bool:
             sites = kubectl.json("get", "blogsites", "-n", namespace)["items"]

@@ -42,6 +42,7 @@ from tests.integration.test_real_node import (
     pebble,
     real_node,
     release_values,
+    resolve_to_frontend,
     rolled_out,
     serial_served,
     serve_site,
@@ -150,14 +151,7 @@ def keep_a_certificate(
     """A second ACME site, certified, then deleted: the certificate the
     operator keeps for the next site of its name."""
     kubectl.apply(one_replica_site(node, pebble, GONE), namespace)
-    service = wait_for(
-        lambda: (
-            kubectl.exists("service", f"{GONE}-frontend", namespace)
-            and kubectl.json("get", "service", f"{GONE}-frontend", "-n", namespace)
-        ),
-        what=f"the frontend Service of {GONE}",
-    )
-    pebble.resolve(f"{GONE}.example.test", service["spec"]["clusterIP"])
+    resolve_to_frontend(kubectl, pebble, namespace, GONE)
     wait_for(
         lambda: (
             condition(
