@@ -200,8 +200,15 @@ class ChildCache:
 
 
 # What a pass reads of a pod (policies/rollout.py, reconcile.py): its
-# metadata and how its containers and conditions stand; never its spec.
-_POD_STATUS_FIELDS = ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+# metadata, how its containers and conditions stand, and its address (the
+# served-certificate probe connects to it); never its spec.
+_POD_STATUS_FIELDS = (
+    "phase",
+    "conditions",
+    "containerStatuses",
+    "initContainerStatuses",
+    "podIP",
+)
 _CONTAINER_STATUS_FIELDS = ("name", "ready", "restartCount", "state")
 
 

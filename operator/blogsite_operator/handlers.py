@@ -33,6 +33,7 @@ from blogsite_operator.nginx_check import NginxChecker
 from blogsite_operator.reconcile import Outcome, reconcile_site, relabel_kept_of_gone_site
 from blogsite_operator.render.site import MANAGED_BY, site_of
 from blogsite_operator.scheduling import PassSlots
+from blogsite_operator.served_probe import ServedProbe
 from blogsite_operator.settings import OperatorSettings
 
 logger = logging.getLogger("blogsite_operator")
@@ -135,6 +136,11 @@ class SiteQueue:
         self.nginx = NginxChecker(
             settings.nginx_binary, allow_extra_config=settings.allow_extra_config
         )
+        self.probe = (
+            ServedProbe(settings.served_probe_seconds, self._trigger_soon)
+            if settings.served_probe_seconds > 0
+            else None
+        )
         self._api: kube.Api | None = None
         self._issuer: CertificateIssuer | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -152,6 +158,8 @@ class SiteQueue:
             task.cancel()
         if self._issuer is not None:
             self._issuer.shutdown()
+        if self.probe is not None:
+            self.probe.shutdown()
 
     def wait_for_acme_jobs(self) -> None:
         """After the event loop stopped: a running order ends (its Secret
@@ -224,6 +232,7 @@ class SiteQueue:
                 self.nginx.check,
                 self.issuer,
                 before_status=_pause_after_revert if PAUSE_AFTER_REVERT_SECONDS else None,
+                probe=self.probe,
             )
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do
@@ -345,6 +354,8 @@ class SiteQueue:
         METRICS.forget_site(*key)
         if self._issuer is not None:
             self._issuer.forget(key)
+        if self.probe is not None:
+            self.probe.forget(key)
         self.failures.pop(key, None)
         retry = self.retries.pop(key, None)
         if retry is not None:

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from blogsite_operator.certs import CertificateInfo
 from blogsite_operator.timestamps import parse_time
 
 PREFIX = "blogsite"
@@ -49,6 +50,19 @@ class Metrics:
         self.certificate_renewal = Gauge(
             f"{PREFIX}_certificate_renewal_timestamp_seconds",
             "When the operator plans to renew a site's certificate (Unix time).",
+            site,
+            registry=r,
+        )
+        self.served_expiration = Gauge(
+            f"{PREFIX}_served_certificate_expiration_timestamp_seconds",
+            "When the first-expiring certificate a Ready frontend pod presented to the "
+            "served-certificate probe expires (Unix time).",
+            site,
+            registry=r,
+        )
+        self.served_issued = Gauge(
+            f"{PREFIX}_served_certificate_issued_timestamp_seconds",
+            "When that certificate became valid (notBefore, Unix time).",
             site,
             registry=r,
         )
@@ -196,6 +210,17 @@ class Metrics:
             if labels[2] not in conditions:  # a condition the site no longer has
                 self.site_condition.remove(*labels)
 
+    def observe_served(self, namespace: str, name: str, first: CertificateInfo | None) -> None:
+        """What the served-certificate probe saw expire first (none: no series)."""
+        for gauge, moment in (
+            (self.served_expiration, first and first.not_after),
+            (self.served_issued, first and first.not_before),
+        ):
+            if moment:
+                gauge.labels(namespace, name).set(moment.timestamp())
+            else:
+                _remove(gauge, namespace, name)
+
     def forget_site(self, namespace: str, name: str) -> None:
         """A deleted site leaves no series behind."""
         for gauge in (
@@ -203,6 +228,8 @@ class Metrics:
             self.certificate_issued,
             self.certificate_renewal,
             self.certificate_placeholder,
+            self.served_expiration,
+            self.served_issued,
         ):
             _remove(gauge, namespace, name)
         for metric in (self.certificate_ready, self.site_condition, self.reverted):

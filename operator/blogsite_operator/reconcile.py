@@ -44,6 +44,7 @@ from blogsite_operator.policies.readiness import (
     site_verdict,
 )
 from blogsite_operator.policies.rollout import is_ready
+from blogsite_operator.policies.served import Probe, ProbeTarget, served_verdict
 from blogsite_operator.render import (
     COMPONENTS,
     RenderSettings,
@@ -351,12 +352,14 @@ def reconcile_site(
     issuer: Issuer | None = None,
     *,
     before_status: Callable[[Outcome], None] | None = None,
+    probe: Probe | None = None,
 ) -> Outcome:
     """Bring the children of one BlogSite in line with its spec, then report.
 
     `check_nginx` runs `nginx -t` on the site's configuration (None: valid).
     `issuer` runs ACME orders in the background (None: ACME sites keep their
-    placeholder).
+    placeholder). `probe` asks the Ready frontend pods which certificate they
+    present (None: CertificateServed is not reported).
     """
     outcome = Outcome()
     metadata = site["metadata"]
@@ -414,19 +417,14 @@ def reconcile_site(
         _apply_all(api, ref, rest, outcome)
         outcome.events.extend(_apply_events(outcome))
         _prune(api, ref, desired, outcome)
-        acme_requeue: float | None = None
-        if served is not None:
-            # After the apply: a first order can start in this very pass, its
-            # answers ConfigMap now exists.
-            (
-                extra_conditions["CertificateReady"],
-                certificate_status,
-                acme_requeue,
-            ) = _certificate(
-                api, ref, spec, served, site=site, issuer=issuer, outcome=outcome, now=now
-            )
+        # After the apply: a first order can start in this very pass, its
+        # answers ConfigMap now exists.
+        certificate_status, certificate_requeue = _certificate_conditions(
+            api, ref, spec, served, site, issuer, probe, outcome, extra_conditions, now
+        )
         outcome.requeue_after = min(
-            (t for t in (gate.requeue_after, acme_requeue) if t is not None), default=None
+            (t for t in (gate.requeue_after, certificate_requeue) if t is not None),
+            default=None,
         )
         reconciled = _reconciled(outcome, reconciled)
 
@@ -511,6 +509,46 @@ def _post_best_effort(api: ClusterApi, site: dict[str, Any], event: Event) -> No
         logger.warning("could not post the %s Event: %s", event.reason, error)
 
 
+def _certificate_conditions(  # noqa: PLR0917 - one pass's facts, passed on
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    served: ServedCertificate | None,
+    site: dict[str, Any],
+    issuer: Issuer | None,
+    probe: Probe | None,
+    outcome: Outcome,
+    conditions: dict[str, Verdict],
+    now: datetime.datetime,
+) -> tuple[dict[str, Any] | None, float | None]:
+    """CertificateReady and CertificateServed into `conditions`;
+    status.certificate, and when to look again (ACME, the probe)."""
+    certificate_status: dict[str, Any] | None = None
+    ready_pods = _ready_frontend_pods(api, ref) if served is not None else []
+    requeues: list[float | None] = []
+    if served is not None:
+        conditions["CertificateReady"], certificate_status, acme_requeue = _certificate(
+            api,
+            ref,
+            spec,
+            served,
+            site=site,
+            issuer=issuer,
+            outcome=outcome,
+            now=now,
+            ready_pods=ready_pods,
+        )
+        requeues.append(acme_requeue)
+    if probe is not None:
+        on_the_wire, probe_requeue = _probe_served(
+            probe, ref, spec, ready_pods, served, certificate_status, site.get("status") or {}, now
+        )
+        if on_the_wire is not None:
+            conditions["CertificateServed"] = on_the_wire
+        requeues.append(probe_requeue)
+    return certificate_status, min((t for t in requeues if t is not None), default=None)
+
+
 def _certificate(
     api: ClusterApi,
     ref: SiteRef,
@@ -521,6 +559,7 @@ def _certificate(
     issuer: Issuer | None,
     outcome: Outcome,
     now: datetime.datetime,
+    ready_pods: list[dict[str, Any]],
 ) -> tuple[Verdict, dict[str, Any] | None, float | None]:
     """CertificateReady, status.certificate and when to look again (ACME).
 
@@ -530,7 +569,10 @@ def _certificate(
     verdict, status = served_by_frontend(
         spec,
         served,
-        served_hashes=_served_by_ready_frontend_pods(api, ref),
+        served_hashes=frozenset(
+            (pod["metadata"].get("annotations") or {}).get(TLS_HASH_ANNOTATION)
+            for pod in ready_pods
+        ),
         previous_status=previous,
         now=now,
     )
@@ -568,14 +610,56 @@ def _certificate(
     return driven.verdict, {**(status or {}), **fields}, driven.requeue_after
 
 
-def _served_by_ready_frontend_pods(api: ClusterApi, ref: SiteRef) -> frozenset[str | None]:
-    """The certificate hash each Ready frontend pod was started with."""
+def _ready_frontend_pods(api: ClusterApi, ref: SiteRef) -> list[dict[str, Any]]:
+    """The frontend pods that serve: Ready and not going away."""
     selector = label_selector(selector_labels(ref.name, Component.FRONTEND))
-    return frozenset(
-        (pod["metadata"].get("annotations") or {}).get(TLS_HASH_ANNOTATION)
+    return [
+        pod
         for pod in api.list_objects("Pod", ref.namespace, selector)
         if not pod["metadata"].get("deletionTimestamp") and is_ready(pod)
+    ]
+
+
+def _probe_served(  # noqa: PLR0917 - one pass's facts, passed on
+    probe: Probe,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    ready_pods: list[dict[str, Any]],
+    served: ServedCertificate | None,
+    described: dict[str, Any] | None,
+    previous_status: dict[str, Any],
+    now: datetime.datetime,
+) -> tuple[Verdict | None, float | None]:
+    """CertificateServed from the probe of exactly these pods, and when the
+    next probe is due. Until a probe of the current pods ends, the last
+    finding stands (its message says when it was probed)."""
+    targets = frozenset(
+        ProbeTarget(pod["metadata"]["name"], address, spec.frontend.proxy_protocol)
+        for pod in ready_pods
+        if (address := (pod.get("status") or {}).get("podIP"))
     )
+    names = (*spec.domains, *spec.redirect_domains) if served is not None else ()
+    result, requeue = probe.look((ref.namespace, ref.name), targets, names)
+    if not names or not targets:
+        return None, None
+    if result is None:
+        old = next(
+            (
+                c
+                for c in previous_status.get("conditions") or []
+                if c.get("type") == "CertificateServed"
+            ),
+            None,
+        )
+        if old is None:
+            return None, requeue
+        return Verdict(old["status"], old.get("reason", ""), old.get("message", "")), requeue
+    known: dict[str, str] = {}
+    if served is not None and served.info is not None:
+        known[served.info.serial] = f"Secret {served.secret_name}"
+    if described and described.get("serialNumber"):
+        known.setdefault(described["serialNumber"], "status.certificate")
+    return served_verdict(result, known_serials=known, now=now), requeue
 
 
 def _parse(site: dict[str, Any]) -> tuple[models.BlogSiteSpec | None, Verdict]:

@@ -59,6 +59,9 @@ class OperatorSettings:
           is made again (300)
       BLOGSITE_OPERATOR_RESYNC_SECONDS  every site gets a pass at least this often, with
           no event (600)
+      BLOGSITE_OPERATOR_SERVED_PROBE_SECONDS  probe the certificate each Ready frontend
+          pod presents this often, and after every change of the Ready pods (300);
+          0: never (CertificateServed is not reported)
       BLOGSITE_OPERATOR_LEADER_LEASE    NAMESPACE/NAME of a coordination.k8s.io Lease:
           run only while holding it, so several replicas never write at once;
           default: no leader election (one replica only)
@@ -75,6 +78,7 @@ class OperatorSettings:
     watch_dead_seconds: float = 60.0
     watch_timeout_seconds: float = 300.0
     resync_seconds: float = 600.0
+    served_probe_seconds: float = 300.0  # 0: off
     leader_lease: tuple[str, str] | None = None
     leader_lease_seconds: float = 15.0
     render: RenderSettings = field(default_factory=RenderSettings)
@@ -109,6 +113,7 @@ class OperatorSettings:
             watch_dead_seconds=_seconds(get, "WATCH_DEAD_SECONDS", 60),
             watch_timeout_seconds=_seconds(get, "WATCH_TIMEOUT_SECONDS", 300),
             resync_seconds=_seconds(get, "RESYNC_SECONDS", 600),
+            served_probe_seconds=_seconds(get, "SERVED_PROBE_SECONDS", 300, allow_zero=True),
             leader_lease=_lease(get("LEADER_LEASE")),
             leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(
@@ -126,14 +131,17 @@ class OperatorSettings:
         )
 
 
-def _seconds(get: Callable[[str], str | None], key: str, default: float) -> float:
+def _seconds(
+    get: Callable[[str], str | None], key: str, default: float, *, allow_zero: bool = False
+) -> float:
     raw = get(key)
     try:
         value = float(raw) if raw is not None else default
     except ValueError:
         raise ValueError(f"{ENV_PREFIX}{key} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise ValueError(f"{ENV_PREFIX}{key} must be positive, not {raw!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        least = "zero or more" if allow_zero else "positive"
+        raise ValueError(f"{ENV_PREFIX}{key} must be {least}, not {raw!r}")
     return value
 
 

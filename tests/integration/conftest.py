@@ -279,6 +279,9 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             # The checker runs the frontend image's nginx, as in the operator image.
             "BLOGSITE_OPERATOR_NGINX": nginx_binary(),
+            # KWOK's pods run no nginx to ask: the probe is tested against
+            # real nginx (tests/nginx) and on the real node.
+            "BLOGSITE_OPERATOR_SERVED_PROBE_SECONDS": "0",
             **ACME_TEST_ENV,
             **self.extra_env,
         }

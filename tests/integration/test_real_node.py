@@ -149,6 +149,7 @@ def pebble(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 RELEASE = "blogsite-operator"
+PROBE_INTERVAL = 20  # seconds between served-certificate probes (the chart's: 300)
 OPERATOR_SELECTOR = "app.kubernetes.io/name=blogsite-operator"
 LEASE = "blogsite-operator"
 
@@ -326,6 +327,7 @@ def release_values(node: RealNode, watched: str) -> dict[str, Any]:
         "frontendImage": node.frontend_image,
         "watchNamespaces": [watched],
         "acme": {"selfCheck": "frontend"},
+        "servedProbe": {"intervalSeconds": PROBE_INTERVAL},
         "extraEnv": [
             {"name": "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS", "value": "2"},
             {"name": "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS", "value": "8"},
@@ -835,6 +837,34 @@ def test_acme_certificate_validated_through_real_pods_and_served_for_every_name(
     assert challenge.status == 404
     # The operator checked its answers through the frontend Service itself.
     assert "SelfCheckFailed" not in release.logs()
+    # And the operator's own probe asked every Ready frontend pod for every name.
+    served = wait_for(
+        lambda: served_condition(kubectl, site.namespace, "True"),
+        timeout=60,
+        what="CertificateServed True",
+    )
+    pods = len(ready_frontend_pods(kubectl, site.namespace))
+    assert f"{pods} Ready frontend pod" in served["message"], served
+    assert format(issued.serial_number, "x") in served["message"], served
+
+
+def served_condition(kubectl: Kubectl, namespace: str, status: str) -> dict[str, Any] | None:
+    found = condition(site_status(kubectl, namespace), "CertificateServed")
+    return found if found.get("status") == status else None
+
+
+def ready_frontend_pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    pods: list[dict[str, Any]] = kubectl.json(
+        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
+    )["items"]
+    return [
+        p
+        for p in pods
+        if any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in p["status"].get("conditions") or []
+        )
+    ]
 
 
 def cert_refresh_pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
@@ -926,23 +956,10 @@ def test_a_frontend_pod_given_an_old_certificate_starts_nginx_only_with_the_name
     site = served_site
     issued = kubectl.json("get", "secret", f"{SITE}-tls", "-n", site.namespace)
     issued_pem = base64.b64decode(issued["data"]["tls.crt"])
-    other_pem, other_key = certs.self_signed_placeholder(["other.example.test"])
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "await-tls"},
-        "type": "kubernetes.io/tls",
-        "data": {
-            "tls.crt": base64.b64encode(other_pem).decode(),
-            "tls.key": base64.b64encode(other_key).decode(),
-        },
-    }
+    secret = tls_secret("await-tls", *certs.self_signed_placeholder(["other.example.test"]))
     kubectl.apply(secret, site.namespace)
     template = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
-    pod_spec = template["spec"]
-    for volume in pod_spec["volumes"]:
-        if volume["name"] == "tls":
-            volume["secret"]["secretName"] = "await-tls"
+    pod_spec = mounting(template["spec"], "await-tls")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -1006,6 +1023,95 @@ def test_a_frontend_pod_given_an_old_certificate_starts_nginx_only_with_the_name
     finally:
         kubectl.run("delete", "pod", "await-certificate", "-n", site.namespace, "--wait=false")
         kubectl.run("delete", "secret", "await-tls", "-n", site.namespace)
+
+
+def test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe(
+    kubectl: Kubectl, served_site: ServedSite
+) -> None:
+    """A Ready frontend pod that names the Secret's certificate (so
+    CertificateReady, inferred from that name, stays True) but presents
+    another one: the served-certificate probe asks nginx itself, names the
+    pod, and clears once it is gone. The pod is the site's frontend pod with
+    another Secret mounted and no await-certificate init container, as no
+    pod the operator made can be: the probe must not rely on that."""
+    site = served_site
+    issued = kubectl.json("get", "secret", f"{SITE}-tls", "-n", site.namespace)
+    issued_pem = base64.b64decode(issued["data"]["tls.crt"])
+    other_pem, other_key = certs.self_signed_placeholder(DOMAINS + REDIRECT_DOMAINS)
+    other_serial = certs.certificate_info(other_pem).serial
+    kubectl.apply(tls_secret("stale-tls", other_pem, other_key), site.namespace)
+    template = deployment(kubectl, site.namespace, "frontend")["spec"]["template"]
+    assert template["metadata"]["annotations"][TLS_HASH_ANNOTATION] == (
+        hashlib.sha256(issued_pem).hexdigest()
+    )
+    pod_spec = mounting(template["spec"], "stale-tls")
+    pod_spec.pop("initContainers", None)
+    kubectl.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "stale-frontend", **template["metadata"]},
+            "spec": pod_spec,
+        },
+        site.namespace,
+    )
+    try:
+        wait_for(
+            lambda: (
+                "stale-frontend"
+                in {p["metadata"]["name"] for p in ready_frontend_pods(kubectl, site.namespace)}
+            ),
+            timeout=120,
+            what="the stale pod Ready",
+        )
+        ready_at = time.monotonic()
+        caught = wait_for(
+            lambda: served_condition(kubectl, site.namespace, "False"),
+            timeout=PROBE_INTERVAL + 30,
+            interval=0.5,
+            what="CertificateServed False",
+        )
+        waited = time.monotonic() - ready_at
+        assert caught["reason"] == "ServesOther", caught
+        assert (
+            f"pod stale-frontend for {DOMAINS[0]} presents serial {other_serial}"
+            in (caught["message"])
+        ), caught
+        body = site_status(kubectl, site.namespace)
+        assert condition(body, "CertificateReady")["status"] == "True"  # blind to it, by design
+        FIGURES.append(
+            f"real node: a frontend pod presenting another certificate caught by the probe "
+            f"{waited:.1f}s after it became Ready (interval {PROBE_INTERVAL}s)"
+        )
+    finally:
+        kubectl.run("delete", "pod", "stale-frontend", "-n", site.namespace, "--wait=false")
+    wait_for(
+        lambda: served_condition(kubectl, site.namespace, "True"),
+        timeout=PROBE_INTERVAL + 60,
+        what="CertificateServed True once the pod is gone",
+    )
+    kubectl.run("delete", "secret", "stale-tls", "-n", site.namespace)
+
+
+def tls_secret(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": base64.b64encode(cert_pem).decode(),
+            "tls.key": base64.b64encode(key_pem).decode(),
+        },
+    }
+
+
+def mounting(pod_spec: dict[str, Any], secret_name: str) -> dict[str, Any]:
+    """A frontend pod spec with another Secret in its TLS volume."""
+    for volume in pod_spec["volumes"]:
+        if volume["name"] == "tls":
+            volume["secret"]["secretName"] = secret_name
+    return pod_spec
 
 
 def serial_at(address: str, port: int, tls: ssl.SSLContext) -> int | None:

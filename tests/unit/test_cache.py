@@ -78,6 +78,7 @@ def test_a_pod_is_kept_with_only_what_a_pass_reads_of_it() -> None:
         "metadata": obj("Pod", "p", "3", site="x")["metadata"],
         "status": {
             "phase": "Running",
+            "podIP": "198.18.0.7",  # where the served-certificate probe connects
             "conditions": pod["status"]["conditions"],
             "containerStatuses": [
                 {"name": "daedalus", "ready": False, "restartCount": 3, "state": waiting}

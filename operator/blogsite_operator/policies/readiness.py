@@ -13,6 +13,7 @@ from blogsite_operator.render.site import Component
 
 CONDITION_TRUE = "True"
 CONDITION_FALSE = "False"
+CONDITION_UNKNOWN = "Unknown"
 
 
 @dataclass(frozen=True)
