@@ -6,7 +6,7 @@
 #
 #   ACME directory   https://127.0.0.1:${PEBBLE_PORT:-14000}/dir
 #   management       https://127.0.0.1:${PEBBLE_MANAGEMENT_PORT:-15000} (/roots/0, /set-renewal-info/)
-#   DNS              127.0.0.1:${PEBBLE_DNS_PORT:-8053} (management on ${PEBBLE_CHALLTESTSRV_PORT:-8055})
+#   DNS              127.0.0.1 (or PEBBLE_PUBLIC_ADDRESS):${PEBBLE_DNS_PORT:-8053} (management on ${PEBBLE_CHALLTESTSRV_PORT:-8055})
 #
 # Once the directory answers, <state>/pebble-ca.pem is the CA of Pebble's own
 # HTTPS certificate and <state>/root.pem the root it issues under; Pebble makes
@@ -109,13 +109,16 @@ trap 'exit 130' INT
 
 # Only DNS: the operator's own challenge server answers HTTP-01, and an empty
 # -defaultIPv6 keeps Pebble from trying ::1 where nothing listens.
+# With a public address, its DNS answers there too: the operator's preflight
+# asks it from a pod.
+dns_address="${PEBBLE_PUBLIC_ADDRESS:-127.0.0.1}"
 "${bin}/pebble-challtestsrv" \
-  -dnsserver "127.0.0.1:${dns_port}" \
+  -dnsserver "${dns_address}:${dns_port}" \
   -management "127.0.0.1:${PEBBLE_CHALLTESTSRV_PORT:-8055}" \
   -defaultIPv4 "${PEBBLE_DEFAULT_IPV4:-127.0.0.1}" -defaultIPv6 "" \
   -http01 "" -https01 "" -tlsalpn01 "" -doh "" &
 pids+=($!)
-"${bin}/pebble" -config "${state}/pebble-config.json" -dnsserver "127.0.0.1:${dns_port}" &
+"${bin}/pebble" -config "${state}/pebble-config.json" -dnsserver "${dns_address}:${dns_port}" &
 pids+=($!)
 
 for _ in $(seq 1 100); do

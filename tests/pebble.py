@@ -131,16 +131,20 @@ class Pebble:
             pass
 
     def resolve(self, name: str, address: str) -> None:
-        """Make Pebble's DNS (challtestsrv) answer `address` for `name`."""
+        """Make Pebble's DNS (challtestsrv) answer `address`, and only it, for `name`."""
         port = _port(self.env, "PEBBLE_CHALLTESTSRV_PORT", 8055)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/add-a",
-            data=json.dumps({"host": f"{name}.", "addresses": [address]}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10):
-            pass
+        for path, body in (
+            ("clear-a", {"host": f"{name}."}),  # add-a adds to what it answered before
+            ("add-a", {"host": f"{name}.", "addresses": [address]}),
+        ):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/{path}",
+                data=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+                method="POST",
+            )
+            with urllib.request.urlopen(request, timeout=10):
+                pass
 
     def _tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))

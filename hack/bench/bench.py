@@ -786,6 +786,8 @@ def measure_acme(
             ACME_NAMESPACE,
             operator_log,
             BLOGSITE_OPERATOR_ACME_SELF_CHECK=f"127.0.0.1:{HTTP01_PORT}",
+            BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER=f"127.0.0.1:{PEBBLE_ENV['PEBBLE_DNS_PORT']}",
+            BLOGSITE_OPERATOR_ACME_PREFLIGHT_HTTP_PORT=str(HTTP01_PORT),
         )
         stack.callback(stop, operator)
         pebble_start = pebble_log.stat().st_size

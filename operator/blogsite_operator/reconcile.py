@@ -597,6 +597,11 @@ def _certificate(
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
         proxy_protocol=spec.frontend.proxy_protocol,
         ledger=_ledger_of(api, ref.namespace, acme),
+        expected_addresses=tuple(
+            external_addresses(
+                api.get_child("Service", ref.namespace, child_name(ref.name, Component.FRONTEND))
+            )
+        ),
     )
     outcome.events.extend(Event(*event) for event in driven.events)
     if driven.folded is not None:

@@ -17,6 +17,9 @@ ENV_PREFIX = "BLOGSITE_OPERATOR_"
 @dataclass(frozen=True)
 class AcmeSettings:
     self_check: str | None = "frontend"  # None (off) | "frontend" | "host:port"
+    preflight: bool = True
+    preflight_resolver: str | None = None  # None: the system's; else a DNS server host:port
+    preflight_http_port: int = 80
     backoff_seconds: float = 300.0
     max_backoff_seconds: float = 6 * 3600.0
     renewal_info_seconds: float = 6 * 3600.0
@@ -44,6 +47,12 @@ class OperatorSettings:
       BLOGSITE_OPERATOR_ACME_SELF_CHECK  before answering a challenge, fetch the answer
           through `frontend` (the site's frontend Service, in-cluster) or a host:port
           (sent the domain as Host), or off; default: frontend
+      BLOGSITE_OPERATOR_ACME_PREFLIGHT  before any order, check that each name resolves
+          (to the frontend Service's external addresses, if it has any) and that
+          http://NAME/.well-known/acme-challenge/ reaches the site: on (default) or off
+      BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER  the DNS server (host:port) the preflight
+          asks; default: the system's resolver
+      BLOGSITE_OPERATOR_ACME_PREFLIGHT_HTTP_PORT  the port the preflight fetches from (80)
       BLOGSITE_OPERATOR_ACME_RATE_LIMITS  JSON: per ACME directory URL, the CA's limits
           ({"certificatesPerNames": 5, "orders": 300, "failedAuthorizations": 5});
           Let's Encrypt's for any server not named
@@ -118,6 +127,9 @@ class OperatorSettings:
             leader_lease_seconds=_seconds(get, "LEADER_LEASE_SECONDS", 15),
             acme=AcmeSettings(
                 self_check=_self_check(get("ACME_SELF_CHECK")),
+                preflight=_flag(get, "ACME_PREFLIGHT", default=True),
+                preflight_resolver=_host_port(get, "ACME_PREFLIGHT_RESOLVER"),
+                preflight_http_port=_port(get, "ACME_PREFLIGHT_HTTP_PORT", 80),
                 backoff_seconds=_seconds(get, "ACME_BACKOFF_SECONDS", 300),
                 max_backoff_seconds=_seconds(get, "ACME_MAX_BACKOFF_SECONDS", 6 * 3600),
                 renewal_info_seconds=_seconds(get, "ACME_RENEWAL_INFO_SECONDS", 6 * 3600),
@@ -206,3 +218,19 @@ def _flag(get: Callable[[str], str | None], key: str, *, default: bool) -> bool:
     if raw.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{ENV_PREFIX}{key} must be true or false, not {raw!r}")
+
+
+def _host_port(get: Callable[[str], str | None], key: str) -> str | None:
+    raw = get(key)
+    if raw is None or re.fullmatch(r"([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}", raw):
+        return raw.replace("[", "").replace("]", "") if raw else None
+    raise ValueError(f"{ENV_PREFIX}{key} must be host:port, not {raw!r}")
+
+
+def _port(get: Callable[[str], str | None], key: str, default: int) -> int:
+    raw = get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"{ENV_PREFIX}{key} must be a port (1-65535), not {raw!r}")
+    return int(raw)

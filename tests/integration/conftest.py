@@ -34,6 +34,7 @@ from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PEBBLE_HTTP01_PORT = int(PEBBLE_DEFAULT_ENV["PEBBLE_HTTP01_PORT"])
+PEBBLE_DNS_PORT = int(PEBBLE_DEFAULT_ENV["PEBBLE_DNS_PORT"])
 HACK = ROOT / "hack"
 # Tests get their own cluster, apart from the one `make run` uses, so an
 # operator running there never reconciles the tests' BlogSites.
@@ -248,9 +249,13 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
 
 # ACME timings scaled from hours to seconds, so backoff and renewal-info
 # polling happen within a test; the self-check fetches each answer from the
-# local challenge server (where Pebble's validator connects) before answering.
+# local challenge server (where Pebble's validator connects) before answering,
+# and the preflight resolves each name with Pebble's DNS and fetches from
+# that port, as Pebble's validator will.
 ACME_TEST_ENV = {
     "BLOGSITE_OPERATOR_ACME_SELF_CHECK": f"127.0.0.1:{PEBBLE_HTTP01_PORT}",
+    "BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER": f"127.0.0.1:{PEBBLE_DNS_PORT}",
+    "BLOGSITE_OPERATOR_ACME_PREFLIGHT_HTTP_PORT": str(PEBBLE_HTTP01_PORT),
     "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS": "2",
     "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS": "8",
     "BLOGSITE_OPERATOR_ACME_RENEWAL_INFO_SECONDS": "3",

@@ -39,7 +39,13 @@ from blogsite_operator.issuance.protocol import AccountConfig, IssuanceError, Or
 from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger, names_digest
 from blogsite_operator.render.site import SiteRef, render_challenges_config_map
 from blogsite_operator.settings import AcmeSettings
-from tests.integration.conftest import PEBBLE_HTTP01_PORT, Kubectl, OperatorProcess, Watch
+from tests.integration.conftest import (
+    PEBBLE_DNS_PORT,
+    PEBBLE_HTTP01_PORT,
+    Kubectl,
+    OperatorProcess,
+    Watch,
+)
 from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import ChallengeServer, Pebble, running_pebble
 from tests.support import FIGURES, wait_for
@@ -719,12 +725,16 @@ def test_failed_challenge_is_reported_and_retried_until_it_validates(
     pebble: Pebble,
     tmp_path: Path,
 ) -> None:
-    # No self-check: the CA itself finds nobody answering on port 80 (5012 here).
+    # No preflight or self-check: the CA itself finds nobody answering on
+    # port 80 (5012 here).
     operator = OperatorProcess(
         kubectl,
         namespace,
         tmp_path / "operator.log",
-        extra_env={"BLOGSITE_OPERATOR_ACME_SELF_CHECK": "off"},
+        extra_env={
+            "BLOGSITE_OPERATOR_ACME_SELF_CHECK": "off",
+            "BLOGSITE_OPERATOR_ACME_PREFLIGHT": "off",
+        },
     )
     operator.start()
     server = ChallengeServer(kubectl.kubeconfig, namespace, tmp_path / "challenge-server.log")
@@ -1148,7 +1158,11 @@ def test_a_certificate_for_names_the_spec_no_longer_has_is_never_written(
     finished = threading.Event()
     # With the self-check, as the operator runs here: Pebble is asked only
     # once the challenge server (its watch perhaps slow) serves the answers.
-    settings = AcmeSettings(self_check=f"127.0.0.1:{PEBBLE_HTTP01_PORT}")
+    settings = AcmeSettings(
+        self_check=f"127.0.0.1:{PEBBLE_HTTP01_PORT}",
+        preflight_resolver=f"127.0.0.1:{PEBBLE_DNS_PORT}",
+        preflight_http_port=PEBBLE_HTTP01_PORT,
+    )
     issuer = CertificateIssuer(kube.Api(api_client), settings, lambda *_: finished.set())
     try:
         acme = models.parse_spec(site["spec"]).tls.acme  # type: ignore[union-attr]
@@ -1165,3 +1179,50 @@ def test_a_certificate_for_names_the_spec_no_longer_has_is_never_written(
     finally:
         issuer.shutdown(wait=True)
         api_client.close()
+
+
+def test_a_name_pointing_elsewhere_stops_the_order_before_the_ca_hears_of_it(
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    """Pebble's DNS sends one name to an address where nothing of this site
+    answers (127.0.0.2: the challenge server listens on 127.0.0.1 only): the
+    preflight names it and what it resolves to, and no order reaches Pebble
+    (no failed authorization spent). Once the record is fixed, the site is
+    ordered for within a minute, without waiting out a backoff."""
+    wrong = REDIRECTS[1]
+    pebble.resolve(wrong, "127.0.0.2")
+    log_start = pebble.log_path.stat().st_size
+    apply_acme_site(kubectl, namespace, pebble)
+
+    def refused() -> dict[str, Any] | None:
+        found = condition(blogsite(kubectl, namespace), "CertificateReady")
+        return found if found.get("reason") == "PreflightFailed" else None
+
+    found = wait_for(refused, timeout=60, what="CertificateReady PreflightFailed")
+    assert f"{wrong} resolves to 127.0.0.2" in found["message"], found
+    assert "refused" in found["message"].lower(), found
+    assert found["message"].count(" resolves to ") == 1, "only the wrong name is named"
+    failed_check = "the ACME order failed: PreflightFailed"
+    wait_for(
+        lambda: operator_process.logs().count(failed_check) >= 3,
+        timeout=30,
+        what="the preflight made again (every 2 s here: the backoff's base, at most 30 s)",
+    )
+    warnings = events(kubectl, namespace, "PreflightFailed")
+    # A Warning when the finding is new, not at every check.
+    assert [e["type"] for e in warnings] == ["Warning"], warnings
+    assert warnings[0].get("count", 1) == 1, warnings
+    asked = pebble.log_path.read_text(errors="replace")[log_start:]
+    assert "/order-plz" not in asked, "an order reached the CA"
+    assert "failedAttempts" not in certificate_status(kubectl, namespace)
+
+    fixed = time.monotonic()
+    pebble.resolve(wrong, "127.0.0.1")
+    wait_for_certificate(kubectl, namespace, timeout=60)
+    FIGURES.append(
+        f"preflight: a fixed DNS record led to a certificate in {time.monotonic() - fixed:.1f}s"
+    )

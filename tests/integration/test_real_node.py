@@ -332,6 +332,12 @@ def release_values(node: RealNode, watched: str) -> dict[str, Any]:
             {"name": "BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS", "value": "2"},
             {"name": "BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS", "value": "8"},
             {"name": "BLOGSITE_OPERATOR_ACME_ORDER_TIMEOUT_SECONDS", "value": "120"},
+            # The preflight asks Pebble's DNS (on the node's address) where
+            # each name points, and fetches from there on port 80, as Pebble.
+            {
+                "name": "BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER",
+                "value": f"{node.ip}:{PEBBLE_ENV['PEBBLE_DNS_PORT']}",
+            },
         ],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}},
     }
@@ -877,10 +883,13 @@ def cert_refresh_pods(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
 def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_asked(
     kubectl: Kubectl, served_site: ServedSite, pebble: Pebble
 ) -> None:
-    """The self-check, through the real frontend: with no cert-refresh pod
-    behind it (the node takes no new pod, the old one is deleted), the
-    frontend cannot serve the answers, and the operator must not ask the CA
-    to validate; once it can, the renewal goes through."""
+    """Through the real frontend: with no cert-refresh pod behind it (the
+    node takes no new pod, the old one is deleted), the frontend cannot serve
+    the answers, and the CA must not hear of the renewal. The preflight (on
+    by default) fetches its own answer through each name's address, the
+    frontend, as the CA would, and stops it before any order; the self-check
+    of each real answer, behind it, takes the same path. Once the answers
+    are served, the renewal goes through."""
     site = served_site
     before = served_certificate(kubectl, site.namespace)
     taint = "blog.daedalus.dev/test-hold=1:NoSchedule"
@@ -914,18 +923,24 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
                     )
                     or {}
                 ).get("reason")
-                == "SelfCheckFailed"
+                == "PreflightFailed"
             ),
             timeout=120,
             interval=1,
-            what="the self-check failing through the frontend",
+            what="the preflight failing through the frontend",
         )
         assert failure
         with pebble.log_path.open("rb") as log:
             log.seek(mark)
             asked = log.read().decode(errors="replace")
-        assert "POST /order-plz" in asked, "no order began"
+        assert "POST /order-plz" not in asked, "an order reached the CA"
         assert "POST /chalZ/" not in asked, "the CA was asked to validate an answer not served"
+        body = site_status(kubectl, site.namespace)
+        for name in DOMAINS + REDIRECT_DOMAINS:
+            assert (
+                f"{name} resolves to {site.frontend_ip}"
+                in condition(body, "CertificateReady")["message"]
+            ), body
         # Meanwhile the site keeps its certificate.
         assert served_certificate(kubectl, site.namespace) == before
     finally:

@@ -32,6 +32,9 @@ from blogsite_operator.settings import AcmeSettings
 from blogsite_operator.timestamps import ceil_second, format_time, parse_time
 
 RENEW_ANNOTATION = "blog.daedalus.dev/renew-certificate"
+PREFLIGHT_FAILED = "PreflightFailed"
+# A failed preflight spent nothing at the CA: it is made again this soon.
+PREFLIGHT_RETRY_SECONDS = 30.0
 
 
 class Issuer(Protocol):
@@ -65,10 +68,12 @@ def drive_acme(
     can_publish: bool = True,
     proxy_protocol: bool = False,
     ledger: Ledger | None = None,
+    expected_addresses: tuple[str, ...] = (),
 ) -> AcmeOutcome:
     """`can_publish`: the answers ConfigMap exists (the first pass creates it);
     `proxy_protocol`: the frontend's port 80 expects it (the self-check too);
-    `ledger`: what the site's ACME account ordered lately (None: not known)."""
+    `ledger`: what the site's ACME account ordered lately (None: not known);
+    `expected_addresses`: where the names must resolve (the preflight)."""
     key = (site.namespace, site.name)
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
@@ -99,8 +104,13 @@ def drive_acme(
     if not plan.due and _server_changed(state, served, acme):
         plan = RenewalPlan(True, "ServerChanged", plan.renewal_time)
     # An order that failed is retried (with backoff) until one succeeds, even
-    # when what asked for it (a request, a renewal window) is no longer new.
-    due = plan.due or state.failed_attempts > 0
+    # when what asked for it (a request, a renewal window) is no longer new;
+    # so is one a failed preflight held back.
+    due = (
+        plan.due
+        or state.failed_attempts > 0
+        or (state.last_failure or {}).get("reason") == PREFLIGHT_FAILED
+    )
     reason = plan.reason if plan.due else "RetryingFailedOrder"
     server = directory_url(acme.server)
     replaces = replaced_certificate_id(served, server)
@@ -127,21 +137,13 @@ def drive_acme(
                     proxy_protocol=proxy_protocol,
                     replaces=replaces,
                     renewal=renewal,
+                    expected_addresses=expected_addresses,
                 )
             )
             busy = True
             if requested:
                 state.renewal_request = request
-            events.append(
-                (
-                    "Normal",
-                    "Issuing",
-                    (
-                        f"ordering a certificate for {len(names)} names from {acme.server} "
-                        f"({_why(reason)})"
-                    ),
-                )
-            )
+            events.extend(_issuing(state, len(names), acme.server, reason))
         else:
             requeue = state.next_attempt
     elif (
@@ -240,6 +242,8 @@ class _State:
             self.renewal_request = result.job.renewal_request
         if error is not None and error.reason == "Superseded":
             return []  # not a failure: the next pass orders for what the spec says now
+        if error is not None and error.reason == PREFLIGHT_FAILED:
+            return self._fold_preflight(result, result.job.names, error.message, settings)
         if error is None:
             self.failed_attempts = 0
             self.next_attempt = None
@@ -303,11 +307,36 @@ class _State:
             )
         ]
 
+    def _fold_preflight(
+        self, result: JobResult, names: tuple[str, ...], message: str, settings: AcmeSettings
+    ) -> list[tuple[str, str, str]]:
+        """Nothing reached the CA: no backoff is earned, the check is made
+        again soon (a fixed DNS record orders within a minute), and the same
+        finding is told once."""
+        told = self.last_failure or {}
+        self.next_attempt = ceil_second(
+            result.finished_at
+            + datetime.timedelta(seconds=min(settings.backoff_seconds, PREFLIGHT_RETRY_SECONDS))
+        )
+        self.last_failure = {
+            "time": format_time(result.finished_at),
+            "reason": PREFLIGHT_FAILED,
+            "message": message,
+            "names": sorted(names),
+        }
+        if (told.get("reason"), told.get("message")) == (PREFLIGHT_FAILED, message):
+            return []
+        return [("Warning", PREFLIGHT_FAILED, message)]
+
     def forget_failure_of_other_names(self, names: list[str]) -> list[tuple[str, str, str]]:
         """A failure of an order for other names (a mistyped domain since
         removed) says nothing about these: its backoff does not hold them back."""
         failure = self.last_failure or {}
         failed_for = failure.get("names")
+        if failure.get("reason") == PREFLIGHT_FAILED and failed_for != sorted(names):
+            self.next_attempt = None  # a check of the old names: check the new ones now
+            self.last_failure = None
+            return []
         if not self.failed_attempts or not failed_for or set(failed_for) == set(names):
             return []
         if failure.get("reason") == "RateLimited":
@@ -389,12 +418,14 @@ def renew_request_digest(value: str) -> str:
 def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdict:
     """CertificateReady: the served certificate, plus what ACME is doing about it."""
     failing = ""
-    if state.last_failure is not None and state.failed_attempts:
+    failure = state.last_failure or {}
+    next_at = f", next at {format_time(state.next_attempt)}" if state.next_attempt else ""
+    if failure and state.failed_attempts:
         failing = (
-            f"{state.last_failure.get('message', '')}; {state.failed_attempts} failed "
-            f"attempt(s)"
-            + (f", next at {format_time(state.next_attempt)}" if state.next_attempt else "")
+            f"{failure.get('message', '')}; {state.failed_attempts} failed attempt(s){next_at}"
         )
+    elif failure.get("reason") == PREFLIGHT_FAILED:
+        failing = f"{failure.get('message', '')}; checked again{next_at.lstrip(',')}"
     held = state.rate_limit_hold
     if base.status == CONDITION_TRUE:
         extra = (
@@ -410,6 +441,15 @@ def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdic
     if failing and state.last_failure is not None:
         return Verdict(base.status, state.last_failure.get("reason", "IssuanceFailed"), failing)
     return base
+
+
+def _issuing(state: _State, names: int, server: str, reason: str) -> list[tuple[str, str, str]]:
+    """The Event of an order that starts; after a failed preflight it was
+    told once already, not at every check."""
+    if (state.last_failure or {}).get("reason") == PREFLIGHT_FAILED:
+        return []
+    message = f"ordering a certificate for {names} names from {server} ({_why(reason)})"
+    return [("Normal", "Issuing", message)]
 
 
 def _why(reason: str) -> str:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from kubernetes.client.exceptions import ApiException
 
 from blogsite_operator import certs, kube, models, sitelog
+from blogsite_operator.issuance.preflight import check_names, resolver
 from blogsite_operator.issuance.protocol import (
     AccountConfig,
     IssuanceError,
@@ -97,6 +98,9 @@ class IssueJob:
     # It renews a certificate for exactly these names: with `replaces` taken,
     # an ARI renewal, which the CA's limits (and the ledger) exempt.
     renewal: bool = field(default=False, compare=False)
+    # Where the names must resolve for the preflight (the frontend Service's
+    # external addresses); empty: anywhere, as long as the fetch gets here.
+    expected_addresses: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ class CertificateIssuer:
 
     def _issue(self, job: IssueJob) -> JobResult:
         site = job.site
+        if self.settings.preflight:
+            self._preflight(job)
         with tempfile.TemporaryDirectory(prefix="acme-") as scratch:
             account = self._account(site, job.acme, scratch)
             session = Session(account)
@@ -430,6 +436,40 @@ class CertificateIssuer:
 
         return check
 
+    def _preflight(self, job: IssueJob) -> None:
+        """Each name leads to this site, or nothing is sent to the CA (see
+        preflight.py). The fetch goes where the CA's would: the name's own
+        address, port 80 (the load balancer adds any PROXY line itself)."""
+        token = f"blogsite-preflight-{job.id}"
+        answer = uuid.uuid4().hex
+        self._publish(job.site, {token: answer})
+        port = self.settings.preflight_http_port
+
+        def reaches_this_site(address: str, name: str) -> str | None:
+            host = f"[{address}]" if ":" in address else address
+            try:
+                _wait_for_answer(f"{host}:{port}", name, token, answer, deadline_seconds=8)
+            except IssuanceError as error:
+                return error.message.rsplit(" (", 1)[-1].split(")", 1)[0]
+            return None
+
+        try:
+            checks = check_names(
+                job.names,
+                expected=job.expected_addresses,
+                resolve=resolver(self.settings.preflight_resolver),
+                reaches_this_site=reaches_this_site,
+            )
+        finally:
+            self._publish(job.site, {}, clear=True)
+        problems = [c.problem for c in checks if c.problem]
+        if problems:
+            raise IssuanceError(
+                "PreflightFailed",
+                "not ordering, no authorization spent: " + "; ".join(problems),
+                failed_names=(),
+            )
+
     # --- renewal information --------------------------------------------------
 
     def _check_renewal_info(self, job: RenewalInfoJob) -> JobResult:
@@ -456,13 +496,20 @@ class _ProxyProtocolConnection(http.client.HTTPConnection):
 
 
 def _wait_for_answer(
-    address: str, name: str, token: str, expected: str, *, proxy_protocol: bool = False
+    address: str,
+    name: str,
+    token: str,
+    expected: str,
+    *,
+    proxy_protocol: bool = False,
+    deadline_seconds: float = 15,
 ) -> None:
     """Fetch the answer the way the CA will (port 80, Host: name); a few seconds' grace."""
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")
     path = f"/.well-known/acme-challenge/{token}"
     connection_class = _ProxyProtocolConnection if proxy_protocol else http.client.HTTPConnection
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + deadline_seconds
     last = "no answer"
     while time.monotonic() < deadline:
         connection = connection_class(host, int(port), timeout=3)
