@@ -100,7 +100,13 @@ def installed(
         # The session applied the CRD with kubectl: forced, the previous
         # release owns it as if it had installed it, and the upgrade below
         # needs no force, as a user's would not.
+        # With only the values the previous chart knows (its schema refuses
+        # others); the upgrade below takes this tree's.
+        values = yaml.safe_load(handle.values_path.read_text())
+        known = yaml.safe_load((previous.chart / "values.yaml").read_text())
+        handle.values_path.write_text(yaml.safe_dump({k: values[k] for k in values if k in known}))
         handle.install_or_upgrade(previous.chart, flags=("--take-ownership", "--force-conflicts"))
+        handle.values_path.write_text(yaml.safe_dump(values))
         yield handle
     finally:
         handle.helm_run(
