@@ -8,7 +8,7 @@ import datetime
 
 from blogsite_operator.issuance.driver import PREFLIGHT_RETRY_SECONDS, renew_request_digest
 from blogsite_operator.issuance.issuer import JobResult
-from blogsite_operator.issuance.preflight import check_names
+from blogsite_operator.issuance.preflight import ResolverError, check_names
 from blogsite_operator.issuance.protocol import IssuanceError
 from tests.unit.test_acme_driver import (
     NOW,
@@ -124,3 +124,21 @@ class TestAFailedPreflight:
         status = {k: v for k, v in first.fields.items() if v is not None}
         drive(issuer, served, previous=status, renew_request="now", now=later)
         assert len(issuer.jobs) == 1
+
+
+def test_a_resolver_that_does_not_answer_holds_nothing_back() -> None:
+    """A timeout says nothing about the name (the CA asks its own resolver);
+    after one, the other names are not waited for either."""
+    asked: list[str] = []
+
+    def silent(name: str) -> tuple[str, ...]:
+        asked.append(name)
+        raise ResolverError("The DNS operation timed out.")
+
+    names = ["blog.example.com", "www.example.com"]
+    checks = check_names(names, expected=[], resolve=silent, reaches_this_site=reaches)
+    assert [(c.name, c.problem, c.checked) for c in checks] == [
+        ("blog.example.com", None, False),
+        ("www.example.com", None, False),
+    ]
+    assert asked == ["blog.example.com"]

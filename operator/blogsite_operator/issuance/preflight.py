@@ -8,6 +8,11 @@ The preflight makes the same trip first, with a token of its own in the
 site's answers ConfigMap, and costs the CA nothing: each name must resolve
 (to the frontend's external addresses, when it has any) and the fetch must
 come back with this site's answer. A site that fails it is not ordered for.
+
+Only definite findings hold an order back: a name that does not exist or
+has no address, an address elsewhere, a fetch that fails. A resolver that
+does not answer (a timeout, SERVFAIL) says nothing about the name, and the
+CA asks its own: the name is left unchecked and the order goes.
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ import dns.exception
 import dns.resolver
 
 
+class ResolverError(Exception):
+    """The resolver gave no answer about a name (timeout, SERVFAIL, refused)."""
+
+
 @dataclass(frozen=True)
 class NameCheck:
     name: str
     addresses: tuple[str, ...]  # what it resolves to
-    problem: str | None  # None: it leads here
+    problem: str | None  # None: it leads here (or could not be checked)
+    checked: bool = True
 
 
 def check_names(
@@ -41,9 +51,17 @@ def check_names(
     when it came back right, else what went wrong."""
     wanted = _addresses_of(expected, resolve)
     checks = []
+    resolver_answers = True
     for name in names:
+        if not resolver_answers:  # one timeout is enough to wait for
+            checks.append(NameCheck(name, (), None, checked=False))
+            continue
         try:
             addresses = resolve(name)
+        except ResolverError:
+            resolver_answers = False
+            checks.append(NameCheck(name, (), None, checked=False))
+            continue
         except LookupError as error:
             checks.append(NameCheck(name, (), f"{name} does not resolve ({error})"))
             continue
@@ -79,7 +97,7 @@ def _addresses_of(expected: Sequence[str], resolve: Callable[[str], tuple[str, .
         except ValueError:
             try:
                 wanted.update(_normal(a) for a in resolve(entry))
-            except LookupError:
+            except (LookupError, ResolverError):
                 continue  # a hostname not in DNS yet: nothing to compare with
     return wanted
 
@@ -98,7 +116,7 @@ def resolver(server: str | None) -> Callable[[str], tuple[str, ...]]:
     dns_resolver = dns.resolver.Resolver(configure=False)
     dns_resolver.nameservers = [host]
     dns_resolver.port = int(port)
-    dns_resolver.lifetime = 5.0
+    dns_resolver.lifetime = 3.0
 
     def resolve(name: str) -> tuple[str, ...]:
         found: list[str] = []
@@ -107,8 +125,8 @@ def resolver(server: str | None) -> Callable[[str], tuple[str, ...]]:
                 answer = dns_resolver.resolve(name, record_type)
             except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
                 continue
-            except dns.exception.DNSException as error:
-                raise LookupError(str(error) or type(error).__name__) from None
+            except dns.exception.DNSException as error:  # no answer: nothing known
+                raise ResolverError(str(error) or type(error).__name__) from None
             found.extend(record.to_text() for record in answer)
         if not found:
             raise LookupError("no A or AAAA record")
@@ -121,5 +139,7 @@ def _system_resolve(name: str) -> tuple[str, ...]:
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except socket.gaierror as error:
+        if error.errno == socket.EAI_AGAIN:  # a temporary failure: nothing known
+            raise ResolverError(error.strerror or str(error)) from None
         raise LookupError(error.strerror or str(error)) from None
     return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
