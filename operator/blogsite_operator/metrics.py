@@ -66,6 +66,13 @@ class Metrics:
             site,
             registry=r,
         )
+        self.certificate_fallback = Gauge(
+            f"{PREFIX}_certificate_fallback_index",
+            "Which CA of tls.acme issued the certificate a site serves: 0 for its server, "
+            "n for its n-th fallback.",
+            site,
+            registry=r,
+        )
         self.certificate_placeholder = Gauge(
             f"{PREFIX}_certificate_placeholder_status",
             "1 while a site serves the operator's self-signed placeholder (no certificate "
@@ -190,6 +197,12 @@ class Metrics:
                 _remove(gauge, namespace, name)
             else:
                 gauge.labels(namespace, name).set(seconds)
+        issued_by = certificate.get("issuedBy") or {}
+        from_us = issued_by.get("serialNumber") == certificate.get("serialNumber") is not None
+        if from_us and issued_by.get("fallback") is not None:
+            self.certificate_fallback.labels(namespace, name).set(issued_by["fallback"])
+        else:
+            _remove(self.certificate_fallback, namespace, name)
         if certificate:
             self.certificate_placeholder.labels(namespace, name).set(int(placeholder))
         else:
@@ -228,6 +241,7 @@ class Metrics:
             self.certificate_issued,
             self.certificate_renewal,
             self.certificate_placeholder,
+            self.certificate_fallback,
             self.served_expiration,
             self.served_issued,
         ):

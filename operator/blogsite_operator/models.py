@@ -627,17 +627,62 @@ class ExternalAccountBinding(Model):
     )
 
 
+SERVER_RULE = (
+    "self.server in ['letsencrypt', 'letsencrypt-staging'] || "
+    "(isURL(self.server) && url(self.server).getScheme() == 'https')"
+)
+SERVER_MESSAGE = (
+    "server must be 'letsencrypt', 'letsencrypt-staging' or an https:// ACME directory URL"
+)
+
+
+def _check_server(server: str) -> None:
+    """SERVER_RULE, in Python."""
+    named = server in ("letsencrypt", "letsencrypt-staging")
+    if not named and urllib.parse.urlsplit(server).scheme != "https":
+        raise ValueError(SERVER_MESSAGE)
+
+
+class AcmeFallback(Model):
+    """Another CA to order from when the first keeps failing."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(cel(SERVER_RULE, SERVER_MESSAGE, field_path=".server"))
+    )
+
+    server: str = Field(
+        max_length=1024,
+        description="ACME server: 'letsencrypt', 'letsencrypt-staging' or a directory URL "
+        "(ZeroSSL: https://acme.zerossl.com/v2/DV90; Google Trust Services: "
+        "https://dv.acme-v02.api.pki.goog/directory).",
+    )
+    profile: ProfileName | None = Field(
+        default=None, description="ACME certificate profile to request from this CA, if any."
+    )
+    external_account_binding: ExternalAccountBinding | None = Field(
+        default=None, description="This CA's External Account Binding, when it requires one."
+    )
+    ca_bundle_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="PEM CA bundle to trust for this ACME server."
+    )
+
+    @model_validator(mode="after")
+    def _https_server(self) -> AcmeFallback:
+        _check_server(self.server)
+        return self
+
+
 class Acme(Model):
     """Let the operator obtain and renew the certificate over ACME (HTTP-01)."""
 
     model_config = ConfigDict(
         json_schema_extra=schema_extra(
+            cel(SERVER_RULE, SERVER_MESSAGE, field_path=".server"),
             cel(
-                "self.server in ['letsencrypt', 'letsencrypt-staging'] || "
-                "(isURL(self.server) && url(self.server).getScheme() == 'https')",
-                "server must be 'letsencrypt', 'letsencrypt-staging' or an https:// "
-                "ACME directory URL",
-                field_path=".server",
+                "!has(self.fallback) || self.fallback.all(f, f.server != self.server && "
+                "self.fallback.exists_one(g, g.server == f.server))",
+                "each fallback server must differ from tls.acme.server and the other fallbacks",
+                field_path=".fallback",
             ),
         ),
     )
@@ -672,17 +717,41 @@ class Acme(Model):
     ca_bundle_secret_ref: SecretKeyRef | None = Field(
         default=None, description="PEM CA bundle to trust for a private ACME server."
     )
+    fallback: list[AcmeFallback] | None = Field(
+        default=None,
+        max_length=3,
+        description="Further CAs, in order: when the one before keeps failing for reasons "
+        "that are not the site's (down, rate-limited) and the served certificate has less "
+        "than a sixth of its lifetime left, the next is ordered from; the next renewal "
+        "starts with `server` again. Each has its own account.",
+    )
 
     @model_validator(mode="after")
     def _https_server(self) -> Acme:
-        """The CEL rule above, checked in Python too."""
-        named = self.server in ("letsencrypt", "letsencrypt-staging")
-        if not named and urllib.parse.urlsplit(self.server).scheme != "https":
+        """The CEL rules above, checked in Python too."""
+        _check_server(self.server)
+        servers = [self.server, *(f.server for f in self.fallback or [])]
+        if len(set(servers)) != len(servers):
             raise ValueError(
-                "server must be 'letsencrypt', 'letsencrypt-staging' or an https:// "
-                "ACME directory URL"
+                "each fallback server must differ from tls.acme.server and the other fallbacks"
             )
         return self
+
+    def servers(self) -> list[Acme]:
+        """The CAs in order, each as the settings one order uses: `server`,
+        then each fallback with the email, key and renewal settings shared."""
+        first = self.model_copy(update={"fallback": None})
+        return [first] + [
+            first.model_copy(
+                update={
+                    "server": f.server,
+                    "profile": f.profile,
+                    "external_account_binding": f.external_account_binding,
+                    "ca_bundle_secret_ref": f.ca_bundle_secret_ref,
+                }
+            )
+            for f in self.fallback or []
+        ]
 
 
 class Tls(Model):
@@ -849,6 +918,7 @@ class CertificateFailure(Model):
         default_factory=list,
         description="The names the failed order asked for: a change of names starts afresh.",
     )
+    server: str | None = Field(default=None, description="The ACME server that failed.")
 
 
 class RenewalInfoStatus(Model):
@@ -870,6 +940,10 @@ class IssuedBy(Model):
         default=None,
         description="ARI identifier (RFC 9773) of the certificate the order replaced: a "
         "renewal that names it is exempt from the CA's rate limits.",
+    )
+    fallback: int | None = Field(
+        default=None,
+        description="Which CA of spec.tls.acme issued it: 0 for server, n for its n-th fallback.",
     )
 
 
@@ -914,8 +988,13 @@ class CertificateStatus(Model):
     )
     issued_by: IssuedBy | None = Field(
         default=None,
-        description="The server of the last order; a certificate from another server than "
-        "spec.tls.acme.server is replaced (staging to production).",
+        description="The server of the last order; a certificate from a server "
+        "spec.tls.acme no longer names is replaced (staging to production).",
+    )
+    ordering_from: str | None = Field(
+        default=None,
+        description="The fallback ACME server orders go to since spec.tls.acme.server kept "
+        "failing, until one succeeds (absent: spec.tls.acme.server).",
     )
     renewal_request: str | None = Field(
         default=None,

@@ -596,7 +596,7 @@ def _certificate(
         now=now,
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
         proxy_protocol=spec.frontend.proxy_protocol,
-        ledger=_ledger_of(api, ref.namespace, acme),
+        ledger=lambda account: _ledger_of(api, ref.namespace, account),
         expected_addresses=tuple(
             external_addresses(
                 api.get_child("Service", ref.namespace, child_name(ref.name, Component.FRONTEND))

@@ -18,8 +18,9 @@ import secrets
 import ssl
 import threading
 import time
+import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from tests.integration.conftest import (
 )
 from tests.nginx_harness import json_body, launch_nginx, start_stub
 from tests.pebble import ChallengeServer, Pebble, running_pebble
-from tests.support import FIGURES, wait_for
+from tests.support import FIGURES, free_port, wait_for, worker_port
 
 DOMAINS = ["blog.example", "www.blog.example"]
 REDIRECTS = ["old-blog.example", "www.old-blog.example"]
@@ -1226,3 +1227,104 @@ def test_a_name_pointing_elsewhere_stops_the_order_before_the_ca_hears_of_it(
     FIGURES.append(
         f"preflight: a fixed DNS record led to a certificate in {time.monotonic() - fixed:.1f}s"
     )
+
+
+# A second Pebble beside the test's, for the fallback: ports of its own, the
+# same HTTP-01 port (the same challenge server answers both).
+SECOND_PEBBLE_ENV = {
+    "PEBBLE_PORT": str(worker_port(14060)),
+    "PEBBLE_MANAGEMENT_PORT": str(worker_port(15060)),
+    "PEBBLE_DNS_PORT": str(worker_port(8203)),
+    "PEBBLE_CHALLTESTSRV_PORT": str(worker_port(8205)),
+}
+LIFETIME_SECONDS = 90  # a sixth (15 s) for the fallback order, on a loaded machine too
+
+
+def served_from_ca(
+    kubectl: Kubectl, namespace: str, index: int
+) -> Callable[[], dict[str, Any] | None]:
+    """status.certificate once the certificate served came from CA `index`
+    of tls.acme (0: server, 1: the first fallback)."""
+
+    def served() -> dict[str, Any] | None:
+        status = certificate_status(kubectl, namespace)
+        by = status.get("issuedBy") or {}
+        ours = by.get("serialNumber") == status.get("serialNumber")
+        return status if ours and by.get("fallback") == index else None
+
+    return served
+
+
+def test_a_fallback_ca_issues_before_the_certificate_of_a_ca_that_is_down_expires(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """Two Pebbles, 90-second certificates. The first issues, then stops:
+    its renewals fail, and once less than a sixth of the lifetime is left
+    the operator orders from the second, which issues before the first's
+    certificate expires; status, an Event and the metric say which CA. With
+    the first back, the next renewal comes from it again."""
+    lifetime = {"PEBBLE_SHORTLIVED_SECONDS": str(LIFETIME_SECONDS)}
+    with (
+        running_pebble(lifetime) as first,
+        running_pebble({**SECOND_PEBBLE_ENV, **lifetime}) as second,
+    ):
+        # The preflight asks the second's DNS: the first's goes down with it,
+        # and a name that does not resolve is the site's problem, not the CA's.
+        metrics_port = free_port()
+        operator = OperatorProcess(
+            kubectl,
+            namespace,
+            tmp_path / "operator.log",
+            extra_env={
+                "BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER": f"127.0.0.1:{second.dns_port}",
+            },
+            extra_args=[f"--health-address=127.0.0.1:{metrics_port}"],
+        )
+        server = ChallengeServer(kubectl.kubeconfig, namespace, tmp_path / "challenge.log")
+        operator.start()
+        server.start()
+        try:
+            fallback = {
+                "server": second.directory_url,
+                "profile": "shortlived",
+                # Both Pebbles serve HTTPS under the same minica.
+                "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
+            }
+            apply_acme_site(kubectl, namespace, first, profile="shortlived", fallback=[fallback])
+            issued = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+            assert issued["issuedBy"]["server"] == first.directory_url
+            assert issued["issuedBy"]["fallback"] == 0
+            first.stop()
+
+            fell_back = wait_for(
+                served_from_ca(kubectl, namespace, 1),
+                timeout=3 * LIFETIME_SECONDS,
+                what="a certificate from the second CA",
+            )
+            assert fell_back["issuedBy"]["server"] == second.directory_url
+            assert parse_time(fell_back["notBefore"]) < parse_time(issued["notAfter"])
+            assert fell_back["issuer"] != issued["issuer"]  # each Pebble has its own CA
+            gap = parse_time(issued["notAfter"]) - parse_time(fell_back["notBefore"])
+            (moved,) = events(kubectl, namespace, "FallingBack")
+            assert first.directory_url in moved["message"], moved
+            assert second.directory_url in moved["message"], moved
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                metrics = response.read().decode()
+            series = f'blogsite_certificate_fallback_index{{name="{SITE}",namespace="{namespace}"}}'
+            assert f"{series} 1.0" in metrics
+
+            first.start()
+
+            wait_for(
+                served_from_ca(kubectl, namespace, 0),
+                timeout=3 * LIFETIME_SECONDS,
+                what="the next renewal from the first CA",
+            )
+            FIGURES.append(
+                f"ACME fallback: the second CA's certificate came {gap.total_seconds():.0f}s "
+                f"before the first's ({LIFETIME_SECONDS}s lifetime) expired"
+            )
+        finally:
+            server.stop()
+            operator.stop()

@@ -268,6 +268,37 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.tls.acme.server", "https:// ACME directory URL"],
     ),
     (
+        "acme-http-fallback",
+        with_tls({"acme": {"fallback": [{"server": "http://acme.example.com/dir"}]}}),
+        ["spec.tls.acme.fallback[0].server", "https:// ACME directory URL"],
+    ),
+    (
+        "acme-fallback-same-server",
+        with_tls(
+            {
+                "acme": {
+                    "server": "https://acme.example.com/dir",
+                    "fallback": [{"server": "https://acme.example.com/dir"}],
+                }
+            }
+        ),
+        ["spec.tls.acme.fallback", "differ from tls.acme.server"],
+    ),
+    (
+        "acme-fallback-twice",
+        with_tls(
+            {
+                "acme": {
+                    "fallback": [
+                        {"server": "https://acme.example.com/dir"},
+                        {"server": "https://acme.example.com/dir"},
+                    ],
+                }
+            }
+        ),
+        ["spec.tls.acme.fallback", "the other fallbacks"],
+    ),
+    (
         "acme-bad-key",
         with_tls({"acme": {"email": "a@example.com", "keyAlgorithm": "DSA"}}),
         ["spec.tls.acme.keyAlgorithm", "Unsupported value"],

@@ -180,20 +180,23 @@ def drive(
     can_publish: bool = True,
     status_written: bool = True,
     ledger: Ledger | None = None,
+    spec: models.BlogSiteSpec = SPEC,
 ) -> AcmeOutcome:
     """One pass; like the reconciler, acknowledges a folded result once status is written."""
+    assert spec.tls is not None
+    assert spec.tls.acme is not None
     outcome = drive_acme(
         issuer,
         SITE,
-        ACME,
+        spec.tls.acme,
         NAMES,
         served,
         previous=previous or {},
-        base_verdict=certificate_verdict(SPEC, served, now),
+        base_verdict=certificate_verdict(spec, served, now),
         renew_request=renew_request,
         now=now,
         can_publish=can_publish,
-        ledger=ledger,
+        ledger=(lambda _account: ledger) if ledger is not None else None,
     )
     if status_written and outcome.folded is not None:
         issuer.acknowledge(("blogs", "lethain"), outcome.folded)
@@ -292,6 +295,7 @@ class TestFailedOrder:
             "reason": "OrderFailed",
             "message": "the order failed: unauthorized: no such host",
             "names": sorted(NAMES),
+            "server": "https://acme-v02.api.letsencrypt.org/directory",
         }
         wait = parse(fields["nextAttempt"]) - self.finished_at
         # the base backoff, stretched by at most 10% jitter (and cut to whole seconds)

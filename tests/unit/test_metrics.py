@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -157,3 +159,23 @@ def test_a_placeholder_is_a_series_of_its_own_and_has_no_expiry() -> None:
     assert samples(metrics, "blogsite_certificate_expiration_timestamp_seconds") == {
         site: 1798761600.0
     }
+
+
+def test_which_ca_issued_is_a_series_only_for_the_certificate_served() -> None:
+    metrics = Metrics()
+    certificate: dict[str, Any] = {
+        "notBefore": "2026-10-03T00:00:00Z",
+        "notAfter": "2027-01-01T00:00:00Z",
+        "serialNumber": "abc",
+        "issuedBy": {"server": "https://b.test/dir", "serialNumber": "abc", "fallback": 1},
+    }
+    metrics.observe_site("blogs", "lethain", {**STATUS, "certificate": certificate})
+    site = (("name", "lethain"), ("namespace", "blogs"))
+    assert samples(metrics, "blogsite_certificate_fallback_index") == {site: 1.0}
+    # The frontend still serves an older certificate than the one ordered last.
+    older = {**certificate, "serialNumber": "0ld"}
+    metrics.observe_site("blogs", "lethain", {**STATUS, "certificate": older})
+    assert samples(metrics, "blogsite_certificate_fallback_index") == {}
+    metrics.observe_site("blogs", "lethain", {**STATUS, "certificate": certificate})
+    metrics.forget_site("blogs", "lethain")
+    assert samples(metrics, "blogsite_certificate_fallback_index") == {}

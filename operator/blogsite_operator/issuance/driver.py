@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from blogsite_operator.policies.certificate import (
     RenewalInfo,
     RenewalPlan,
     ServedCertificate,
+    choose_server,
     needs_renewal_info,
     next_attempt,
     plan_renewal,
@@ -67,13 +69,14 @@ def drive_acme(
     now: datetime.datetime,
     can_publish: bool = True,
     proxy_protocol: bool = False,
-    ledger: Ledger | None = None,
+    ledger: Callable[[models.Acme], Ledger | None] | None = None,
     expected_addresses: tuple[str, ...] = (),
 ) -> AcmeOutcome:
     """`can_publish`: the answers ConfigMap exists (the first pass creates it);
     `proxy_protocol`: the frontend's port 80 expects it (the self-check too);
-    `ledger`: what the site's ACME account ordered lately (None: not known);
-    `expected_addresses`: where the names must resolve (the preflight)."""
+    `ledger`: what an ACME account (of these settings) ordered lately (None:
+    not known); `expected_addresses`: where the names must resolve (the
+    preflight)."""
     key = (site.namespace, site.name)
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
@@ -98,6 +101,7 @@ def drive_acme(
     # the text itself, which still counts as recorded).
     request = renew_request_digest(renew_request) if renew_request else None
     requested = request is not None and state.renewal_request not in (request, renew_request)
+    ordering_from, issued_by_acme = _servers(acme, state, served, now, events)
     plan = plan_renewal(
         acme, names, served, state.renewal_info, renewal_requested=requested, now=now
     )
@@ -112,18 +116,14 @@ def drive_acme(
         or (state.last_failure or {}).get("reason") == PREFLIGHT_FAILED
     )
     reason = plan.reason if plan.due else "RetryingFailedOrder"
-    server = directory_url(acme.server)
+    server = directory_url(ordering_from.server)
     replaces = replaced_certificate_id(served, server)
     renewal = replaces is not None and _same_names(served, names)
     held_before, state.rate_limit_hold = state.rate_limit_hold, None
     if just_issued or (not busy and due and not can_publish):
         pass  # the next pass (new Secret, or new answers ConfigMap) decides
     elif not busy and due:
-        held = (
-            hold(ledger, names, now, issuer.settings.limits_for(server), exempt=renewal)
-            if ledger is not None
-            else None
-        )
+        held = _ledger_hold(ledger, ordering_from, names, issuer.settings, now, renewal=renewal)
         if held is not None:  # the CA would refuse this order: wait, and say until when
             events.extend(state.hold(held, held_before))
             requeue = held.until
@@ -132,7 +132,7 @@ def drive_acme(
                 IssueJob(
                     site,
                     tuple(names),
-                    acme,
+                    ordering_from,
                     renewal_request=request if requested else None,
                     proxy_protocol=proxy_protocol,
                     replaces=replaces,
@@ -143,7 +143,7 @@ def drive_acme(
             busy = True
             if requested:
                 state.renewal_request = request
-            events.extend(_issuing(state, len(names), acme.server, reason))
+            events.extend(_issuing(state, len(names), ordering_from.server, reason))
         else:
             requeue = state.next_attempt
     elif (
@@ -152,7 +152,8 @@ def drive_acme(
         and served.cert_pem is not None
         and needs_renewal_info(served.info, state.renewal_info, now)
     ):
-        issuer.submit(RenewalInfoJob(site, acme, served.cert_pem, served.info.serial))
+        # Renewal info from the CA that issued it.
+        issuer.submit(RenewalInfoJob(site, issued_by_acme, served.cert_pem, served.info.serial))
         busy = True
     elif not busy:
         requeue = min(
@@ -168,7 +169,7 @@ def drive_acme(
         fields["renewalTime"] = previous.get("renewalTime")
     return AcmeOutcome(
         fields=fields,
-        verdict=_verdict(base_verdict, state, busy and due, acme.server),
+        verdict=_verdict(base_verdict, state, busy and due, ordering_from.server),
         events=events,
         requeue_after=max((requeue - now).total_seconds(), 1.0) if requeue else None,
         folded=result,
@@ -182,9 +183,10 @@ class _State:
     last_failure: dict[str, Any] | None = None
     renewal_info: RenewalInfo | None = None
     renewal_request: str | None = None
-    issued_by: dict[str, str] | None = None  # server and serial of our last order
+    issued_by: dict[str, Any] | None = None  # server and serial of our last order
     last_job: str | None = None  # the last job whose result is in status
     rate_limit_hold: str | None = None  # why, and until when, no order may go
+    ordering_from: str | None = None  # a fallback CA, until an order succeeds
 
     @classmethod
     def from_status(cls, previous: dict[str, Any]) -> _State:
@@ -206,6 +208,7 @@ class _State:
             issued_by=previous.get("issuedBy"),
             last_job=previous.get("lastJob"),
             rate_limit_hold=previous.get("rateLimitHold"),
+            ordering_from=previous.get("orderingFrom"),
         )
 
     def hold(self, held: Hold, before: str | None) -> list[tuple[str, str, str]]:
@@ -249,6 +252,7 @@ class _State:
             self.next_attempt = None
             self.last_failure = None
             self.renewal_info = None
+            self.ordering_from = None  # the next renewal starts with the first CA
             self.issued_by = {
                 "server": directory_url(result.job.acme.server),
                 "serialNumber": result.serial or "",
@@ -295,6 +299,7 @@ class _State:
             "reason": error.reason,
             "message": error.message,
             "names": sorted(result.job.names),
+            "server": directory_url(result.job.acme.server),
         }
         return [
             (
@@ -402,6 +407,7 @@ class _State:
             "issuedBy": self.issued_by,
             "lastJob": self.last_job,
             "rateLimitHold": self.rate_limit_hold,
+            "orderingFrom": self.ordering_from,
         }
 
 
@@ -443,6 +449,23 @@ def _verdict(base: Verdict, state: _State, issuing: bool, server: str) -> Verdic
     return base
 
 
+def _ledger_hold(
+    ledger: Callable[[models.Acme], Ledger | None] | None,
+    acme: models.Acme,
+    names: list[str],
+    settings: AcmeSettings,
+    now: datetime.datetime,
+    *,
+    renewal: bool,
+) -> Hold | None:
+    """Would the CA's limits, as the ordering account's ledger counts them, refuse it?"""
+    account_ledger = ledger(acme) if ledger is not None else None
+    if account_ledger is None:
+        return None
+    limits = settings.limits_for(directory_url(acme.server))
+    return hold(account_ledger, names, now, limits, exempt=renewal)
+
+
 def _issuing(state: _State, names: int, server: str, reason: str) -> list[tuple[str, str, str]]:
     """The Event of an order that starts; after a failed preflight it was
     told once already, not at every check."""
@@ -478,13 +501,60 @@ def _same_names(served: ServedCertificate, names: list[str]) -> bool:
 
 
 def _server_changed(state: _State, served: ServedCertificate, acme: models.Acme) -> bool:
-    """Our certificate came from another CA than the spec names now (staging -> production)."""
+    """Our certificate came from a CA the spec no longer names (staging ->
+    production); one from a fallback stays until its renewal."""
     issued_by = state.issued_by or {}
     return (
         served.info is not None
         and issued_by.get("serialNumber") == served.info.serial
-        and issued_by.get("server") != directory_url(acme.server)
+        and issued_by.get("server") not in {directory_url(a.server) for a in acme.servers()}
     )
+
+
+def _servers(
+    acme: models.Acme,
+    state: _State,
+    served: ServedCertificate,
+    now: datetime.datetime,
+    events: list[tuple[str, str, str]],
+) -> tuple[models.Acme, models.Acme]:
+    """The CA to order from, and the one that issued the served certificate
+    (asked for its renewal info). Moving on to a fallback orders at once:
+    the failures and backoff were the previous CA's."""
+    servers = acme.servers()
+    urls = [directory_url(a.server) for a in servers]
+    current = state.ordering_from if state.ordering_from in urls else urls[0]
+    failure = state.last_failure or {}
+    index = choose_server(
+        urls,
+        failed_at=current,
+        failure_reason=failure.get("reason"),
+        failed_attempts=state.failed_attempts,
+        served=served.info,
+        now=now,
+    )
+    if urls[index] != current:
+        state.ordering_from = urls[index]
+        state.failed_attempts = 0
+        state.next_attempt = None
+        events.append(
+            (
+                "Warning",
+                "FallingBack",
+                (
+                    f"{servers[urls.index(current)].server} keeps failing "
+                    f"({failure.get('reason')}) and the served certificate is in the last "
+                    f"sixth of its life, or there is none: ordering from {servers[index].server}"
+                ),
+            )
+        )
+    issued = (state.issued_by or {}).get("server")
+    if state.issued_by is not None and issued in urls and len(urls) > 1:
+        state.issued_by["fallback"] = urls.index(issued)  # 0: the first CA
+    issuer_of_served = next(
+        (a for a, u in zip(servers, urls, strict=True) if u == issued), servers[0]
+    )
+    return servers[index], issuer_of_served
 
 
 def _next_check(info: RenewalInfo | None) -> datetime.datetime | None:

@@ -372,3 +372,53 @@ def next_attempt(
         at = max(at, min(retry_after, now + MAX_RETRY_AFTER))
     # Status keeps whole seconds: cut down, a Retry-After would come early.
     return ceil_second(at)
+
+
+# --- which CA: the first, unless it keeps failing near the end ---------------
+
+# Failures that are the CA's, not the site's: another CA may do better. A
+# challenge the site did not answer would fail at any CA.
+CA_FAULTS = frozenset(
+    {
+        "AcmeServerUnreachable",
+        "AcmeServerUntrusted",
+        "AcmeError",
+        "RateLimited",
+        "OrderTimeout",
+        "BadCertificate",
+    }
+)
+FALLBACK_AFTER_FAILURES = 2
+# The last part of a certificate's life, in which a failing CA is given up
+# on: a sixth, where BlogSiteCertificateExpiringSoon fires (half of the
+# renewal window gone).
+LAST_PART_OF_LIFE = 6
+
+
+def choose_server(
+    servers: list[str],
+    *,
+    failed_at: str | None,
+    failure_reason: str | None,
+    failed_attempts: int,
+    served: CertificateInfo | None,
+    now: datetime.datetime,
+) -> int:
+    """The index of the CA (directory URLs, first to last) to order from.
+
+    The one the failures were at; the next one once it failed
+    FALLBACK_AFTER_FAILURES times in a row for a reason of its own while
+    nothing usable is served or the certificate has less than a sixth of
+    its lifetime left. A success clears the failures: the next renewal
+    starts with the first again."""
+    current = servers.index(failed_at) if failed_at in servers else 0
+    if current + 1 >= len(servers):
+        return current
+    failing = failure_reason in CA_FAULTS and failed_attempts >= FALLBACK_AFTER_FAILURES
+    return current + 1 if failing and in_last_part_of_life(served, now) else current
+
+
+def in_last_part_of_life(info: CertificateInfo | None, now: datetime.datetime) -> bool:
+    if info is None or info.is_placeholder:
+        return True
+    return info.not_after - now < (info.not_after - info.not_before) / LAST_PART_OF_LIFE
