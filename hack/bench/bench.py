@@ -14,6 +14,10 @@ BlogSites (--acme-sites at once, then --acme-sequential one at a time) until
 what one issuance costs in ACME requests (the operator's own count, from its
 `issued a certificate ...` log line, cross-checked against Pebble's request
 log). Every certificate is verified against Pebble's root for every name.
+Then the sites applied one at a time are renewed on request: what a renewal
+costs (its order names the certificate it replaces, ARI). Last, a site with
+60-second certificates and a second Pebble as its fallback CA: the first
+Pebble stops, and the time until a certificate from the second is measured.
 
 Runs on its own cluster (blogsite-bench, created fresh with auditing on) so
 nothing else competes with the figures.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import json
 import os
 import re
@@ -49,7 +54,7 @@ sys.path.insert(
     0, str(ROOT)
 )  # tests.pebble: Pebble and the challenge server, as the tests run them
 
-from tests.pebble import ChallengeServer, running_pebble  # noqa: E402
+from tests.pebble import ChallengeServer, Pebble, running_pebble  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 from blogsite_operator import certs, kube, models  # noqa: E402
@@ -77,6 +82,16 @@ PEBBLE_ENV = {
     "PEBBLE_DNS_PORT": "8073",
     "PEBBLE_CHALLTESTSRV_PORT": "8075",
     "PEBBLE_HTTP01_PORT": "5022",
+    # The `shortlived` profile (only the fallback site asks for it).
+    "PEBBLE_SHORTLIVED_SECONDS": "60",
+}
+# The fallback CA: its own ports, the same HTTP-01 port (one challenge server).
+SECOND_PEBBLE_ENV = {
+    **PEBBLE_ENV,
+    "PEBBLE_PORT": "14025",
+    "PEBBLE_MANAGEMENT_PORT": "15025",
+    "PEBBLE_DNS_PORT": "8078",
+    "PEBBLE_CHALLTESTSRV_PORT": "8079",
 }
 PEBBLE_DIRECTORY = f"https://127.0.0.1:{PEBBLE_ENV['PEBBLE_PORT']}/dir"
 HTTP01_PORT = int(PEBBLE_ENV["PEBBLE_HTTP01_PORT"])
@@ -624,9 +639,12 @@ class AcmeRun:
     operator_rss: float = 0.0
     operator_writes: int = 0
     writes_by_verb: dict[str, int] = field(default_factory=dict)
+    renewed: dict[str, str] = field(default_factory=dict)  # site -> the ARI id it replaced
+    fallback_seconds: float | None = None  # first CA stopped -> certificate from the second
+    fallback_left: float | None = None  # how long the first CA's certificate had left then
 
 
-def acme_manifest(name: str) -> dict[str, Any]:
+def acme_manifest(name: str, **acme: Any) -> dict[str, Any]:
     """A site whose three names Pebble validates over HTTP-01 (challtestsrv: all 127.0.0.1)."""
     return {
         "apiVersion": f"{models.GROUP}/{models.VERSION}",
@@ -641,6 +659,9 @@ def acme_manifest(name: str) -> dict[str, Any]:
                     "server": PEBBLE_DIRECTORY,
                     "email": "ops@blog.example",
                     "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
+                    # Pebble picks a random profile for an order without one.
+                    "profile": "default",
+                    **acme,
                 }
             },
         },
@@ -761,6 +782,9 @@ def measure_acme(
     result = AcmeRun(names_per_site=len(expected_names(together + one_by_one)[0]))
     with ExitStack() as stack:
         pebble = stack.enter_context(running_pebble(PEBBLE_ENV, ARTIFACTS / "bench-pebble"))
+        second = stack.enter_context(
+            running_pebble(SECOND_PEBBLE_ENV, ARTIFACTS / "bench-pebble-2")
+        )
         pebble_log = pebble.log_path
         ca_pem = pebble.ca_pem
         apply(
@@ -786,7 +810,12 @@ def measure_acme(
             ACME_NAMESPACE,
             operator_log,
             BLOGSITE_OPERATOR_ACME_SELF_CHECK=f"127.0.0.1:{HTTP01_PORT}",
-            BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER=f"127.0.0.1:{PEBBLE_ENV['PEBBLE_DNS_PORT']}",
+            # Failures retried within seconds, as in the tests: the fallback
+            # site's 60-second certificate cannot wait out a 5-minute backoff.
+            BLOGSITE_OPERATOR_ACME_BACKOFF_SECONDS="2",
+            BLOGSITE_OPERATOR_ACME_MAX_BACKOFF_SECONDS="8",
+            # The second Pebble's DNS: it stays up when the first stops.
+            BLOGSITE_OPERATOR_ACME_PREFLIGHT_RESOLVER=f"127.0.0.1:{second.dns_port}",
             BLOGSITE_OPERATOR_ACME_PREFLIGHT_HTTP_PORT=str(HTTP01_PORT),
         )
         stack.callback(stop, operator)
@@ -811,6 +840,7 @@ def measure_acme(
         result.pebble_requests = pebble_requests(
             pebble_log, pebble_start, pebble_log.stat().st_size
         )
+        result.renewed = renew(kubectl, api, [m["metadata"]["name"] for m in one_by_one], args)
         result.operator_rss = peak_rss_mib(operator.pid)
         result.operator_writes, _, result.writes_by_verb = operator_writes(audit_log, audit_start)
         root_pem = pebble.root_pem()
@@ -822,8 +852,73 @@ def measure_acme(
                 raise SystemExit(f"{name}-tls no longer holds a real certificate")
             verify_chain(chain, root_pem, expected_names([manifest])[0])
             result.verified += 1
+        result.fallback_seconds, result.fallback_left = fall_back(
+            kubectl, api, pebble, second, args
+        )
     result.issuances = issuances(operator_log, kubectl)
     return result
+
+
+def issued_by(api: kube.Api, site: str) -> dict[str, Any]:
+    """status.certificate.issuedBy, when it is the certificate served."""
+    body = api.get(models.KIND, ACME_NAMESPACE, site) or {}
+    certificate = (body.get("status") or {}).get("certificate") or {}
+    by: dict[str, Any] = certificate.get("issuedBy") or {}
+    return by if by.get("serialNumber") == certificate.get("serialNumber") else {}
+
+
+def renew(
+    kubectl: list[str], api: kube.Api, sites: list[str], args: argparse.Namespace
+) -> dict[str, str]:
+    """Each site renewed on request, one at a time: site -> the ARI id replaced."""
+    replaced: dict[str, str] = {}
+    for site in sites:
+        before = issued_by(api, site).get("serialNumber")
+        subprocess.run(
+            [*kubectl, "annotate", "blogsite", site, "-n", ACME_NAMESPACE, "--overwrite",
+             "blog.daedalus.dev/renew-certificate=bench"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + args.acme_timeout
+        while issued_by(api, site).get("serialNumber") in (before, None):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{site} was not renewed in {args.acme_timeout:.0f}s")
+            time.sleep(0.2)
+        replaced[site] = issued_by(api, site).get("replaced") or ""
+    return replaced
+
+
+def fall_back(
+    kubectl: list[str], api: kube.Api, first: Pebble, second: Pebble, args: argparse.Namespace
+) -> tuple[float, float]:
+    """A 60-second certificate from the first Pebble, which then stops: the
+    seconds until a certificate from the second, and how long the first's had
+    left at that moment."""
+    site = "acme-fallback"
+    fallback = {
+        "server": second.directory_url,
+        "profile": "shortlived",
+        "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
+    }
+    apply(kubectl, [acme_manifest(site, profile="shortlived", fallback=[fallback])])
+    deadline = time.monotonic() + args.acme_timeout
+    while issued_by(api, site).get("fallback") != 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{site}: no certificate from the first CA")
+        time.sleep(0.2)
+    body = api.get(models.KIND, ACME_NAMESPACE, site) or {}
+    not_after = body["status"]["certificate"]["notAfter"]
+    first.stop()
+    stopped = time.monotonic()
+    deadline = stopped + args.acme_timeout
+    while issued_by(api, site).get("fallback") != 1:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{site}: no certificate from the fallback CA")
+        time.sleep(0.2)
+    seconds = time.monotonic() - stopped
+    expiry = datetime.datetime.fromisoformat(not_after.replace("Z", "+00:00"))
+    left = (expiry - datetime.datetime.now(tz=datetime.UTC)).total_seconds()
+    return seconds, left
 
 
 def expected_names(manifests: list[dict[str, Any]]) -> list[list[str]]:
@@ -867,7 +962,12 @@ def report_acme(result: AcmeRun) -> None:
             f"  at once vs one at a time (real certificate): median {median:.2f}x, "
             f"p90 {p90:.2f}x, max {most:.2f}x the one-at-a-time median"
         )
-    issued = result.issuances
+    first_per_site: dict[str, Issuance] = {}
+    for issuance in result.issuances:
+        first_per_site.setdefault(issuance.site, issuance)
+    # First issuances of the sites applied above (Pebble's log covers them).
+    measured = {*result.together_secret, *result.sequential_secret}
+    issued = [i for i in first_per_site.values() if i.site in measured]
     if not issued:
         print("  no `issued a certificate` lines in the operator log")
         return
@@ -880,6 +980,24 @@ def report_acme(result: AcmeRun) -> None:
         f"max {max(requests)}; names per order: min {min(names)}  "
         f"median {statistics.median(names):g}  max {max(names)}"
     )
+    renewals = [
+        i for i in result.issuances if first_per_site[i.site] is not i and i.site in result.renewed
+    ]
+    if renewals:
+        costs = [i.requests for i in renewals]
+        with_replaces = sum(1 for site in result.renewed.values() if site)
+        print(
+            f"  ACME requests per renewal on request ({len(renewals)} renewals, "
+            f"{with_replaces} of {len(result.renewed)} naming the certificate they replace): "
+            f"min {min(costs)}  median {statistics.median(costs):g}  max {max(costs)}; "
+            f"{statistics.median(costs) / statistics.median(requests):.2f}x a first issuance"
+        )
+    if result.fallback_seconds is not None and result.fallback_left is not None:
+        print(
+            f"  CA outage -> certificate from the fallback CA: {result.fallback_seconds:.1f}s "
+            f"(60-second certificates: it waits for the last sixth of the lifetime; the "
+            f"first CA's certificate had {result.fallback_left:.1f}s left)"
+        )
     total = sum(result.pebble_requests.values())
     difference = total - sum(requests)
     renewal_info = sum(n for k, n in result.pebble_requests.items() if "/draft-ietf-acme-ari" in k)
