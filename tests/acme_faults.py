@@ -5,6 +5,7 @@
         proxy.down()                    # the CA is unreachable
         proxy.fail_randomly(0.3, seed)  # 30 % of requests answer 503 serverInternal
         proxy.rate_limit_orders(60)     # newOrder answers 429 rateLimited, Retry-After: 60
+        proxy.refuse_replaces_once()    # the next newOrder naming `replaces`: 409 alreadyReplaced
         proxy.reject_nonces(0.3, seed)  # 30 % of POSTs answer 400 badNonce
         proxy.delay(0.5)                # every answer half a second late
         proxy.pass_through()            # all faults off (same as up())
@@ -55,7 +56,7 @@ Endpoint = Literal[
     "renewalInfo",
     "other",
 ]
-Fault = Literal["down", "serverInternal", "rateLimited", "badNonce"]
+Fault = Literal["down", "serverInternal", "rateLimited", "badNonce", "alreadyReplaced"]
 # Pebble's paths for resources the directory does not list (wfe/wfe.go, v2.10.1).
 PEBBLE_PATHS: tuple[tuple[str, Endpoint], ...] = (
     ("/my-order/", "order"),
@@ -93,6 +94,7 @@ class ProxiedRequest:
     endpoint: Endpoint
     status: int | None  # what the client got; None when the proxy dropped the connection
     identifiers: tuple[str, ...] = ()  # newOrder POSTs: the DNS names ordered
+    replaces: str | None = None  # newOrder POSTs: the ARI id the order names (RFC 9773)
     fault: Fault | None = None  # what the proxy did instead of forwarding it to Pebble
     # newOrder, order and finalize requests: which order (the last part of
     # its URL), and the order's status in the answer ("valid": issued).
@@ -130,6 +132,7 @@ class AcmeFaultProxy:
         self._fail_rate = 0.0
         self._random = random.Random(0)  # noqa: S311 - faults, not secrecy
         self._order_retry_after: int | None = None
+        self._refuse_replaces = False
         self._nonce_reject_rate = 0.0
         self._delay = 0.0
         self._server: _Server | None = None
@@ -216,6 +219,7 @@ class AcmeFaultProxy:
             self._delay = 0.0
             self._fail_rate = 0.0
             self._order_retry_after = None
+            self._refuse_replaces = False
             self._nonce_reject_rate = 0.0
 
     def fail_randomly(self, rate: float, seed: int) -> None:
@@ -245,6 +249,12 @@ class AcmeFaultProxy:
         """Answer newOrder POSTs 429 rateLimited with `Retry-After: retry_after_seconds`."""
         with self._lock:
             self._order_retry_after = retry_after_seconds
+
+    def refuse_replaces_once(self) -> None:
+        """Answer the next newOrder that names `replaces` 409 alreadyReplaced,
+        as a CA does when another order renewed that certificate already."""
+        with self._lock:
+            self._refuse_replaces = True
 
     # The request log
 
@@ -326,9 +336,12 @@ class AcmeFaultProxy:
         """The answer to one request (None: drop the connection), logged."""
         received = time.monotonic()
         endpoint = self._endpoint(path)
-        identifiers = _order_identifiers(body) if (endpoint, method) == ("newOrder", "POST") else ()
+        new_order = (endpoint, method) == ("newOrder", "POST")
+        identifiers, replaces = _order_identifiers(body) if new_order else ((), None)
         with self._lock:
             fault, retry_after = self._fault(method, endpoint), self._order_retry_after
+            if fault is None and replaces and self._refuse_replaces:
+                fault, self._refuse_replaces = "alreadyReplaced", False
             delay = self._delay
         time.sleep(delay)
         answer: _Answer | None
@@ -340,6 +353,9 @@ class AcmeFaultProxy:
             )
             retry = [("Retry-After", str(retry_after))]
             answer = self._problem(method, 429, "rateLimited", detail, retry)
+        elif fault == "alreadyReplaced":
+            detail = f"certificate {replaces} already replaced (injected by the test proxy)"
+            answer = self._problem(method, 409, "alreadyReplaced", detail)
         elif fault == "badNonce":
             answer = self._problem(method, 400, "badNonce", "injected by the test proxy")
         elif fault == "serverInternal":
@@ -357,6 +373,7 @@ class AcmeFaultProxy:
                     endpoint,
                     status,
                     identifiers,
+                    replaces,
                     fault,
                     order,
                     order_status,
@@ -517,11 +534,13 @@ def _order_of(
     return order, status if isinstance(status, str) else None
 
 
-def _order_identifiers(body: bytes) -> tuple[str, ...]:
-    """The identifiers' values in a newOrder flattened JWS; () when unreadable."""
+def _order_identifiers(body: bytes) -> tuple[tuple[str, ...], str | None]:
+    """The identifiers' values and `replaces` in a newOrder flattened JWS;
+    ((), None) when unreadable."""
     try:
         payload = json.loads(body)["payload"]
         order = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        return tuple(str(identifier["value"]) for identifier in order["identifiers"])
+        names = tuple(str(identifier["value"]) for identifier in order["identifiers"])
+        return names, order.get("replaces")
     except (ValueError, KeyError, TypeError):
-        return ()
+        return (), None

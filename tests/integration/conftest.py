@@ -9,6 +9,7 @@ kind cluster through pytest-kind and installs KWOK into it (needs Docker).
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -426,6 +427,7 @@ class Watch:
 
     def __init__(self, kubectl: Kubectl, namespace: str, target: str, jsonpath: str) -> None:
         self.samples: list[str] = []
+        self.received: list[datetime.datetime] = []  # when each sample arrived
         self._process = subprocess.Popen(
             [
                 kubectl.binary,
@@ -447,6 +449,7 @@ class Watch:
     def _read(self) -> None:
         assert self._process.stdout is not None
         for line in self._process.stdout:
+            self.received.append(datetime.datetime.now(tz=datetime.UTC))
             self.samples.append(line.rstrip("\n"))
 
     def __enter__(self) -> Watch:

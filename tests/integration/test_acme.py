@@ -40,6 +40,7 @@ from blogsite_operator.issuance.protocol import AccountConfig, IssuanceError, Or
 from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger, names_digest
 from blogsite_operator.render.site import SiteRef, render_challenges_config_map
 from blogsite_operator.settings import AcmeSettings
+from tests.acme_faults import AcmeFaultProxy
 from tests.integration.conftest import (
     PEBBLE_DNS_PORT,
     PEBBLE_HTTP01_PORT,
@@ -1328,3 +1329,90 @@ def test_a_fallback_ca_issues_before_the_certificate_of_a_ca_that_is_down_expire
         finally:
             server.stop()
             operator.stop()
+
+
+SOAK_LIFETIME_SECONDS = 30
+
+
+def test_a_compressed_soak_of_renewals_through_an_outage_and_a_refused_replaces(
+    kubectl: Kubectl,
+    namespace: str,
+    challenge_server: ChallengeServer,
+    operator_process: OperatorProcess,
+) -> None:
+    """30-second certificates, renewed four times in a row through the fault
+    proxy: one renewal's `replaces` is refused (alreadyReplaced), the CA is
+    down across another's renewal time. Every status written describes an
+    unexpired certificate for every name, every renewal order names the
+    certificate it replaces but the one the CA refused (ordered again
+    without it, once), and the ledger counts only the orders the CA's limits
+    count. KWOK's pods run no nginx: what pods present is the real node's
+    test (test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe)."""
+    names = DOMAINS + REDIRECTS
+    with (
+        running_pebble({"PEBBLE_SHORTLIVED_SECONDS": str(SOAK_LIFETIME_SECONDS)}) as pebble,
+        AcmeFaultProxy(pebble) as ca,
+    ):
+        trust_pebble(kubectl, namespace, pebble)
+        site = acme_site(pebble, profile="shortlived")
+        site["spec"]["tls"]["acme"]["server"] = ca.directory_url
+        kubectl.apply(site, namespace)
+        first = wait_for_certificate(kubectl, namespace)["status"]["certificate"]
+        with Watch(kubectl, namespace, f"blogsite/{SITE}", "{.status.certificate}") as watch:
+
+            def renewed_from(serial: str) -> dict[str, Any]:
+                site = wait_for_certificate(
+                    kubectl, namespace, other_than=serial, timeout=3 * SOAK_LIFETIME_SECONDS
+                )
+                certificate: dict[str, Any] = site["status"]["certificate"]
+                return certificate
+
+            second = renewed_from(first["serialNumber"])
+            ca.refuse_replaces_once()
+            third = renewed_from(second["serialNumber"])
+            # Down from half the lifetime until past the renewal time.
+            issued_at = parse_time(third["notBefore"])
+            now = datetime.datetime.now(tz=datetime.UTC)
+            time.sleep(max(0.0, (issued_at - now).total_seconds() + SOAK_LIFETIME_SECONDS / 2))
+            ca.down()
+            time.sleep(SOAK_LIFETIME_SECONDS / 3)
+            ca.up()
+            fourth = renewed_from(third["serialNumber"])
+            fifth = renewed_from(fourth["serialNumber"])
+            samples = [
+                (received, json.loads(line) if line else {})
+                for received, line in zip(watch.received, watch.samples, strict=False)
+            ]
+
+    # Every status written while it ran: a real, unexpired certificate for every name.
+    checked = 0
+    for received, status in samples:
+        if not status or status.get("placeholder"):
+            continue
+        assert parse_time(status["notAfter"]) > received, (received, status)
+        assert sorted(status["dnsNames"]) == sorted(names), status
+        checked += 1
+    assert checked >= 5, samples
+    # Every renewal order named the certificate it replaces, but the one refused.
+    orders = [r for r in ca.requests() if r.endpoint == "newOrder" and r.method == "POST"]
+    answered = [r for r in orders if r.status is not None]
+    assert answered[0].replaces is None  # the first certificate replaces nothing
+    refused = [r for r in answered if r.fault == "alreadyReplaced"]
+    assert len(refused) == 1, refused
+    without = [r for r in answered[1:] if r.replaces is None]
+    assert len(without) == 1, "only the order after the refusal went without `replaces`"
+    assert answered.index(without[0]) == answered.index(refused[0]) + 1
+    assert events(kubectl, namespace, "ReplacesRefused")
+    for certificate in (second, fourth, fifth):
+        assert certificate["issuedBy"].get("replaced"), certificate
+    # The ledger counts what the limits count: the first and the refused one's retry.
+    (account,) = kubectl.json(
+        "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+    )["items"]
+    ledger = Ledger.from_annotation(account["metadata"]["annotations"][LEDGER_ANNOTATION])
+    counted = Counter(digest for _, digest in ledger.certificates)
+    assert counted == {names_digest(names): 2}, counted
+    FIGURES.append(
+        f"ACME soak: 5 certificates of {SOAK_LIFETIME_SECONDS}s in a row through a refused "
+        f"`replaces` and a CA outage; {checked} status writes, none expired or missing a name"
+    )
