@@ -52,8 +52,8 @@ MUTANTS = [
         "orders sent whatever the account's ledger says: the CA refuses the sixth "
         "certificate for one set of names, after the fact",
         "operator/blogsite_operator/issuance/driver.py",
-        "            if ledger is not None\n            else None",
-        "            if False\n            else None",
+        "    if account_ledger is None:\n        return None",
+        "    if True:\n        return None",
         (
             "tests/integration/test_acme.py::test_name_churn_gets_at_most_five_certificates_per_exact_set_across_a_restart",
             "tests/unit/test_acme_driver.py::TestLedger::test_no_order_past_the_limit_and_the_user_is_told_until_when",
@@ -107,10 +107,11 @@ MUTANTS = [
         "renewal-without-replaces",
         "renewals that never name the certificate they replace: no rate-limit exemption",
         "operator/blogsite_operator/issuance/driver.py",
-        "replaces=replaced_certificate_id(served, directory_url(acme.server)),",
-        "replaces=None,",
+        "    replaces = replaced_certificate_id(served, server)\n",
+        "    replaces = None\n",
         (
             "tests/unit/test_acme_driver.py::TestReplaces::test_a_renewal_names_the_certificate_this_operator_obtained_from_the_same_ca",
+            "tests/integration/test_acme.py::test_a_compressed_soak_of_renewals_through_an_outage_and_a_refused_replaces",
         ),
     ),
     Mutant(
@@ -359,10 +360,10 @@ MUTANTS = [
         "order-after-every-restart",
         "every site orders a certificate on its first pass after a restart",
         "operator/blogsite_operator/issuance/driver.py",
-        "    due = plan.due or state.failed_attempts > 0\n",
-        "    seen = drive_acme.__dict__.setdefault('seen', set())\n"
-        "    due = plan.due or state.failed_attempts > 0 or "
-        "(tuple(names) not in seen and not seen.add(tuple(names)))\n",
+        "        or state.failed_attempts > 0\n",
+        "        or state.failed_attempts > 0\n"
+        "        or (tuple(names) not in drive_acme.__dict__.setdefault('seen', set())"
+        " and not drive_acme.__dict__['seen'].add(tuple(names)))\n",
         ("tests/integration/test_chaos.py::test_sigkill_at_random_moments_loses_nothing",),
     ),
     Mutant(
