@@ -48,6 +48,49 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "probe-trusts-the-annotation",
+        "the served-certificate probe takes any certificate a pod presents for the right one",
+        "operator/blogsite_operator/policies/served.py",
+        "        elif info.serial not in known_serials:",
+        "        elif False:",
+        (
+            "tests/unit/test_served.py::TestServedVerdict::test_a_pod_presenting_another_certificate_is_named",
+            REAL_NODE + "test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe",
+        ),
+        in_image=True,
+    ),
+    Mutant(
+        "probe-without-the-proxy-line",
+        "the probe speaks plain TLS to a frontend that expects a load balancer's PROXY line",
+        "operator/blogsite_operator/served_probe.py",
+        "        if proxy_protocol:  # the listener expects",
+        "        if False:  # the listener expects",
+        (
+            "tests/nginx/test_served_probe.py::test_the_probe_reads_what_nginx_presents_for_every_name",
+        ),
+    ),
+    Mutant(
+        "no-preflight",
+        "orders sent for names that point elsewhere: failed authorizations spent",
+        "operator/blogsite_operator/issuance/issuer.py",
+        "        if self.settings.preflight:\n",
+        "        if False:\n",
+        (
+            "tests/integration/test_acme.py::test_a_name_pointing_elsewhere_stops_the_order_before_the_ca_hears_of_it",
+        ),
+    ),
+    Mutant(
+        "fallback-never-taken",
+        "a CA that keeps failing is kept to the end: the certificate expires",
+        "operator/blogsite_operator/policies/certificate.py",
+        "    return current + 1 if failing and in_last_part_of_life(served, now) else current",
+        "    return current",
+        (
+            "tests/unit/test_fallback.py::TestChooseServer::test_in_the_last_sixth_a_ca_that_keeps_failing_is_given_up",
+            "tests/integration/test_acme.py::test_a_fallback_ca_issues_before_the_certificate_of_a_ca_that_is_down_expires",
+        ),
+    ),
+    Mutant(
         "ledger-never-consulted",
         "orders sent whatever the account's ledger says: the CA refuses the sixth "
         "certificate for one set of names, after the fact",
