@@ -1099,7 +1099,27 @@ def test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe(
             f"{waited:.1f}s after it became Ready (interval {PROBE_INTERVAL}s)"
         )
     finally:
-        kubectl.run("delete", "pod", "stale-frontend", "-n", site.namespace, "--wait=false")
+        # Gone, not only terminating: the Service may still send it a request
+        # or two until kube-proxy has caught up, and the next test's traffic
+        # must not meet its certificate.
+        kubectl.run("delete", "pod", "stale-frontend", "-n", site.namespace, "--timeout=120s")
+
+    def stale_endpoint() -> bool:
+        slices = kubectl.json(
+            "get",
+            "endpointslices",
+            "-n",
+            site.namespace,
+            "-l",
+            f"kubernetes.io/service-name={SITE}-frontend",
+        )["items"]
+        return any(
+            (endpoint.get("targetRef") or {}).get("name") == "stale-frontend"
+            for endpoint_slice in slices
+            for endpoint in endpoint_slice.get("endpoints") or []
+        )
+
+    wait_for(lambda: not stale_endpoint(), timeout=60, what="the stale pod out of the Service")
     wait_for(
         lambda: served_condition(kubectl, site.namespace, "True"),
         timeout=PROBE_INTERVAL + 60,
