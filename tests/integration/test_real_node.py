@@ -42,7 +42,7 @@ from blogsite_operator.render.site import (
     VERSION_LABEL,
 )
 from tests.chart.conftest import CHART, Helm, helm_binary
-from tests.integration.conftest import Kubectl, cluster_env
+from tests.integration.conftest import Kubectl, Watch, cluster_env
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, wait_for
 from tests.traffic import Response, Traffic, request, tls_context
@@ -1126,6 +1126,50 @@ def test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe(
         what="CertificateServed True once the pod is gone",
     )
     kubectl.run("delete", "secret", "stale-tls", "-n", site.namespace)
+
+
+def test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it(
+    kubectl: Kubectl, served_site: ServedSite
+) -> None:
+    """Three renewals in a row on real pods: after each, the probe finds the
+    new certificate on every Ready frontend pod for every name, and at no
+    status write in between did a pod present anything else (expired, for
+    other names, or unknown): CertificateServed is never False."""
+    site = served_site
+    jsonpath = '{.status.conditions[?(@.type=="CertificateServed")].status}'
+    with Watch(kubectl, site.namespace, f"blogsite/{SITE}", jsonpath) as watch:
+        for round_ in range(3):
+            before = served_certificate(kubectl, site.namespace)
+            kubectl.run(
+                "annotate",
+                "blogsite",
+                SITE,
+                "-n",
+                site.namespace,
+                "--overwrite",
+                f"blog.daedalus.dev/renew-certificate=probe-{round_}-{time.time()}",
+            )
+            renewed = wait_for(
+                lambda before=before: (  # type: ignore[misc]
+                    pem if (pem := served_certificate(kubectl, site.namespace)) != before else None
+                ),
+                timeout=180,
+                what=f"renewal {round_ + 1}",
+            )
+            serial = format(x509.load_pem_x509_certificate(renewed).serial_number, "x")
+            wait_for(
+                lambda serial=serial: (  # type: ignore[misc]
+                    (found := served_condition(kubectl, site.namespace, "True")) is not None
+                    and f"serial {serial} for every name" in found["message"]
+                ),
+                timeout=180,
+                what=f"the probe finding serial {serial} on every pod",
+            )
+    seen = [sample for sample in watch.samples if sample]
+    assert "False" not in seen, seen
+    FIGURES.append(
+        f"real node: 3 renewals in a row, {len(seen)} CertificateServed writes seen, none False"
+    )
 
 
 def tls_secret(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
