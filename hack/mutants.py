@@ -60,6 +60,15 @@ MUTANTS = [
         in_image=True,
     ),
     Mutant(
+        "renewal-never-reaches-the-pods",
+        "frontend pods not rolled for a new certificate: nginx keeps presenting the old one",
+        "operator/blogsite_operator/render/site.py",
+        "        TLS_HASH_ANNOTATION: facts.tls_certificate_hash,",
+        "        TLS_HASH_ANNOTATION: None,",
+        (REAL_NODE + "test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it",),
+        in_image=True,
+    ),
+    Mutant(
         "probe-without-the-proxy-line",
         "the probe speaks plain TLS to a frontend that expects a load balancer's PROXY line",
         "operator/blogsite_operator/served_probe.py",
