@@ -60,11 +60,17 @@ MUTANTS = [
         in_image=True,
     ),
     Mutant(
-        "renewal-never-reaches-the-pods",
-        "frontend pods not rolled for a new certificate: nginx keeps presenting the old one",
-        "operator/blogsite_operator/render/site.py",
-        "        TLS_HASH_ANNOTATION: facts.tls_certificate_hash,",
-        "        TLS_HASH_ANNOTATION: None,",
+        "probe-never-looks-again",
+        "the served-certificate probe's first finding stands for ever: renewals go unseen",
+        "operator/blogsite_operator/served_probe.py",
+        "            about_these = latest is not None and "
+        "(latest.targets, latest.names) == (targets, names)\n"
+        "            current = latest if about_these else None\n"
+        "            age = time.monotonic() - ended\n"
+        "            due = current is None or age >= self.interval\n",
+        "            current = latest\n"
+        "            age = time.monotonic() - ended\n"
+        "            due = current is None\n",
         (REAL_NODE + "test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it",),
         in_image=True,
     ),
