@@ -906,15 +906,7 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
             what="no cert-refresh pod running",
         )
         mark = pebble.log_path.stat().st_size
-        kubectl.run(
-            "annotate",
-            "blogsite",
-            SITE,
-            "-n",
-            site.namespace,
-            "--overwrite",
-            "blog.daedalus.dev/renew-certificate=self-check",
-        )
+        request_renewal(kubectl, site.namespace, "self-check")
         failure = wait_for(
             lambda: (
                 (
@@ -1138,24 +1130,9 @@ def test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it(
     site = served_site
     jsonpath = '{.status.conditions[?(@.type=="CertificateServed")].status}'
     with Watch(kubectl, site.namespace, f"blogsite/{SITE}", jsonpath) as watch:
-        for round_ in range(3):
+        for _ in range(3):
             before = served_certificate(kubectl, site.namespace)
-            kubectl.run(
-                "annotate",
-                "blogsite",
-                SITE,
-                "-n",
-                site.namespace,
-                "--overwrite",
-                f"blog.daedalus.dev/renew-certificate=probe-{round_}-{time.time()}",
-            )
-            renewed = wait_for(
-                lambda before=before: (  # type: ignore[misc]
-                    pem if (pem := served_certificate(kubectl, site.namespace)) != before else None
-                ),
-                timeout=180,
-                what=f"renewal {round_ + 1}",
-            )
+            renewed = renew(kubectl, site.namespace, before)
             serial = format(x509.load_pem_x509_certificate(renewed).serial_number, "x")
             wait_for(
                 lambda serial=serial: (  # type: ignore[misc]
@@ -1169,6 +1146,19 @@ def test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it(
     assert "False" not in seen, seen
     FIGURES.append(
         f"real node: 3 renewals in a row, {len(seen)} CertificateServed writes seen, none False"
+    )
+
+
+def request_renewal(kubectl: Kubectl, namespace: str, value: str) -> None:
+    """The renew annotation with a new value: one order, even during backoff."""
+    kubectl.run(
+        "annotate",
+        "blogsite",
+        SITE,
+        "-n",
+        namespace,
+        "--overwrite",
+        f"blog.daedalus.dev/renew-certificate={value}",
     )
 
 
@@ -1705,15 +1695,7 @@ def test_the_operator_at_ten_sites(
 
 def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
     """Ask for a renewal with the annotation; the certificate that replaced `before`."""
-    kubectl.run(
-        "annotate",
-        "blogsite",
-        SITE,
-        "-n",
-        namespace,
-        "--overwrite",
-        f"blog.daedalus.dev/renew-certificate={datetime.datetime.now(datetime.UTC).isoformat()}",
-    )
+    request_renewal(kubectl, namespace, datetime.datetime.now(datetime.UTC).isoformat())
     renewed: bytes = wait_for(
         lambda: (cert := served_certificate(kubectl, namespace)) != before and cert,
         timeout=120,
