@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from blogsite_operator import certs
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION, renew_request_digest
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob, SiteKey
-from blogsite_operator.issuance.protocol import directory_url
+from blogsite_operator.issuance.protocol import IssuanceError, directory_url
 from blogsite_operator.policies.certificate import RenewalInfo
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render import RenderSettings
@@ -311,3 +311,52 @@ def test_a_pass_failing_at_any_api_call_loses_nothing_and_repeats_nothing() -> N
         reverted = [r for _, r, _ in faulty.events if r == "RolledBack"]
         lost = faulty.failed == "event RolledBack"  # an Event is best effort
         assert len(reverted) == (0 if lost else 1), f"{what}: {len(reverted)} RolledBack Events"
+
+
+def in_backoff() -> tuple[FaultyApi, FakeIssuer, dict[str, Any]]:
+    """A certified site whose asked-for renewal failed with a Retry-After:
+    it waits out its backoff, remembering the failure, the CA's renewal
+    information and the facts of the certificate it serves."""
+    api, issuer = FaultyApi(), FakeIssuer()
+    reconcile_site(api, body("d:1", None), SETTINGS, issuer=issuer)
+    issuer.finish(api)
+    converge(api, issuer, "d:1")
+    reconcile_site(api, body("d:1", api.status, "renew-1"), SETTINGS, issuer=issuer)
+    job = issuer.running
+    assert job is not None
+    later = datetime.datetime.now(tz=datetime.UTC) + datetime.timedelta(hours=1)
+    error = IssuanceError("RateLimited", "too many certificates", retry_after=later)
+    issuer.running, issuer.result = None, JobResult(job, TODAY, error=error)
+    converge(api, issuer, "d:1", "renew-1")
+    remembered = copy.deepcopy(api.status)
+    assert remembered is not None
+    for path in ACME_MEMORY + SERVED_FACTS:
+        assert at(remembered, path) is not None, path
+    api.calls = []
+    return api, issuer, remembered
+
+
+def test_a_failed_pass_erases_no_memory_of_a_site_waiting_out_its_backoff() -> None:
+    """Each API call of a pass of a site in backoff fails in turn; after a
+    clean pass every memory field (backoff, Retry-After, last failure,
+    renewal information, served facts) is what it was, and nothing is ordered."""
+    api, issuer, remembered = in_backoff()
+    reference = copy.deepcopy(api)
+    reconcile_site(reference, body("d:1", api.status, "renew-1"), SETTINGS, issuer=issuer)
+    calls = len(reference.calls)
+    assert calls > 0
+    for fail_at in range(1, calls + 1):
+        faulty, faulty_issuer = copy.deepcopy(api), copy.deepcopy(issuer)
+        faulty.fail_at = fail_at
+        try:
+            reconcile_site(
+                faulty, body("d:1", faulty.status, "renew-1"), SETTINGS, issuer=faulty_issuer
+            )
+        except ApiException:
+            assert faulty.failed is not None
+        faulty.fail_at = None
+        converge(faulty, faulty_issuer, "d:1", "renew-1")
+        what = f"call {fail_at} ({faulty.failed}) failed"
+        for path in ACME_MEMORY + SERVED_FACTS:
+            assert at(faulty.status, path) == at(remembered, path), f"{what}: {path}"
+        assert len(faulty_issuer.jobs) == 2, f"{what}: ordered during the backoff"
