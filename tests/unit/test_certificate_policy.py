@@ -194,6 +194,15 @@ class TestWhenToRenew:
         assert plan(issued(), renewal_info=ari) == RenewalPlan(False, "RenewalInfo", ari_time)
         assert plan(issued(), renewal_info=ari, now=ari_time).due
 
+    def test_renewal_info_never_later_than_a_quarter_of_the_lifetime_left(self) -> None:
+        """A window that runs to the certificate's end (Pebble's for short
+        lifetimes): a pick a minute before it leaves no time to roll out."""
+        certificate = issued()  # 90 days
+        late = RenewalInfo("5ca1ab1e", certificate.not_after - datetime.timedelta(minutes=1), NOW)
+        latest = certificate.not_after - datetime.timedelta(days=90) / 4
+        assert plan(certificate, renewal_info=late) == RenewalPlan(False, "RenewalInfo", latest)
+        assert plan(certificate, renewal_info=late, now=latest).due
+
     def test_renewal_info_for_the_served_serial_can_say_now(self) -> None:
         ari = RenewalInfo("5ca1ab1e", NOW - datetime.timedelta(hours=1), NOW)
         assert plan(issued(), renewal_info=ari) == RenewalPlan(

@@ -307,10 +307,19 @@ def _replacement_reason(
     return None
 
 
+# The latest moment a CA's renewal information may set, as the part of the
+# lifetime still left: a window that runs to the certificate's end (Pebble's
+# for short lifetimes) lets the client's random pick fall seconds before it,
+# with no time left for a rollout. A quarter is later than any sane window
+# (Let's Encrypt's sit at a third) and before the expiry alert (a sixth).
+LATEST_RENEWAL_LIFE_LEFT = 4
+
+
 def renewal_time(
     acme: models.Acme, info: CertificateInfo, renewal_info: RenewalInfo | None
 ) -> tuple[datetime.datetime, str]:
-    """renewBefore if set (and shorter than the lifetime), else ARI, else a third left."""
+    """renewBefore if set (and shorter than the lifetime), else ARI (never
+    later than a quarter of the lifetime left), else a third left."""
     lifetime = info.not_after - info.not_before
     if acme.renew_before_seconds is not None:
         before = datetime.timedelta(seconds=acme.renew_before_seconds)
@@ -321,7 +330,8 @@ def renewal_time(
         and renewal_info.serial == info.serial
         and renewal_info.renewal_time is not None
     ):
-        return renewal_info.renewal_time, "RenewalInfo"
+        latest = info.not_after - lifetime / LATEST_RENEWAL_LIFE_LEFT
+        return min(renewal_info.renewal_time, latest), "RenewalInfo"
     return info.not_after - lifetime / 3, "ThirdOfLifetimeLeft"
 
 
