@@ -24,6 +24,16 @@
 //	                           /healthz failing, before closing the listener
 //	                           (default 3s; lets endpoints catch up)
 //
+// Misbehaviours that pass the health check but fail users (a broken
+// template, a bad migration), for canary analysis to catch:
+//
+//	-error-rate ERROR_RATE     share of pages (0 to 1) answered 500, spread
+//	                           evenly: 0.2 is every fifth page, 1 every page
+//	-slow SLOW                 every page answered this late (a Go duration)
+//	-fail-after FAIL_AFTER     every page answered 500 from this long after
+//	                           start on (a version that fails late)
+//	-crash-after CRASH_AFTER   exit with status 1 this long after start
+//
 // GET /healthz answers 200 "ok" (503 when never-ready or shutting down);
 // every other path answers a small HTML page with "daedalus stand-in", the
 // page text, the version, the request's Host and the pod's hostname. A
@@ -73,6 +83,10 @@ type config struct {
 	writable      []string
 	uid           int // -1: any
 	keepFile      string
+	errorRate     float64
+	slow          time.Duration
+	failAfter     time.Duration // 0: never
+	crashAfter    time.Duration // 0: never
 }
 
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
@@ -102,6 +116,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		"file it appends its pod and version to at start, served at /kept (env KEEP_FILE)")
 	delay := flags.String("shutdown-delay", env("SHUTDOWN_DELAY", "3s"),
 		"serving time after SIGTERM before the listener closes (env SHUTDOWN_DELAY)")
+	errorRate := flags.String("error-rate", env("ERROR_RATE", "0"),
+		"share of pages answered 500, 0 to 1 (env ERROR_RATE)")
+	slow := flags.String("slow", env("SLOW", "0s"), "delay of every page (env SLOW)")
+	failAfter := flags.String("fail-after", env("FAIL_AFTER", "0s"),
+		"every page answered 500 from this long after start on (env FAIL_AFTER)")
+	crashAfter := flags.String("crash-after", env("CRASH_AFTER", "0s"),
+		"exit 1 this long after start (env CRASH_AFTER)")
 	if err := flags.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -119,6 +140,19 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	var err error
 	if cfg.shutdownDelay, err = time.ParseDuration(*delay); err != nil || cfg.shutdownDelay < 0 {
 		return cfg, fmt.Errorf("invalid shutdown delay %q", *delay)
+	}
+	if cfg.errorRate, err = strconv.ParseFloat(*errorRate, 64); err != nil ||
+		cfg.errorRate < 0 || cfg.errorRate > 1 {
+		return cfg, fmt.Errorf("invalid error rate %q (0 to 1)", *errorRate)
+	}
+	for _, d := range []struct {
+		name  string
+		raw   string
+		value *time.Duration
+	}{{"slow", *slow, &cfg.slow}, {"fail-after", *failAfter, &cfg.failAfter}, {"crash-after", *crashAfter, &cfg.crashAfter}} {
+		if *d.value, err = time.ParseDuration(d.raw); err != nil || *d.value < 0 {
+			return cfg, fmt.Errorf("invalid %s %q", d.name, d.raw)
+		}
 	}
 	for _, dir := range strings.Split(*writable, ",") {
 		if dir != "" {
@@ -156,6 +190,19 @@ type server struct {
 	cfg      config
 	hostname string
 	draining atomic.Bool
+	started  time.Time
+	pages    atomic.Int64 // pages asked for so far, for -error-rate
+}
+
+// failing says whether this page answers 500: every page once -fail-after
+// has passed, else the ERROR_RATE share, spread evenly (page n fails when
+// the running count of failures due rises with it).
+func (s *server) failing(now time.Time) bool {
+	if s.cfg.failAfter > 0 && now.Sub(s.started) >= s.cfg.failAfter {
+		return true
+	}
+	n := s.pages.Add(1)
+	return int64(float64(n)*s.cfg.errorRate) > int64(float64(n-1)*s.cfg.errorRate)
 }
 
 var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
@@ -229,25 +276,42 @@ func (s *server) page(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	if s.cfg.slow > 0 {
+		select {
+		case <-time.After(s.cfg.slow):
+		case <-r.Context().Done():
+			return
+		}
+	}
 	w.Header().Set("X-Daedalus-Version", s.cfg.version)
+	if s.failing(time.Now()) {
+		http.Error(w, "daedalus stand-in: failing on purpose (version "+s.cfg.version+")",
+			http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = pageTemplate.Execute(w, map[string]string{
 		"Page": s.cfg.page, "Version": s.cfg.version, "Host": r.Host,
 		"Path": r.URL.Path, "Pod": s.hostname,
 	})
 }
 
-// serve answers on ln until ctx ends, then drains: /healthz fails and
+// serve answers on ln until ctx ends (or crash fires: it stops at once), then drains: /healthz fails and
 // keep-alives stop for the shutdown delay (new connections are still
 // accepted while endpoints catch up), then the listener closes and in-flight
 // requests finish.
-func (s *server) serve(ctx context.Context, ln net.Listener, logf func(string, ...any)) error {
+func (s *server) serve(
+	ctx context.Context, ln net.Listener, crash <-chan time.Time, logf func(string, ...any),
+) error {
 	srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 10 * time.Second}
 	failed := make(chan error, 1)
 	go func() { failed <- srv.Serve(ln) }()
 	select {
 	case err := <-failed:
 		return err
+	case <-crash:
+		_ = srv.Close() // no draining: a crash drops what it was doing
+		return fmt.Errorf("CRASH_AFTER=%s: crashing on purpose", s.cfg.crashAfter)
 	case <-ctx.Done():
 	}
 	s.draining.Store(true)
@@ -305,14 +369,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		logf("KEEP_FILE: appended to %s", cfg.keepFile)
 	}
-	s := &server{cfg: cfg, hostname: hostname}
+	s := &server{cfg: cfg, hostname: hostname, started: time.Now()}
+	var crash <-chan time.Time // nil: never
+	if cfg.crashAfter > 0 {
+		crash = time.After(cfg.crashAfter)
+	}
 	ln, err := net.Listen("tcp", ":"+cfg.port)
 	if err != nil {
 		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
 		return 1
 	}
 	logf("version %s, behavior %s, listening on %s", cfg.version, cfg.behavior, ln.Addr())
-	if err := s.serve(ctx, ln, logf); err != nil {
+	if err := s.serve(ctx, ln, crash, logf); err != nil {
 		fmt.Fprintf(stderr, "daedalus-standin: %v\n", err)
 		return 1
 	}

@@ -111,6 +111,8 @@ func TestDelay(t *testing.T) {
 func TestBadConfig(t *testing.T) {
 	for _, values := range []map[string]string{
 		{"BEHAVIOR": "explode"}, {"PORT": "http"}, {"SHUTDOWN_DELAY": "soon"},
+		{"ERROR_RATE": "1.5"}, {"ERROR_RATE": "some"}, {"SLOW": "-1s"}, {"FAIL_AFTER": "later"},
+		{"CRASH_AFTER": "x"},
 	} {
 		var stderr bytes.Buffer
 		if code := run(context.Background(), nil, env(values), io.Discard, &stderr); code != 2 {
@@ -213,7 +215,7 @@ func TestGracefulShutdown(t *testing.T) {
 	base := "http://" + ln.Addr().String()
 	ctx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.serve(ctx, ln, t.Logf) }()
+	go func() { done <- s.serve(ctx, ln, nil, t.Logf) }()
 
 	inflight := make(chan error, 1)
 	go func() {
@@ -252,6 +254,84 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := client.Get(base + "/healthz"); err == nil {
 		t.Fatal("still answering after shutdown")
+	}
+}
+
+// Pages fail as configured while /healthz stays 200: what a health-only
+// rollout gate cannot see.
+func TestErrorRateIsSpreadEvenlyAndHealthStaysOK(t *testing.T) {
+	for _, tc := range []struct {
+		rate   string
+		failed int // of 20 pages
+	}{{"0", 0}, {"0.2", 4}, {"0.5", 10}, {"1", 20}} {
+		s := newServer(t, map[string]string{"ERROR_RATE": tc.rate, "VERSION": "v9"})
+		failed, streak := 0, 0
+		for i := 0; i < 20; i++ {
+			code, body := get(t, s.handler(), "/", "")
+			if code == http.StatusInternalServerError {
+				failed++
+				streak++
+				if !strings.Contains(body, "v9") {
+					t.Errorf("the error page does not name the version: %q", body)
+				}
+			} else {
+				streak = 0
+			}
+			if tc.rate == "0.2" && streak > 1 {
+				t.Errorf("rate 0.2: two failures in a row at page %d", i)
+			}
+		}
+		if failed != tc.failed {
+			t.Errorf("rate %s: %d of 20 pages failed, want %d", tc.rate, failed, tc.failed)
+		}
+		if code, _ := get(t, s.handler(), "/healthz", ""); code != http.StatusOK {
+			t.Errorf("rate %s: /healthz = %d", tc.rate, code)
+		}
+	}
+}
+
+func TestSlowPages(t *testing.T) {
+	s := newServer(t, map[string]string{"SLOW": "60ms"})
+	start := time.Now()
+	if code, _ := get(t, s.handler(), "/", ""); code != http.StatusOK {
+		t.Fatalf("slow page = %d", code)
+	}
+	if time.Since(start) < 60*time.Millisecond {
+		t.Fatal("SLOW not honoured")
+	}
+	start = time.Now()
+	if code, _ := get(t, s.handler(), "/healthz", ""); code != http.StatusOK || time.Since(start) > 50*time.Millisecond {
+		t.Fatal("/healthz must stay fast")
+	}
+}
+
+func TestFailAfter(t *testing.T) {
+	s := newServer(t, map[string]string{"FAIL_AFTER": "1m"})
+	s.started = time.Now()
+	if code, _ := get(t, s.handler(), "/", ""); code != http.StatusOK {
+		t.Fatalf("page before FAIL_AFTER = %d", code)
+	}
+	s.started = time.Now().Add(-2 * time.Minute)
+	if code, _ := get(t, s.handler(), "/", ""); code != http.StatusInternalServerError {
+		t.Fatalf("page after FAIL_AFTER = %d", code)
+	}
+	if code, _ := get(t, s.handler(), "/healthz", ""); code != http.StatusOK {
+		t.Fatalf("/healthz after FAIL_AFTER = %d", code)
+	}
+}
+
+func TestCrashAfter(t *testing.T) {
+	values := map[string]string{"CRASH_AFTER": "100ms", "PORT": "0"}
+	start := time.Now()
+	var stderr bytes.Buffer
+	if code := run(context.Background(), nil, env(values), io.Discard, &stderr); code != 1 {
+		t.Fatalf("CRASH_AFTER exited %d", code)
+	}
+	if time.Since(start) < 100*time.Millisecond {
+		t.Fatal("crashed before its time")
+	}
+	if !strings.Contains(stderr.String(), "crashing on purpose") {
+		t.Fatalf("crash said %q", stderr.String())
 	}
 }
 
