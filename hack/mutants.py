@@ -435,6 +435,15 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "traffic-gap-ignored",
+        "the zero-downtime client counts no gap: a window in which no request "
+        "completed (a dead or starved client) passes as zero failures",
+        "tests/traffic.py",
+        "                if later - earlier > STALL_SECONDS:\n",
+        "                if False:\n",
+        ("tests/unit/test_traffic.py::test_a_window_without_completed_requests_fails",),
+    ),
+    Mutant(
         "unowned-config-map",
         "the nginx ConfigMap written without its owner reference (an orphan-to-be)",
         "operator/blogsite_operator/render/site.py",
