@@ -78,8 +78,10 @@ REDIRECT_DOMAINS = ["old-blog.example.test"]
 PAGE = "daedalus stand-in"
 # rollout.readyTimeoutSeconds of the site: past the second restart of a
 # crashing container (back-offs of 10 s and 20 s), so crashes are judged by
-# their restarts, as they would be with the defaults.
-READY_TIMEOUT = 45
+# their restarts, as they would be with the defaults; and far past the few
+# seconds a good stand-in pod takes, so a loaded machine never fails a good
+# version (a never-ready one is restarted by its liveness probe first).
+READY_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
