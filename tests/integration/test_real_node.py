@@ -154,6 +154,10 @@ RELEASE = "blogsite-operator"
 PROBE_INTERVAL = 20  # seconds between served-certificate probes (the chart's: 300)
 OPERATOR_SELECTOR = "app.kubernetes.io/name=blogsite-operator"
 LEASE = "blogsite-operator"
+# The chart's leader election (client-go's timings, the README's figures): a
+# leader renews every 2 s, a standby tries every 2 s and takes a Lease 15 s
+# after the last renewal it saw.
+LEASE_SECONDS, RENEW_SECONDS = 15.0, 2.0
 
 
 class OperatorLogs:
@@ -1981,6 +1985,8 @@ def test_the_leader_pod_deleted_under_traffic_hands_over_in_seconds(
         f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
     )
     assert not traffic.failures, traffic.summary()
+    # Released, not left to run out: taken well before a Lease could expire.
+    assert takeover < LEASE_SECONDS - RENEW_SECONDS, takeover
     release.leader()
 
 
@@ -2030,6 +2036,9 @@ def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
         f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
     )
     assert not traffic.failures, traffic.summary()
+    # Never before the Lease ran out (renewed at most 2 s before the kill: two
+    # leaders otherwise), and at one of the standby's next tries after it.
+    assert LEASE_SECONDS - RENEW_SECONDS <= takeover <= LEASE_SECONDS + 3 * RENEW_SECONDS, takeover
     release.leader()
 
 
