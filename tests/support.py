@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 # Lines a test measured, printed in the run's summary (tests/conftest.py).
@@ -39,3 +41,34 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+@dataclass(frozen=True)
+class AuditMark:
+    """Where the audit log stood: its file (by inode) and the size then."""
+
+    inode: int
+    offset: int
+
+
+def audit_mark(audit_log: Path) -> AuditMark:
+    status = audit_log.stat()
+    return AuditMark(status.st_ino, status.st_size)
+
+
+def audit_lines(audit_log: Path, mark: AuditMark) -> Iterator[bytes]:
+    """Every line written after `mark`, across rotations: the API server
+    renames the log at 100 MB (lumberjack's default size), which a
+    1000-site run passes."""
+    files = sorted(audit_log.parent.glob("audit*.log"), key=lambda path: path.stat().st_mtime)
+    started = False
+    for path in files:
+        if path.stat().st_ino == mark.inode:
+            started, offset = True, mark.offset
+        elif not started:
+            continue
+        else:
+            offset = 0
+        with path.open("rb") as log:
+            log.seek(offset)
+            yield from log

@@ -37,7 +37,6 @@ import sys
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -55,7 +54,7 @@ sys.path.insert(
 )  # tests.pebble: Pebble and the challenge server, as the tests run them
 
 from tests.pebble import ChallengeServer, Pebble, running_pebble  # noqa: E402
-from tests.support import free_port  # noqa: E402
+from tests.support import AuditMark, audit_lines, audit_mark, free_port  # noqa: E402
 
 from blogsite_operator import certs, kube, models  # noqa: E402
 from blogsite_operator.render import RenderSettings, SiteRef, render_site  # noqa: E402
@@ -144,37 +143,6 @@ def cluster(command: str, env: dict[str, str]) -> str:
         text=True,
     )
     return result.stdout
-
-
-@dataclass(frozen=True)
-class AuditMark:
-    """Where the audit log stood: its file (by inode) and the size then."""
-
-    inode: int
-    offset: int
-
-
-def audit_mark(audit_log: Path) -> AuditMark:
-    status = audit_log.stat()
-    return AuditMark(status.st_ino, status.st_size)
-
-
-def audit_lines(audit_log: Path, mark: AuditMark) -> Iterator[bytes]:
-    """Every line written after `mark`, across rotations: the API server
-    renames the log at 100 MB (lumberjack's default size), which a
-    1000-site run passes."""
-    files = sorted(audit_log.parent.glob("audit*.log"), key=lambda path: path.stat().st_mtime)
-    started = False
-    for path in files:
-        if path.stat().st_ino == mark.inode:
-            started, offset = True, mark.offset
-        elif not started:
-            continue
-        else:
-            offset = 0
-        with path.open("rb") as log:
-            log.seek(offset)
-            yield from log
 
 
 def operator_writes(audit_log: Path, start: AuditMark) -> tuple[int, int, dict[str, int]]:

@@ -44,7 +44,7 @@ from blogsite_operator.render.site import (
 from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration.conftest import Kubectl, Watch, cluster_env
 from tests.pebble import Pebble, running_pebble
-from tests.support import FIGURES, wait_for
+from tests.support import FIGURES, AuditMark, audit_lines, audit_mark, wait_for
 from tests.traffic import Response, Traffic, request, tls_context
 
 NODE_NAME = "blogsite-node-0"
@@ -247,7 +247,7 @@ class Release:
     expected_restarts: dict[str, int] = field(default_factory=dict)
     # Where the API server's audit log stood at install (a reused cluster's
     # log holds earlier runs), and the leader changes tests caused since.
-    audit_offset: int = 0
+    audit_start: AuditMark | None = None  # the audit log when it was installed
     handovers: int = 0
 
     def helm_run(self, *args: str, check: bool = True) -> str:
@@ -390,7 +390,7 @@ def release(
     handle = new_release(kubectl, real_node, real_namespace, tmp_path_factory)
     kept_logs = handle.kept_logs
     audit = audit_log(kubectl)
-    handle.audit_offset = audit.stat().st_size if audit.exists() else 0
+    handle.audit_start = audit_mark(audit) if audit.exists() else None
     try:
         # The session installed the CRD from crds/ (kubectl apply), as a user
         # who had it before the chart did: the README's way to hand it over.
@@ -2143,24 +2143,23 @@ def test_the_audit_log_shows_one_writing_operator_process_at_a_time(
     record: each process's writes (Lease renewals aside) form one span, and
     no span begins before the one before it ended."""
     audit = audit_log(kubectl)
-    assert audit.exists(), "no audit log: recreate the test cluster (hack/cluster.sh down)"
+    assert release.audit_start is not None, "no audit log: recreate the test cluster"
     spans: dict[str, list[str]] = {}
-    with audit.open("rb") as log:
-        log.seek(release.audit_offset)  # this module's release only
-        for line in log:
-            event = json.loads(line)
-            if (
-                event.get("stage") != "ResponseComplete"
-                or event.get("verb") not in AUDIT_WRITES
-                or event["user"].get("username") != OPERATOR_USER
-                or event["objectRef"].get("resource") == "leases"
-            ):
-                continue
-            process = event.get("userAgent", "").rpartition("(")[2].rstrip(")")
-            pod = event["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
-            assert process.startswith(f"{pod}_"), (process, pod)  # the pod and its process
-            span = spans.setdefault(process, [event["requestReceivedTimestamp"], ""])
-            span[1] = max(span[1], event["stageTimestamp"])
+    # From this module's release on, across the log's rotations.
+    for line in audit_lines(audit, release.audit_start):
+        event = json.loads(line)
+        if (
+            event.get("stage") != "ResponseComplete"
+            or event.get("verb") not in AUDIT_WRITES
+            or event["user"].get("username") != OPERATOR_USER
+            or event["objectRef"].get("resource") == "leases"
+        ):
+            continue
+        process = event.get("userAgent", "").rpartition("(")[2].rstrip(")")
+        pod = event["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+        assert process.startswith(f"{pod}_"), (process, pod)  # the pod and its process
+        span = spans.setdefault(process, [event["requestReceivedTimestamp"], ""])
+        span[1] = max(span[1], event["stageTimestamp"])
     ordered = sorted(spans.items(), key=lambda item: item[1][0])
     FIGURES.append(f"real node: {len(ordered)} operator processes wrote, one after another")
     # The first leader and one for each handover the tests above caused (each
