@@ -132,19 +132,24 @@ class Pebble:
 
     def resolve(self, name: str, address: str) -> None:
         """Make Pebble's DNS (challtestsrv) answer `address`, and only it, for `name`."""
+        self._dns("clear-a", {"host": f"{name}."})  # add-a adds to what it answered before
+        self._dns("add-a", {"host": f"{name}.", "addresses": [address]})
+
+    def fail_to_resolve(self, name: str, failing: bool = True) -> None:
+        """Make Pebble's DNS answer SERVFAIL for `name` (a resolver in trouble),
+        over any record it has; with `failing=False`, answer its records again."""
+        self._dns("set-servfail" if failing else "clear-servfail", {"host": f"{name}."})
+
+    def _dns(self, path: str, body: dict[str, object]) -> None:
         port = _port(self.env, "PEBBLE_CHALLTESTSRV_PORT", 8055)
-        for path, body in (
-            ("clear-a", {"host": f"{name}."}),  # add-a adds to what it answered before
-            ("add-a", {"host": f"{name}.", "addresses": [address]}),
-        ):
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/{path}",
-                data=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-                method="POST",
-            )
-            with urllib.request.urlopen(request, timeout=10):
-                pass
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10):
+            pass
 
     def _tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.ca_pem.decode("ascii"))

@@ -893,9 +893,10 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
     node takes no new pod, the old one is deleted), the frontend cannot serve
     the answers, and the CA must not hear of the renewal. The preflight (on
     by default) fetches its own answer through each name's address, the
-    frontend, as the CA would, and stops it before any order; the self-check
-    of each real answer, behind it, takes the same path. Once the answers
-    are served, the renewal goes through."""
+    frontend, as the CA would, and stops it before any order. When the
+    preflight cannot tell (its resolver fails), the self-check of each real
+    answer through the frontend stops the order before the CA is asked to
+    validate. Once the answers are served, the renewal goes through."""
     site = served_site
     before = served_certificate(kubectl, site.namespace)
     taint = "blog.daedalus.dev/test-hold=1:NoSchedule"
@@ -911,26 +912,7 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
             ),
             what="no cert-refresh pod running",
         )
-        mark = pebble.log_path.stat().st_size
-        request_renewal(kubectl, site.namespace, "self-check")
-        failure = wait_for(
-            lambda: (
-                (
-                    (site_status(kubectl, site.namespace)["status"].get("certificate") or {}).get(
-                        "lastFailure"
-                    )
-                    or {}
-                ).get("reason")
-                == "PreflightFailed"
-            ),
-            timeout=120,
-            interval=1,
-            what="the preflight failing through the frontend",
-        )
-        assert failure
-        with pebble.log_path.open("rb") as log:
-            log.seek(mark)
-            asked = log.read().decode(errors="replace")
+        asked = failed_renewal(kubectl, site.namespace, pebble, "self-check", "PreflightFailed")
         assert "POST /order-plz" not in asked, "an order reached the CA"
         assert "POST /chalZ/" not in asked, "the CA was asked to validate an answer not served"
         body = site_status(kubectl, site.namespace)
@@ -940,6 +922,21 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
                 in condition(body, "CertificateReady")["message"]
             ), body
         # Meanwhile the site keeps its certificate.
+        assert served_certificate(kubectl, site.namespace) == before
+        # A resolver in trouble leaves the preflight nothing to say, and the
+        # order goes; the self-check of each real answer through the frontend
+        # then stops it before the CA is asked to validate one.
+        for name in DOMAINS + REDIRECT_DOMAINS:
+            pebble.fail_to_resolve(name)
+        try:
+            asked = failed_renewal(
+                kubectl, site.namespace, pebble, "behind-the-preflight", "SelfCheckFailed"
+            )
+        finally:
+            for name in DOMAINS + REDIRECT_DOMAINS:
+                pebble.fail_to_resolve(name, failing=False)
+        assert "POST /order-plz" in asked, "the order never reached the CA"
+        assert "POST /chalZ/" not in asked, "the CA was asked to validate an answer not served"
         assert served_certificate(kubectl, site.namespace) == before
     finally:
         kubectl.run("taint", "node", NODE_NAME, taint.split("=", 1)[0] + "-")
@@ -957,6 +954,25 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
         timeout=120,
         what="the frontend serving the renewed certificate",
     )
+
+
+def failed_renewal(
+    kubectl: Kubectl, namespace: str, pebble: Pebble, request: str, reason: str
+) -> str:
+    """Ask for a renewal and wait until it fails for `reason`; what the CA
+    was sent meanwhile (Pebble logs every request)."""
+    mark = pebble.log_path.stat().st_size
+
+    def last_failure() -> str | None:
+        certificate = site_status(kubectl, namespace)["status"].get("certificate") or {}
+        found: str | None = (certificate.get("lastFailure") or {}).get("reason")
+        return found
+
+    request_renewal(kubectl, namespace, request)
+    wait_for(lambda: last_failure() == reason, timeout=120, interval=1, what=f"a {reason}")
+    with pebble.log_path.open("rb") as log:
+        log.seek(mark)
+        return log.read().decode(errors="replace")
 
 
 def test_a_frontend_pod_given_an_old_certificate_starts_nginx_only_with_the_named_one(
