@@ -498,18 +498,21 @@ class TestReplaces:
         assert "alreadyReplaced" in outcome.events[1][2]
 
 
+def full_ledger() -> Ledger:
+    """The CA would refuse a sixth certificate for these names this week."""
+    ledger = Ledger()
+    for hours in range(5):
+        at = NOW - datetime.timedelta(hours=20 - hours)
+        ledger = record(ledger, Recorded(orders=1, certificate_for=tuple(NAMES), now=at), Limits())
+    return ledger
+
+
 class TestLedger:
     """The CA would refuse a sixth certificate for these names this week."""
 
     @staticmethod
     def full() -> Ledger:
-        ledger = Ledger()
-        for hours in range(5):
-            at = NOW - datetime.timedelta(hours=20 - hours)
-            ledger = record(
-                ledger, Recorded(orders=1, certificate_for=tuple(NAMES), now=at), Limits()
-            )
-        return ledger
+        return full_ledger()
 
     def test_no_order_past_the_limit_and_the_user_is_told_until_when(self) -> None:
         issuer = FakeIssuer()

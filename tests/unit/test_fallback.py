@@ -8,14 +8,24 @@ import datetime
 from typing import Any
 
 from blogsite_operator import models
-from blogsite_operator.issuance.driver import AcmeOutcome
+from blogsite_operator.issuance.driver import AcmeOutcome, drive_acme
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob
 from blogsite_operator.issuance.protocol import IssuanceError, directory_url
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
+    certificate_verdict,
     choose_server,
 )
-from tests.unit.test_acme_driver import NAMES, NOW, SITE, FakeIssuer, issued, placeholder
+from blogsite_operator.policies.ledger import Ledger
+from tests.unit.test_acme_driver import (
+    NAMES,
+    NOW,
+    SITE,
+    FakeIssuer,
+    full_ledger,
+    issued,
+    placeholder,
+)
 from tests.unit.test_acme_driver import drive as drive_with
 
 FIRST, SECOND, THIRD = (
@@ -156,3 +166,49 @@ class TestTheDriver:
         assert isinstance(job, RenewalInfoJob)
         assert job.acme.server == SECOND
         assert not [r for _, r, _ in outcome.events if r == "Issuing"]  # not "ServerChanged"
+
+
+class TestALedgerHold:
+    """The first CA's account ledger says it would refuse the order (a CA
+    without ARI exempts no renewal): that CA is rate-limited before it is
+    asked, and near the end the next one gets the order."""
+
+    @staticmethod
+    def drive(served: ServedCertificate, issuer: FakeIssuer) -> AcmeOutcome:
+        full = full_ledger()
+
+        def ledger(account: models.Acme) -> Ledger:
+            return full if directory_url(account.server) == FIRST else Ledger()
+
+        return drive_acme(
+            issuer,
+            SITE,
+            ACME,
+            NAMES,
+            served,
+            previous={},
+            base_verdict=certificate_verdict(SPEC, served, NOW),
+            renew_request=None,
+            now=NOW,
+            ledger=ledger,
+        )
+
+    def test_in_the_last_sixth_the_order_goes_to_the_next_ca(self) -> None:
+        issuer = FakeIssuer()
+        outcome = self.drive(issued(not_before=NOW - 80 * DAY), issuer)  # 10 days left
+        (job,) = issuer.jobs
+        assert isinstance(job, IssueJob)
+        assert job.acme.server == SECOND
+        assert outcome.fields["orderingFrom"] == SECOND
+        assert outcome.fields["rateLimitHold"] is None
+        reasons = [r for _, r, _ in outcome.events]
+        assert reasons == ["FallingBack", "Issuing"]
+        assert "rate limits would refuse" in outcome.events[0][2]
+
+    def test_with_time_left_it_waits_for_the_first(self) -> None:
+        issuer = FakeIssuer()
+        outcome = self.drive(issued(not_before=NOW - 65 * DAY), issuer)  # due, 25 days left
+        assert issuer.jobs == []
+        assert outcome.fields.get("orderingFrom") is None
+        assert "5 certificates for exactly these names" in outcome.fields["rateLimitHold"]
+        assert [r for _, r, _ in outcome.events] == ["RateLimitLedger"]

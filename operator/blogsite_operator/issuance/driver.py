@@ -116,14 +116,21 @@ def drive_acme(
         or (state.last_failure or {}).get("reason") == PREFLIGHT_FAILED
     )
     reason = plan.reason if plan.due else "RetryingFailedOrder"
-    server = directory_url(ordering_from.server)
-    replaces = replaced_certificate_id(served, server)
-    renewal = replaces is not None and _same_names(served, names)
     held_before, state.rate_limit_hold = state.rate_limit_hold, None
     if just_issued or (not busy and due and not can_publish):
         pass  # the next pass (new Secret, or new answers ConfigMap) decides
     elif not busy and due:
-        held = _ledger_hold(ledger, ordering_from, names, issuer.settings, now, renewal=renewal)
+        target, held = _target_and_hold(
+            acme,
+            state,
+            served,
+            _target(ordering_from, served, names),
+            lambda t: _ledger_hold(ledger, t.acme, names, issuer.settings, now, renewal=t.renewal),
+            names=names,
+            now=now,
+            events=events,
+        )
+        ordering_from = target.acme
         if held is not None:  # the CA would refuse this order: wait, and say until when
             events.extend(state.hold(held, held_before))
             requeue = held.until
@@ -135,8 +142,8 @@ def drive_acme(
                     ordering_from,
                     renewal_request=request if requested else None,
                     proxy_protocol=proxy_protocol,
-                    replaces=replaces,
-                    renewal=renewal,
+                    replaces=target.replaces,
+                    renewal=target.renewal,
                     expected_addresses=expected_addresses,
                 )
             )
@@ -511,16 +518,59 @@ def _server_changed(state: _State, served: ServedCertificate, acme: models.Acme)
     )
 
 
+@dataclass(frozen=True)
+class _Target:
+    """Where an order goes, the certificate it replaces (an ARI id, for a
+    CA that issued the served one) and whether it is a renewal the CA's
+    limits exempt (`replaces`, the same names)."""
+
+    acme: models.Acme
+    replaces: str | None
+    renewal: bool
+
+
+def _target(acme: models.Acme, served: ServedCertificate, names: list[str]) -> _Target:
+    replaces = replaced_certificate_id(served, directory_url(acme.server))
+    return _Target(acme, replaces, replaces is not None and _same_names(served, names))
+
+
+def _target_and_hold(
+    acme: models.Acme,
+    state: _State,
+    served: ServedCertificate,
+    target: _Target,
+    hold_for: Callable[[_Target], Hold | None],
+    *,
+    names: list[str],
+    now: datetime.datetime,
+    events: list[tuple[str, str, str]],
+) -> tuple[_Target, Hold | None]:
+    """The order's target and the ledger's hold on it, if any. A CA whose
+    limits would refuse the order is rate-limited before it is asked: near
+    the certificate's end, the next CA gets the order instead."""
+    held = hold_for(target)
+    if held is None:
+        return target, None
+    fallback, _ = _servers(acme, state, served, now, events, held=held)
+    if fallback is target.acme:
+        return target, held
+    target = _target(fallback, served, names)
+    return target, hold_for(target)
+
+
 def _servers(
     acme: models.Acme,
     state: _State,
     served: ServedCertificate,
     now: datetime.datetime,
     events: list[tuple[str, str, str]],
+    *,
+    held: Hold | None = None,
 ) -> tuple[models.Acme, models.Acme]:
     """The CA to order from, and the one that issued the served certificate
     (asked for its renewal info). Moving on to a fallback orders at once:
-    the failures and backoff were the previous CA's."""
+    the failures and backoff were the previous CA's. `held`: the ledger of
+    the current CA's account holds the order."""
     servers = acme.servers()
     urls = [directory_url(a.server) for a in servers]
     current = state.ordering_from if state.ordering_from in urls else urls[0]
@@ -532,19 +582,25 @@ def _servers(
         failed_attempts=state.failed_attempts,
         served=served.info,
         now=now,
+        held_by_ledger=held is not None,
     )
     if urls[index] != current:
         state.ordering_from = urls[index]
         state.failed_attempts = 0
         state.next_attempt = None
+        why = (
+            f"its rate limits would refuse the order ({held.message})"
+            if held is not None
+            else f"keeps failing ({failure.get('reason')})"
+        )
         events.append(
             (
                 "Warning",
                 "FallingBack",
                 (
-                    f"{servers[urls.index(current)].server} keeps failing "
-                    f"({failure.get('reason')}) and the served certificate is in the last "
-                    f"sixth of its life, or there is none: ordering from {servers[index].server}"
+                    f"{servers[urls.index(current)].server} {why} and the served certificate "
+                    f"is in the last sixth of its life, or there is none: ordering from "
+                    f"{servers[index].server}"
                 ),
             )
         )

@@ -413,18 +413,22 @@ def choose_server(
     failed_attempts: int,
     served: CertificateInfo | None,
     now: datetime.datetime,
+    held_by_ledger: bool = False,
 ) -> int:
     """The index of the CA (directory URLs, first to last) to order from.
 
     The one the failures were at; the next one once it failed
-    FALLBACK_AFTER_FAILURES times in a row for a reason of its own while
-    nothing usable is served or the certificate has less than a sixth of
-    its lifetime left. A success clears the failures: the next renewal
-    starts with the first again."""
+    FALLBACK_AFTER_FAILURES times in a row for a reason of its own, or its
+    account's ledger holds the order (the CA would refuse it: rate-limited
+    before asking), while nothing usable is served or the certificate has
+    less than a sixth of its lifetime left. A success clears the failures:
+    the next renewal starts with the first again."""
     current = servers.index(failed_at) if failed_at in servers else 0
     if current + 1 >= len(servers):
         return current
-    failing = failure_reason in CA_FAULTS and failed_attempts >= FALLBACK_AFTER_FAILURES
+    failing = held_by_ledger or (
+        failure_reason in CA_FAULTS and failed_attempts >= FALLBACK_AFTER_FAILURES
+    )
     return current + 1 if failing and in_last_part_of_life(served, now) else current
 
 
