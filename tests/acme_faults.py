@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import http.client
 import ipaddress
+import itertools
 import json
 import random
 import socket
@@ -507,6 +508,32 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         pass
+
+
+def orders_naming_what_they_replace(proxy: AcmeFaultProxy) -> list[ProxiedRequest]:
+    """The newOrder POSTs the CA answered (not a badNonce the client sent
+    again at once), checked: the first replaces nothing, the proxy refused
+    `replaces` once (refuse_replaces_once), and an order goes without
+    `replaces` only right after the CA refused one that named it (the
+    injected alreadyReplaced; Pebble itself may refuse one it cannot trace)."""
+    orders = [r for r in proxy.requests() if r.endpoint == "newOrder" and r.method == "POST"]
+    answered = [r for r in orders if r.status is not None and r.status != 400]
+    assert answered[0].replaces is None, answered[0]
+    refused = [r for r in answered if r.fault == "alreadyReplaced"]
+    assert len(refused) == 1, refused
+    for earlier, order in itertools.pairwise(answered):
+        if order.replaces is None:
+            assert earlier.replaces is not None, (earlier, order)
+            assert earlier.status is not None, (earlier, order)
+            assert earlier.status >= 400, (earlier, order)
+    assert refused[0] is not answered[-1], refused
+    assert answered[answered.index(refused[0]) + 1].replaces is None
+    return answered
+
+
+def issued_without_replaces(answered: list[ProxiedRequest]) -> list[ProxiedRequest]:
+    """The orders the CA's limits count: answered, and naming nothing to replace."""
+    return [r for r in answered if r.replaces is None and r.status is not None and r.status < 400]
 
 
 def _check_covers_loopback(certificate: Path) -> None:

@@ -18,8 +18,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.acme_faults import AcmeFaultProxy
 from tests.nginx_harness import nginx_binary
 from tests.pebble import DEFAULT_ENV as PEBBLE_DEFAULT_ENV
 from tests.pebble import ChallengeServer
@@ -465,3 +467,64 @@ class Watch:
         assert self._process.stderr is not None
         # The watch must have run all along: a watch that died saw nothing.
         assert code is None, f"the watch ended early: {self._process.stderr.read()}"
+
+
+def parse_time(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def planned_renewal(
+    kubectl: Kubectl, namespace: str, site: str, serial: str
+) -> datetime.datetime | None:
+    """When the operator plans to renew certificate `serial`, once the CA's
+    renewal information about it is in; None when another certificate took
+    its place first (a CA's window may start at issuance)."""
+
+    def plan() -> tuple[str | None] | None:
+        body = kubectl.json("get", "blogsite", site, "-n", namespace)
+        certificate: dict[str, Any] = (body.get("status") or {}).get("certificate") or {}
+        if certificate.get("serialNumber") != serial:
+            return (None,)
+        known = (certificate.get("renewalInfo") or {}).get("serialNumber") == serial
+        planned: str | None = certificate.get("renewalTime")
+        return (planned,) if known and planned else None
+
+    (planned,) = wait_for(plan, timeout=60, interval=0.5, what=f"the renewal of serial {serial}")
+    return parse_time(planned) if planned else None
+
+
+def renewals_through_an_outage(
+    kubectl: Kubectl,
+    namespace: str,
+    site: str,
+    ca: AcmeFaultProxy,
+    *,
+    serial: str,
+    renewed_from: Callable[[str], str],
+    renewals: int,
+    down_before: float,
+    up_after: float,
+) -> tuple[list[str], float]:
+    """At least `renewals` renewals in a row from certificate `serial`
+    (`renewed_from` waits for the one after a serial), with the CA down from
+    `down_before` seconds before a planned renewal until `up_after` after it:
+    the first renewal, from the third certificate on, planned far enough
+    ahead (a CA's window may let one come right after issuance). The serials
+    in the order served, and how long the CA was down."""
+    serials = [serial]
+    outage = 0.0
+    while len(serials) <= renewals or not outage:
+        assert len(serials) <= 2 * renewals + 2, "no renewal planned far enough ahead"
+        if not outage and len(serials) >= 3:
+            planned = planned_renewal(kubectl, namespace, site, serials[-1])
+            now = datetime.datetime.now(tz=datetime.UTC)
+            ahead = (planned - now).total_seconds() if planned else 0.0
+            if ahead > down_before:
+                time.sleep(ahead - down_before)
+                ca.down()
+                started = time.monotonic()
+                time.sleep(down_before + up_after)
+                ca.up()
+                outage = time.monotonic() - started
+        serials.append(renewed_from(serials[-1]))
+    return serials, outage
