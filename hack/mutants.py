@@ -71,7 +71,7 @@ MUTANTS = [
         "            current = latest\n"
         "            age = time.monotonic() - ended\n"
         "            due = current is None\n",
-        (REAL_NODE + "test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it",),
+        (REAL_NODE + "test_a_real_node_soak_of_compressed_renewals_through_ca_faults",),
         in_image=True,
     ),
     Mutant(

@@ -11,8 +11,9 @@
         proxy.pass_through()            # all faults off (same as up())
         proxy.count("newOrder"), proxy.orders_for("www.example.test")
 
-The proxy listens on 127.0.0.1 under Pebble's own certificate, so whatever
-trusts `pebble.ca_pem` trusts it. Pebble builds every URL it returns (the
+The proxy listens on 127.0.0.1 (or `address`, which Pebble's certificate
+must cover: the real node's, for an operator in a pod) under Pebble's own
+certificate, so whatever trusts `pebble.ca_pem` trusts it. Pebble builds every URL it returns (the
 directory, Location, order and authorization URLs) and the `url` it expects in
 a JWS from the request's Host header (wfe/wfe.go: relativeEndpoint and
 verifyPOST), so forwarding with Host set to the proxy's own host:port makes
@@ -123,8 +124,9 @@ class _Answer:
 class AcmeFaultProxy:
     """HTTPS reverse proxy to `upstream` (a started Pebble) with switchable faults."""
 
-    def __init__(self, upstream: Pebble) -> None:
+    def __init__(self, upstream: Pebble, address: str = "127.0.0.1") -> None:
         self.upstream = upstream
+        self.address = address
         self._lock = threading.Lock()
         self._log: list[ProxiedRequest] = []
         self._connections = 0
@@ -147,14 +149,14 @@ class AcmeFaultProxy:
         assert self._server is None, "already started"
         config = json.loads((self.upstream.state_dir / "pebble-config.json").read_text())
         certificate = Path(config["pebble"]["certificate"])
-        _check_covers_loopback(certificate)
+        _check_covers(certificate, self.address)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(certificate, config["pebble"]["privateKey"])
         upstream = urlsplit(self.upstream.directory_url)
         self._upstream_address = (upstream.hostname or "127.0.0.1", upstream.port or 443)
         self._upstream_tls = ssl.create_default_context(cadata=self.upstream.ca_pem.decode())
-        self._server = _Server(self, tls)
-        self._host = f"127.0.0.1:{self.port}"
+        self._server = _Server(self, tls, self.address)
+        self._host = f"{self.address}:{self.port}"
         self._read_directory(upstream.path)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="acme-fault-proxy", daemon=True
@@ -195,7 +197,7 @@ class AcmeFaultProxy:
 
     @property
     def directory_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/dir"
+        return f"https://{self.address}:{self.port}/dir"
 
     @property
     def connections(self) -> int:
@@ -455,10 +457,10 @@ class AcmeFaultProxy:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, proxy: AcmeFaultProxy, tls: ssl.SSLContext) -> None:
+    def __init__(self, proxy: AcmeFaultProxy, tls: ssl.SSLContext, address: str) -> None:
         self.proxy = proxy
         self.tls = tls
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__((address, 0), _Handler)
 
     def finish_request(
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
@@ -536,11 +538,11 @@ def issued_without_replaces(answered: list[ProxiedRequest]) -> list[ProxiedReque
     return [r for r in answered if r.replaces is None and r.status is not None and r.status < 400]
 
 
-def _check_covers_loopback(certificate: Path) -> None:
+def _check_covers(certificate: Path, address: str) -> None:
     cert = x509.load_pem_x509_certificate(certificate.read_bytes())
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    if ipaddress.ip_address("127.0.0.1") not in names.get_values_for_type(x509.IPAddress):
-        raise RuntimeError(f"{certificate} does not cover 127.0.0.1")
+    if ipaddress.ip_address(address) not in names.get_values_for_type(x509.IPAddress):
+        raise RuntimeError(f"{certificate} does not cover {address}")
 
 
 def _order_of(

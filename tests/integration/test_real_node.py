@@ -18,12 +18,14 @@ import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ import yaml
 from cryptography import x509
 
 from blogsite_operator import certs
+from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger, names_digest
 from blogsite_operator.render.site import (
     FRONTEND_HTTPS_PORT,
     NONROOT_UID,
@@ -41,8 +44,19 @@ from blogsite_operator.render.site import (
     UPSTREAMS_RESTART_ANNOTATION,
     VERSION_LABEL,
 )
+from tests.acme_faults import (
+    AcmeFaultProxy,
+    issued_without_replaces,
+    orders_naming_what_they_replace,
+)
 from tests.chart.conftest import CHART, Helm, helm_binary
-from tests.integration.conftest import Kubectl, Watch, cluster_env
+from tests.integration.conftest import (
+    Kubectl,
+    Watch,
+    cluster_env,
+    parse_time,
+    renewals_through_an_outage,
+)
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, AuditMark, audit_lines, audit_mark, wait_for
 from tests.traffic import Response, Traffic, request, tls_context
@@ -1142,33 +1156,221 @@ def test_a_frontend_pod_presenting_another_certificate_is_caught_by_the_probe(
     kubectl.run("delete", "secret", "stale-tls", "-n", site.namespace)
 
 
-def test_renewals_in_a_row_are_what_every_pod_presents_as_the_probe_sees_it(
-    kubectl: Kubectl, served_site: ServedSite
+# The compressed soak's own Pebble: 90-second certificates from the
+# `shortlived` profile, on ports of its own, reached through a fault proxy.
+SOAK_LIFETIME_SECONDS = 90
+SOAK_PEBBLE_ENV = {
+    **PEBBLE_ENV,
+    "PEBBLE_PORT": "14031",
+    "PEBBLE_MANAGEMENT_PORT": "15031",
+    "PEBBLE_DNS_PORT": "8084",
+    "PEBBLE_CHALLTESTSRV_PORT": "8086",
+    "PEBBLE_SHORTLIVED_SECONDS": str(SOAK_LIFETIME_SECONDS),
+}
+SOAK_SITE = "soak"
+SOAK_DOMAINS = ["soak.example.test", "www.soak.example.test"]
+
+
+def test_a_real_node_soak_of_compressed_renewals_through_ca_faults(
+    kubectl: Kubectl,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+    tmp_path: Path,
 ) -> None:
-    """Three renewals in a row on real pods: after each, the probe finds the
-    new certificate on every Ready frontend pod for every name, and at no
-    status write in between did a pod present anything else (expired, for
-    other names, or unknown): CertificateServed is never False."""
-    site = served_site
-    jsonpath = '{.status.conditions[?(@.type=="CertificateServed")].status}'
-    with Watch(kubectl, site.namespace, f"blogsite/{SITE}", jsonpath) as watch:
-        for _ in range(3):
-            before = served_certificate(kubectl, site.namespace)
-            renewed = renew(kubectl, site.namespace, before)
-            serial = format(x509.load_pem_x509_certificate(renewed).serial_number, "x")
-            wait_for(
-                lambda serial=serial: (  # type: ignore[misc]
-                    (found := served_condition(kubectl, site.namespace, "True")) is not None
-                    and f"serial {serial} for every name" in found["message"]
-                ),
-                timeout=180,
-                what=f"the probe finding serial {serial} on every pod",
+    """90-second certificates renewed three times in a row on real pods, by
+    their lifetime alone, through the fault proxy: the first renewal's
+    `replaces` is refused (alreadyReplaced), the CA is down across the
+    second's renewal time. The probe never finds a Ready pod presenting an
+    expired or non-covering certificate (CertificateServed is never False)
+    and finds each new certificate on every pod for every name; a client
+    checking twice a second is never handed a certificate it cannot verify;
+    every renewal order names the certificate it replaces unless the CA just
+    refused that; the ledger counts only what the CA's limits count. The KWOK
+    soak (test_acme.py) runs the same faults with more, shorter renewals."""
+    namespace = served_site.namespace
+    env = {**SOAK_PEBBLE_ENV, "PEBBLE_PUBLIC_ADDRESS": real_node.ip}
+    with (
+        running_pebble(env, tmp_path / "pebble") as soak_pebble,
+        AcmeFaultProxy(soak_pebble, address=real_node.ip) as ca,
+    ):
+        site = blogsite(
+            real_node,
+            pebble,
+            real_node.daedalus(),
+            domains=SOAK_DOMAINS,
+            redirectDomains=[],
+            daedalus={"replicas": 1},
+            tls={
+                "acme": {
+                    "server": ca.directory_url,
+                    "profile": "shortlived",
+                    # Both Pebbles' HTTPS certificates come from one minica.
+                    "caBundleSecretRef": {"name": "pebble-ca", "key": "ca.crt"},
+                }
+            },
+        )
+        site["metadata"]["name"] = SOAK_SITE
+        # Armed before any order: the first never names `replaces`, so the
+        # first renewal is refused, however soon the CA's window lets it come.
+        ca.refuse_replaces_once()
+        kubectl.apply(site, namespace)
+        try:
+            frontend_ip = wait_for(
+                lambda: cluster_ip(kubectl, namespace, f"{SOAK_SITE}-frontend"),
+                what="the soak site's frontend Service",
             )
-    seen = [sample for sample in watch.samples if sample]
-    assert "False" not in seen, seen
-    FIGURES.append(
-        f"real node: 3 renewals in a row, {len(seen)} CertificateServed writes seen, none False"
+            for name in SOAK_DOMAINS:
+                soak_pebble.resolve(name, frontend_ip)  # where its CA validates
+                pebble.resolve(name, frontend_ip)  # where the operator's preflight looks
+            check_soak(
+                kubectl, namespace, ca, soak_run(kubectl, namespace, frontend_ip, soak_pebble, ca)
+            )
+        finally:
+            # Gone before the CA is: an order in flight would otherwise wait for it.
+            delete_sites(kubectl, namespace, [SOAK_SITE])
+
+
+def soak_run(
+    kubectl: Kubectl, namespace: str, frontend_ip: str, soak_pebble: Pebble, ca: AcmeFaultProxy
+) -> tuple[list[str], float, list[tuple[datetime.datetime, dict[str, Any]]], HandshakeChecker]:
+    def served_other_than(serial: str | None) -> str | None:
+        """The serial of the certificate status describes, if it is not
+        `serial` and the probe found it on every pod for every name."""
+        now = kubectl.json("get", "blogsite", SOAK_SITE, "-n", namespace).get("status") or {}
+        certificate = now.get("certificate") or {}
+        current: str | None = certificate.get("serialNumber")
+        found: dict[str, Any] = next(
+            (c for c in now.get("conditions") or [] if c["type"] == "CertificateServed"), {}
+        )
+        every_pod = f"present serial {current} for every name" in found.get("message", "")
+        if current in (None, serial) or certificate.get("placeholder"):
+            return None
+        return current if found.get("status") == "True" and every_pod else None
+
+    def renewed_from(serial: str) -> str:
+        renewed: str = wait_for(
+            lambda: served_other_than(serial),
+            timeout=2 * SOAK_LIFETIME_SECONDS,
+            interval=0.5,
+            what=f"a certificate after serial {serial} found on every pod",
+        )
+        return renewed
+
+    first: str = wait_for(
+        lambda: served_other_than(None),
+        timeout=300,
+        interval=1,
+        what="the soak site's first certificate served",
     )
+    client = HandshakeChecker(frontend_ip, SOAK_DOMAINS, tls_context(soak_pebble.root_pem()))
+    with client, Watch(kubectl, namespace, f"blogsite/{SOAK_SITE}", "{.status}") as watch:
+        serials, outage = renewals_through_an_outage(
+            kubectl,
+            namespace,
+            SOAK_SITE,
+            ca,
+            serial=first,
+            renewed_from=renewed_from,
+            renewals=3,
+            down_before=5,
+            up_after=5,
+        )
+    samples = [
+        (received, json.loads(line) if line else {})
+        for received, line in zip(watch.received, watch.samples, strict=False)
+    ]
+    return serials, outage, samples, client
+
+
+def check_soak(
+    kubectl: Kubectl,
+    namespace: str,
+    ca: AcmeFaultProxy,
+    run: tuple[list[str], float, list[tuple[datetime.datetime, dict[str, Any]]], HandshakeChecker],
+) -> None:
+    serials, outage, samples, client = run
+    # What the probe found, at every status write: never another certificate.
+    written = 0
+    for received, body in samples:
+        for found in body.get("conditions") or []:
+            if found["type"] == "CertificateServed":
+                assert found["status"] != "False", (received, found)
+        certificate = body.get("certificate") or {}
+        if certificate.get("serialNumber") and not certificate.get("placeholder"):
+            assert parse_time(certificate["notAfter"]) > received, (received, certificate)
+            assert sorted(certificate["dnsNames"]) == sorted(SOAK_DOMAINS), certificate
+            written += 1
+    assert written >= 3, samples
+    # What a client was handed: never a certificate it could not verify.
+    assert client.handshakes > 0, client.summary()
+    assert not client.refused, client.summary()
+    # The outage met a renewal: an order failed (and the next one renewed).
+    assert any((body.get("certificate") or {}).get("failedAttempts") for _, body in samples)
+    # Every renewal order named the certificate it replaces, but right after a refusal.
+    answered = orders_naming_what_they_replace(ca)
+    # The ledger of this CA's account counts the orders without `replaces`.
+    ledgers = [
+        account
+        for account in kubectl.json(
+            "get", "secrets", "-n", namespace, "-l", "blog.daedalus.dev/acme-account=true"
+        )["items"]
+        if account["metadata"]["annotations"].get("blog.daedalus.dev/acme-server")
+        == ca.directory_url
+    ]
+    (account,) = ledgers
+    ledger = Ledger.from_annotation(account["metadata"]["annotations"][LEDGER_ANNOTATION])
+    counted = Counter(digest for _, digest in ledger.certificates)
+    plain = issued_without_replaces(answered)
+    assert counted == {names_digest(SOAK_DOMAINS): len(plain)}, (counted, plain)
+    FIGURES.append(
+        f"real node soak: {len(serials)} certificates of {SOAK_LIFETIME_SECONDS}s in a row "
+        f"through a refused `replaces` and a {outage:.0f}s CA outage; {written} status writes, "
+        f"{client.handshakes} client handshakes, none refused"
+    )
+
+
+class HandshakeChecker:
+    """A client that, twice a second, opens a TLS connection to the frontend
+    for each name and verifies what it is handed against the CA's root: an
+    expired or non-covering certificate is refused. Connections that fail
+    otherwise (a pod draining) are counted apart: they are not certificates."""
+
+    def __init__(self, address: str, names: list[str], tls: ssl.SSLContext) -> None:
+        self.address, self.names, self.tls = address, names, tls
+        self.handshakes = 0
+        self.refused: list[str] = []
+        self.other_errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="handshakes", daemon=True)
+
+    def __enter__(self) -> HandshakeChecker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            for name in self.names:
+                try:
+                    with (
+                        socket.create_connection((self.address, 443), timeout=5) as raw,
+                        self.tls.wrap_socket(raw, server_hostname=name),
+                    ):
+                        self.handshakes += 1
+                except ssl.SSLCertVerificationError as error:
+                    self.refused.append(f"{name}: {error.verify_message}")
+                except OSError as error:
+                    self.other_errors.append(f"{name}: {error}")
+
+    def summary(self) -> str:
+        return (
+            f"{self.handshakes} handshakes, refused {self.refused[:5]}, "
+            f"{len(self.other_errors)} other errors {self.other_errors[:5]}"
+        )
 
 
 def request_renewal(kubectl: Kubectl, namespace: str, value: str) -> None:
@@ -1698,21 +1900,18 @@ def test_the_operator_at_ten_sites(
             f"(nine more certified and Ready in {ready:.0f}s)"
         )
     finally:
-        kubectl.run("delete", "blogsite", *names, "-n", namespace, "--wait=true", timeout=300)
-        wait_for(
-            lambda: (
-                not kubectl.json(
-                    "get",
-                    "pods",
-                    "-n",
-                    namespace,
-                    "-l",
-                    f"app.kubernetes.io/instance in ({','.join(names)})",
-                )["items"]
-            ),
-            timeout=180,
-            what="the nine sites' pods gone",
-        )
+        delete_sites(kubectl, namespace, names)
+
+
+def delete_sites(kubectl: Kubectl, namespace: str, names: list[str]) -> None:
+    """Delete the BlogSites `names` and wait until their pods are gone too."""
+    kubectl.run("delete", "blogsite", *names, "-n", namespace, "--wait=true", timeout=300)
+    selector = f"app.kubernetes.io/instance in ({','.join(names)})"
+    wait_for(
+        lambda: not kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"],
+        timeout=180,
+        what=f"the pods of {', '.join(names)} gone",
+    )
 
 
 def renew(kubectl: Kubectl, namespace: str, before: bytes) -> bytes:
