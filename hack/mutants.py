@@ -435,6 +435,16 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "leaf-without-its-chain",
+        "the Secret gets the certificate alone, without the CA's intermediate: "
+        "clients that trust only the root refuse it",
+        "operator/blogsite_operator/issuance/protocol.py",
+        "        fullchain = order.fullchain_pem.encode()\n",
+        '        end = b"\\n-----END CERTIFICATE-----\\n"\n'
+        "        fullchain = order.fullchain_pem.encode().split(end)[0] + end\n",
+        ("tests/integration/test_chaos.py::test_sigkill_at_random_moments_loses_nothing",),
+    ),
+    Mutant(
         "traffic-gap-ignored",
         "the zero-downtime client counts no gap: a window in which no request "
         "completed (a dead or starved client) passes as zero failures",
