@@ -445,6 +445,19 @@ MUTANTS = [
         ("tests/integration/test_chaos.py::test_sigkill_at_random_moments_loses_nothing",),
     ),
     Mutant(
+        "issued-dropped-when-stopping",
+        "a certificate the CA issued while the operator stops is thrown away: the "
+        "restarted operator orders it again",
+        "operator/blogsite_operator/issuance/issuer.py",
+        "        self._check_still_wanted(job)\n",
+        "        if self._stopping:\n"
+        '            raise IssuanceError("Stopping", "shutting down")\n'
+        "        self._check_still_wanted(job)\n",
+        (
+            "tests/integration/test_chaos.py::test_sigterm_during_an_order_ends_it_cleanly_and_writes_nothing_half",
+        ),
+    ),
+    Mutant(
         "traffic-gap-ignored",
         "the zero-downtime client counts no gap: a window in which no request "
         "completed (a dead or starved client) passes as zero failures",
