@@ -458,6 +458,18 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "served-names-not-checked",
+        "CertificateReady judges the certificate the frontend serves by its dates "
+        "alone: True without a domain the spec added (issue 21, defect 2)",
+        "operator/blogsite_operator/policies/certificate.py",
+        "    missing = [n for n in names if not covers(served_names, n)]\n",
+        "    missing: list[str] = []\n",
+        (
+            "tests/unit/test_certificate_policy.py::TestServedByFrontend::test_a_served_certificate_without_a_name_the_spec_added_is_not_ready",
+            "tests/integration/test_acme.py::test_a_domain_added_is_not_certificate_ready_until_a_certificate_with_it_serves",
+        ),
+    ),
+    Mutant(
         "traffic-gap-ignored",
         "the zero-downtime client counts no gap: a window in which no request "
         "completed (a dead or starved client) passes as zero failures",
