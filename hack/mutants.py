@@ -470,6 +470,19 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "released-lease-renewed-again",
+        "releasing the Lease leaves its renewal thread running: the releasing "
+        "process takes the Lease back (issue 21, defect 5)",
+        "operator/blogsite_operator/leader.py",
+        "            stop, thread = self._renewal\n"
+        "            stop.set()\n"
+        "            thread.join(timeout=self.timings.renew_deadline)\n",
+        "            pass\n",
+        (
+            "tests/integration/test_leader.py::test_a_released_lease_is_not_taken_again_by_the_process_that_released_it",
+        ),
+    ),
+    Mutant(
         "traffic-gap-ignored",
         "the zero-downtime client counts no gap: a window in which no request "
         "completed (a dead or starved client) passes as zero failures",
