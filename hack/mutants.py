@@ -483,6 +483,19 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "upstream-address-change-ignored",
+        "a re-created upstream Service's new address never reaches the frontend: "
+        "nginx proxies to the dead one (issue 21, defect 7)",
+        "operator/blogsite_operator/reconcile.py",
+        "    if seen is not None and seen != current:\n        return current, current\n",
+        "    if False:\n        return current, current\n",
+        (
+            "tests/unit/test_reconcile.py::test_a_service_created_again_with_a_new_address_rolls_the_frontend_as_the_same_version",
+            REAL_NODE + "test_a_daedalus_service_created_again_is_reached_again_within_seconds",
+        ),
+        in_image=True,
+    ),
+    Mutant(
         "traffic-gap-ignored",
         "the zero-downtime client counts no gap: a window in which no request "
         "completed (a dead or starved client) passes as zero failures",
