@@ -174,11 +174,13 @@ class TestALedgerHold:
     asked, and near the end the next one gets the order."""
 
     @staticmethod
-    def drive(served: ServedCertificate, issuer: FakeIssuer) -> AcmeOutcome:
+    def drive(
+        served: ServedCertificate, issuer: FakeIssuer, held_at: tuple[str, ...] = (FIRST,)
+    ) -> AcmeOutcome:
         full = full_ledger()
 
         def ledger(account: models.Acme) -> Ledger:
-            return full if directory_url(account.server) == FIRST else Ledger()
+            return full if directory_url(account.server) in held_at else Ledger()
 
         return drive_acme(
             issuer,
@@ -212,3 +214,11 @@ class TestALedgerHold:
         assert outcome.fields.get("orderingFrom") is None
         assert "5 certificates for exactly these names" in outcome.fields["rateLimitHold"]
         assert [r for _, r, _ in outcome.events] == ["RateLimitLedger"]
+
+    def test_a_next_ca_whose_limits_refuse_too_is_not_moved_to(self) -> None:
+        issuer = FakeIssuer()
+        late = issued(not_before=NOW - 80 * DAY)
+        outcome = self.drive(late, issuer, held_at=(FIRST, SECOND))
+        assert issuer.jobs == []
+        assert outcome.fields.get("orderingFrom") is None
+        assert [r for _, r, _ in outcome.events] == ["RateLimitLedger"]  # no FallingBack

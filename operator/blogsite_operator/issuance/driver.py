@@ -547,15 +547,29 @@ def _target_and_hold(
 ) -> tuple[_Target, Hold | None]:
     """The order's target and the ledger's hold on it, if any. A CA whose
     limits would refuse the order is rate-limited before it is asked: near
-    the certificate's end, the next CA gets the order instead."""
+    the certificate's end, the next CA gets the order instead, unless its
+    own limits would refuse it too (then the order waits where it was)."""
     held = hold_for(target)
     if held is None:
         return target, None
-    fallback, _ = _servers(acme, state, served, now, events, held=held)
-    if fallback is target.acme:
+    servers = acme.servers()
+    urls = [directory_url(a.server) for a in servers]
+    index = choose_server(
+        urls,
+        failed_at=directory_url(target.acme.server),
+        failure_reason=None,
+        failed_attempts=0,
+        served=served.info,
+        now=now,
+        held_by_ledger=True,
+    )
+    if urls[index] == directory_url(target.acme.server):
         return target, held
-    target = _target(fallback, served, names)
-    return target, hold_for(target)
+    fallback = _target(servers[index], served, names)
+    if hold_for(fallback) is not None:
+        return target, held
+    _servers(acme, state, served, now, events, held=held)  # moves on, and says so
+    return fallback, None
 
 
 def _servers(
