@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import pytest
+
 from blogsite_operator import models
 from blogsite_operator.issuance.driver import AcmeOutcome, drive_acme
 from blogsite_operator.issuance.issuer import IssueJob, JobResult, RenewalInfoJob
@@ -222,3 +224,9 @@ class TestALedgerHold:
         assert issuer.jobs == []
         assert outcome.fields.get("orderingFrom") is None
         assert [r for _, r, _ in outcome.events] == ["RateLimitLedger"]  # no FallingBack
+
+    def test_a_held_order_is_looked_at_again_when_the_last_sixth_begins(self) -> None:
+        issuer = FakeIssuer()
+        # Due, held for 6.2 days more, the last sixth (day 75) in 3 days.
+        outcome = self.drive(issued(not_before=NOW - 72 * DAY), issuer)
+        assert outcome.requeue_after == pytest.approx((3 * DAY).total_seconds(), abs=2)

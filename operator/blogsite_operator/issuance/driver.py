@@ -22,6 +22,7 @@ from blogsite_operator.policies.certificate import (
     RenewalPlan,
     ServedCertificate,
     choose_server,
+    last_part_of_life_starts,
     needs_renewal_info,
     next_attempt,
     plan_renewal,
@@ -133,7 +134,7 @@ def drive_acme(
         ordering_from = target.acme
         if held is not None:  # the CA would refuse this order: wait, and say until when
             events.extend(state.hold(held, held_before))
-            requeue = held.until
+            requeue = _look_again(held, acme, served, now)
         elif requested or state.next_attempt is None or state.next_attempt <= now:
             issuer.submit(
                 IssueJob(
@@ -570,6 +571,18 @@ def _target_and_hold(
         return target, held
     _servers(acme, state, served, now, events, held=held)  # moves on, and says so
     return fallback, None
+
+
+def _look_again(
+    held: Hold, acme: models.Acme, served: ServedCertificate, now: datetime.datetime
+) -> datetime.datetime:
+    """When a held order is looked at again: when the hold ends, or sooner
+    when the certificate enters the part of its life in which the next CA
+    may take the order."""
+    if len(acme.servers()) < 2 or served.info is None or served.info.is_placeholder:
+        return held.until
+    fallback_from = last_part_of_life_starts(served.info)
+    return fallback_from if now < fallback_from < held.until else held.until
 
 
 def _servers(

@@ -435,4 +435,9 @@ def choose_server(
 def in_last_part_of_life(info: CertificateInfo | None, now: datetime.datetime) -> bool:
     if info is None or info.is_placeholder:
         return True
-    return info.not_after - now < (info.not_after - info.not_before) / LAST_PART_OF_LIFE
+    return now > last_part_of_life_starts(info)
+
+
+def last_part_of_life_starts(info: CertificateInfo) -> datetime.datetime:
+    """When a certificate enters the last sixth of its life."""
+    return info.not_after - (info.not_after - info.not_before) / LAST_PART_OF_LIFE
