@@ -165,7 +165,7 @@ MUTANTS = [
         "renewal-without-replaces",
         "renewals that never name the certificate they replace: no rate-limit exemption",
         "operator/blogsite_operator/issuance/driver.py",
-        "    replaces = replaced_certificate_id(served, server)\n",
+        "    replaces = replaced_certificate_id(served, directory_url(acme.server))\n",
         "    replaces = None\n",
         (
             "tests/unit/test_acme_driver.py::TestReplaces::test_a_renewal_names_the_certificate_this_operator_obtained_from_the_same_ca",
