@@ -142,7 +142,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		return cfg, fmt.Errorf("invalid shutdown delay %q", *delay)
 	}
 	if cfg.errorRate, err = strconv.ParseFloat(*errorRate, 64); err != nil ||
-		cfg.errorRate < 0 || cfg.errorRate > 1 {
+		!(cfg.errorRate >= 0 && cfg.errorRate <= 1) { // NaN fails both
 		return cfg, fmt.Errorf("invalid error rate %q (0 to 1)", *errorRate)
 	}
 	for _, d := range []struct {

@@ -111,7 +111,7 @@ func TestDelay(t *testing.T) {
 func TestBadConfig(t *testing.T) {
 	for _, values := range []map[string]string{
 		{"BEHAVIOR": "explode"}, {"PORT": "http"}, {"SHUTDOWN_DELAY": "soon"},
-		{"ERROR_RATE": "1.5"}, {"ERROR_RATE": "some"}, {"SLOW": "-1s"}, {"FAIL_AFTER": "later"},
+		{"ERROR_RATE": "1.5"}, {"ERROR_RATE": "some"}, {"ERROR_RATE": "NaN"}, {"SLOW": "-1s"}, {"FAIL_AFTER": "later"},
 		{"CRASH_AFTER": "x"},
 	} {
 		var stderr bytes.Buffer
