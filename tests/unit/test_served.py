@@ -80,6 +80,15 @@ class TestServedVerdict:
         assert (verdict.status, verdict.reason) == ("False", "ServesOther")
         assert "expired" in verdict.message
 
+    def test_an_unknown_certificate_says_first_that_it_expired_and_else_until_when(
+        self,
+    ) -> None:
+        expired = info("0ld", days_left=-1)
+        verdict = served_verdict(probed(*every_name("p", expired)), known_serials=KNOWN, now=NOW)
+        assert "presents serial 0ld, expired" in verdict.message
+        valid = served_verdict(probed(*every_name("p", info("0ld"))), known_serials=KNOWN, now=NOW)
+        assert "presents serial 0ld (valid until" in valid.message
+
     def test_a_pod_that_does_not_answer_is_unknown_not_fine(self) -> None:
         result = probed(*every_name("good", info("a1")), *every_name("mute", None, "timed out"))
         verdict = served_verdict(result, known_serials=KNOWN, now=NOW)

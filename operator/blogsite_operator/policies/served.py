@@ -74,19 +74,21 @@ def served_verdict(
     for seen in result.presented:
         where = f"pod {seen.pod} for {seen.name}"
         info = seen.info
+        # What users would be refused comes first: expired, then not covering.
         if info is None:
             unreachable.append(f"{where}: {seen.error or 'no certificate'}")
-        elif info.serial not in known_serials:
-            described = ", ".join(f"{v} (serial {k})" for k, v in sorted(known_serials.items()))
-            wrong.append(
-                f"{where} presents serial {info.serial}, not the certificate of "
-                f"{described or 'any Secret or status'}"
-            )
-        elif not covers(info.dns_names, seen.name):
-            wrong.append(f"{where} presents serial {info.serial}, which does not cover the name")
         elif info.not_after <= now:
             wrong.append(
                 f"{where} presents serial {info.serial}, expired {format_time(info.not_after)}"
+            )
+        elif not covers(info.dns_names, seen.name):
+            wrong.append(f"{where} presents serial {info.serial}, which does not cover the name")
+        elif info.serial not in known_serials:
+            described = ", ".join(f"{v} (serial {k})" for k, v in sorted(known_serials.items()))
+            wrong.append(
+                f"{where} presents serial {info.serial} (valid until "
+                f"{format_time(info.not_after)}), not the certificate of "
+                f"{described or 'any Secret or status'}"
             )
     if wrong:
         return Verdict(CONDITION_FALSE, "ServesOther", _listed(wrong))
