@@ -1385,7 +1385,7 @@ def test_a_compressed_soak_of_renewals_through_an_outage_and_a_refused_replaces(
                 renewed_from=renewed_from,
                 renewals=4,
                 down_before=3,
-                up_after=1,
+                down_at_most=0.75 * SOAK_LIFETIME_SECONDS,  # the latest planned renewal
             )
             samples = [
                 (received, json.loads(line) if line else {})
