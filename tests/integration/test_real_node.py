@@ -2258,9 +2258,12 @@ def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
         f"a change applied {applied:.1f}s later; traffic: {traffic.summary()}"
     )
     assert not traffic.failures, traffic.summary()
-    # Never before the Lease ran out (renewed at most 2 s before the kill: two
-    # leaders otherwise), and at one of the standby's next tries after it.
-    assert LEASE_SECONDS - RENEW_SECONDS <= takeover <= LEASE_SECONDS + 3 * RENEW_SECONDS, takeover
+    # Never before the Lease ran out (renewed at most 2 s before the kill, a
+    # second for requests: two leaders otherwise), and at one of the
+    # standby's next tries after it (each up to 2.4 s late, and this poll's).
+    assert LEASE_SECONDS - RENEW_SECONDS - 1 <= takeover <= LEASE_SECONDS + 4 * RENEW_SECONDS, (
+        takeover
+    )
     release.leader()
 
 
