@@ -940,11 +940,12 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
         # A resolver in trouble leaves the preflight nothing to say, and the
         # order goes; the self-check of each real answer through the frontend
         # then stops it before the CA is asked to validate one.
+        mark = pebble.log_path.stat().st_size  # before: the preflight's retry may order too
         for name in DOMAINS + REDIRECT_DOMAINS:
             pebble.fail_to_resolve(name)
         try:
             asked = failed_renewal(
-                kubectl, site.namespace, pebble, "behind-the-preflight", "SelfCheckFailed"
+                kubectl, site.namespace, pebble, "behind-the-preflight", "SelfCheckFailed", mark
             )
         finally:
             for name in DOMAINS + REDIRECT_DOMAINS:
@@ -970,12 +971,18 @@ def test_an_answer_the_frontend_does_not_serve_stops_the_order_before_the_ca_is_
     )
 
 
-def failed_renewal(
-    kubectl: Kubectl, namespace: str, pebble: Pebble, request: str, reason: str
+def failed_renewal(  # noqa: PLR0917 - one scenario's settings
+    kubectl: Kubectl,
+    namespace: str,
+    pebble: Pebble,
+    request: str,
+    reason: str,
+    mark: int | None = None,
 ) -> str:
     """Ask for a renewal and wait until it fails for `reason`; what the CA
-    was sent meanwhile (Pebble logs every request)."""
-    mark = pebble.log_path.stat().st_size
+    was sent since `mark` (a size of Pebble's log, which has every request;
+    by default, now)."""
+    mark = pebble.log_path.stat().st_size if mark is None else mark
 
     def last_failure() -> str | None:
         certificate = site_status(kubectl, namespace)["status"].get("certificate") or {}
