@@ -553,23 +553,14 @@ def _target_and_hold(
     held = hold_for(target)
     if held is None:
         return target, None
-    servers = acme.servers()
-    urls = [directory_url(a.server) for a in servers]
-    index = choose_server(
-        urls,
-        failed_at=directory_url(target.acme.server),
-        failure_reason=None,
-        failed_attempts=0,
-        served=served.info,
-        now=now,
-        held_by_ledger=True,
-    )
-    if urls[index] == directory_url(target.acme.server):
+    servers, current, index = _choice(acme, state, served, now, held=held)
+    if index == current:
         return target, held
     fallback = _target(servers[index], served, names)
     if hold_for(fallback) is not None:
         return target, held
-    _servers(acme, state, served, now, events, held=held)  # moves on, and says so
+    why = f"its rate limits would refuse the order ({held.message})"
+    _move_on(state, events, servers, current, index, why)
     return fallback, None
 
 
@@ -585,52 +576,72 @@ def _look_again(
     return fallback_from if now < fallback_from < held.until else held.until
 
 
+def _choice(
+    acme: models.Acme,
+    state: _State,
+    served: ServedCertificate,
+    now: datetime.datetime,
+    *,
+    held: Hold | None = None,
+) -> tuple[list[models.Acme], int, int]:
+    """The CAs of `acme`, the index of the one orders go to now, and of the
+    one they should go to (choose_server). `held`: the ledger of the current
+    CA's account holds the order."""
+    servers = acme.servers()
+    urls = [directory_url(a.server) for a in servers]
+    current = urls.index(state.ordering_from) if state.ordering_from in urls else 0
+    index = choose_server(
+        urls,
+        failed_at=urls[current],
+        failure_reason=(state.last_failure or {}).get("reason"),
+        failed_attempts=state.failed_attempts,
+        served=served.info,
+        now=now,
+        held_by_ledger=held is not None,
+    )
+    return servers, current, index
+
+
+def _move_on(  # noqa: PLR0917 - one move's facts
+    state: _State,
+    events: list[tuple[str, str, str]],
+    servers: list[models.Acme],
+    current: int,
+    index: int,
+    why: str,
+) -> None:
+    """Orders go to CA `index` from now on, at once: the failures and
+    backoff were the previous CA's."""
+    state.ordering_from = directory_url(servers[index].server)
+    state.failed_attempts = 0
+    state.next_attempt = None
+    events.append(
+        (
+            "Warning",
+            "FallingBack",
+            (
+                f"{servers[current].server} {why} and the served certificate is in the "
+                f"last sixth of its life, or there is none: ordering from "
+                f"{servers[index].server}"
+            ),
+        )
+    )
+
+
 def _servers(
     acme: models.Acme,
     state: _State,
     served: ServedCertificate,
     now: datetime.datetime,
     events: list[tuple[str, str, str]],
-    *,
-    held: Hold | None = None,
 ) -> tuple[models.Acme, models.Acme]:
     """The CA to order from, and the one that issued the served certificate
-    (asked for its renewal info). Moving on to a fallback orders at once:
-    the failures and backoff were the previous CA's. `held`: the ledger of
-    the current CA's account holds the order."""
-    servers = acme.servers()
+    (asked for its renewal info)."""
+    servers, current, index = _choice(acme, state, served, now)
+    if index != current:
+        reason = (state.last_failure or {}).get("reason")
+        _move_on(state, events, servers, current, index, f"keeps failing ({reason})")
     urls = [directory_url(a.server) for a in servers]
-    current = state.ordering_from if state.ordering_from in urls else urls[0]
-    failure = state.last_failure or {}
-    index = choose_server(
-        urls,
-        failed_at=current,
-        failure_reason=failure.get("reason"),
-        failed_attempts=state.failed_attempts,
-        served=served.info,
-        now=now,
-        held_by_ledger=held is not None,
-    )
-    if urls[index] != current:
-        state.ordering_from = urls[index]
-        state.failed_attempts = 0
-        state.next_attempt = None
-        why = (
-            f"its rate limits would refuse the order ({held.message})"
-            if held is not None
-            else f"keeps failing ({failure.get('reason')})"
-        )
-        events.append(
-            (
-                "Warning",
-                "FallingBack",
-                (
-                    f"{servers[urls.index(current)].server} {why} and the served certificate "
-                    f"is in the last sixth of its life, or there is none: ordering from "
-                    f"{servers[index].server}"
-                ),
-            )
-        )
     issued = (state.issued_by or {}).get("server")
     if state.issued_by is not None and issued in urls and len(urls) > 1:
         state.issued_by["fallback"] = urls.index(issued)  # 0: the first CA
