@@ -33,7 +33,7 @@ from tests.acme_faults import AcmeFaultProxy
 from tests.nginx_harness import nginx_binary
 from tests.pebble import DEFAULT_ENV as PEBBLE_DEFAULT_ENV
 from tests.pebble import ChallengeServer
-from tests.support import wait_for
+from tests.support import serving, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 PEBBLE_HTTP01_PORT = int(PEBBLE_DEFAULT_ENV["PEBBLE_HTTP01_PORT"])
@@ -415,12 +415,8 @@ class _HTTP01(BaseHTTPRequestHandler):
 def http01_server() -> Iterator[dict[str, str]]:
     """Where Pebble validates HTTP-01; yields token -> key authorization."""
     _HTTP01.answers = {}
-    server = ThreadingHTTPServer(("127.0.0.1", PEBBLE_HTTP01_PORT), _HTTP01)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield _HTTP01.answers
-    server.shutdown()
-    server.server_close()
+    with serving(ThreadingHTTPServer(("127.0.0.1", PEBBLE_HTTP01_PORT), _HTTP01)):
+        yield _HTTP01.answers
 
 
 class Watch:
