@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -1238,9 +1238,16 @@ def test_a_real_node_soak_of_compressed_renewals_through_ca_faults(
             delete_sites(kubectl, namespace, [SOAK_SITE])
 
 
+class SoakRun(NamedTuple):
+    serials: list[str]  # in the order served
+    outage: float  # seconds the CA was down until an order failed
+    samples: list[tuple[datetime.datetime, dict[str, Any]]]  # each status written, and when
+    client: HandshakeChecker
+
+
 def soak_run(
     kubectl: Kubectl, namespace: str, frontend_ip: str, soak_pebble: Pebble, ca: AcmeFaultProxy
-) -> tuple[list[str], float, list[tuple[datetime.datetime, dict[str, Any]]], HandshakeChecker]:
+) -> SoakRun:
     def served_other_than(serial: str | None) -> str | None:
         """The serial of the certificate status describes, if it is not
         `serial` and the probe found it on every pod for every name."""
@@ -1287,14 +1294,14 @@ def soak_run(
         (received, json.loads(line) if line else {})
         for received, line in zip(watch.received, watch.samples, strict=False)
     ]
-    return serials, outage, samples, client
+    return SoakRun(serials, outage, samples, client)
 
 
 def check_soak(
     kubectl: Kubectl,
     namespace: str,
     ca: AcmeFaultProxy,
-    run: tuple[list[str], float, list[tuple[datetime.datetime, dict[str, Any]]], HandshakeChecker],
+    run: SoakRun,
 ) -> None:
     serials, outage, samples, client = run
     # What the probe found, at every status write: never an expired or a
