@@ -321,10 +321,13 @@ func TestFailAfter(t *testing.T) {
 }
 
 func TestCrashAfter(t *testing.T) {
-	values := map[string]string{"CRASH_AFTER": "100ms", "PORT": "0"}
+	values := map[string]string{"CRASH_AFTER": "100ms", "PORT": "0", "SHUTDOWN_DELAY": "0s"}
 	start := time.Now()
 	var stderr bytes.Buffer
-	if code := run(context.Background(), nil, env(values), io.Discard, &stderr); code != 1 {
+	// A stand-in that never crashes is stopped after 5 s, and exits 0.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if code := run(ctx, nil, env(values), io.Discard, &stderr); code != 1 {
 		t.Fatalf("CRASH_AFTER exited %d", code)
 	}
 	if time.Since(start) < 100*time.Millisecond {
