@@ -782,8 +782,109 @@ class Tls(Model):
         return self
 
 
+class RolloutStrategy(StrEnum):
+    """How a new daedalus version reaches users."""
+
+    CANARY = "Canary"
+    ROLLING_UPDATE = "RollingUpdate"
+
+
+class Canary(Model):
+    """Canary steps and the analysis that judges each (README, "Rollouts")."""
+
+    model_config = ConfigDict(
+        json_schema_extra=schema_extra(
+            # With list-type set (no repeats), sorted means increasing.
+            cel("self.steps.isSorted()", "canary.steps must increase", field_path=".steps"),
+            cel(
+                "self.stepSeconds <= self.maxStepSeconds",
+                "canary.stepSeconds must not exceed canary.maxStepSeconds",
+                field_path=".stepSeconds",
+            ),
+        ),
+    )
+
+    steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default_factory=lambda: [5, 25, 50],
+        min_length=1,
+        max_length=10,
+        description=(
+            "The canary's share of requests (percent) at each step, increasing; after the last "
+            "step it takes all requests for bakeSeconds, then becomes the stable version."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    step_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="A step passes no sooner than this, however clear the figures.",
+    )
+    max_step_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=86400,
+        description=(
+            "A step that has not seen enough requests to judge by then passes on the "
+            "canary's health alone (status says so)."
+        ),
+    )
+    bake_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=86400,
+        description=(
+            "After the last step the canary takes every request this long, the previous "
+            "version kept running; a failure within it is reverted at once."
+        ),
+    )
+    max_error_rate_increase: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description=(
+            "Percentage points of failed requests (5xx, refused or timed-out connections) "
+            "above the stable version's rate that fail a step, once significant."
+        ),
+    )
+    latency_ratio: int = Field(
+        default=3,
+        ge=2,
+        le=100,
+        description=(
+            "A canary request is slow when it takes longer than this many times the stable "
+            "version's 95th percentile (and than latencyFloorMilliseconds); slow requests are "
+            "judged like failed ones."
+        ),
+    )
+    latency_floor_milliseconds: int = Field(
+        default=500,
+        ge=1,
+        le=600000,
+        description="No request faster than this counts as slow.",
+    )
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> Canary:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("canary.steps must increase")
+        if self.step_seconds > self.max_step_seconds:
+            raise ValueError("canary.stepSeconds must not exceed canary.maxStepSeconds")
+        return self
+
+
 class Rollout(Model):
     """How the operator judges a rollout and whether it reverts a failed one."""
+
+    strategy: RolloutStrategy = Field(
+        default=RolloutStrategy.ROLLING_UPDATE,
+        description=(
+            "Canary: a new daedalus version gets a share of real requests first, judged by "
+            "their outcome (canary). RollingUpdate: every replica at once, judged by pod "
+            "health alone."
+        ),
+    )
+    canary: Canary = Field(default_factory=Canary, description="The canary's steps and analysis.")
 
     auto_revert: bool = Field(
         default=True, description="Put the last known-good version back when a rollout fails."
@@ -1013,6 +1114,35 @@ class CertificateStatus(Model):
     )
 
 
+class CanaryStatus(Model):
+    """Where a canary rollout of daedalus stands."""
+
+    version: str = Field(description="The version under canary analysis.")
+    phase: str = Field(description="Starting, Step, Bake or Promoting.")
+    step: int = Field(default=0, description="The step under way (1-based).")
+    steps: int = Field(default=0, description="How many steps there are.")
+    weight: int = Field(default=0, description="The canary's share of requests, in percent.")
+    paused: bool = Field(default=False, description="Held by kubectl blogsite pause.")
+    since: str | None = Field(default=None, description="When the current share began.")
+    health_only_steps: list[int] = Field(
+        default_factory=list,
+        description="Steps that saw too few requests to judge and passed on health alone.",
+    )
+    canary_requests: int | None = Field(
+        default=None, description="Canary requests in the window being judged."
+    )
+    canary_failed: int | None = Field(
+        default=None, description="Of those, answered 5xx or not at all."
+    )
+    stable_failed_rate: str | None = Field(
+        default=None, description="The stable version's failed share the canary is held to."
+    )
+    failure: str | None = Field(
+        default=None, description="Why the canary failed, when automatic revert is off."
+    )
+    message: str | None = Field(default=None, description="The step, in words.")
+
+
 class BlogSiteStatus(Model):
     """Written only by the operator."""
 
@@ -1039,6 +1169,13 @@ class BlogSiteStatus(Model):
     rollout_retry: str | None = Field(
         default=None,
         description="The last value of the blog.daedalus.dev/retry-rollout annotation acted on.",
+    )
+    rollout_command: str | None = Field(
+        default=None,
+        description="The last value of the blog.daedalus.dev/rollout-command annotation acted on.",
+    )
+    canary: CanaryStatus | None = Field(
+        default=None, description="The canary rollout under way, if any."
     )
 
 
