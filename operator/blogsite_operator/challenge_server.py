@@ -1,4 +1,6 @@
-"""The cert-refresh process: answers ACME HTTP-01 challenges.
+"""The cert-refresh process: answers ACME HTTP-01 challenges, and is the
+site's traffic desk (the canary's share for the frontends, and the
+collector of what users got: traffic_collector.py).
 
 The operator publishes each answer (token -> key authorization) in a
 ConfigMap; this server watches that ConfigMap through the API, so a new
@@ -25,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from blogsite_operator.traffic_collector import Collector, listen
 from blogsite_operator.watch_stream import watch_event, watch_query
 
 
@@ -37,6 +40,12 @@ def _log(level: str, message: str) -> None:
 
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
+# Keys of the ConfigMap that are not answers (tokens never hold a dot): the
+# canary's share of requests, and the version each pool runs (for metrics).
+CANARY_WEIGHT_KEY = "canary.weight"
+POOL_VERSION_KEYS = {"daedalus": "stable.version", "daedalus_canary": "canary.version"}
+# How long GET /canary-weight?known=N waits for a change before answering anyway.
+LONG_POLL_SECONDS = 20.0
 # RFC 8555 §8.3: tokens are base64url, so nothing else is ever looked up.
 TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
@@ -45,21 +54,45 @@ class Answers:
     """token -> key authorization, merged over every watched ConfigMap."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._by_source: dict[tuple[str, str], dict[str, str]] = {}
         self.synced = threading.Event()
 
     def replace(self, namespace: str, name: str, data: dict[str, str] | None) -> None:
         with self._lock:
             self._by_source[(namespace, name)] = dict(data or {})
+            self._lock.notify_all()
 
     def remove(self, namespace: str, name: str) -> None:
         with self._lock:
             self._by_source.pop((namespace, name), None)
+            self._lock.notify_all()
 
     def reset(self, sources: dict[tuple[str, str], dict[str, str]]) -> None:
         with self._lock:
             self._by_source = sources
+            self._lock.notify_all()
+
+    def setting(self, key: str) -> str | None:
+        with self._lock:
+            return self._setting(key)
+
+    def _setting(self, key: str) -> str | None:
+        for data in self._by_source.values():
+            if key in data:
+                return data[key]
+        return None
+
+    def canary_weight(self, known: int | None = None, wait: float = 0.0) -> int:
+        """The canary's share (0-100; anything else is 0), once it differs
+        from `known` or `wait` seconds have passed."""
+        with self._lock:
+            self._lock.wait_for(lambda: self._weight() != known, timeout=wait)
+            return self._weight()
+
+    def _weight(self) -> int:
+        raw = self._setting(CANARY_WEIGHT_KEY) or "0"
+        return int(raw) if raw.isdigit() and int(raw) <= 100 else 0
 
     def lookup(self, token: str) -> str | None:
         with self._lock:
@@ -70,7 +103,10 @@ class Answers:
 
 
 def make_handler(
-    answers: Answers, ready: Callable[[], bool] = lambda: True
+    answers: Answers,
+    ready: Callable[[], bool] = lambda: True,
+    collector: Collector | None = None,
+    long_poll: float = LONG_POLL_SECONDS,
 ) -> type[BaseHTTPRequestHandler]:
     """`ready`: whether /healthz says 200 (the answers have been listed once)."""
 
@@ -86,6 +122,18 @@ def make_handler(
                 else:
                     self._reply(503, b"the challenge answers have not been read yet\n")
                 return
+            if path == "/canary-weight":
+                self._canary_weight()
+                return
+            if path in ("/traffic", "/metrics") and collector is not None:
+                if path == "/traffic":
+                    body = json.dumps(collector.snapshot()).encode()
+                    self._reply(200, body, "application/json")
+                else:
+                    versions = {p: answers.setting(k) or "" for p, k in POOL_VERSION_KEYS.items()}
+                    body = collector.metrics(versions).encode()
+                    self._reply(200, body, "text/plain; version=0.0.4")
+                return
             if not path.startswith(CHALLENGE_PREFIX):
                 self._reply(404, b"not found\n")
                 return
@@ -95,6 +143,18 @@ def make_handler(
                 self._reply(404, b"no such challenge token\n")
             else:
                 self._reply(200, answer.encode("ascii"), "application/octet-stream")
+
+        def _canary_weight(self) -> None:
+            """The share as a number; with ?known=N, held until it is not N
+            (the frontends' weights followers long-poll: a revert reaches
+            them at once)."""
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            known = (query.get("known") or [""])[0]
+            if known.isdigit():
+                weight = answers.canary_weight(int(known), wait=long_poll)
+            else:
+                weight = answers.canary_weight()
+            self._reply(200, f"{weight}\n".encode())
 
         def _reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
             self.send_response(code)
@@ -254,9 +314,14 @@ def serve(
     config_map: str | None = None,
     selector: str | None = None,
     kubeconfig: str | None = None,
+    traffic_port: int | None = None,
 ) -> None:
     answers = Answers()
     stop = threading.Event()
+    collector = None
+    if traffic_port is not None:
+        collector = Collector()
+        listen(collector, address, traffic_port, stop)
     watching = config_map is not None or selector is not None
     if watching:
         api: ConfigMapApi
@@ -282,7 +347,8 @@ def serve(
         ).start()
         answers.synced.wait(timeout=30)
     ready = answers.synced.is_set if watching else (lambda: True)
-    server = ThreadingHTTPServer((address, port), make_handler(answers, ready))
+    server = ThreadingHTTPServer((address, port), make_handler(answers, ready, collector))
+    server.daemon_threads = True  # long polls must not hold a stopping server
     serving = (
         f"ConfigMap {namespace}/{config_map}"
         if config_map

@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     challenge.add_argument(
         "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
     )
+    challenge.add_argument(
+        "--traffic-port",
+        type=int,
+        help="collect the frontends' per-request syslog lines on this UDP port (default: off)",
+    )
     challenge.set_defaults(func=challenge_server_command)
 
     wait = commands.add_parser(
@@ -297,6 +302,7 @@ def challenge_server_command(args: argparse.Namespace) -> int:
         config_map=args.configmap,
         selector=args.selector,
         kubeconfig=args.kubeconfig,
+        traffic_port=args.traffic_port,
     )
     return 0
 

@@ -404,9 +404,19 @@ class CertificateIssuer:
     def _publish(self, site: SiteRef, answers: dict[str, str], *, clear: bool = False) -> None:
         """Put answers where the cert-refresh server reads them (or take them all away)."""
         name = challenges_config_map_name(site.name)
-        patch: dict[str, Any] = {"data": None} if clear else {"data": answers}
         try:
-            self.api.merge_patch("ConfigMap", site.namespace, name, patch)
+            if clear:
+                # Only the answers (tokens never hold a dot): the canary's
+                # settings share this ConfigMap.
+                live = self.api.get("ConfigMap", site.namespace, name) or {}
+                tokens = [key for key in live.get("data") or {} if "." not in key]
+                if not tokens:
+                    return
+                self.api.merge_patch(
+                    "ConfigMap", site.namespace, name, {"data": dict.fromkeys(tokens)}
+                )
+            else:
+                self.api.merge_patch("ConfigMap", site.namespace, name, {"data": answers})
         except Exception as error:  # noqa: BLE001 - any API failure means the same here
             if clear:  # the order is over either way; a leftover answer is harmless
                 logger.warning(
