@@ -25,6 +25,8 @@ RUN apt-get update \
       --home-dir /nonexistent --shell /usr/sbin/nologin nonroot \
  && mkdir -p /etc/blogsite/nginx /etc/blogsite/tls \
  && nginx -V
+# The canary weights follower, run beside nginx in each frontend pod.
+COPY --chmod=0755 deploy/frontend/canary-weights /usr/local/bin/canary-weights
 USER 65532:65532
 EXPOSE 8080 8081 8443
 # nginx's graceful stop: open connections finish, keepalives close.

@@ -35,9 +35,9 @@
 # containerd sends every registry name to the local registry, so only the
 # repository and tag matter. Each <tag> is a hash of everything that goes into
 # its image (this script, the Debian suite and mirrors, and the image's own
-# sources: the Dockerfile for the frontend; for the operator also the frontend's
-# tag, pyproject.toml, uv.lock, README.md and operator/**), so an unchanged tree
-# builds nothing and prints the same references; a tag already in the registry
+# sources: the Dockerfile and deploy/frontend/canary-weights for the frontend;
+# for the operator also the frontend's tag, pyproject.toml, uv.lock, README.md
+# and operator/**), so an unchanged tree builds nothing and prints the same references; a tag already in the registry
 # is not pushed again. The operator is built FROM the frontend image just built
 # (--build-arg FRONTEND_IMAGE), so both carry the same nginx.
 #
@@ -235,7 +235,7 @@ bud() {  # bud LOG REF FILE... -- BUD-OPTION...: buildah bud of the Dockerfile o
 
 build_frontend() {  # build_frontend REF
   log "frontend: buildah bud --target frontend (about a minute)"
-  bud frontend "$1" Dockerfile -- --target frontend
+  bud frontend "$1" "${frontend_files[@]}" -- --target frontend
 }
 
 build_operator() {  # build_operator REF FRONTEND_REF FILE...: the Dockerfile, FROM that frontend
@@ -378,12 +378,13 @@ trap 'bah rm --all >/dev/null 2>&1 || true; remove_tree "${tmp}"' EXIT
 # buildah and Go put big temporary files in TMPDIR (default /var/tmp).
 export TMPDIR="${tmp}"
 
-mapfile -t operator_files < <(echo Dockerfile; echo pyproject.toml; echo uv.lock; echo README.md; files_of operator)
+frontend_files=(Dockerfile deploy/frontend/canary-weights)
+mapfile -t operator_files < <(printf '%s\n' "${frontend_files[@]}"; echo pyproject.toml; echo uv.lock; echo README.md; files_of operator)
 mapfile -t daedalus_files < <(files_of tests/images/daedalus)
 mapfile -t pause_files < <(files_of tests/images/pause)
 go_version="$(GOTOOLCHAIN=local go env GOVERSION)"
 
-frontend_tag="$(content_tag frontend Dockerfile)"
+frontend_tag="$(content_tag frontend "${frontend_files[@]}")"
 operator_tag="$(content_tag "operator ${frontend_tag}" "${operator_files[@]}")"
 daedalus_tag="$(content_tag "daedalus ${go_version}" "${daedalus_files[@]}")"
 pause_tag="$(content_tag "pause ${go_version}" "${pause_files[@]}")"

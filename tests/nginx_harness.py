@@ -57,6 +57,9 @@ class EchoHandler(BaseHTTPRequestHandler):
     """Answers with what it received, so tests can see what nginx forwarded."""
 
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: without this, Nagle's algorithm
+    # and delayed ACKs hold each kept-alive answer 40 ms.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         body = json.dumps(
@@ -151,10 +154,13 @@ def launch_nginx(
     *,
     tls: bool = True,
     certificate: tuple[bytes, bytes] | None = None,
+    canary: str | None = None,
+    traffic_log: str | None = None,
 ) -> tuple[RunningNginx, subprocess.Popen[bytes]]:
     """nginx running the rendered configuration of `raw_spec`, answering /healthz.
 
-    `upstreams`: the addresses of daedalus and cert-refresh (host:port).
+    `upstreams`: the addresses of daedalus and cert-refresh (host:port);
+    `canary` and `traffic_log` those of the canary and the traffic collector.
 
     `certificate` (chain PEM, key PEM) is served over TLS; by default a
     self-signed placeholder for the site's names, which `https()` trusts.
@@ -170,6 +176,8 @@ def launch_nginx(
     facts = NginxFacts(
         daedalus_upstream=upstreams[0],
         challenge_upstream=upstreams[1],
+        canary_upstream=canary,
+        traffic_log=traffic_log,
         tls_certificate=str(cert) if tls else None,
         tls_certificate_key=str(key) if tls else None,
         temp_dir=str(workdir),

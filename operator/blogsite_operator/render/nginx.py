@@ -49,6 +49,13 @@ class NginxFacts:
 
     daedalus_upstream: str  # host:port
     challenge_upstream: str  # host:port
+    # The canary version's Service: with it, requests are split between the
+    # two by a share the frontend's weights follower writes (see
+    # canary_split); without it, everything goes to daedalus_upstream.
+    canary_upstream: str | None = None
+    # Where each request proxied to daedalus is reported (syslog over UDP,
+    # host:port): the site's traffic collector in cert-refresh.
+    traffic_log: str | None = None
     tls_certificate: str | None = None  # path of tls.crt; None: no HTTPS
     tls_certificate_key: str | None = None
     temp_dir: str = "/tmp"  # noqa: S108 - an emptyDir; the root filesystem is read-only
@@ -124,8 +131,86 @@ def _challenge_location() -> list[str]:
     ]
 
 
-def _proxy_location() -> list[str]:
-    return ["location / {", "    proxy_pass http://daedalus;", "}"]
+# The upstream a request goes to names an `upstream` block, so the variable
+# needs no resolver (README, "Upstream resolution").
+STABLE_POOL, CANARY_POOL = "daedalus", "daedalus_canary"
+# One line per request proxied to daedalus, to the site's traffic collector:
+# the pool, what the client got, and what each upstream tried said and took
+# ("502, 200" when the canary refused and its backup, stable, answered).
+TRAFFIC_FORMAT = "blogsite_traffic"
+TRAFFIC_LOG_FIELDS = "$daedalus_pool|$status|$upstream_status|$upstream_response_time"
+CANARY_BUCKETS = 100
+# The frontend's weights follower writes the canary's buckets into this file
+# below the temporary directory; no file means no bucket: all to stable.
+CANARY_SPLIT_FILE = "blogsite/canary-split.conf"
+CANARY_SPLIT_GLOB = "blogsite/canary-*.conf"
+
+
+def canary_split(weight: int) -> str:
+    """The included map lines that send `weight` percent of requests to the
+    canary: the reference the weights follower's own output is tested against."""
+    if not 0 <= weight <= CANARY_BUCKETS:
+        raise ValueError(f"a canary weight is a percentage, not {weight}")
+    return "".join(f"{bucket:02d} {CANARY_POOL};\n" for bucket in range(weight))
+
+
+def _canary_pools(facts: NginxFacts, temp: str) -> list[str]:
+    """$daedalus_pool: one of 100 buckets per request, the canary's buckets
+    from the follower's file. A change of share is a file and a reload, never
+    a new configuration (which would roll the frontend)."""
+    if facts.canary_upstream is None:
+        return []
+    buckets = [f"    1% {bucket:02d};" for bucket in range(CANARY_BUCKETS - 1)]
+    return [
+        'split_clients "${request_id}" $daedalus_bucket {',
+        *buckets,
+        f"    * {CANARY_BUCKETS - 1:02d};",
+        "}",
+        "map $daedalus_bucket $daedalus_pool {",
+        f"    default {STABLE_POOL};",
+        f"    include {temp}/{CANARY_SPLIT_GLOB};",
+        "}",
+        "",
+    ]
+
+
+def _proxy_lines(facts: NginxFacts) -> list[str]:
+    """What a location proxying to daedalus says."""
+    if facts.canary_upstream is None:
+        return [f"proxy_pass http://{STABLE_POOL};"]
+    lines = ["proxy_pass http://$daedalus_pool;"]
+    if facts.traffic_log is not None:
+        # A location's access_log replaces the inherited one: both again.
+        target = f"syslog:server={_address(facts.traffic_log)},tag=blogsite,nohostname"
+        lines += ["access_log /dev/stdout;", f"access_log {target} {TRAFFIC_FORMAT};"]
+    return lines
+
+
+def _canary_upstream(facts: NginxFacts) -> list[str]:
+    if facts.canary_upstream is None:
+        return []
+    return [
+        f"upstream {CANARY_POOL} {{",
+        # max_fails=0: tried on every request of its share, never skipped for
+        # a while after a failure, so every failure is seen and counted.
+        f"    server {_address(facts.canary_upstream)} max_fails=0;",
+        # No canary pod (none yet, or just reverted): the connection is
+        # refused at once and stable answers; the log still counts the refusal.
+        f"    server {_address(facts.daedalus_upstream)} backup;",
+        "    keepalive 16;",
+        "}",
+        "",
+    ]
+
+
+def _traffic_format(facts: NginxFacts) -> list[str]:
+    if facts.canary_upstream is None or facts.traffic_log is None:
+        return []
+    return [f"log_format {TRAFFIC_FORMAT} '{TRAFFIC_LOG_FIELDS}';", ""]
+
+
+def _proxy_location(proxy: list[str]) -> list[str]:
+    return ["location / {", *_indent(proxy, 1), "}"]
 
 
 def _server(listen: str, names: str, body: list[str]) -> list[str]:
@@ -169,6 +254,7 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
     # Ports 80 and 443 as the load balancer reaches them; health stays plain.
     proxied = " proxy_protocol" if spec.frontend.proxy_protocol else ""
     http_port, https_port = f"{facts.http_port}{proxied}", f"{facts.https_port} ssl{proxied}"
+    proxy = _proxy_lines(facts)
 
     http_domains_body = [*_challenge_location()]
     if spec.frontend.http == models.HttpPolicy.REDIRECT and tls:
@@ -178,11 +264,11 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
             '    if ($blogsite_scheme = "http") {',
             "        return 301 https://$host$request_uri;",
             "    }",
-            "    proxy_pass http://daedalus;",
+            *_indent(proxy, 1),
             "}",
         ]
     else:
-        http_domains_body += _proxy_location()
+        http_domains_body += _proxy_location(proxy)
     http_domains_body += _extra(spec)
 
     servers: list[str] = []
@@ -192,7 +278,7 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         [
             "# Hosts not named in the BlogSite still reach the blog.",
             *_challenge_location(),
-            *_proxy_location(),
+            *_proxy_location(proxy),
         ],
     )
     servers += _server(http_port, domains, http_domains_body)
@@ -203,11 +289,11 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
             [*_challenge_location(), "location / {", f"    return 301 {redirect_target};", "}"],
         )
     if tls:
-        servers += _server(f"{https_port} default_server", "_", _proxy_location())
+        servers += _server(f"{https_port} default_server", "_", _proxy_location(proxy))
         servers += _server(
             https_port,
             domains,
-            [*_hsts(spec), *_proxy_location(), *_extra(spec)],
+            [*_hsts(spec), *_proxy_location(proxy), *_extra(spec)],
         )
         if redirects:
             servers += _server(
@@ -265,6 +351,8 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         "gzip_types " + " ".join(GZIP_TYPES) + ";",
         "",
         *_client_and_scheme(spec),
+        *_canary_pools(facts, temp),
+        *_traffic_format(facts),
         # HTTP/2 where the client offers it: ALPN h2 on HTTPS (and prior
         # knowledge on plain HTTP, beside HTTP/1.x). Here, not per server, so
         # an extraConfig may still say `http2 off;` (or on) for its names.
@@ -278,11 +366,12 @@ def render_nginx_conf(spec: models.BlogSiteSpec, facts: NginxFacts) -> str:
         "proxy_set_header X-Forwarded-Proto $blogsite_scheme;",
         "proxy_set_header X-Real-IP $remote_addr;",
         "",
-        "upstream daedalus {",
+        f"upstream {STABLE_POOL} {{",
         f"    server {_address(facts.daedalus_upstream)};",
         "    keepalive 16;",
         "}",
         "",
+        *_canary_upstream(facts),
         "upstream cert_refresh {",
         f"    server {_address(facts.challenge_upstream)};",
         "}",
