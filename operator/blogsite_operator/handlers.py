@@ -12,6 +12,7 @@ retried with backoff, since `on.event` handlers are not retried by kopf itself.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -35,6 +36,7 @@ from blogsite_operator.render.site import MANAGED_BY, site_of
 from blogsite_operator.scheduling import PassSlots
 from blogsite_operator.served_probe import ServedProbe
 from blogsite_operator.settings import OperatorSettings
+from blogsite_operator.traffic_reader import read_traffic
 
 logger = logging.getLogger("blogsite_operator")
 
@@ -233,6 +235,7 @@ class SiteQueue:
                 self.issuer,
                 before_status=_pause_after_revert if PAUSE_AFTER_REVERT_SECONDS else None,
                 probe=self.probe,
+                read_traffic=functools.partial(read_traffic, self.api),
             )
         except ApiException as error:
             if error.status == 404:  # deleted while we worked: nothing left to do

@@ -21,6 +21,7 @@ from kubernetes.utils import parse_quantity
 
 from blogsite_operator import certs, models
 from blogsite_operator.certs import CertificateInfo
+from blogsite_operator.challenge_server import CANARY_WEIGHT_KEY, POOL_VERSION_KEYS
 from blogsite_operator.issuance.driver import (
     ACME_MEMORY_FIELDS,
     RENEW_ANNOTATION,
@@ -28,6 +29,7 @@ from blogsite_operator.issuance.driver import (
     drive_acme,
 )
 from blogsite_operator.issuance.issuer import account_secret_name
+from blogsite_operator.policies.canary_steps import Reading
 from blogsite_operator.policies.certificate import (
     ServedCertificate,
     needs_placeholder,
@@ -79,10 +81,18 @@ from blogsite_operator.render.site import (
     upstream_services,
     with_nginx_config,
 )
-from blogsite_operator.rollouts import RETRY_ANNOTATION, ROLLOUT_MEMORY_FIELDS, gate_deployments
+from blogsite_operator.rollouts import (
+    COMMAND_ANNOTATION,
+    RETRY_ANNOTATION,
+    ROLLOUT_MEMORY_FIELDS,
+    GateResult,
+    gate_deployments,
+)
 from blogsite_operator.timestamps import format_time
 
 logger = logging.getLogger("blogsite_operator")
+
+ROLLOUT_STATUS_FIELDS = ("rolloutRetry", "rolloutCommand", "canary")
 
 CONDITION_FOR_COMPONENT = {
     Component.FRONTEND: "FrontendAvailable",
@@ -100,6 +110,9 @@ class ClusterApi(Protocol):
         self, kind: str, namespace: str, label_selector: str
     ) -> list[dict[str, Any]]: ...
     def delete(self, kind: str, namespace: str, name: str, uid: str) -> None: ...
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]: ...
     def patch_blogsite_status(
         self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
     ) -> None: ...
@@ -353,13 +366,15 @@ def reconcile_site(
     *,
     before_status: Callable[[Outcome], None] | None = None,
     probe: Probe | None = None,
+    read_traffic: Callable[[SiteRef], Reading | None] | None = None,
 ) -> Outcome:
     """Bring the children of one BlogSite in line with its spec, then report.
 
     `check_nginx` runs `nginx -t` on the site's configuration (None: valid).
     `issuer` runs ACME orders in the background (None: ACME sites keep their
     placeholder). `probe` asks the Ready frontend pods which certificate they
-    present (None: CertificateServed is not reported).
+    present (None: CertificateServed is not reported). `read_traffic` reads
+    the site's traffic collector for a canary (None: canaries pass on health).
     """
     outcome = Outcome()
     metadata = site["metadata"]
@@ -376,7 +391,8 @@ def reconcile_site(
     # branch of this pass decides it: an invalid spec decides nothing.
     certificate_status: dict[str, Any] | None = previous_status.get("certificate")
     rollout_memory: dict[str, dict[str, Any]] | None = None
-    rollout_retry: str | None = previous_status.get("rolloutRetry")
+    # What the gate consumed and reports, beside the components' memory.
+    rollout_fields = {k: previous_status.get(k) for k in ROLLOUT_STATUS_FIELDS}
     if spec is not None:
         certificate_status = None  # no TLS: no certificate; with TLS, decided below
         served = _ensure_tls_secret(
@@ -392,7 +408,8 @@ def reconcile_site(
             upstream_addresses=seen,
             upstreams_restart=restart,
         )
-        retry_token = (metadata.get("annotations") or {}).get(RETRY_ANNOTATION)
+        annotations = metadata.get("annotations") or {}
+        retry_token = annotations.get(RETRY_ANNOTATION)
         objects = render_site(ref, spec, settings, facts)
         objects, extra_conditions["ConfigValid"] = _gate_nginx_config(
             api, ref, spec, objects, check_nginx
@@ -405,16 +422,22 @@ def reconcile_site(
             previous_status=previous_status,
             retry_token=retry_token,
             now=now,
+            command_token=annotations.get(COMMAND_ANNOTATION),
+            read_traffic=read_traffic,
         )
         desired = gate.objects
         rollout_memory = gate.memory
         extra_conditions["RolloutHealthy"] = gate.condition
         outcome.events.extend(Event(*event) for event in gate.events)
         outcome.reverts.extend(gate.reverts)
-        rollout_retry = gate.retry_consumed or previous_status.get("rolloutRetry")
+        rollout_fields = {
+            "rolloutRetry": gate.retry_consumed or rollout_fields["rolloutRetry"],
+            "rolloutCommand": gate.command_consumed or rollout_fields["rolloutCommand"],
+            "canary": gate.canary_status,
+        }
         applied_first = {(o["kind"], o["metadata"]["name"]) for o in services}
         rest = [o for o in desired if (o["kind"], o["metadata"]["name"]) not in applied_first]
-        _apply_all(api, ref, rest, outcome)
+        _apply_with_canary_share(api, ref, rest, gate, outcome)
         outcome.events.extend(_apply_events(outcome))
         _prune(api, ref, desired, outcome)
         # After the apply: a first order can start in this very pass, its
@@ -452,14 +475,54 @@ def reconcile_site(
         frontend_service=frontend_service,
         rollout_memory=rollout_memory,
     )
-    if rollout_retry is not None:
-        status["rolloutRetry"] = rollout_retry
+    status.update({k: v for k, v in rollout_fields.items() if v is not None or k == "canary"})
     outcome.events.extend(_transition_events(previous_status, status))
     outcome.status = status
     if before_status is not None:
         before_status(outcome)  # a test hook: the moment between side effects and status
     _write_status(api, site, merge_patch(previous_status, status), outcome)
     return outcome
+
+
+def _apply_with_canary_share(
+    api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], gate: GateResult, outcome: Outcome
+) -> None:
+    """Requests leave a canary before its pods do, and reach new pods after.
+
+    The canary Deployment changes with every step (its state annotation):
+    the steps have Events of their own, so its updates get no "Updated".
+    """
+    _share_requests(api, ref, gate, outcome, fewer=True)
+    _apply_all(api, ref, desired, outcome)
+    _share_requests(api, ref, gate, outcome, fewer=False)
+    canary = f"Deployment {child_name(ref.name, Component.CANARY)}"
+    outcome.updated = [updated for updated in outcome.updated if updated != canary]
+
+
+def _share_requests(
+    api: ClusterApi, ref: SiteRef, gate: GateResult, outcome: Outcome, *, fewer: bool
+) -> None:
+    """Tell cert-refresh (and through it the frontends) the canary's share,
+    when it is smaller than now (`fewer`) or larger (not `fewer`)."""
+    if gate.canary_weight is None:
+        return
+    name = challenges_config_map_name(ref.name)
+    live = api.get_child("ConfigMap", ref.namespace, name)
+    if live is None or not is_owned_by(live, ref.uid):
+        return
+    data = live.get("data") or {}
+    current = data.get(CANARY_WEIGHT_KEY, "0")
+    now = int(current) if current.isdigit() else 0
+    if (gate.canary_weight < now) != fewer:
+        return
+    wanted = {
+        CANARY_WEIGHT_KEY: str(gate.canary_weight),
+        POOL_VERSION_KEYS["daedalus"]: gate.pool_versions.get("stable", ""),
+        POOL_VERSION_KEYS["daedalus_canary"]: gate.pool_versions.get("canary", ""),
+    }
+    if all(data.get(k, "0" if k == CANARY_WEIGHT_KEY else "") == v for k, v in wanted.items()):
+        return
+    api.merge_patch("ConfigMap", ref.namespace, name, {"data": wanted})
 
 
 def _write_status(

@@ -103,6 +103,16 @@ class MemoryApi:
         self.writes.append(f"delete {kind} {name}")
         del self.objects[(kind, namespace, name)]
 
+    def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        key = (kind, namespace, name)
+        if key not in self.objects:
+            raise ApiException(status=404, reason="Not Found")
+        self.writes.append(f"patch {kind} {name}")
+        self.objects[key] = merge(self.objects[key], patch)
+        return copy.deepcopy(self.objects[key])
+
     def patch_blogsite_status(
         self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
     ) -> None:
@@ -188,6 +198,7 @@ class TestReconcileSite:
         assert sorted(outcome.applied) == [
             "ConfigMap blog-acme-http01",
             f"ConfigMap {nginx_config}",
+            "Deployment blog-canary",
             "Deployment blog-cert-refresh",
             "Deployment blog-daedalus",
             "Deployment blog-frontend",
@@ -195,6 +206,7 @@ class TestReconcileSite:
             "PodDisruptionBudget blog-frontend",
             "Role blog-cert-refresh",
             "RoleBinding blog-cert-refresh",
+            "Service blog-canary",
             "Service blog-cert-refresh",
             "Service blog-daedalus",
             "Service blog-frontend",
@@ -997,14 +1009,17 @@ def test_a_service_created_again_with_a_new_address_rolls_the_frontend_as_the_sa
     reconcile_site(api, site(), RenderSettings())
     version = version_of(api.objects[("Deployment", "ns", "blog-frontend")])
     # Known from its first pass: the first pods start after the Services exist.
-    assert frontend_upstreams(api) == ("daedalus=198.19.0.1,cert-refresh=198.19.0.2", None)
+    assert frontend_upstreams(api) == (
+        "daedalus=198.19.0.1,canary=198.19.0.2,cert-refresh=198.19.0.3",
+        None,
+    )
 
     del api.objects[("Service", "ns", "blog-daedalus")]
     outcome = reconcile_site(api, site(status=api.status), RenderSettings())
     assert "Deployment blog-frontend" in outcome.applied
     new_address = api.objects[("Service", "ns", "blog-daedalus")]["spec"]["clusterIP"]
     assert new_address != "198.19.0.1"
-    addresses = f"daedalus={new_address},cert-refresh=198.19.0.2"
+    addresses = f"daedalus={new_address},canary=198.19.0.2,cert-refresh=198.19.0.3"
     assert frontend_upstreams(api) == (addresses, addresses)
     assert version_of(api.objects[("Deployment", "ns", "blog-frontend")]) == version
     assert reconcile_site(api, site(status=api.status), RenderSettings()).applied == []

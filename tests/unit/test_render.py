@@ -43,6 +43,7 @@ class TestEveryObject:
         assert config_maps[0] == "lethain-acme-http01"
         assert config_maps[1].startswith("lethain-nginx-")
         assert [o for o in objects if o[0] != "ConfigMap"] == [
+            ("Deployment", "lethain-canary"),
             ("Deployment", "lethain-cert-refresh"),
             ("Deployment", "lethain-daedalus"),
             ("Deployment", "lethain-frontend"),
@@ -50,6 +51,7 @@ class TestEveryObject:
             ("PodDisruptionBudget", "lethain-frontend"),
             ("Role", "lethain-cert-refresh"),
             ("RoleBinding", "lethain-cert-refresh"),
+            ("Service", "lethain-canary"),
             ("Service", "lethain-cert-refresh"),
             ("Service", "lethain-daedalus"),
             ("Service", "lethain-frontend"),

@@ -110,6 +110,8 @@ def progressing_verdict(facts: list[ComponentFacts], rollout: Verdict | None) ->
     deadline is not: it says why instead."""
     if rollout is not None and rollout.status != CONDITION_TRUE:
         return Verdict(CONDITION_FALSE, rollout.reason, rollout.message)
+    if rollout is not None and rollout.reason == "Canary":  # which step, and how it goes
+        return Verdict(CONDITION_TRUE, rollout.reason, rollout.message)
     rolling = [message for f in facts if (message := rollout_in_progress(f)) is not None]
     if rolling:
         return Verdict(CONDITION_TRUE, "RollingOut", "; ".join(rolling))

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from blogsite_operator import models
-from blogsite_operator.render.nginx import NginxFacts, render_nginx_conf
+from blogsite_operator.render.nginx import CANARY_SPLIT_FILE, NginxFacts, render_nginx_conf
 
 MANAGED_BY = "blogsite-operator"
 FIELD_MANAGER = "blogsite-operator"
@@ -23,6 +23,8 @@ FRONTEND_HTTP_PORT = 8080
 FRONTEND_HTTPS_PORT = 8443
 FRONTEND_HEALTH_PORT = 8081
 CHALLENGE_SERVER_PORT = 8089
+# cert-refresh's traffic collector: the frontends' per-request syslog (UDP).
+TRAFFIC_PORT = 5514
 NONROOT_UID = 65532
 NGINX_CONFIG_DIR = "/etc/blogsite/nginx"
 TLS_DIR = "/etc/blogsite/tls"
@@ -54,6 +56,10 @@ class Component(StrEnum):
     FRONTEND = "frontend"
     DAEDALUS = "daedalus"
     CERT_REFRESH = "cert-refresh"
+    # The daedalus version under canary analysis, beside the stable one: its
+    # own Deployment and Service (<name>-canary: a name of 50 characters
+    # still fits 63), so the frontend can split requests between the two.
+    CANARY = "canary"
 
 
 COMPONENTS: tuple[Component, ...] = (Component.FRONTEND, Component.DAEDALUS, Component.CERT_REFRESH)
@@ -432,6 +438,33 @@ def render_daedalus(site: SiteRef, spec: models.BlogSiteSpec) -> list[dict[str, 
     ]
 
 
+def canary_template(template: dict[str, Any]) -> dict[str, Any]:
+    """A daedalus pod template as the canary Deployment runs it: the same
+    version (label included), selected as the canary."""
+    template = copy.deepcopy(template)
+    template["metadata"]["labels"]["app.kubernetes.io/component"] = Component.CANARY.value
+    return template
+
+
+def render_canary(site: SiteRef, daedalus: dict[str, Any]) -> list[dict[str, Any]]:
+    """The canary Deployment (the version of `daedalus`, a stamped daedalus
+    Deployment; no replicas until a rollout gives it some) and its Service."""
+    deployment = copy.deepcopy(daedalus)
+    deployment["metadata"] = _metadata(site, Component.CANARY)
+    deployment["spec"]["replicas"] = 0
+    deployment["spec"]["selector"] = {"matchLabels": selector_labels(site.name, Component.CANARY)}
+    deployment["spec"]["template"] = canary_template(daedalus["spec"]["template"])
+    return [deployment, _canary_service(site)]
+
+
+def _canary_service(site: SiteRef) -> dict[str, Any]:
+    return _service(
+        site,
+        Component.CANARY,
+        ports=[{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+    )
+
+
 def tls_secret_name_for(site_name: str) -> str:
     """The Secret the operator owns in ACME mode."""
     return f"{site_name}-tls"
@@ -454,6 +487,10 @@ def cluster_nginx_facts(site: SiteRef, spec: models.BlogSiteSpec) -> NginxFacts:
     return NginxFacts(
         daedalus_upstream=service_address(Component.DAEDALUS),
         challenge_upstream=service_address(Component.CERT_REFRESH),
+        canary_upstream=service_address(Component.CANARY),
+        traffic_log=(
+            f"{child_name(site.name, Component.CERT_REFRESH)}.{site.namespace}.svc:{TRAFFIC_PORT}"
+        ),
         tls_certificate=f"{TLS_DIR}/tls.crt" if tls else None,
         tls_certificate_key=f"{TLS_DIR}/tls.key" if tls else None,
         http_port=FRONTEND_HTTP_PORT,
@@ -625,15 +662,36 @@ def render_frontend(
     }
     service = frontend.service
     ports = [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    cert_refresh = f"{child_name(site.name, Component.CERT_REFRESH)}.{site.namespace}.svc:80"
+    in_pod = cluster_nginx_facts(site, spec)
+    weights = {
+        "name": "canary-weights",
+        # The operator's frontend image, whatever frontend.image says: it has the script.
+        "image": settings.frontend_image,
+        "command": [
+            "canary-weights",
+            cert_refresh,
+            f"{in_pod.temp_dir}/{CANARY_SPLIT_FILE}",
+            in_pod.pid_file,
+        ],
+        "resources": {
+            "requests": {"cpu": "5m", "memory": "8Mi"},
+            "limits": {"memory": "16Mi"},
+        },
+        "securityContext": _container_security_context(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+    }
     if spec.tls is not None:
         ports.append({"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"})
     deployment = _deployment(
         site,
         Component.FRONTEND,
         replicas=frontend.replicas,
-        containers=[container],
+        containers=[container, weights],
         volumes=volumes,
     )
+    # The follower signals nginx (same user) to reload a new share.
+    deployment["spec"]["template"]["spec"]["shareProcessNamespace"] = True
     if init_containers:
         deployment["spec"]["template"]["spec"]["initContainers"] = init_containers
     not_versioned = {
@@ -797,8 +855,13 @@ def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[st
             site.namespace,
             "--configmap",
             challenges_config_map_name(site.name),
+            "--traffic-port",
+            str(TRAFFIC_PORT),
         ],
-        "ports": [{"name": "http", "containerPort": CHALLENGE_SERVER_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": CHALLENGE_SERVER_PORT, "protocol": "TCP"},
+            {"name": "traffic", "containerPort": TRAFFIC_PORT, "protocol": "UDP"},
+        ],
         "readinessProbe": _http_probe("/healthz", "http", check),
         "livenessProbe": _http_probe("/healthz", "http", check),
         "resources": _resources(Component.CERT_REFRESH, None),
@@ -816,7 +879,15 @@ def render_cert_refresh(site: SiteRef, settings: RenderSettings) -> list[dict[st
         _service(
             site,
             Component.CERT_REFRESH,
-            ports=[{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            ports=[
+                {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                {
+                    "name": "traffic",
+                    "port": TRAFFIC_PORT,
+                    "targetPort": "traffic",
+                    "protocol": "UDP",
+                },
+            ],
         ),
     ]
 
@@ -863,6 +934,7 @@ def upstream_services(
     """The Services the frontend proxies to, as render_site renders them."""
     objects = [
         *render_daedalus(site, spec),
+        _canary_service(site),
         *render_cert_refresh(site, settings or RenderSettings()),
     ]
     return [o for o in objects if o["kind"] == "Service"]
@@ -880,11 +952,15 @@ def render_site(
     """
     settings = settings or RenderSettings()
     facts = facts or SiteFacts()
+    daedalus = [
+        stamp_version(o) if o["kind"] == "Deployment" else o for o in render_daedalus(site, spec)
+    ]
     objects = [
-        *render_daedalus(site, spec),
+        *daedalus,
+        *render_canary(site, next(o for o in daedalus if o["kind"] == "Deployment")),
         *render_disruption_budget(site, Component.DAEDALUS, spec.daedalus.replicas),
         *render_cert_refresh(site, settings),
         *render_frontend(site, spec, settings, facts),
         *render_disruption_budget(site, Component.FRONTEND, spec.frontend.replicas),
     ]
-    return [stamp_version(o) if o["kind"] == "Deployment" else o for o in objects]
+    return [o if o["kind"] != "Deployment" or version_of(o) else stamp_version(o) for o in objects]
