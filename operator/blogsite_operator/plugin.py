@@ -22,7 +22,7 @@ from kubernetes.client.exceptions import ApiException
 from blogsite_operator import kube, models
 from blogsite_operator.cli import CliError, render_command
 from blogsite_operator.issuance.driver import RENEW_ANNOTATION
-from blogsite_operator.rollouts import RETRY_ANNOTATION
+from blogsite_operator.rollouts import COMMAND_ANNOTATION, RETRY_ANNOTATION
 
 EVENTS_SHOWN = 8
 
@@ -60,6 +60,21 @@ def status_command(args: argparse.Namespace) -> int:
     events = api.events_of(namespace, args.name)
     sys.stdout.write(status_screen(site, events))
     return 0
+
+
+def _canary_lines(canary: dict[str, Any] | None) -> list[str]:
+    if not canary:
+        return []
+    paused = ", paused" if canary.get("paused") else ""
+    where = f"{canary.get('phase')} {canary.get('step')}/{canary.get('steps')}"
+    share = f"{canary.get('weight')}% of requests{paused}"
+    lines = [f"  canary        {canary.get('version')}: {where}, {share}"]
+    if canary.get("canaryRequests") is not None:
+        lines.append(
+            f"  {'':<13} {canary.get('canaryFailed')} of {canary['canaryRequests']} canary "
+            f"requests failed (stable {canary.get('stableFailedRate', '?')})"
+        )
+    return lines
 
 
 def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
@@ -121,6 +136,7 @@ def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
         if entry.get("failedVersion"):
             line += f", failed {entry['failedVersion']} ({entry.get('failedReason', '')})"
         lines.append(line)
+    lines += _canary_lines(status.get("canary"))
     lines += ["", "Events:"]
     recent = sorted(events, key=lambda e: e.get("lastTimestamp") or "")[-EVENTS_SHOWN:]
     if not recent:
@@ -133,11 +149,14 @@ def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def annotate_command(annotation: str, what: str) -> Any:
+def annotate_command(annotation: str, what: str, prefix: str = "") -> Any:
+    """A command that sets `annotation` to a new value (`prefix` and the time)."""
+
     def command(args: argparse.Namespace) -> int:
         api, namespace = connect(args)
         fetch_site(api, namespace, args.name)  # a clear error for a missing site
-        value = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = datetime.datetime.now(datetime.UTC)
+        value = prefix + now.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if prefix else "%Y-%m-%dT%H:%M:%SZ")
         patch = {"metadata": {"annotations": {annotation: value}}}
         api.merge_patch(models.KIND, namespace, args.name, patch)
         sys.stdout.write(f"blogsite {namespace}/{args.name}: {what} ({annotation}={value})\n")
@@ -169,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     with_site("retry", "try a reverted version again").set_defaults(
         func=annotate_command(RETRY_ANNOTATION, "the failed version is tried again")
     )
+    for verb, help_text, what in (
+        ("promote", "end a canary rollout now: its version becomes stable", "promoted"),
+        ("abort", "revert a canary rollout now", "aborted"),
+        ("pause", "hold a canary rollout at its step (a failure still reverts)", "paused"),
+        ("resume", "let a paused canary rollout go on", "resumed"),
+    ):
+        with_site(verb, help_text).set_defaults(
+            func=annotate_command(COMMAND_ANNOTATION, f"the canary is {what}", f"{verb} ")
+        )
     render = commands.add_parser("render", help="print what the operator would create")
     render.add_argument("-f", "--file", required=True, help="BlogSite YAML file, or - for stdin")
     render.add_argument("-n", "--namespace", help="namespace when the file names none")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from blogsite_operator.plugin import status_screen
 
 SITE = {
@@ -59,3 +61,21 @@ def test_one_screen_says_what_is_wrong_and_what_comes_next() -> None:
     shown = screen.split("Events:", 1)[1]
     assert "R9" in shown
     assert "R1" not in shown  # only the latest eight
+
+
+def test_a_canary_under_way_shows_its_step_share_and_figures() -> None:
+    canary = {
+        "version": "d:3",
+        "phase": "Step",
+        "step": 2,
+        "steps": 3,
+        "weight": 25,
+        "paused": True,
+        "canaryRequests": 120,
+        "canaryFailed": 1,
+        "stableFailedRate": "0.50%",
+    }
+    status: dict[str, Any] = {**SITE["status"], "canary": canary}  # type: ignore[dict-item]
+    screen = status_screen({**SITE, "status": status}, [])
+    assert "canary        d:3: Step 2/3, 25% of requests, paused" in screen
+    assert "1 of 120 canary requests failed (stable 0.50%)" in screen
