@@ -794,10 +794,16 @@ class Canary(Model):
 
     model_config = ConfigDict(
         json_schema_extra=schema_extra(
-            # With list-type set (no repeats), sorted means increasing.
-            cel("self.steps.isSorted()", "canary.steps must increase", field_path=".steps"),
+            # With list-type set (no repeats), sorted means increasing. Left
+            # out, steps is not defaulted by the API server (the operator does).
             cel(
-                "self.stepSeconds <= self.maxStepSeconds",
+                "!has(self.steps) || self.steps.isSorted()",
+                "canary.steps must increase",
+                field_path=".steps",
+            ),
+            cel(
+                "!has(self.stepSeconds) || !has(self.maxStepSeconds)"
+                " || self.stepSeconds <= self.maxStepSeconds",
                 "canary.stepSeconds must not exceed canary.maxStepSeconds",
                 field_path=".stepSeconds",
             ),
