@@ -674,8 +674,9 @@ def render_frontend(
             f"{in_pod.temp_dir}/{CANARY_SPLIT_FILE}",
             in_pod.pid_file,
         ],
+        # A bash loop, idle in a long poll: a few MiB.
         "resources": {
-            "requests": {"cpu": "5m", "memory": "8Mi"},
+            "requests": {"cpu": "1m", "memory": "4Mi"},
             "limits": {"memory": "16Mi"},
         },
         "securityContext": _container_security_context(),
