@@ -374,6 +374,8 @@ class _Gate:
         rest["metadata"].setdefault("annotations", {})[CANARY_STATE_ANNOTATION] = ""
         self.result.objects.append(rest)
         self.result.canary_weight = 0
+        labels = (self.stable_template or {}).get("metadata", {}).get("labels") or {}
+        self.result.pool_versions = {"stable": labels.get(VERSION_LABEL, ""), "canary": ""}
 
     def daedalus_with_canary(
         self,
