@@ -162,8 +162,9 @@ def assert_children_owned_and_single(
     kubectl: Kubectl, namespace: str, sites: int, acme: Callable[[int], bool]
 ) -> None:
     """Nothing orphaned or duplicated, of any kind: every site has one of each
-    child its kind of site has (three Deployments and three Services among
-    them), the same as every other site of its kind."""
+    child its kind of site has (four Deployments and four Services among
+    them: frontend, daedalus, canary, cert-refresh), the same as every
+    other site of its kind."""
     found = children_by_site(kubectl, namespace)
     assert sorted(found) == sorted(f"c{i}" for i in range(sites)), sorted(found)
     shapes: dict[bool, Counter[tuple[str, str]]] = {}
@@ -171,7 +172,7 @@ def assert_children_owned_and_single(
         children = found[f"c{index}"]
         assert set(children.values()) == {1}, (index, children)
         for kind in ("deployments", "services"):
-            assert sum(1 for k, _ in children if k == kind) == 3, (index, children)
+            assert sum(1 for k, _ in children if k == kind) == 4, (index, children)
         expected = shapes.setdefault(acme(index), children)
         assert children == expected, (index, children, expected)
 

@@ -22,7 +22,8 @@ from tests.support import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "deploy" / "examples" / "blogsite.yaml"
-COMPONENTS = ("frontend", "daedalus", "cert-refresh")
+# Every site's Deployments and Services: the canary's are there, empty, at rest.
+COMPONENTS = ("frontend", "daedalus", "canary", "cert-refresh")
 
 
 OWNED_KINDS = (
@@ -97,7 +98,7 @@ def test_blogsite_becomes_ready_with_owned_children(
     # The Deployments really are available, as KWOK reports them.
     for component in COMPONENTS:
         deployment = objects[f"Deployment/lethain-{component}"]
-        assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"]
+        assert deployment["status"].get("availableReplicas", 0) == deployment["spec"]["replicas"]
 
     table = kubectl.run("get", "blogsites", "-n", namespace).stdout.splitlines()
     assert table[0].split() == [
@@ -260,7 +261,7 @@ def test_deleting_the_blogsite_removes_its_children(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
     kubectl.run("apply", "-n", namespace, "-f", str(EXAMPLE))
-    wait_for(lambda: len(children(kubectl, namespace)) == 6, timeout=60, what="six children")
+    wait_for(lambda: len(children(kubectl, namespace)) == 8, timeout=60, what="eight children")
     kubectl.run("delete", "blogsite", "lethain", "-n", namespace, "--wait=true", "--timeout=60s")
     # Garbage collection by the real kube-controller-manager.
     wait_for(
