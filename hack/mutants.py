@@ -31,6 +31,9 @@ from tests.integration.conftest import TEST_CLUSTER_ENV, cluster_answers  # noqa
 REAL_NODE = "tests/integration/test_real_node.py::"
 UPGRADE = "tests/integration/test_upgrade.py::"
 CRD_CASES = "tests/integration/test_crd_validation.py::test_invalid_blogsite_is_rejected"
+CANARY_STEPS = "tests/unit/test_canary_policy.py::TestSteps::"
+CANARY_GATE = "tests/unit/test_canary_gate.py::"
+CANARY_SPLIT = "tests/nginx/test_canary_split.py::"
 
 
 @dataclass(frozen=True)
@@ -542,6 +545,53 @@ MUTANTS = [
         "      maxSurge: 1\n",
         "      maxSurge: 2\n",
         ("tests/chart/test_chart.py",),
+    ),
+    Mutant(
+        "canary-failures-not-counted",
+        "the canary analysis never sees a failed request: a version failing every page goes out",
+        "operator/blogsite_operator/policies/canary.py",
+        "        llr(canary.failed, canary.requests, baseline.failed_rate, increase),",
+        "        llr(0, canary.requests, baseline.failed_rate, increase),",
+        (
+            CANARY_STEPS + "test_a_failing_canary_is_reverted_at_once",
+            CANARY_GATE + "test_a_version_failing_its_requests_is_reverted_with_every_request_"
+            "back_on_stable",
+            REAL_NODE + "test_a_version_failing_users_behind_a_passing_health_check_is_reverted_"
+            "by_its_canary",
+        ),
+        in_image=True,
+    ),
+    Mutant(
+        "canary-share-kept-on-revert",
+        "a reverted canary keeps its share of requests: users still reach the failed version",
+        "operator/blogsite_operator/policies/canary_steps.py",
+        "CanaryDecision(None, stable, 0, 0, failed=reason",
+        "CanaryDecision(None, stable, 0, state.weight, failed=reason",
+        (
+            CANARY_STEPS + "test_a_failing_canary_is_reverted_at_once",
+            CANARY_GATE + "test_a_version_failing_its_requests_is_reverted_with_every_request_"
+            "back_on_stable",
+        ),
+    ),
+    Mutant(
+        "canary-skipped-after-a-failure",
+        "nginx skips a failing canary for 10 s (its default max_fails): failures go uncounted",
+        "operator/blogsite_operator/render/nginx.py",
+        '        f"    server {_address(facts.canary_upstream)} max_fails=0;",',
+        '        f"    server {_address(facts.canary_upstream)};",',
+        (CANARY_SPLIT + "test_a_refused_canary_is_counted_failed_while_stable_answers_the_client",),
+    ),
+    Mutant(
+        "weights-follower-never-reloads",
+        "the frontend writes the canary's share and never reloads nginx: no share ever moves",
+        "deploy/frontend/canary-weights",
+        'kill -HUP "${pid}" 2>/dev/null',
+        'true "${pid}" 2>/dev/null',
+        (
+            CANARY_SPLIT
+            + "test_the_canary_gets_its_share_by_reload_and_every_request_is_counted_by_pool",
+            CANARY_SPLIT + "test_a_revert_reaches_the_frontend_within_a_long_poll_round_trip",
+        ),
     ),
 ]
 
