@@ -157,11 +157,15 @@ def make_handler(
             self._reply(200, f"{weight}\n".encode())
 
         def _reply(self, code: int, body: bytes, content_type: str = "text/plain") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            try:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client went away (a follower stopped during its long poll).
+                self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
             pass  # no access log: the CA's fetches are in the operator's own log
