@@ -34,6 +34,7 @@ from blogsite_operator.policies.rollout import (
     RolloutThresholds,
     VersionMemory,
     decide_version,
+    is_ready,
     is_rolled_out,
     ready_clock_start,
     rollout_health,
@@ -416,6 +417,7 @@ class _Gate:
                 canary_version=version_of(live_canary),
                 canary_health=canary_health,
                 canary_replicas=int(((live_canary or {}).get("spec") or {}).get("replicas", 0)),
+                canary_ready_pods=_ready_pods(self.api, ref, Component.CANARY, state),
                 stable_rolled_out=live_stable is not None and is_rolled_out(live_stable),
                 reading=read_traffic(ref) if judging and read_traffic is not None else None,
                 replicas=spec.daedalus.replicas,
@@ -460,6 +462,20 @@ class _Gate:
             self._requeue(decision.requeue_after)
         if canary_health is not None and canary_health.state == "progressing":
             self._requeue(_until_ready_timeout(pods, self.thresholds, self.now))
+
+
+def _ready_pods(
+    api: RolloutApi, ref: SiteRef, component: Component, state: CanaryState | None
+) -> int:
+    """Ready pods of the canary's version, not going away."""
+    if state is None:
+        return 0
+    labels = {**selector_labels(ref.name, component), VERSION_LABEL: state.version}
+    return sum(
+        1
+        for pod in api.list_objects("Pod", ref.namespace, label_selector(labels))
+        if is_ready(pod) and not pod["metadata"].get("deletionTimestamp")
+    )
 
 
 def canary_state_of(live_canary: dict[str, Any] | None) -> CanaryState | None:

@@ -1,5 +1,5 @@
 """The canary rollout through whole passes: Deployments, the share written for
-the frontends, status and Events (Kubernetes modelled by RollingApi, the
+the frontends, status and Events (Kubernetes modelled by PodsApi, the
 traffic collector by readings the test writes)."""
 
 from __future__ import annotations
@@ -19,6 +19,29 @@ CANARY = {
     "strategy": "Canary",
     "canary": {"steps": [10, 50], "stepSeconds": 0, "maxStepSeconds": 3600, "bakeSeconds": 0},
 }
+
+
+class PodsApi(RollingApi):
+    """RollingApi, and each Deployment of a good image runs its replicas as
+    Ready pods of its version (the ones before are gone)."""
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        live = super().apply(obj)
+        if obj["kind"] != "Deployment" or "d:bad" in str(obj["spec"]["template"]):
+            return live
+        name = obj["metadata"]["name"]
+        for key in [k for k in self.objects if k[0] == "Pod" and k[2].startswith(f"{name}-p")]:
+            del self.objects[key]
+        for index in range(int(obj["spec"]["replicas"])):
+            self.objects[("Pod", "ns", f"{name}-p{index}")] = {
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-p{index}",
+                    "labels": dict(obj["spec"]["template"]["metadata"]["labels"]),
+                },
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            }
+        return live
 
 
 class Collector:
@@ -46,7 +69,7 @@ class Collector:
         )
 
 
-def passes(api: RollingApi, collector: Collector, count: int, **spec: Any) -> list[Outcome]:
+def passes(api: PodsApi, collector: Collector, count: int, **spec: Any) -> list[Outcome]:
     outcomes = []
     for _ in range(count):
         body = site(status=api.status, rollout=CANARY, **spec)
@@ -54,19 +77,19 @@ def passes(api: RollingApi, collector: Collector, count: int, **spec: Any) -> li
     return outcomes
 
 
-def weight(api: RollingApi) -> str:
+def weight(api: PodsApi) -> str:
     data = api.objects[("ConfigMap", "ns", "blog-acme-http01")].get("data") or {}
     return str(data.get(CANARY_WEIGHT_KEY, "0"))
 
 
-def deployed(api: RollingApi, name: str) -> tuple[str | None, int]:
+def deployed(api: PodsApi, name: str) -> tuple[str | None, int]:
     deployment = api.objects[("Deployment", "ns", name)]
     return deployment["spec"]["template"]["spec"]["containers"][0]["image"], int(
         deployment["spec"]["replicas"]
     )
 
 
-def status_of(api: RollingApi) -> dict[str, Any]:
+def status_of(api: PodsApi) -> dict[str, Any]:
     assert api.status is not None
     return api.status
 
@@ -75,8 +98,8 @@ def events(outcomes: list[Outcome]) -> list[str]:
     return [event.reason for outcome in outcomes for event in outcome.events]
 
 
-def a_site_at_version_one() -> tuple[RollingApi, Collector]:
-    api, collector = RollingApi(), Collector()
+def a_site_at_version_one() -> tuple[PodsApi, Collector]:
+    api, collector = PodsApi(), Collector()
     passes(api, collector, 2)
     assert deployed(api, "blog-daedalus") == ("d:1", 2)
     assert deployed(api, "blog-canary")[1] == 0
@@ -166,7 +189,7 @@ def test_pause_holds_the_step_and_status_says_so() -> None:
 
 
 def test_no_canary_for_a_rolling_update() -> None:
-    api, collector = RollingApi(), Collector()
+    api, collector = PodsApi(), Collector()
     for image in ("d:1", "d:1", "d:2", "d:2"):
         reconcile_site(
             api,

@@ -136,6 +136,7 @@ def inputs(**changes: object) -> CanaryInputs:
         canary_version="new",
         canary_health=HEALTHY,
         canary_replicas=1,
+        canary_ready_pods=2,
         stable_rolled_out=True,
         reading=Reading("boot"),
         replicas=2,
@@ -195,6 +196,14 @@ class TestSteps:
         assert (ready.weight, ready.canary_replicas) == (10, 1)
         assert ready.events[-1][1] == "CanaryStep"
         assert "step 1 of 2 (10% of requests)" in (ready.progressing or "")
+
+    def test_no_share_until_the_versions_pods_are_ready(self) -> None:
+        """The Deployment may count a scaled-down version's pods as available."""
+        starting = decide_canary(None, inputs(canary_ready_pods=0)).state
+        waiting = decide_canary(starting, inputs(canary_ready_pods=0, now=at(1)))
+        assert (waiting.weight, waiting.state.phase if waiting.state else None) == (0, STARTING)
+        ready = decide_canary(waiting.state, inputs(canary_ready_pods=1, now=at(2)))
+        assert (ready.weight, ready.state.phase if ready.state else None) == (10, STEP)
 
     def test_one_replica_still_gets_a_canary_pod(self) -> None:
         assert replicas_for(5, 1) == 1

@@ -94,6 +94,10 @@ class CanaryInputs:
     canary_version: str | None  # the version the canary Deployment runs
     canary_health: Health | None  # its rollout, judged like any (None: no Deployment)
     canary_replicas: int  # the replicas the canary Deployment has now
+    # Its pods of the canary's version that are Ready (and not going): what a
+    # share may be given to. The Deployment's own counts lag a scale-down of
+    # the version before (its pods still counted available while they go).
+    canary_ready_pods: int
     stable_rolled_out: bool  # the stable Deployment runs its version everywhere
     reading: Reading | None  # None: the collector could not be read
     replicas: int  # spec.daedalus.replicas
@@ -172,6 +176,7 @@ def _advance(  # noqa: PLR0911 - one return per transition of the state machine
         ready = (
             inputs.canary_version == state.version
             and inputs.canary_replicas == wanted
+            and inputs.canary_ready_pods >= wanted
             and health is not None
             and health.state == "healthy"
         )
