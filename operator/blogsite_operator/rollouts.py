@@ -404,6 +404,7 @@ class _Gate:
             now=self.now,
         )
         stable_version = version_of(live_stable)
+        ready, others = _canary_pods(self.api, ref, state)
         judging = state is not None or (
             memory.last_good is not None and desired not in (stable_version, memory.failed)
         )
@@ -417,7 +418,8 @@ class _Gate:
                 canary_version=version_of(live_canary),
                 canary_health=canary_health,
                 canary_replicas=int(((live_canary or {}).get("spec") or {}).get("replicas", 0)),
-                canary_ready_pods=_ready_pods(self.api, ref, Component.CANARY, state),
+                canary_ready_pods=ready,
+                canary_other_pods=others,
                 stable_rolled_out=live_stable is not None and is_rolled_out(live_stable),
                 reading=read_traffic(ref) if judging and read_traffic is not None else None,
                 replicas=spec.daedalus.replicas,
@@ -464,18 +466,18 @@ class _Gate:
             self._requeue(_until_ready_timeout(pods, self.thresholds, self.now))
 
 
-def _ready_pods(
-    api: RolloutApi, ref: SiteRef, component: Component, state: CanaryState | None
-) -> int:
-    """Ready pods of the canary's version, not going away."""
-    if state is None:
-        return 0
-    labels = {**selector_labels(ref.name, component), VERSION_LABEL: state.version}
-    return sum(
-        1
-        for pod in api.list_objects("Pod", ref.namespace, label_selector(labels))
-        if is_ready(pod) and not pod["metadata"].get("deletionTimestamp")
-    )
+def _canary_pods(api: RolloutApi, ref: SiteRef, state: CanaryState | None) -> tuple[int, int]:
+    """The canary's Ready pods of its version (not going away), and its pods
+    of any other version (going away or not)."""
+    selector = label_selector(selector_labels(ref.name, Component.CANARY))
+    ready = others = 0
+    for pod in api.list_objects("Pod", ref.namespace, selector):
+        labels = pod["metadata"].get("labels") or {}
+        if state is None or labels.get(VERSION_LABEL) != state.version:
+            others += 1
+        elif is_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+            ready += 1
+    return ready, others
 
 
 def canary_state_of(live_canary: dict[str, Any] | None) -> CanaryState | None:

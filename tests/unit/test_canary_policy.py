@@ -137,6 +137,7 @@ def inputs(**changes: object) -> CanaryInputs:
         canary_health=HEALTHY,
         canary_replicas=1,
         canary_ready_pods=2,
+        canary_other_pods=0,
         stable_rolled_out=True,
         reading=Reading("boot"),
         replicas=2,
@@ -202,6 +203,8 @@ class TestSteps:
         starting = decide_canary(None, inputs(canary_ready_pods=0)).state
         waiting = decide_canary(starting, inputs(canary_ready_pods=0, now=at(1)))
         assert (waiting.weight, waiting.state.phase if waiting.state else None) == (0, STARTING)
+        leaving = decide_canary(waiting.state, inputs(canary_other_pods=1, now=at(2)))
+        assert leaving.weight == 0  # the version before still has a pod, going
         ready = decide_canary(waiting.state, inputs(canary_ready_pods=1, now=at(2)))
         assert (ready.weight, ready.state.phase if ready.state else None) == (10, STEP)
 
