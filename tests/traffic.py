@@ -78,6 +78,14 @@ class _SniConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self._server_name)
 
 
+@dataclass(frozen=True)
+class Answer:
+    at: float  # time.monotonic() when it ended
+    version: str
+    ok: bool
+    failure: str = ""  # what went wrong, when not ok
+
+
 # A request slower than this, or a stretch this long with none completed,
 # is a failure: a user would notice.
 STALL_SECONDS = 1.0
@@ -101,9 +109,14 @@ class Traffic:
     # Seconds between the starts of two requests: 0.05 is about 20 a second,
     # enough to see any gap in serving.
     interval: float = 0.05
+    # Asked in turn: the stand-in's ?delay= makes answers jitter.
+    paths: tuple[str, ...] = ("/",)
     sent: int = 0
     failures: list[str] = field(default_factory=list)
     completed: list[float] = field(default_factory=list)  # time.monotonic() of each
+    # Every request: when it ended, the version that answered (the stand-in's
+    # X-Daedalus-Version, "" for none) and whether it succeeded.
+    answers: list[Answer] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _began: float = 0.0
@@ -135,17 +148,23 @@ class Traffic:
         while not self._stop.is_set():
             started = time.monotonic()
             self.sent += 1
+            version, ok, failures = "", False, len(self.failures)
             try:
-                response = request(self.address, self.port, self.host, tls=self.tls)
+                path = self.paths[(self.sent - 1) % len(self.paths)]
+                response = request(self.address, self.port, self.host, path, tls=self.tls)
                 took = time.monotonic() - started
+                version = response.headers.get("X-Daedalus-Version", "")
                 if response.status != 200 or self.expect not in response.body:
                     self.failures.append(f"{response.status}: {response.body[:200]!r}")
                 elif took > STALL_SECONDS:
                     self.failures.append(f"stall: {took:.1f}s for one request")
                 else:
                     self.completed.append(time.monotonic())
+                    ok = True
             except (OSError, http.client.HTTPException) as error:
                 self.failures.append(f"{type(error).__name__}: {error}")
+            failure = self.failures[-1] if len(self.failures) > failures else ""
+            self.answers.append(Answer(time.monotonic(), version, ok, failure[:200]))
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
 
     def summary(self) -> str:
