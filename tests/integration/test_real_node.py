@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import http.client
 import ipaddress
@@ -59,7 +60,7 @@ from tests.integration.conftest import (
 )
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, AuditMark, audit_lines, audit_mark, wait_for
-from tests.traffic import Response, Traffic, request, tls_context
+from tests.traffic import Answer, Response, Traffic, request, tls_context
 
 NODE_NAME = "blogsite-node-0"
 POD_RANGE = ipaddress.ip_network("198.18.0.0/24")
@@ -723,6 +724,10 @@ class ServedSite:
 
     def traffic(self) -> Traffic:
         return Traffic(self.frontend_ip, 443, DOMAINS[0], tls_context(self.root_pem), PAGE)
+
+    def plain_traffic(self) -> Traffic:
+        """Plain HTTP to the other name (`http: serve`)."""
+        return Traffic(self.frontend_ip, 80, DOMAINS[1], None, PAGE)
 
 
 def deployment(kubectl: Kubectl, namespace: str, component: str) -> dict[str, Any]:
@@ -1586,6 +1591,329 @@ def test_a_container_that_crashes_once_is_not_reverted(
     served_site.good_image = image
 
 
+# The canary with its defaults, except a shorter bake: the bake holds good
+# versions, not the bad ones these tests revert.
+CANARY_ROLLOUT = {"strategy": "Canary", "canary": {"bakeSeconds": 30}}
+
+
+def standin_env(**env: str) -> dict[str, Any]:
+    """daedalus settings making the stand-in behave (a new version, too)."""
+    return {"env": [{"name": key, "value": value} for key, value in sorted(env.items())]}
+
+
+@dataclass
+class CanaryWindow:
+    """What users got from a change to the moment no request reaches the new version."""
+
+    version: str
+    changed: float
+    answers: list[Answer]
+
+    @functools.cached_property
+    def new(self) -> list[Answer]:
+        return [a for a in self.answers if a.at >= self.changed and a.version == self.version]
+
+    @functools.cached_property
+    def last_new(self) -> float:
+        return max((a.at for a in self.new), default=self.changed)
+
+    @functools.cached_property
+    def window(self) -> list[Answer]:
+        last = self.last_new
+        return [a for a in self.answers if self.changed <= a.at <= last]
+
+    @functools.cached_property
+    def failed(self) -> list[Answer]:
+        return [a for a in self.window if not a.ok]
+
+    def describe(self) -> str:
+        first = min((a.at for a in self.failed), default=None)
+        share = len(self.failed) / len(self.window) if self.window else 0.0
+        to_revert = f"{self.last_new - first:.1f}s" if first is not None else "-"
+        return (
+            f"{len(self.failed)} of {len(self.window)} requests failed ({share:.2%}) from the "
+            f"change until the new version answered no more ({self.last_new - self.changed:.1f}s); "
+            f"its first failure to its last answer {to_revert}; {len(self.new)} answered by it"
+        )
+
+
+def settled(kubectl: Kubectl, namespace: str) -> bool:
+    """daedalus runs its Deployment's version in every pod, none going, and
+    the canary has no pod: what a test leaves for the next one, so no request
+    of the next reaches a version of this one while its pods drain."""
+    wanted = deployment(kubectl, namespace, "daedalus")["spec"]["template"]["metadata"]["labels"][
+        VERSION_LABEL
+    ]
+    pods = kubectl.json("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={SITE}")
+    for pod in pods["items"]:
+        labels = pod["metadata"]["labels"]
+        component = labels.get("app.kubernetes.io/component")
+        if component == "canary":
+            return False
+        if component == "daedalus" and (
+            labels.get(VERSION_LABEL) != wanted or pod["metadata"].get("deletionTimestamp")
+        ):
+            return False
+    return rolled_out(kubectl, namespace, "daedalus")
+
+
+def back_to_the_good_version(
+    kubectl: Kubectl, node: RealNode, pebble: Pebble, site: ServedSite
+) -> None:
+    """The good spec as a rolling update, rolled out, the other versions' pods gone."""
+    kubectl.apply(blogsite(node, pebble, site.good_image), site.namespace)
+    wait_for(
+        lambda: (
+            not deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
+                "containers"
+            ][0].get("env")
+            and settled(kubectl, site.namespace)
+        ),
+        timeout=180,
+        interval=1,
+        what="the good version back, alone",
+    )
+
+
+def canary_revert(  # noqa: PLR0917 - one scenario's settings
+    kubectl: Kubectl,
+    node: RealNode,
+    pebble: Pebble,
+    site: ServedSite,
+    version: str,
+    env: dict[str, str],
+    rollout: dict[str, Any],
+) -> tuple[CanaryWindow, dict[str, Any]]:
+    """Roll out the stand-in as `version` behaving as `env` under traffic,
+    until the canary is reverted; the users' side and the status."""
+    kubectl.apply(blogsite(node, pebble, site.good_image, rollout=rollout), site.namespace)
+    wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="the site settled")
+    https, plain = site.traffic(), site.plain_traffic()
+    https.interval = plain.interval = 0.0  # without pause
+    with https, plain:
+        time.sleep(2)
+        changed = time.monotonic()
+        kubectl.apply(
+            blogsite(
+                node,
+                pebble,
+                site.good_image,
+                rollout=rollout,
+                daedalus=standin_env(VERSION=version, **env),
+            ),
+            site.namespace,
+        )
+
+        def reverted() -> dict[str, Any] | None:
+            body = site_status(kubectl, site.namespace)
+            return body if condition(body, "RolloutHealthy").get("reason") == "RolledBack" else None
+
+        body = wait_for(reverted, timeout=300, interval=0.5, what=f"{version} reverted")
+        time.sleep(3)  # requests after the revert: none may reach the version
+    answers = sorted([*https.answers, *plain.answers], key=lambda a: a.at)
+    return CanaryWindow(version, changed, answers), body
+
+
+# A version failing 60 s after start fails during the bake: the steps take
+# about 35 s of it.
+LATE_ROLLOUT = {"strategy": "Canary", "canary": {"bakeSeconds": 120}}
+
+
+@pytest.mark.parametrize(
+    ("version", "env", "rollout"),
+    [
+        ("all-500", {"ERROR_RATE": "1"}, CANARY_ROLLOUT),
+        ("fifth-500", {"ERROR_RATE": "0.2"}, CANARY_ROLLOUT),
+        ("slow", {"SLOW": "1500ms"}, CANARY_ROLLOUT),
+        ("late", {"FAIL_AFTER": "60s"}, LATE_ROLLOUT),
+    ],
+)
+def test_a_version_failing_users_behind_a_passing_health_check_is_reverted_by_its_canary(  # noqa: PLR0917
+    kubectl: Kubectl,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+    version: str,
+    env: dict[str, str],
+    rollout: dict[str, Any],
+) -> None:
+    site = served_site
+    window, body = canary_revert(kubectl, real_node, pebble, site, version, env, rollout)
+    FIGURES.append(f"real node: canary of a {version} version reverted: {window.describe()}")
+    daedalus = body["status"]["components"]["daedalus"]
+    assert daedalus["failedReason"].startswith("AnalysisFailed: "), daedalus
+    assert window.new, "the canary answered no request: nothing was judged"
+    # Every failure came from the canary; none after the revert.
+    others = [a.failure for a in window.failed if a.version != version]
+    assert not others, (window.describe(), others[:5])
+    after = [a for a in window.answers if a.at > window.last_new]
+    assert after, "no request after the revert"
+    assert all(a.ok and a.version != version for a in after)
+    assert rolled_out(kubectl, site.namespace, "daedalus", site.good_image)
+    assert deployment(kubectl, site.namespace, "canary")["spec"]["replicas"] == 0
+    # Back to the good spec as a rolling update, for the tests after this one.
+    back_to_the_good_version(kubectl, real_node, pebble, site)
+
+
+def test_the_health_gate_alone_keeps_a_version_failing_behind_its_health_check(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    """The side-by-side figure: the all-500 version as a rolling update (what
+    plain Kubernetes does too: it never reverts), over 30 s."""
+    site = served_site
+    wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="the site settled")
+    https, plain = site.traffic(), site.plain_traffic()
+    https.interval = plain.interval = 0.0
+    with https, plain:
+        time.sleep(2)
+        changed = time.monotonic()
+        kubectl.apply(
+            blogsite(
+                real_node,
+                pebble,
+                site.good_image,
+                daedalus=standin_env(VERSION="all-500", ERROR_RATE="1"),
+            ),
+            site.namespace,
+        )
+        time.sleep(30)
+    window = [a for a in [*https.answers, *plain.answers] if a.at >= changed]
+    failed = sum(not a.ok for a in window)
+    first = min((a.at for a in window if not a.ok), default=changed)
+    FIGURES.append(
+        f"real node: the all-500 version as a rolling update (health only; plain Kubernetes "
+        f"alike): {failed} of {len(window)} requests failed ({failed / len(window):.2%}) in "
+        f"30s from the change, first failure {first - changed:.1f}s after it, never reverted"
+    )
+    body = site_status(kubectl, site.namespace)
+    assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
+    assert failed > len(window) / 2
+    back_to_the_good_version(kubectl, real_node, pebble, site)
+
+
+def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    site = served_site
+    kubectl.apply(
+        blogsite(real_node, pebble, site.good_image, rollout=CANARY_ROLLOUT), site.namespace
+    )
+    wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="the site settled")
+    https, plain = site.traffic(), site.plain_traffic()
+    https.interval = plain.interval = 0.0
+    phases: list[str] = []
+    with https, plain:
+        time.sleep(2)
+        changed = time.monotonic()
+        kubectl.apply(
+            blogsite(
+                real_node,
+                pebble,
+                site.good_image,
+                rollout=CANARY_ROLLOUT,
+                daedalus=standin_env(VERSION="good-2"),
+            ),
+            site.namespace,
+        )
+
+        def promoted() -> bool:
+            body = site_status(kubectl, site.namespace)
+            canary = (body.get("status") or {}).get("canary")
+            if canary is not None:
+                where = f"{canary['phase']} {canary['step']}"
+                if not phases or phases[-1] != where:
+                    phases.append(where)
+                return False
+            daedalus = deployment(kubectl, site.namespace, "daedalus")
+            env = daedalus["spec"]["template"]["spec"]["containers"][0].get("env") or []
+            return (
+                bool(phases)
+                and {"name": "VERSION", "value": "good-2"} in env
+                and rolled_out(kubectl, site.namespace, "daedalus")
+            )
+
+        wait_for(promoted, timeout=600, interval=0.5, what="good-2 promoted to stable")
+        took = time.monotonic() - changed
+        time.sleep(2)
+    answers = [*https.answers, *plain.answers]
+    after = [a for a in answers if a.at > changed + took]
+    FIGURES.append(
+        f"real node: a good version through the canary steps to stable in {took:.1f}s "
+        f"(phases {', '.join(phases)}); {len(answers)} requests, "
+        f"{sum(not a.ok for a in answers)} failed, "
+        f"{sum(a.version == 'good-2' for a in answers)} answered by it"
+    )
+    assert not https.failures, https.summary()
+    assert not plain.failures, plain.summary()
+    assert {"Step 1", "Step 3", "Bake 3"} <= set(phases), phases
+    assert after
+    assert all(a.version == "good-2" for a in after)
+    body = site_status(kubectl, site.namespace)
+    assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
+    assert deployment(kubectl, site.namespace, "canary")["spec"]["replicas"] == 0
+
+
+@pytest.mark.timeout(1500)  # eleven releases, each through its steps and bake
+def test_ten_good_releases_in_a_row_beside_a_flaky_stable_version_are_never_reverted(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    """No false revert: stable answers 1 % of pages with 500 and every answer
+    jitters (0 to 45 ms); each release is as flaky, and each goes through."""
+    site = served_site
+    rollout = {
+        "strategy": "Canary",
+        "canary": {"steps": [10, 50], "stepSeconds": 5, "maxStepSeconds": 60, "bakeSeconds": 5},
+    }
+
+    def release(version: str) -> dict[str, Any]:
+        env = standin_env(VERSION=version, ERROR_RATE="0.01")
+        return blogsite(real_node, pebble, site.good_image, rollout=rollout, daedalus=env)
+
+    def running(version: str) -> bool:
+        body = site_status(kubectl, site.namespace)
+        env = (
+            deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
+                "containers"
+            ][0].get("env")
+            or []
+        )
+        return (
+            (body.get("status") or {}).get("canary") is None
+            and {"name": "VERSION", "value": version} in env
+            and rolled_out(kubectl, site.namespace, "daedalus")
+        )
+
+    kubectl.apply(release("flaky-0"), site.namespace)  # the flaky stable, as a canary too
+    wait_for(lambda: running("flaky-0"), timeout=300, interval=1, what="flaky-0 stable")
+    https = site.traffic()
+    https.interval = 0.0
+    https.paths = ("/?delay=0ms", "/?delay=20ms", "/?delay=5ms", "/?delay=45ms")
+    took = []
+    with https:
+        for number in range(1, 11):
+            started = time.monotonic()
+            version = f"flaky-{number}"
+            kubectl.apply(release(version), site.namespace)
+            wait_for(
+                functools.partial(running, version),
+                timeout=300,
+                interval=1,
+                what=f"{version} promoted",
+            )
+            took.append(time.monotonic() - started)
+            rollout_condition = condition(site_status(kubectl, site.namespace), "RolloutHealthy")
+            assert rollout_condition["status"] == "True", rollout_condition
+    failed = sum(not a.ok for a in https.answers)
+    FIGURES.append(
+        f"real node: ten releases beside a stable failing 1 %, none reverted, each "
+        f"{min(took):.0f}-{max(took):.0f}s; {failed} of {len(https.answers)} requests failed "
+        f"({failed / len(https.answers):.2%}, the versions' own 1 %)"
+    )
+    daedalus = site_status(kubectl, site.namespace)["status"]["components"]["daedalus"]
+    assert daedalus.get("failedVersion") is None, daedalus
+    back_to_the_good_version(kubectl, real_node, pebble, site)
+
+
 def private_image(real_node: RealNode, env: dict[str, str]) -> str:
     """The blog image, by the address of the registry that wants a login."""
     repository = env["DAEDALUS_BLOG_IMAGE"].split("/", 1)[1]  # private/daedalus-blog:<tag>
@@ -2278,6 +2606,83 @@ def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
     assert LEASE_SECONDS - RENEW_SECONDS - 1 <= takeover <= LEASE_SECONDS + 4 * RENEW_SECONDS, (
         takeover
     )
+    release.leader()
+
+
+def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_request(
+    kubectl: Kubectl,
+    release: Release,
+    real_node: RealNode,
+    pebble: Pebble,
+    served_site: ServedSite,
+) -> None:
+    site = served_site
+    rollout = {
+        "strategy": "Canary",
+        "canary": {"steps": [10, 50], "stepSeconds": 40, "bakeSeconds": 10},
+    }
+    kubectl.apply(blogsite(real_node, pebble, site.good_image, rollout=rollout), site.namespace)
+    wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="the site settled")
+    seen: list[tuple[str, int]] = []  # (phase, step) as status showed them, in order
+
+    def canary_at(phase: str, step: int) -> bool:
+        canary = (site_status(kubectl, site.namespace).get("status") or {}).get("canary")
+        if canary is not None and (not seen or seen[-1] != (canary["phase"], canary["step"])):
+            seen.append((canary["phase"], canary["step"]))
+        return canary is not None and (canary["phase"], canary["step"]) == (phase, step)
+
+    with site.traffic() as traffic:
+        kubectl.apply(
+            blogsite(
+                real_node,
+                pebble,
+                site.good_image,
+                rollout=rollout,
+                daedalus=standin_env(VERSION="good-3"),
+            ),
+            site.namespace,
+        )
+        wait_for(lambda: canary_at("Step", 2), timeout=300, interval=0.5, what="step 2")
+        leader = release.leader()
+        before = release.holder()
+        release.expected_restarts[leader["metadata"]["uid"]] = 1
+        for pid in operator_pids(leader["metadata"]["uid"]):
+            os.kill(pid, signal.SIGKILL)
+        new_holder(release, before)
+        release.handovers += 1
+
+        def promoted() -> bool:
+            canary_at("", 0)
+            body = site_status(kubectl, site.namespace)
+            env = (
+                deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
+                    "containers"
+                ][0].get("env")
+                or []
+            )
+            return (body.get("status") or {}).get("canary") is None and {
+                "name": "VERSION",
+                "value": "good-3",
+            } in env
+
+        wait_for(promoted, timeout=300, interval=0.5, what="good-3 promoted after the handover")
+    FIGURES.append(
+        f"real node: leader SIGKILLed in canary step 2; status went {seen}; "
+        f"traffic: {traffic.summary()}"
+    )
+    assert not traffic.failures, traffic.summary()
+    steps = [step for phase, step in seen if phase == "Step"]
+    assert steps == sorted(steps), seen  # never back to an earlier step
+    assert ("Starting", 1) not in seen[seen.index(("Step", 2)) :], seen
+    started = [
+        e
+        for e in kubectl.json("get", "events", "-n", site.namespace)["items"]
+        if e.get("reason") == "CanaryStarted"
+        and "canary of" in e.get("message", "")
+        and e.get("involvedObject", {}).get("name") == SITE
+    ]
+    versions = [e["message"] for e in started if (e.get("count") or 1) > 1]
+    assert not versions, versions  # no canary started twice for one version
     release.leader()
 
 
