@@ -92,6 +92,11 @@ run: install ## run the operator (against the local cluster unless one is config
 bench: install tools ## benchmark: BENCH_SITES (200) BlogSites at once, BENCH_RUNS (1) times; idle writes over BENCH_IDLE (60) s
 	$(BIN)/python hack/bench/bench.py
 
+.PHONY: bench-canary
+bench-canary: system-deps install tools ## canary figures: bad versions on the real node (failed share, time to revert) beside the health-only gate, and the collector's cost
+	$(BIN)/python hack/bench/collector.py
+	hack/test.sh -k "canary or health_gate_alone or ten_good_releases"
+
 .PHONY: mutants
 mutants: system-deps install tools ## apply each deliberate breakage of hack/mutants.py and run the tests that must catch it
 	$(BIN)/python hack/mutants.py $(MUTANTS)
