@@ -404,7 +404,9 @@ class _Gate:
             now=self.now,
         )
         stable_version = version_of(live_stable)
-        ready, others = _canary_pods(self.api, ref, state)
+        canary_version = state.version if state is not None else None
+        ready, others = _pods_by_version(self.api, ref, Component.CANARY, canary_version)
+        _, stable_others = _pods_by_version(self.api, ref, Component.DAEDALUS, stable_version)
         judging = state is not None or (
             memory.last_good is not None and desired not in (stable_version, memory.failed)
         )
@@ -421,6 +423,7 @@ class _Gate:
                 canary_ready_pods=ready,
                 canary_other_pods=others,
                 stable_rolled_out=live_stable is not None and is_rolled_out(live_stable),
+                stable_other_pods=stable_others,
                 reading=read_traffic(ref) if judging and read_traffic is not None else None,
                 replicas=spec.daedalus.replicas,
                 settings=spec.rollout.canary,
@@ -466,14 +469,16 @@ class _Gate:
             self._requeue(_until_ready_timeout(pods, self.thresholds, self.now))
 
 
-def _canary_pods(api: RolloutApi, ref: SiteRef, state: CanaryState | None) -> tuple[int, int]:
-    """The canary's Ready pods of its version (not going away), and its pods
+def _pods_by_version(
+    api: RolloutApi, ref: SiteRef, component: Component, version: str | None
+) -> tuple[int, int]:
+    """The component's Ready pods of `version` (not going away), and its pods
     of any other version (going away or not)."""
-    selector = label_selector(selector_labels(ref.name, Component.CANARY))
+    selector = label_selector(selector_labels(ref.name, component))
     ready = others = 0
     for pod in api.list_objects("Pod", ref.namespace, selector):
         labels = pod["metadata"].get("labels") or {}
-        if state is None or labels.get(VERSION_LABEL) != state.version:
+        if version is None or labels.get(VERSION_LABEL) != version:
             others += 1
         elif is_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
             ready += 1

@@ -139,6 +139,7 @@ def inputs(**changes: object) -> CanaryInputs:
         canary_ready_pods=2,
         canary_other_pods=0,
         stable_rolled_out=True,
+        stable_other_pods=0,
         reading=Reading("boot"),
         replicas=2,
         settings=SETTINGS,
@@ -272,6 +273,10 @@ class TestSteps:
         assert done.state is not None
         assert done.state.phase == PROMOTING
         assert (done.stable_version, done.weight, done.canary_replicas) == ("new", 100, 2)
+        draining = decide_canary(
+            done.state, inputs(stable="new", canary_replicas=2, stable_other_pods=1, now=at(190))
+        )
+        assert draining.weight == 100  # the old stable pods still drain: not back yet
         promoted = decide_canary(
             done.state, inputs(stable="new", canary_replicas=2, stable_rolled_out=True, now=at(190))
         )

@@ -103,6 +103,10 @@ class CanaryInputs:
     # be gone, or kept-alive connections would still reach the version before.
     canary_other_pods: int
     stable_rolled_out: bool  # the stable Deployment runs its version everywhere
+    # Its pods of any other version, going or not: requests go back to stable
+    # after a promotion only once they are gone (while they drain, kube-proxy
+    # may still send new connections to them).
+    stable_other_pods: int
     reading: Reading | None  # None: the collector could not be read
     replicas: int  # spec.daedalus.replicas
     settings: models.Canary
@@ -324,7 +328,7 @@ def _promote(
 ) -> CanaryDecision:
     """Stable rolls to the version while the canary has every request; then
     requests go back to stable and the canary goes."""
-    if inputs.stable == state.version and inputs.stable_rolled_out:
+    if inputs.stable == state.version and inputs.stable_rolled_out and not inputs.stable_other_pods:
         events.append(
             ("Normal", "CanaryPromoted", f"daedalus: {state.version} is the stable version")
         )
