@@ -52,6 +52,7 @@ class ServedProbe:
         self._on_done = on_done
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="served-probe")
         self._lock = threading.Lock()
+        self._stopped = False  # set by shutdown: passes still in flight start no probe
         self._latest: dict[SiteKey, tuple[ProbeResult, float]] = {}  # result, monotonic end
         self._running: dict[SiteKey, object] = {}  # the token of the probe that counts
 
@@ -70,7 +71,7 @@ class ServedProbe:
             current = latest if about_these else None
             age = time.monotonic() - ended
             due = current is None or age >= self.interval
-            if due and key not in self._running:
+            if due and key not in self._running and not self._stopped:
                 token = self._running[key] = object()
                 self._executor.submit(self._probe, key, token, targets, names)
         return current, (None if due else self.interval - age)
@@ -82,6 +83,8 @@ class ServedProbe:
         METRICS.observe_served(*key, None)
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._stopped = True
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _probe(

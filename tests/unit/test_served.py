@@ -19,6 +19,7 @@ from blogsite_operator.policies.served import (
 from blogsite_operator.reconcile import reconcile_site
 from blogsite_operator.render import RenderSettings
 from blogsite_operator.render.site import render_tls_secret
+from blogsite_operator.served_probe import ServedProbe
 from tests.unit.test_acme_driver import ca_signed
 from tests.unit.test_reconcile import REF, MemoryApi, site
 
@@ -207,3 +208,12 @@ class TestAPassAsksTheProbe:
         reconcile_site(api, site(status=api.status), RenderSettings(), probe=probe)
         assert probe.asked[-1] == (frozenset(), ())
         assert condition(api, "CertificateServed") is None
+
+
+def test_a_pass_in_flight_when_the_probe_shuts_down_starts_no_probe() -> None:
+    """The operator stopping: a pass still running must not fail on the
+    probe's stopped executor (its traceback was in a real-node run's log)."""
+    probe = ServedProbe(interval=60, on_done=lambda namespace, name: None)
+    probe.shutdown()
+    target = frozenset({ProbeTarget("frontend-0", "198.18.0.9")})
+    assert probe.look(("ns", "blog"), target, ("blog.example",)) == (None, None)
