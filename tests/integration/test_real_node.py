@@ -1637,6 +1637,14 @@ class CanaryWindow:
         )
 
 
+def daedalus_env(kubectl: Kubectl, namespace: str) -> list[dict[str, Any]]:
+    """The env of the daedalus Deployment's container: the stand-in's version and behaviour."""
+    container = deployment(kubectl, namespace, "daedalus")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return list(container.get("env") or [])
+
+
 def settled(kubectl: Kubectl, namespace: str) -> bool:
     """daedalus runs its Deployment's version in every pod, none going, and
     the canary has no pod: what a test leaves for the next one, so no request
@@ -1663,12 +1671,7 @@ def back_to_the_good_version(
     """The good spec as a rolling update, rolled out, the other versions' pods gone."""
     kubectl.apply(blogsite(node, pebble, site.good_image), site.namespace)
     wait_for(
-        lambda: (
-            not deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
-                "containers"
-            ][0].get("env")
-            and settled(kubectl, site.namespace)
-        ),
+        lambda: not daedalus_env(kubectl, site.namespace) and settled(kubectl, site.namespace),
         timeout=180,
         interval=1,
         what="the good version back, alone",
@@ -1824,8 +1827,7 @@ def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
                 if not phases or phases[-1] != where:
                     phases.append(where)
                 return False
-            daedalus = deployment(kubectl, site.namespace, "daedalus")
-            env = daedalus["spec"]["template"]["spec"]["containers"][0].get("env") or []
+            env = daedalus_env(kubectl, site.namespace)
             return (
                 bool(phases)
                 and {"name": "VERSION", "value": "good-2"} in env
@@ -1871,12 +1873,7 @@ def test_ten_good_releases_in_a_row_beside_a_flaky_stable_version_are_never_reve
 
     def running(version: str) -> bool:
         body = site_status(kubectl, site.namespace)
-        env = (
-            deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
-                "containers"
-            ][0].get("env")
-            or []
-        )
+        env = daedalus_env(kubectl, site.namespace)
         return (
             (body.get("status") or {}).get("canary") is None
             and {"name": "VERSION", "value": version} in env
@@ -2658,12 +2655,7 @@ def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_req
         def promoted() -> bool:
             canary_at("", 0)
             body = site_status(kubectl, site.namespace)
-            env = (
-                deployment(kubectl, site.namespace, "daedalus")["spec"]["template"]["spec"][
-                    "containers"
-                ][0].get("env")
-                or []
-            )
+            env = daedalus_env(kubectl, site.namespace)
             return (body.get("status") or {}).get("canary") is None and {
                 "name": "VERSION",
                 "value": "good-3",
