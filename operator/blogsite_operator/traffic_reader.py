@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Any, Protocol
 
-from blogsite_operator.policies.canary import LATENCY_BOUNDS, PoolCounts
+from blogsite_operator.policies.canary import counts_from_dict
 from blogsite_operator.policies.canary_steps import Reading
 from blogsite_operator.policies.rollout import is_ready
 from blogsite_operator.render.site import (
@@ -44,21 +44,17 @@ def collector_address(api: PodLister, ref: SiteRef) -> str | None:
     return None
 
 
-def _pool(raw: Any) -> PoolCounts:
-    raw = raw if isinstance(raw, dict) else {}
-    latency = tuple(int(n) for n in raw.get("latency") or ())
-    if len(latency) != len(LATENCY_BOUNDS):
-        latency = PoolCounts().latency
-    return PoolCounts(int(raw.get("requests", 0)), int(raw.get("failed", 0)), latency)
-
-
 def parse_reading(body: bytes) -> Reading:
     """A reading from GET /traffic's JSON (ValueError or TypeError when it is none)."""
     raw = json.loads(body)
     if not isinstance(raw, dict) or not isinstance(raw.get("boot"), str):
         raise TypeError("not a traffic reading")
     pools = raw.get("pools") or {}
-    return Reading(raw["boot"], _pool(pools.get("daedalus")), _pool(pools.get("daedalus_canary")))
+    return Reading(
+        raw["boot"],
+        counts_from_dict(pools.get("daedalus")),
+        counts_from_dict(pools.get("daedalus_canary")),
+    )
 
 
 def read_traffic(api: PodLister, ref: SiteRef, port: int = CHALLENGE_SERVER_PORT) -> Reading | None:

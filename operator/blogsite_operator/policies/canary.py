@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 ALPHA = 0.001  # a good canary failed: Wald's bound on a false revert per test
 BETA = 0.01  # a bad canary passed
@@ -83,6 +84,16 @@ class PoolCounts:
             if at_most >= share * self.requests:
                 return bound
         return math.inf
+
+
+def counts_from_dict(raw: Any) -> PoolCounts:
+    """A pool's counts from JSON (the collector's, or the state annotation's);
+    anything unreadable counts as nothing."""
+    raw = raw if isinstance(raw, dict) else {}
+    latency = tuple(int(n) for n in raw.get("latency") or ())
+    if len(latency) != len(LATENCY_BOUNDS):
+        latency = PoolCounts().latency
+    return PoolCounts(int(raw.get("requests", 0)), int(raw.get("failed", 0)), latency)
 
 
 @dataclass(frozen=True)

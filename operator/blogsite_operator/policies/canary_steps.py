@@ -36,6 +36,7 @@ from blogsite_operator.policies.canary import (
     PoolCounts,
     Question,
     baseline_of,
+    counts_from_dict,
     judge,
     overall,
 )
@@ -379,13 +380,6 @@ def _counts_to_dict(counts: PoolCounts) -> dict[str, Any]:
     return {"requests": counts.requests, "failed": counts.failed, "latency": list(counts.latency)}
 
 
-def _counts_from_dict(raw: dict[str, Any]) -> PoolCounts:
-    latency = tuple(int(n) for n in raw.get("latency") or ())
-    if len(latency) != len(PoolCounts().latency):
-        latency = PoolCounts().latency
-    return PoolCounts(int(raw.get("requests", 0)), int(raw.get("failed", 0)), latency)
-
-
 def reading_to_dict(reading: Reading) -> dict[str, Any]:
     return {
         "boot": reading.boot,
@@ -399,8 +393,8 @@ def reading_from_dict(raw: dict[str, Any] | None) -> Reading | None:
         return None
     return Reading(
         raw["boot"],
-        _counts_from_dict(raw.get("stable") or {}),
-        _counts_from_dict(raw.get("canary") or {}),
+        counts_from_dict(raw.get("stable") or {}),
+        counts_from_dict(raw.get("canary") or {}),
     )
 
 
