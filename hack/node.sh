@@ -34,6 +34,7 @@ BRIDGE=blogsite0
 TEST_RANGE=198.18.0.0/15
 POD_CIDR=198.18.0.0/24
 POD_GATEWAY=198.18.0.1
+BRIDGE_MAC=0a:58:c6:12:00:01  # 198.18.0.1
 KWOK_POD_CIDR=198.18.128.0/17
 DNS_SERVICE_IP=198.19.0.10
 REGISTRY_PORT=5000
@@ -327,6 +328,12 @@ isolate_test_range() {
   # still applies to the host's own packets; `unreachable` would not), and
   # pods forward nowhere else.
   ip link show "${BRIDGE}" >/dev/null 2>&1 || ip link add "${BRIDGE}" type bridge
+  # A bridge whose address was never set takes the lowest of its ports' and
+  # changes it as pods come and go: pods' replies to the host then go to a
+  # stale address and connections stall for a SYN retry (containernetworking
+  # /cni#285). The CNI bridge plugin pins only bridges it creates; this one
+  # gets the address that plugin would give it (0a:58 and the gateway's IP).
+  ip link set "${BRIDGE}" address "${BRIDGE_MAC}"
   ip link set "${BRIDGE}" up
   ip route replace "${TEST_RANGE}" dev "${BRIDGE}" metric 4000
   iptables -w -N BLOGSITE-ISOLATION 2>/dev/null || iptables -w -F BLOGSITE-ISOLATION

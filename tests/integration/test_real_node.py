@@ -466,6 +466,16 @@ def test_pods_run_on_the_real_node_with_test_range_addresses(
     assert in_operator_pod(kubectl, "import os; print(os.getuid())") == "65532"
 
 
+def test_the_pods_bridge_keeps_its_address_as_pods_come_and_go(real_node: RealNode) -> None:
+    # A bridge whose address was never set follows its lowest port's address:
+    # a pod coming or going would change it under every open connection (a
+    # client's request then stalls for a SYN retry). Pinned, the kernel
+    # reports NET_ADDR_SET (3) and never changes it.
+    bridge = Path("/sys/class/net/blogsite0")
+    assert (bridge / "addr_assign_type").read_text().strip() == "3"
+    assert (bridge / "address").read_text().strip() == "0a:58:c6:12:00:01"
+
+
 def test_no_service_can_take_a_control_plane_port_as_its_node_port(
     kubectl: Kubectl, real_namespace: str
 ) -> None:
