@@ -25,6 +25,9 @@ class Response:
     headers: dict[str, str]
     body: str
     peer_certificate: bytes | None = None  # DER, for HTTPS
+    # Seconds until connected (TCP and TLS): a stall here is the network's
+    # (a SYN retried after 1 s), one after it the server's.
+    connected_after: float = 0.0
 
 
 def tls_context(root_pem: bytes, *, check_hostname: bool = True) -> ssl.SSLContext:
@@ -49,8 +52,10 @@ def request(
         connection = _SniConnection(address, port, host, tls, timeout)
     else:
         connection = http.client.HTTPConnection(address, port, timeout=timeout)
+    started = time.monotonic()
     try:
         connection.connect()
+        connected_after = time.monotonic() - started
         # Read now: the connection lets go of its socket once the response is read.
         peer = None
         if isinstance(connection.sock, ssl.SSLSocket):
@@ -58,7 +63,7 @@ def request(
         connection.request("GET", path, headers={"Host": host, "Connection": "close"})
         response = connection.getresponse()
         body = response.read(65536).decode("utf-8", "replace")
-        return Response(response.status, dict(response.getheaders()), body, peer)
+        return Response(response.status, dict(response.getheaders()), body, peer, connected_after)
     finally:
         connection.close()
 
@@ -157,7 +162,10 @@ class Traffic:
                 if response.status != 200 or self.expect not in response.body:
                     self.failures.append(f"{response.status}: {response.body[:200]!r}")
                 elif took > STALL_SECONDS:
-                    self.failures.append(f"stall: {took:.1f}s for one request")
+                    self.failures.append(
+                        f"stall: {took:.1f}s for one request "
+                        f"(connected after {response.connected_after:.1f}s)"
+                    )
                 else:
                     self.completed.append(time.monotonic())
                     ok = True
