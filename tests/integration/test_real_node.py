@@ -1679,7 +1679,8 @@ def back_to_the_good_version(
     kubectl: Kubectl, node: RealNode, pebble: Pebble, site: ServedSite
 ) -> None:
     """The good spec as a rolling update, rolled out, the other versions' pods gone."""
-    kubectl.apply(blogsite(node, pebble, site.good_image), site.namespace)
+    rolling = {"strategy": "RollingUpdate"}
+    kubectl.apply(blogsite(node, pebble, site.good_image, rollout=rolling), site.namespace)
     wait_for(
         lambda: not daedalus_env(kubectl, site.namespace) and settled(kubectl, site.namespace),
         timeout=180,
@@ -1808,6 +1809,7 @@ def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
     kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
 ) -> None:
     site = served_site
+    back_to_the_good_version(kubectl, real_node, pebble, site)
     kubectl.apply(
         blogsite(real_node, pebble, site.good_image, rollout=CANARY_ROLLOUT), site.namespace
     )
@@ -2632,6 +2634,7 @@ def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_req
         "strategy": "Canary",
         "canary": {"steps": [10, 50], "stepSeconds": 40, "bakeSeconds": 10},
     }
+    back_to_the_good_version(kubectl, real_node, pebble, site)
     kubectl.apply(blogsite(real_node, pebble, site.good_image, rollout=rollout), site.namespace)
     wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="the site settled")
     seen: list[tuple[str, int]] = []  # (phase, step) as status showed them, in order
