@@ -89,8 +89,8 @@ class Stub:
         return f"127.0.0.1:{self.server.server_address[1]}"
 
 
-def start_stub(name: str) -> Stub:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+def start_stub(name: str, port: int = 0) -> Stub:
+    server = ThreadingHTTPServer(("127.0.0.1", port), EchoHandler)
     server.name = name  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return Stub(name, server)

@@ -42,6 +42,7 @@ class Split:
     collector: Collector
     canary: Stub
     workdir: Path
+    follower_log: Path
     answered: Counter[str] = field(default_factory=Counter)  # every answer so far
 
     def set_weight(self, weight: int) -> None:
@@ -110,18 +111,21 @@ def start_split(tmp_path: Path, upstreams: tuple[Stub, Stub]) -> Iterator[Callab
             canary=canary_address or canary.address,
             traffic_log=f"127.0.0.1:{traffic_port}",
         )
-        follower = subprocess.Popen(
-            [
-                "bash",
-                str(FOLLOWER),
-                f"127.0.0.1:{desk.server_address[1]}",
-                str(tmp_path / CANARY_SPLIT_FILE),
-                str(tmp_path / "nginx.pid"),
-            ],
-            stderr=subprocess.DEVNULL,
-        )
+        follower_log = tmp_path / "canary-weights.log"
+        with follower_log.open("wb") as log:
+            follower = subprocess.Popen(
+                [
+                    "bash",
+                    str(FOLLOWER),
+                    f"127.0.0.1:{desk.server_address[1]}",
+                    str(tmp_path / CANARY_SPLIT_FILE),
+                    str(tmp_path / "nginx.pid"),
+                    canary_address or canary.address,
+                ],
+                stderr=log,
+            )
         started.extend([follower, nginx])
-        return Split(running, answers, collector, canary, tmp_path)
+        return Split(running, answers, collector, canary, tmp_path, follower_log)
 
     yield start
     for process in started:
@@ -175,14 +179,43 @@ def test_a_revert_reaches_the_frontend_within_a_long_poll_round_trip(split: Spli
     assert last_canary - reverted < 1.0
 
 
+def test_a_share_waits_until_the_canary_answers_at_its_address(
+    start_split: Callable[..., Split],
+) -> None:
+    """The canary's first pod is Ready before kube-proxy routes its Service:
+    the follower takes the share only once the address nginx uses answers."""
+    port = free_port()
+    split = start_split(canary_address=f"127.0.0.1:{port}")
+    split.set_weight(50)
+    wait_for(
+        lambda: "waiting for 127.0.0.1" in split.follower_log.read_text(),
+        timeout=10,
+        what="the follower waiting for the canary",
+    )
+    split_file = split.workdir / CANARY_SPLIT_FILE
+    assert not split_file.exists()
+    assert split.answered_by(100) == Counter({"daedalus": 100})
+    assert not split.failed().get("daedalus_canary"), split.failed()
+    late = start_stub("canary", port)
+    try:
+        wait_for(split_file.exists, timeout=10, what="the share, once the canary answers")
+        assert split_file.read_text() == canary_split(50)
+        wait_for(lambda: split.answered_by(20)["canary"], timeout=10, what="a canary answer")
+    finally:
+        late.server.shutdown()
+        late.server.server_close()
+
+
 def test_a_refused_canary_is_counted_failed_while_stable_answers_the_client(
     start_split: Callable[..., Split],
 ) -> None:
-    nothing_listens = f"127.0.0.1:{free_port()}"
-    split = start_split(canary_address=nothing_listens)
+    port = free_port()
+    listening = socket.create_server(("127.0.0.1", port))  # for the follower's check alone
+    split = start_split(canary_address=f"127.0.0.1:{port}")
     split.set_weight(50)
     split_file = split.workdir / CANARY_SPLIT_FILE
     wait_for(lambda: split_file.exists() and split_file.read_text() == canary_split(50), timeout=10)
+    listening.close()  # the canary's pods are gone under their share (a crash, a deletion)
     wait_for(
         lambda: split.answered_by(10) and split.failed()["daedalus_canary"],
         timeout=10,

@@ -673,6 +673,8 @@ def render_frontend(
             cert_refresh,
             f"{in_pod.temp_dir}/{CANARY_SPLIT_FILE}",
             in_pod.pid_file,
+            # Where nginx sends the canary's share: a share waits for it to answer.
+            f"{child_name(site.name, Component.CANARY)}.{site.namespace}.svc:80",
         ],
         # A bash loop, idle in a long poll: a few MiB.
         "resources": {
