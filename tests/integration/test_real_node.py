@@ -2622,14 +2622,19 @@ def test_the_leader_killed_under_traffic_is_replaced_after_its_lease_runs_out(
     release.leader()
 
 
-def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_request(
+@pytest.mark.parametrize("handover", ["killed", "deleted"])
+def test_a_leader_lost_in_the_middle_of_a_canary_step_loses_no_step_and_no_request(  # noqa: PLR0917
     kubectl: Kubectl,
     release: Release,
     real_node: RealNode,
     pebble: Pebble,
     served_site: ServedSite,
+    handover: str,
 ) -> None:
+    """killed: SIGKILL, the standby leads once the Lease runs out; deleted:
+    the pod is deleted, releases the Lease and the standby leads at once."""
     site = served_site
+    version = f"good-3-{handover}"
     rollout = {
         "strategy": "Canary",
         "canary": {"steps": [10, 50], "stepSeconds": 40, "bakeSeconds": 10},
@@ -2652,16 +2657,20 @@ def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_req
                 pebble,
                 site.good_image,
                 rollout=rollout,
-                daedalus=standin_env(VERSION="good-3"),
+                daedalus=standin_env(VERSION=version),
             ),
             site.namespace,
         )
         wait_for(lambda: canary_at("Step", 2), timeout=300, interval=0.5, what="step 2")
         leader = release.leader()
         before = release.holder()
-        release.expected_restarts[leader["metadata"]["uid"]] = 1
-        for pid in operator_pids(leader["metadata"]["uid"]):
-            os.kill(pid, signal.SIGKILL)
+        if handover == "killed":
+            release.expected_restarts[leader["metadata"]["uid"]] = 1
+            for pid in operator_pids(leader["metadata"]["uid"]):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            name = leader["metadata"]["name"]
+            kubectl.run("delete", "pod", name, "-n", OPERATOR_NAMESPACE, "--wait=false")
         new_holder(release, before)
         release.handovers += 1
 
@@ -2671,12 +2680,12 @@ def test_a_leader_killed_in_the_middle_of_a_canary_step_loses_no_step_and_no_req
             env = daedalus_env(kubectl, site.namespace)
             return (body.get("status") or {}).get("canary") is None and {
                 "name": "VERSION",
-                "value": "good-3",
+                "value": version,
             } in env
 
-        wait_for(promoted, timeout=300, interval=0.5, what="good-3 promoted after the handover")
+        wait_for(promoted, timeout=300, interval=0.5, what=f"{version} promoted after the handover")
     FIGURES.append(
-        f"real node: leader SIGKILLed in canary step 2; status went {seen}; "
+        f"real node: leader {handover} in canary step 2; status went {seen}; "
         f"traffic: {traffic.summary()}"
     )
     assert not traffic.failures, traffic.summary()
