@@ -58,6 +58,7 @@ from tests.integration.conftest import (
     parse_time,
     renewals_through_an_outage,
 )
+from tests.integration.test_plugin import plugin
 from tests.pebble import Pebble, running_pebble
 from tests.support import FIGURES, AuditMark, audit_lines, audit_mark, wait_for
 from tests.traffic import Answer, Response, Traffic, request, tls_context
@@ -1940,6 +1941,87 @@ def waiting_reason(kubectl: Kubectl, namespace: str, pod: str) -> dict[str, str]
         if waiting.get("reason") in {"ErrImagePull", "ImagePullBackOff"}:
             return {"reason": waiting["reason"], "message": waiting.get("message", "")}
     return None
+
+
+def test_pause_resume_abort_and_promote_steer_a_canary_under_traffic(
+    kubectl: Kubectl, real_node: RealNode, pebble: Pebble, served_site: ServedSite
+) -> None:
+    site = served_site
+    back_to_the_good_version(kubectl, real_node, pebble, site)
+    # One step, held past stepSeconds by pause, then a bake that would last
+    # ten minutes: only the commands move this canary on.
+    rollout = {
+        "strategy": "Canary",
+        "canary": {"steps": [50], "stepSeconds": 5, "bakeSeconds": 600},
+    }
+
+    def release(version: str) -> dict[str, Any]:
+        return blogsite(
+            real_node,
+            pebble,
+            site.good_image,
+            rollout=rollout,
+            daedalus=standin_env(VERSION=version),
+        )
+
+    def canary() -> dict[str, Any]:
+        return dict((site_status(kubectl, site.namespace).get("status") or {}).get("canary") or {})
+
+    def command(name: str) -> None:
+        result = plugin(kubectl, name, SITE, "-n", site.namespace)
+        assert result.returncode == 0, result.stderr
+
+    https = site.traffic()
+    https.interval = 0.0  # a hundred canary requests a second: the step is judged in seconds
+    with https:
+        kubectl.apply(release("steered-1"), site.namespace)
+        wait_for(lambda: canary().get("phase") == "Step", timeout=120, what="step 1")
+        command("pause")
+        wait_for(lambda: canary().get("paused"), timeout=30, what="the canary paused")
+        # Far more requests than a pass needs, and past stepSeconds: held all the same.
+        wait_for(
+            lambda: (canary().get("canaryRequests") or 0) >= 1000,
+            timeout=120,
+            what="1000 canary requests in the paused step",
+        )
+        assert (canary()["phase"], canary()["step"], canary()["paused"]) == ("Step", 1, True)
+        command("resume")
+        wait_for(lambda: canary().get("phase") == "Bake", timeout=60, what="the bake")
+        command("abort")
+        wait_for(
+            lambda: (
+                condition(site_status(kubectl, site.namespace), "RolloutHealthy").get("reason")
+                == "RolledBack"
+            ),
+            timeout=60,
+            what="the aborted canary reverted",
+        )
+        wait_for(lambda: settled(kubectl, site.namespace), timeout=120, what="no canary pod")
+        assert not daedalus_env(kubectl, site.namespace)  # stable never left the good version
+        message = condition(site_status(kubectl, site.namespace), "RolloutHealthy")["message"]
+        assert "kubectl blogsite abort" in message, message
+
+        kubectl.apply(release("steered-2"), site.namespace)
+        wait_for(lambda: canary().get("phase") == "Step", timeout=120, what="step 1 of steered-2")
+        promoted_at = time.monotonic()
+        command("promote")
+        wait_for(
+            lambda: (
+                not canary()
+                and {"name": "VERSION", "value": "steered-2"}
+                in daedalus_env(kubectl, site.namespace)
+                and settled(kubectl, site.namespace)
+            ),
+            timeout=180,
+            what="steered-2 promoted to stable",
+        )
+        promotion = time.monotonic() - promoted_at
+    FIGURES.append(
+        f"real node: a canary paused, resumed, aborted; another promoted by hand in "
+        f"{promotion:.1f}s (its bake was 600 s); traffic: {https.summary()}"
+    )
+    assert not https.failures, https.summary()
+    back_to_the_good_version(kubectl, real_node, pebble, site)
 
 
 def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
