@@ -8,7 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
+from blogsite_operator import models
 from blogsite_operator.policies.kubernetes_version import MINIMUM
+from blogsite_operator.render import RenderSettings, SiteRef, render_site
+from blogsite_operator.render.site import CHALLENGE_SERVER_PORT
 from tests.chart.conftest import CHART, ROOT, Helm
 
 VALUE_SETS = [
@@ -277,6 +280,35 @@ def test_metrics_are_scraped_through_a_service_and_can_be_turned_off(helm: Helm)
     assert not by_kind(off, "Service")
     assert not by_kind(off, "ServiceMonitor")
     assert container_env(off)["BLOGSITE_OPERATOR_METRICS"] == "false"
+
+
+def test_the_site_pod_monitor_selects_every_sites_traffic_collector(helm: Helm) -> None:
+    assert not by_kind(helm.template(), "PodMonitor")
+    (monitor,) = by_kind(helm.template("metrics.sitePodMonitor.enabled=true"), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    # The pods it selects are the cert-refresh pods the operator renders, on
+    # the port their collector serves /metrics on.
+    spec = models.parse_spec({"domains": ["blog.example"], "daedalus": {"image": "d:1"}})
+    objects = render_site(SiteRef("blog", "blogs", "uid"), spec, RenderSettings())
+    pods = [
+        o["spec"]["template"]
+        for o in objects
+        if o["kind"] == "Deployment"
+        and o["spec"]["template"]["metadata"]["labels"].items()
+        >= monitor["spec"]["selector"]["matchLabels"].items()
+    ]
+    assert [p["metadata"]["labels"]["app.kubernetes.io/component"] for p in pods] == [
+        "cert-refresh"
+    ]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p for c in pods[0]["spec"]["containers"] for p in c.get("ports", [])}
+    assert ports[endpoint["port"]]["containerPort"] == CHALLENGE_SERVER_PORT
+    assert endpoint["path"] == "/metrics"
+    (watching,) = by_kind(
+        helm.template("metrics.sitePodMonitor.enabled=true", "watchNamespaces={blogs,team-a}"),
+        "PodMonitor",
+    )
+    assert watching["spec"]["namespaceSelector"] == {"matchNames": ["blogs", "team-a"]}
 
 
 def test_the_prometheus_rule_carries_the_projects_alert_rules(helm: Helm) -> None:
