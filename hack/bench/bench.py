@@ -230,6 +230,9 @@ def measure_revert(
     first report the failure (it never reverts)."""
     good = site_manifest(9999)
     good["metadata"]["name"] = f"revert-{behaviour}"
+    # The health gate's time to revert, on the Deployment itself (a canary's
+    # revert never touches it: `make bench-canary` measures those).
+    good["spec"]["rollout"] = {"strategy": "RollingUpdate"}
     apply(kubectl, [good])
     name = good["metadata"]["name"]
 
@@ -567,7 +570,8 @@ def report_convergence(result: Convergence) -> None:
     print(f"one more site, apply to Ready, with {sites} idle: {result.one_more:.2f}s")
     for behaviour, (seconds, deadline) in result.reverts.items():
         print(
-            f"revert of a {behaviour} daedalus image (default thresholds): {seconds:.1f}s; "
+            f"revert of a {behaviour} daedalus image (RollingUpdate, default thresholds): "
+            f"{seconds:.1f}s; "
             f"Kubernetes alone reports it after its progress deadline, {deadline}s "
             f"({deadline / seconds:.0f}x later), and never reverts"
         )

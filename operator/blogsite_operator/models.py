@@ -883,11 +883,11 @@ class Rollout(Model):
     """How the operator judges a rollout and whether it reverts a failed one."""
 
     strategy: RolloutStrategy = Field(
-        default=RolloutStrategy.ROLLING_UPDATE,
+        default=RolloutStrategy.CANARY,
         description=(
-            "Canary: a new daedalus version gets a share of real requests first, judged by "
-            "their outcome (canary). RollingUpdate: every replica at once, judged by pod "
-            "health alone."
+            "Canary (the default): a new daedalus version gets a share of real requests "
+            "first, judged by their outcome (canary). RollingUpdate: every replica at once, "
+            "judged by pod health alone."
         ),
     )
     canary: Canary = Field(default_factory=Canary, description="The canary's steps and analysis.")

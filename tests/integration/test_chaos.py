@@ -60,6 +60,9 @@ def site(index: int, image: str, acme_server: str | None = None) -> dict[str, An
         "domains": [f"c{index}.chaos.example"],
         "daedalus": {"image": image, "replicas": 1},
         "frontend": {"replicas": 1},
+        # Versions change at random under SIGKILLs: each converges as a rolling
+        # update (a canary here, with no traffic, would wait out every step).
+        "rollout": {"strategy": "RollingUpdate"},
     }
     if acme_server is not None:
         spec["tls"] = {

@@ -380,6 +380,7 @@ def site(tag: str) -> dict[str, Any]:
         "spec": {
             "domains": ["blog.example.test"],
             "daedalus": {"image": f"example.test/daedalus:{tag}"},
+            "rollout": {"strategy": "RollingUpdate"},  # a new tag: on the Deployment at once
         },
     }
 

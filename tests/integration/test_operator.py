@@ -142,6 +142,7 @@ def test_spec_change_propagates_and_drift_is_corrected(
     site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
     site["spec"]["daedalus"]["image"] = "ghcr.io/example/daedalus:4a5b6c7"
     site["spec"]["daedalus"]["replicas"] = 3
+    site["spec"]["rollout"] = {"strategy": "RollingUpdate"}  # the image on the Deployment at once
     kubectl.apply(site, namespace)
 
     def daedalus_updated() -> bool:

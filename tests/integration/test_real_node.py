@@ -679,6 +679,10 @@ def test_the_cluster_wide_rules_allow_every_namespace_and_nothing_more(
 # --- one ACME site, served by real pods -----------------------------------------
 
 
+# Today's plain rolling update, judged by pod health alone (the default is Canary).
+ROLLING = {"strategy": "RollingUpdate"}
+
+
 def blogsite(node: RealNode, pebble: object, image: str, **changes: Any) -> dict[str, Any]:
     directory = f"https://{node.ip}:{PEBBLE_ENV['PEBBLE_PORT']}/dir"
     spec: dict[str, Any] = {
@@ -1576,7 +1580,7 @@ def test_a_container_that_crashes_once_is_not_reverted(
     site = served_site
     image = real_node.daedalus("crash-once")
     with site.traffic() as traffic:
-        kubectl.apply(blogsite(real_node, pebble, image), site.namespace)
+        kubectl.apply(blogsite(real_node, pebble, image, rollout=ROLLING), site.namespace)
         wait_for(
             lambda: rolled_out(kubectl, site.namespace, "daedalus", image),
             timeout=180,
@@ -1680,8 +1684,7 @@ def back_to_the_good_version(
     kubectl: Kubectl, node: RealNode, pebble: Pebble, site: ServedSite
 ) -> None:
     """The good spec as a rolling update, rolled out, the other versions' pods gone."""
-    rolling = {"strategy": "RollingUpdate"}
-    kubectl.apply(blogsite(node, pebble, site.good_image, rollout=rolling), site.namespace)
+    kubectl.apply(blogsite(node, pebble, site.good_image, rollout=ROLLING), site.namespace)
     wait_for(
         lambda: not daedalus_env(kubectl, site.namespace) and settled(kubectl, site.namespace),
         timeout=180,
@@ -2064,7 +2067,9 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
         "args": ["-page", "a real blog"],
     }
     with site.traffic() as traffic:
-        kubectl.apply(blogsite(real_node, pebble, image, daedalus=daedalus), site.namespace)
+        kubectl.apply(
+            blogsite(real_node, pebble, image, daedalus=daedalus, rollout=ROLLING), site.namespace
+        )
         wait_for(
             lambda: rolled_out(kubectl, site.namespace, "daedalus", image),
             timeout=180,
@@ -2079,7 +2084,7 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
             what="the page of the blog image, given its args",
         )
         # Back to the stand-in the other tests use (a change like any other).
-        kubectl.apply(blogsite(real_node, pebble, site.good_image), site.namespace)
+        kubectl.apply(blogsite(real_node, pebble, site.good_image, rollout=ROLLING), site.namespace)
         wait_for(
             lambda: rolled_out(kubectl, site.namespace, "daedalus", site.good_image),
             timeout=180,
@@ -2171,7 +2176,8 @@ def test_a_persistent_volume_keeps_the_blogs_files_across_a_rollout_and_the_site
                     "persistentVolume": {"claimName": claim, "mountPath": "/var/lib/blog"},
                 },
                 "frontend": {"replicas": 1, "http": "serve"},
-                "rollout": {"readyTimeoutSeconds": READY_TIMEOUT},
+                # Judged by pod health: no traffic here for a canary to judge.
+                "rollout": {"readyTimeoutSeconds": READY_TIMEOUT, "strategy": "RollingUpdate"},
             },
         }
 

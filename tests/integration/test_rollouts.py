@@ -16,11 +16,22 @@ BETTER = "ghcr.io/example/daedalus:1.1.0"
 
 
 def blogsite(
-    image: str = GOOD, auto_revert: bool = True, frontend_image: str | None = None
+    image: str = GOOD,
+    auto_revert: bool = True,
+    frontend_image: str | None = None,
+    strategy: str | None = "RollingUpdate",
 ) -> dict[str, Any]:
+    """The site; `strategy` None leaves it to the default (Canary)."""
     frontend: dict[str, Any] = {"replicas": 2}
     if frontend_image:
         frontend["image"] = frontend_image
+    rollout: dict[str, Any] = {
+        "autoRevert": auto_revert,
+        "maxRestarts": 3,
+        "readyTimeoutSeconds": 15,
+    }
+    if strategy is not None:
+        rollout["strategy"] = strategy
     return {
         "apiVersion": "blog.daedalus.dev/v1alpha1",
         "kind": "BlogSite",
@@ -29,7 +40,7 @@ def blogsite(
             "domains": ["blog.example.com"],
             "daedalus": {"image": image, "replicas": 2},
             "frontend": frontend,
-            "rollout": {"autoRevert": auto_revert, "maxRestarts": 3, "readyTimeoutSeconds": 15},
+            "rollout": rollout,
         },
     }
 
@@ -101,6 +112,7 @@ def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]
     return [e for e in items if e["reason"] == reason]
 
 
+@pytest.mark.parametrize("strategy", ["RollingUpdate", None], ids=["rolling", "default-canary"])
 @pytest.mark.parametrize(
     ("behaviour", "why"),
     [
@@ -109,16 +121,21 @@ def events(kubectl: Kubectl, namespace: str, reason: str) -> list[dict[str, Any]
         ("image-pull-fail", "ImagePullBackOff"),
     ],
 )
-def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
-    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess, behaviour: str, why: str
+def test_bad_daedalus_image_is_reverted_to_the_last_good_one(  # noqa: PLR0917
+    kubectl: Kubectl,
+    namespace: str,
+    operator_process: OperatorProcess,
+    behaviour: str,
+    why: str,
+    strategy: str | None,
 ) -> None:
-    kubectl.apply(blogsite(), namespace)
+    kubectl.apply(blogsite(strategy=strategy), namespace)
     good = wait_until_healthy(kubectl, namespace)["status"]["components"]["daedalus"]["version"]
 
     bad_image = f"ghcr.io/example/daedalus:2.0.0-kwok-{behaviour}"
     started = time.monotonic()
     with availability_watch(kubectl, namespace, "daedalus") as watch:
-        kubectl.apply(blogsite(bad_image), namespace)
+        kubectl.apply(blogsite(bad_image, strategy=strategy), namespace)
 
         def rolled_back() -> dict[str, Any] | None:
             body = site(kubectl, namespace)
@@ -157,11 +174,56 @@ def test_bad_daedalus_image_is_reverted_to_the_last_good_one(
     after = deployment(kubectl, namespace, "daedalus")
     assert after["metadata"]["generation"] == generation
     assert image_of(after) == GOOD
+    if strategy is None:  # the canary ran the bad version, and runs nothing now
+        assert deployment(kubectl, namespace, "canary")["spec"]["replicas"] == 0
     table = kubectl.run("get", "blogsite", "blog", "-n", namespace, "--no-headers").stdout
     assert "RolledBack" in table
     # The IMAGE column is what runs, the good image, not the spec's bad one.
     assert GOOD in table.split()
     assert bad_image not in table
+
+
+def test_a_canary_with_no_counts_to_read_passes_on_health_alone_and_says_so(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """The default strategy where the traffic collector cannot be read (KWOK's
+    pods answer nothing): each step waits maxStepSeconds, then passes on the
+    canary's pod health, and status lists it; stable is untouched until the
+    bake is over."""
+    quick = {"steps": [50], "stepSeconds": 1, "maxStepSeconds": 3, "bakeSeconds": 10}
+
+    def canary_site(image: str) -> dict[str, Any]:
+        body = blogsite(image, strategy=None)
+        body["spec"]["rollout"]["canary"] = quick
+        return body
+
+    kubectl.apply(canary_site(GOOD), namespace)
+    wait_until_healthy(kubectl, namespace)
+    kubectl.apply(canary_site(BETTER), namespace)
+
+    def baking() -> dict[str, Any] | None:
+        canary = site(kubectl, namespace).get("status", {}).get("canary") or {}
+        return canary if canary.get("phase") == "Bake" else None
+
+    canary = wait_for(baking, timeout=60, what="the bake")
+    assert canary["healthOnlySteps"] == [1], canary
+    assert image_of(deployment(kubectl, namespace, "daedalus")) == GOOD
+    assert image_of(deployment(kubectl, namespace, "canary")) == BETTER
+    wait_for(
+        lambda: (
+            site(kubectl, namespace).get("status", {}).get("canary") is None
+            and image_of(deployment(kubectl, namespace, "daedalus")) == BETTER
+        ),
+        timeout=60,
+        what="the canary promoted",
+    )
+    wait_until_healthy(kubectl, namespace)
+    wait_for(
+        lambda: deployment(kubectl, namespace, "canary")["spec"]["replicas"] == 0,
+        timeout=30,
+        what="the canary scaled to zero",
+    )
+    assert events(kubectl, namespace, "CanaryBaked")
 
 
 def test_a_good_rollout_keeps_ready_true_and_shows_in_progressing(

@@ -13,7 +13,7 @@ from blogsite_operator.reconcile import Outcome, reconcile_site
 from blogsite_operator.render import RenderSettings, SiteRef
 from blogsite_operator.render.site import version_of
 from blogsite_operator.rollouts import COMMAND_ANNOTATION
-from tests.unit.test_reconcile import RollingApi, site
+from tests.unit.test_reconcile import ROLLING, RollingApi, site
 
 CANARY = {
     "strategy": "Canary",
@@ -193,10 +193,25 @@ def test_no_canary_for_a_rolling_update() -> None:
     for image in ("d:1", "d:1", "d:2", "d:2"):
         reconcile_site(
             api,
-            site(status=api.status, daedalus={"image": image}),
+            site(status=api.status, daedalus={"image": image}, rollout=ROLLING),
             RenderSettings(),
             read_traffic=collector,
         )
     assert deployed(api, "blog-daedalus") == ("d:2", 2)
     assert deployed(api, "blog-canary") == ("d:2", 0)  # empty, mirroring stable
     assert collector.reads == 0
+
+
+def test_a_spec_without_rollout_settings_gets_a_canary() -> None:
+    api, collector = PodsApi(), Collector()
+    for image in ("d:1", "d:1", "d:2", "d:2"):
+        reconcile_site(
+            api,
+            site(status=api.status, daedalus={"image": image}),
+            RenderSettings(),
+            read_traffic=collector,
+        )
+    assert deployed(api, "blog-daedalus") == ("d:1", 2)  # stable keeps every request
+    assert deployed(api, "blog-canary") == ("d:2", 1)  # 5 % of 2 replicas: one pod
+    assert status_of(api)["canary"]["phase"] == "Step"
+    assert collector.reads > 0

@@ -138,6 +138,10 @@ def merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# Today's plain rolling update, judged by pod health alone (the default is Canary).
+ROLLING = {"strategy": "RollingUpdate"}
+
+
 def site(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "apiVersion": "blog.daedalus.dev/v1alpha1",
@@ -811,13 +815,13 @@ def test_a_revert_whose_status_write_fails_is_not_undone_by_the_next_pass() -> N
     reconcile_site(api, site(), RenderSettings())
     reconcile_site(api, site(status=api.status), RenderSettings())
     good = version_of(api.objects[("Deployment", "ns", "blog-daedalus")])
-    bad = site(daedalus={"image": "d:bad"}, status=api.status)
+    bad = site(daedalus={"image": "d:bad"}, status=api.status, rollout=ROLLING)
     reconcile_site(api, bad, RenderSettings())  # the bad version goes out
     assert version_of(api.objects[("Deployment", "ns", "blog-daedalus")]) != good
     status_before_revert = copy.deepcopy(api.status)
 
     api.site_version = "2"  # the revert's status write answers 409
-    bad = site(daedalus={"image": "d:bad"}, status=status_before_revert)
+    bad = site(daedalus={"image": "d:bad"}, status=status_before_revert, rollout=ROLLING)
     with pytest.raises(ApiException, match="Conflict"):
         reconcile_site(api, bad, RenderSettings())
     assert version_of(api.objects[("Deployment", "ns", "blog-daedalus")]) == good

@@ -236,7 +236,9 @@ class FaultyApi(RollingApi):
 
 
 def body(image: str, status: dict[str, Any] | None, renew: str | None = None) -> dict[str, Any]:
-    site_body = site(status=status, tls=ACME, daedalus={"image": image})
+    site_body = site(
+        status=status, tls=ACME, daedalus={"image": image}, rollout={"strategy": "RollingUpdate"}
+    )
     if renew is not None:
         site_body["metadata"]["annotations"] = {RENEW_ANNOTATION: renew}
     return site_body
