@@ -1891,6 +1891,39 @@ def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
     assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
     assert deployment(kubectl, site.namespace, "canary")["spec"]["replicas"] == 0
 
+    # The price: the next good version as a plain rolling update, the same clients.
+    https, plain = site.traffic(), site.plain_traffic()
+    https.interval = plain.interval = 0.0
+    with https, plain:
+        changed = time.monotonic()
+        kubectl.apply(
+            blogsite(
+                real_node,
+                pebble,
+                site.good_image,
+                rollout=ROLLING,
+                daedalus=standin_env(VERSION="good-3"),
+            ),
+            site.namespace,
+        )
+        wait_for(
+            lambda: (
+                {"name": "VERSION", "value": "good-3"} in daedalus_env(kubectl, site.namespace)
+                and settled(kubectl, site.namespace)
+            ),
+            timeout=180,
+            interval=0.5,
+            what="good-3 rolled out",
+        )
+        rolling = time.monotonic() - changed
+    FIGURES.append(
+        f"real node: the next good version as a plain rolling update in {rolling:.1f}s "
+        f"(the canary with a 30 s bake took {took / rolling:.1f}x as long); "
+        f"traffic: {https.summary()}; {plain.summary()}"
+    )
+    assert not https.failures, https.summary()
+    assert not plain.failures, plain.summary()
+
 
 @pytest.mark.timeout(1500)  # eleven releases, each through its steps and bake
 def test_ten_good_releases_in_a_row_beside_a_flaky_stable_version_are_never_reverted(
