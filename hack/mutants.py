@@ -593,6 +593,29 @@ MUTANTS = [
             CANARY_SPLIT + "test_a_revert_reaches_the_frontend_within_a_long_poll_round_trip",
         ),
     ),
+    Mutant(
+        "canary-share-before-its-service-routes",
+        "the frontend sends the canary its first share before its Service answers: requests "
+        "sent to it in between stall a second",
+        "deploy/frontend/canary-weights",
+        " && ! reachable; then",
+        " && false; then",
+        (CANARY_SPLIT + "test_a_share_waits_until_the_canary_answers_at_its_address",),
+    ),
+    Mutant(
+        "rolling-update-by-default",
+        "a spec without rollout settings gets the plain rolling update, not the canary",
+        "operator/blogsite_operator/models.py",
+        "        default=RolloutStrategy.CANARY,",
+        "        default=RolloutStrategy.ROLLING_UPDATE,",
+        (
+            CANARY_GATE + "test_a_spec_without_rollout_settings_gets_a_canary",
+            (
+                "tests/integration/test_rollouts.py::"
+                "test_a_canary_with_no_counts_to_read_passes_on_health_alone_and_says_so"
+            ),
+        ),
+    ),
 ]
 
 
