@@ -1807,7 +1807,9 @@ def test_the_health_gate_alone_keeps_a_version_failing_behind_its_health_check( 
                 pebble,
                 site.good_image,
                 rollout=ROLLING,
-                daedalus=standin_env(VERSION=version, **env),
+                # Another version than its canary twin's: a version that failed
+                # is not rolled out again (no flip-flop), whatever the strategy.
+                daedalus=standin_env(VERSION=f"{version}-rolling", **env),
             ),
             site.namespace,
         )
@@ -1823,7 +1825,9 @@ def test_the_health_gate_alone_keeps_a_version_failing_behind_its_health_check( 
     )
     body = site_status(kubectl, site.namespace)
     assert condition(body, "RolloutHealthy")["status"] == "True", body["status"]
-    assert {"name": "VERSION", "value": version} in daedalus_env(kubectl, site.namespace)
+    assert {"name": "VERSION", "value": f"{version}-rolling"} in daedalus_env(
+        kubectl, site.namespace
+    )
     # Users got its failures (a slow one's are few: each holds a client 1.5 s),
     # and nothing reverted it.
     assert failed >= 10, failed
