@@ -179,6 +179,7 @@ def keep_a_certificate(
 CERTIFICATE_FIELDS = ("serialNumber", "notBefore", "notAfter", "dnsNames", "sha256")
 
 
+@pytest.mark.timeout(900)  # the site's daedalus goes through a canary onto the new release
 def test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certificate(
     kubectl: Kubectl,
     real_node: RealNode,
@@ -209,8 +210,13 @@ def test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certifica
 
         def converged() -> bool:
             body = site_status(kubectl, namespace)
+            daedalus = body["status"]["components"]["daedalus"]
             return bool(
                 body["status"].get("observedGeneration") == body["metadata"]["generation"]
+                # daedalus's pods as the new release renders them are a new
+                # version: a canary (the default), judged and then promoted.
+                and not body["status"].get("canary")
+                and daedalus["version"] != before["components"]["daedalus"]["version"]
                 and rolled_out(kubectl, namespace, "frontend", real_node.frontend_image)
                 and rolled_out(kubectl, namespace, "cert-refresh", real_node.operator_image)
                 and rolled_out(kubectl, namespace, "daedalus")
@@ -220,7 +226,7 @@ def test_helm_upgrade_from_the_previous_release_keeps_the_site_and_its_certifica
                 )
             )
 
-        wait_for(converged, timeout=300, interval=1, what="the site rolled onto the new release")
+        wait_for(converged, timeout=480, interval=1, what="the site rolled onto the new release")
         rolled = time.monotonic() - started
     FIGURES.append(
         f"real node: helm upgrade from the previous release in {upgraded:.1f}s, the site "
