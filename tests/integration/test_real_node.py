@@ -1796,8 +1796,9 @@ def test_the_health_gate_alone_keeps_a_version_failing_behind_its_health_check( 
     watched as long as its failure needs to show."""
     site = served_site
     back_to_the_good_version(kubectl, real_node, pebble, site)
+    # About 20 requests a second each, not without pause: a failed share
+    # needs no more, and these windows are long beside the other tests.
     https, plain = site.traffic(), site.plain_traffic()
-    https.interval = plain.interval = 0.0
     with https, plain:
         time.sleep(2)
         changed = time.monotonic()
