@@ -1616,6 +1616,22 @@ def standin_env(**env: str) -> dict[str, Any]:
     return {"env": [{"name": key, "value": value} for key, value in sorted(env.items())]}
 
 
+def apply_version(  # noqa: PLR0917 - the site, and the version to give it
+    kubectl: Kubectl,
+    node: RealNode,
+    pebble: Pebble,
+    site: ServedSite,
+    rollout: dict[str, Any],
+    version: str,
+    **env: str,
+) -> None:
+    """The good image as the stand-in's `version`, behaving as `env`."""
+    changed = blogsite(
+        node, pebble, site.good_image, rollout=rollout, daedalus=standin_env(VERSION=version, **env)
+    )
+    kubectl.apply(changed, site.namespace)
+
+
 @dataclass
 class CanaryWindow:
     """What users got from a change to the moment no request reaches the new version."""
@@ -1711,16 +1727,7 @@ def canary_revert(  # noqa: PLR0917 - one scenario's settings
     with https, plain:
         time.sleep(2)
         changed = time.monotonic()
-        kubectl.apply(
-            blogsite(
-                node,
-                pebble,
-                site.good_image,
-                rollout=rollout,
-                daedalus=standin_env(VERSION=version, **env),
-            ),
-            site.namespace,
-        )
+        apply_version(kubectl, node, pebble, site, rollout, version, **env)
 
         def reverted() -> dict[str, Any] | None:
             body = site_status(kubectl, site.namespace)
@@ -1802,18 +1809,9 @@ def test_the_health_gate_alone_keeps_a_version_failing_behind_its_health_check( 
     with https, plain:
         time.sleep(2)
         changed = time.monotonic()
-        kubectl.apply(
-            blogsite(
-                real_node,
-                pebble,
-                site.good_image,
-                rollout=ROLLING,
-                # Another version than its canary twin's: a version that failed
-                # is not rolled out again (no flip-flop), whatever the strategy.
-                daedalus=standin_env(VERSION=f"{version}-rolling", **env),
-            ),
-            site.namespace,
-        )
+        # Another version than its canary twin's: a version that failed is
+        # not rolled out again (no flip-flop), whatever the strategy.
+        apply_version(kubectl, real_node, pebble, site, ROLLING, f"{version}-rolling", **env)
         time.sleep(seconds)
     window = [a for a in [*https.answers, *plain.answers] if a.at >= changed]
     failed = sum(not a.ok for a in window)
@@ -1850,16 +1848,7 @@ def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
     with https, plain:
         time.sleep(2)
         changed = time.monotonic()
-        kubectl.apply(
-            blogsite(
-                real_node,
-                pebble,
-                site.good_image,
-                rollout=CANARY_ROLLOUT,
-                daedalus=standin_env(VERSION="good-2"),
-            ),
-            site.namespace,
-        )
+        apply_version(kubectl, real_node, pebble, site, CANARY_ROLLOUT, "good-2")
 
         def promoted() -> bool:
             body = site_status(kubectl, site.namespace)
@@ -1901,16 +1890,7 @@ def test_a_good_version_goes_through_every_canary_step_without_a_failed_request(
     https.interval = plain.interval = 0.0
     with https, plain:
         changed = time.monotonic()
-        kubectl.apply(
-            blogsite(
-                real_node,
-                pebble,
-                site.good_image,
-                rollout=ROLLING,
-                daedalus=standin_env(VERSION="good-3"),
-            ),
-            site.namespace,
-        )
+        apply_version(kubectl, real_node, pebble, site, ROLLING, "good-3")
         wait_for(
             lambda: (
                 {"name": "VERSION", "value": "good-3"} in daedalus_env(kubectl, site.namespace)
@@ -2798,16 +2778,7 @@ def test_a_leader_lost_in_the_middle_of_a_canary_step_loses_no_step_and_no_reque
         return canary is not None and (canary["phase"], canary["step"]) == (phase, step)
 
     with site.traffic() as traffic:
-        kubectl.apply(
-            blogsite(
-                real_node,
-                pebble,
-                site.good_image,
-                rollout=rollout,
-                daedalus=standin_env(VERSION=version),
-            ),
-            site.namespace,
-        )
+        apply_version(kubectl, real_node, pebble, site, rollout, version)
         wait_for(lambda: canary_at("Step", 2), timeout=300, interval=0.5, what="step 2")
         leader = release.leader()
         before = release.holder()
