@@ -2,7 +2,8 @@
 # Builds the local control plane (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, kwok, kwokctl), the control plane of the
 # oldest supported Kubernetes minor (kubernetes-oldest), the test ACME server
-# (pebble, pebble-challtestsrv), the real node's parts and helm from the Go module proxy at the
+# (pebble, pebble-challtestsrv), the real node's parts, helm and a Gateway API
+# implementation (traefik, with the Gateway API CRDs) from the Go module proxy at the
 # versions pinned in hack/versions.env. Binaries are stripped, built with
 # -trimpath, and cached outside the repository under
 #   ${BLOGSITE_TOOLS_CACHE:-~/.cache/blogsite-operator}/bin/<tool>-<version>/
@@ -180,12 +181,45 @@ build_helm() {
   built "helm ${HELM_VERSION}" "${start}"
 }
 
+# A Gateway API implementation for the shared entry point's tests. Traefik's
+# go.mod replaces modules (its forks, a local one), so `go install` refuses
+# it and a wrapper module would drop those replaces: it is built inside a
+# writable copy of its own module. Its web UI is left out (the module holds
+# only a placeholder of it). The Gateway API CRDs come from the release
+# Traefik is built against, as its experimental channel.
+build_traefik() {
+  local out="${cache}/bin/traefik-${TRAEFIK_VERSION}" start=${SECONDS}
+  if [[ -x "${out}/traefik" && -d "${out}/gateway-api-crds" ]]; then return; fi
+  local src="${cache}/src/traefik-${TRAEFIK_VERSION}"
+  log "building traefik ${TRAEFIK_VERSION} (several minutes)"
+  mkdir -p "${out}.tmp/gateway-api-crds"
+  (
+    local mod
+    mod="$(cd /tmp && go mod download -json "github.com/traefik/traefik/v3@${TRAEFIK_VERSION}" \
+      | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+    rm -rf "${src}"; mkdir -p "$(dirname "${src}")"
+    cp -r "${mod}" "${src}"; chmod -R u+w "${src}"
+    cd "${src}"
+    grep -q "sigs.k8s.io/gateway-api ${GATEWAY_API_VERSION}\$" go.mod \
+      || { log "traefik ${TRAEFIK_VERSION} is not built against gateway-api ${GATEWAY_API_VERSION}"; exit 1; }
+    go build -p "${jobs}" -trimpath -o "${out}.tmp/traefik" \
+      -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=${TRAEFIK_VERSION}" \
+      ./cmd/traefik
+    local crds
+    crds="$(go env GOMODCACHE)/sigs.k8s.io/gateway-api@${GATEWAY_API_VERSION}/config/crd/experimental"
+    cp "${crds}"/gateway.networking.k8s.io_*.yaml "${out}.tmp/gateway-api-crds/"
+    chmod 0644 "${out}.tmp/gateway-api-crds/"*
+  )
+  rm -rf "${out}" "${src}"; mv "${out}.tmp" "${out}"
+  built "traefik ${TRAEFIK_VERSION}" "${start}"
+}
+
 if ! command -v go >/dev/null; then
   log "Go is needed to build the control plane (Go >= 1.26 with the module proxy reachable)"
   exit 1
 fi
 
-want="${*:-kubernetes kubernetes-oldest etcd kwok pebble containerd coredns registry helm}"
+want="${*:-kubernetes kubernetes-oldest etcd kwok pebble containerd coredns registry helm traefik}"
 for tool in ${want}; do
   case "${tool}" in
     kubernetes)
@@ -202,6 +236,7 @@ for tool in ${want}; do
     coredns) build_coredns ;;
     registry) build_registry ;;
     helm) build_helm ;;
+    traefik) build_traefik ;;
     *) log "unknown tool ${tool}"; exit 2 ;;
   esac
 done
@@ -214,3 +249,4 @@ echo "HELM_BIN=${cache}/bin/helm-${HELM_VERSION}"
 echo "CONTAINERD_BIN=${cache}/bin/containerd-${CONTAINERD_VERSION}"
 echo "COREDNS_BIN=${cache}/bin/coredns-${COREDNS_VERSION}"
 echo "REGISTRY_BIN=${cache}/bin/registry-${REGISTRY_VERSION}"
+echo "TRAEFIK_BIN=${cache}/bin/traefik-${TRAEFIK_VERSION}"
