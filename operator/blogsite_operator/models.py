@@ -532,6 +532,50 @@ def _check_cidrs(field: str, values: list[str], example: str) -> None:
             raise ValueError(f"{field}: {value!r}: every entry must be a CIDR such as {example}")
 
 
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+OBJECT_NAME_MESSAGE = "must be a lowercase DNS subdomain such as shared-gateway"
+NAMESPACE_MESSAGE = "must be a namespace name: a lowercase DNS label such as gateway-system"
+
+ObjectName = Annotated[
+    str,
+    text_field(HOSTNAME_PATTERN, OBJECT_NAME_MESSAGE, max_length=MAX_HOSTNAME_LENGTH),
+    _must_match(HOSTNAME_PATTERN, OBJECT_NAME_MESSAGE),
+]
+NamespaceName = Annotated[
+    str,
+    text_field(NAMESPACE_PATTERN, NAMESPACE_MESSAGE, max_length=63),
+    _must_match(NAMESPACE_PATTERN, NAMESPACE_MESSAGE),
+]
+
+
+class GatewayAttachment(Model):
+    """A Gateway API Gateway the site shares with others.
+
+    The operator creates an HTTPRoute (port 80: every domain and redirect
+    domain) and a TLSRoute (TLS passthrough by SNI: nginx still terminates
+    TLS with the site's own certificate), both pointing at the frontend
+    Service, which becomes ClusterIP once both are accepted. It never edits
+    the Gateway or anyone else's route.
+    """
+
+    name: ObjectName = Field(description="The Gateway's name.")
+    namespace: NamespaceName | None = Field(
+        default=None,
+        description="The Gateway's namespace; omitted: the BlogSite's. Its listeners must "
+        "allow routes from the BlogSite's namespace.",
+    )
+    http_listener: ObjectName | None = Field(
+        default=None,
+        description="The HTTP listener (sectionName) the HTTPRoute attaches to; omitted: "
+        "every HTTP listener of the Gateway that accepts it.",
+    )
+    tls_listener: ObjectName | None = Field(
+        default=None,
+        description="The TLS listener in Passthrough mode (sectionName) the TLSRoute "
+        "attaches to; omitted: every such listener that accepts it.",
+    )
+
+
 class Hsts(Model):
     """Strict-Transport-Security on the HTTPS answers for the site's names.
 
@@ -553,6 +597,12 @@ class Hsts(Model):
     )
 
 
+GATEWAY_PROXY_PROTOCOL_MESSAGE = (
+    "proxyProtocol cannot be used with gateway: the Gateway's HTTPRoute reaches port 80 as "
+    "plain HTTP (the client's address comes in X-Forwarded-For, believed from trustedProxies)"
+)
+
+
 class Frontend(Model):
     """nginx: TLS termination, plain-HTTP policy, redirects, proxy to daedalus."""
 
@@ -563,6 +613,11 @@ class Frontend(Model):
                 "|| (has(self.trustedProxies) && size(self.trustedProxies) > 0)",
                 "proxyProtocol needs trustedProxies: the load balancer's addresses, from "
                 "which the PROXY protocol's client address is believed",
+                field_path=".proxyProtocol",
+            ),
+            cel(
+                "!has(self.gateway) || !has(self.proxyProtocol) || !self.proxyProtocol",
+                GATEWAY_PROXY_PROTOCOL_MESSAGE,
                 field_path=".proxyProtocol",
             ),
         ),
@@ -578,7 +633,14 @@ class Frontend(Model):
         "'redirect' sends a 301 to HTTPS (only when TLS is configured).",
     )
     service: FrontendService = Field(
-        default_factory=FrontendService, description="The frontend Service."
+        default_factory=FrontendService,
+        description="The frontend Service (behind a gateway: ClusterIP, whatever its type).",
+    )
+    gateway: GatewayAttachment | None = Field(
+        default=None,
+        description="Share an existing Gateway API Gateway (HTTPRoute for port 80, TLSRoute "
+        "passthrough for 443) instead of the site's own LoadBalancer or NodePort Service; "
+        "omitted: the site's own Service, as `service` says.",
     )
     resources: Resources | None = Field(
         default=None, description="CPU and memory requests and limits for each nginx pod."
@@ -615,6 +677,8 @@ class Frontend(Model):
         _check_cidrs("trustedProxies", self.trusted_proxies, "198.18.0.0/15")
         if self.proxy_protocol and not self.trusted_proxies:
             raise ValueError("proxyProtocol needs trustedProxies")
+        if self.proxy_protocol and self.gateway is not None:
+            raise ValueError(GATEWAY_PROXY_PROTOCOL_MESSAGE)
         return self
 
 

@@ -221,6 +221,33 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.frontend.proxyProtocol", "needs trustedProxies"],
     ),
     (
+        "gateway-without-name",
+        with_frontend(gateway={"namespace": "gateway-system"}),
+        ["spec.frontend.gateway.name", "Required value"],
+    ),
+    (
+        "gateway-name-not-a-name",
+        with_frontend(gateway={"name": "Shared Gateway"}),
+        ["spec.frontend.gateway.name", "DNS subdomain"],
+    ),
+    (
+        "gateway-namespace-not-a-namespace",
+        with_frontend(gateway={"name": "shared", "namespace": "gateway.system"}),
+        ["spec.frontend.gateway.namespace", "namespace name"],
+    ),
+    (
+        "gateway-listener-not-a-name",
+        with_frontend(gateway={"name": "shared", "tlsListener": "TLS_443"}),
+        ["spec.frontend.gateway.tlsListener", "DNS subdomain"],
+    ),
+    (
+        "gateway-with-proxy-protocol",
+        with_frontend(
+            gateway={"name": "shared"}, trustedProxies=["198.18.0.0/15"], proxyProtocol=True
+        ),
+        ["spec.frontend.proxyProtocol", "cannot be used with gateway"],
+    ),
+    (
         "external-traffic-policy-on-cluster-ip",
         with_frontend(service={"type": "ClusterIP", "externalTrafficPolicy": "Local"}),
         ["spec.frontend.service.externalTrafficPolicy", "applies only to types"],

@@ -169,6 +169,20 @@ class TestTls:
         )
         assert parsed.frontend.proxy_protocol
 
+    def test_a_gateway_is_named_and_excludes_the_proxy_protocol(self) -> None:
+        parsed = models.parse_spec(
+            spec(frontend={"gateway": {"name": "shared", "namespace": "gateway-system"}})
+        )
+        assert parsed.frontend.gateway == models.GatewayAttachment(
+            name="shared", namespace="gateway-system"
+        )
+        for bad in ({"name": "Shared"}, {"name": "shared", "namespace": "a.b"}, {}):
+            with pytest.raises(pydantic.ValidationError, match="gateway"):
+                models.parse_spec(spec(frontend={"gateway": bad}))
+        both = {"gateway": {"name": "shared"}, "trustedProxies": ["198.18.0.0/15"]}
+        with pytest.raises(pydantic.ValidationError, match="cannot be used with gateway"):
+            models.parse_spec(spec(frontend={**both, "proxyProtocol": True}))
+
     def test_external_traffic_policy_needs_an_external_service(self) -> None:
         service = {"type": "ClusterIP", "externalTrafficPolicy": "Local"}
         with pytest.raises(pydantic.ValidationError, match="externalTrafficPolicy applies only"):
