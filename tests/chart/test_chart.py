@@ -135,6 +135,32 @@ def test_namespaced_mode_has_roles_in_the_watched_namespaces_only(helm: Helm) ->
     assert container_env(documents)["BLOGSITE_OPERATOR_NAMESPACES"] == "blogs,team-a"
 
 
+def test_gateways_are_only_read_and_routes_never_listed(helm: Helm) -> None:
+    documents = helm.template("watchNamespaces={blogs}", "gatewayNamespaces={gateways,blogs}")
+    roles = {(r["metadata"]["namespace"], r["metadata"]["name"]): r for r in rbac_roles(documents)}
+    assert roles[("gateways", "blogsite-operator-gateways")]["rules"] == [
+        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gateways"], "verbs": ["get"]}
+    ]
+    assert ("blogs", "blogsite-operator-gateways") not in roles  # its site Role reads them
+    bindings = {
+        (b["metadata"]["namespace"], b["metadata"]["name"])
+        for b in by_kind(documents, "RoleBinding")
+    }
+    assert ("gateways", "blogsite-operator-gateways") in bindings
+    for documents in (helm.template(), helm.template("watchNamespaces={blogs}")):
+        gateway_rules = [
+            r
+            for r in rules(documents, "ClusterRole") + rules(documents, "Role")
+            if "gateway.networking.k8s.io" in r["apiGroups"]
+        ]
+        verbs = {resource: set(r["verbs"]) for r in gateway_rules for resource in r["resources"]}
+        assert verbs == {
+            "gateways": {"get"},
+            "httproutes": {"get", "create", "patch", "delete"},
+            "tlsroutes": {"get", "create", "patch", "delete"},
+        }
+
+
 def test_the_lease_role_names_its_lease(helm: Helm) -> None:
     documents = helm.template("leaderElection.leaseName=my-lease")
     (role,) = [r for r in by_kind(documents, "Role") if r["metadata"]["name"].endswith("election")]

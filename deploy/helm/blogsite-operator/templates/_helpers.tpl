@@ -98,6 +98,16 @@ the same rules for the ClusterRole (all namespaces) and for each Role
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch]
+# A site behind a shared Gateway: its two routes, written and deleted by
+# name (never listed, never another's), and Gateways read for their
+# listeners, addresses and conditions, never written. Without the Gateway
+# API installed these rules grant nothing.
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes, tlsroutes]
+  verbs: [get, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [gateways]
+  verbs: [get]
 # Events on BlogSites, for `kubectl describe`.
 - apiGroups: [""]
   resources: [events]
