@@ -25,6 +25,7 @@ from blogsite_operator.render.site import site_of
 # A single entry not confirmed by a watch event or a read for this long is
 # read again before it is trusted.
 MAX_AGE_SECONDS = 300.0
+SERVES_MAX_AGE_SECONDS = 60.0
 
 # Kinds that carry the operator's labels and are watched (handlers.py).
 CACHED_KINDS = (
@@ -242,6 +243,19 @@ class CachedApi(kube.Api):
     def __init__(self, cache: ChildCache, api: Any = None) -> None:
         super().__init__(api)
         self.cache = cache
+        self._served: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        """As kube.Api, asked again at most once a minute: a pass of a site
+        behind a gateway asks whether the route kinds exist, and CRDs
+        installed later are still noticed."""
+        key = (api_version, plural)
+        known = self._served.get(key)
+        if known is not None and time.monotonic() - known[1] < SERVES_MAX_AGE_SECONDS:
+            return known[0]
+        found = super().serves(api_version, plural)
+        self._served[key] = (found, time.monotonic())
+        return found
 
     def get(
         self, kind: str, namespace: str, name: str, timeout: float | None = None

@@ -96,6 +96,9 @@ KINDS: dict[str, Kind] = {
     "Role": Kind("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "Lease": Kind("coordination.k8s.io/v1", "leases"),
+    "Gateway": Kind("gateway.networking.k8s.io/v1", "gateways"),
+    "HTTPRoute": Kind("gateway.networking.k8s.io/v1", "httproutes"),
+    "TLSRoute": Kind("gateway.networking.k8s.io/v1alpha2", "tlsroutes"),
     models.KIND: Kind(f"{models.GROUP}/{models.VERSION}", models.PLURAL),
 }
 

@@ -449,21 +449,22 @@ class FrontendService(Model):
         json_schema_extra=schema_extra(
             cel(
                 "!has(self.loadBalancerSourceRanges) || size(self.loadBalancerSourceRanges) == 0 "
-                "|| self.type == 'LoadBalancer'",
+                "|| !has(self.type) || self.type == 'LoadBalancer'",
                 "loadBalancerSourceRanges applies only to type LoadBalancer",
                 field_path=".loadBalancerSourceRanges",
             ),
             cel(
-                "!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'",
+                "!has(self.externalTrafficPolicy) || !has(self.type) || self.type != 'ClusterIP'",
                 "externalTrafficPolicy applies only to types NodePort and LoadBalancer",
                 field_path=".externalTrafficPolicy",
             ),
         ),
     )
 
-    type: ServiceType = Field(
-        default=ServiceType.LOAD_BALANCER,
-        description="Service type: ClusterIP, NodePort or LoadBalancer.",
+    type: ServiceType | None = Field(
+        default=None,
+        description="Service type: ClusterIP, NodePort or LoadBalancer; omitted: "
+        "LoadBalancer, or ClusterIP behind a gateway (frontend.gateway).",
     )
     annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict,
@@ -504,7 +505,7 @@ class FrontendService(Model):
                     "annotation keys, e.g. example.com/setting"
                 )
         _check_cidrs("loadBalancerSourceRanges", self.load_balancer_source_ranges, "203.0.113.0/24")
-        if self.load_balancer_source_ranges and self.type != ServiceType.LOAD_BALANCER:
+        if self.load_balancer_source_ranges and self.type not in {None, ServiceType.LOAD_BALANCER}:
             raise ValueError("loadBalancerSourceRanges applies only to type LoadBalancer")
         if self.external_traffic_policy is not None and self.type == ServiceType.CLUSTER_IP:
             raise ValueError(
@@ -597,6 +598,10 @@ class Hsts(Model):
     )
 
 
+GATEWAY_SERVICE_MESSAGE = (
+    "behind a gateway the frontend Service is ClusterIP unless service.type says otherwise: "
+    "externalTrafficPolicy and loadBalancerSourceRanges need service.type"
+)
 GATEWAY_PROXY_PROTOCOL_MESSAGE = (
     "proxyProtocol cannot be used with gateway: the Gateway's HTTPRoute reaches port 80 as "
     "plain HTTP (the client's address comes in X-Forwarded-For, believed from trustedProxies)"
@@ -614,6 +619,14 @@ class Frontend(Model):
                 "proxyProtocol needs trustedProxies: the load balancer's addresses, from "
                 "which the PROXY protocol's client address is believed",
                 field_path=".proxyProtocol",
+            ),
+            cel(
+                "!has(self.gateway) || !has(self.service) || has(self.service.type) "
+                "|| (!has(self.service.externalTrafficPolicy) "
+                "&& (!has(self.service.loadBalancerSourceRanges) "
+                "|| size(self.service.loadBalancerSourceRanges) == 0))",
+                GATEWAY_SERVICE_MESSAGE,
+                field_path=".service",
             ),
             cel(
                 "!has(self.gateway) || !has(self.proxyProtocol) || !self.proxyProtocol",
@@ -679,7 +692,23 @@ class Frontend(Model):
             raise ValueError("proxyProtocol needs trustedProxies")
         if self.proxy_protocol and self.gateway is not None:
             raise ValueError(GATEWAY_PROXY_PROTOCOL_MESSAGE)
+        service = self.service
+        if (
+            self.gateway is not None
+            and service.type is None
+            and (service.external_traffic_policy or service.load_balancer_source_ranges)
+        ):
+            raise ValueError(GATEWAY_SERVICE_MESSAGE)
         return self
+
+    @property
+    def service_type(self) -> ServiceType:
+        """The frontend Service's type: as written, else LoadBalancer, or
+        ClusterIP behind a gateway. A site moving onto a gateway keeps the
+        type it had until its owner changes it, after moving the names."""
+        if self.service.type is not None:
+            return ServiceType(self.service.type)
+        return ServiceType.CLUSTER_IP if self.gateway is not None else ServiceType.LOAD_BALANCER
 
 
 class ExternalAccountBinding(Model):
@@ -970,6 +999,14 @@ class Rollout(Model):
     )
 
 
+# A Gateway API route lists at most 16 hostnames; a site's routes list all its names.
+MAX_ROUTE_HOSTNAMES = 16
+GATEWAY_NAMES_MESSAGE = (
+    f"behind a gateway, domains and redirectDomains together may hold at most "
+    f"{MAX_ROUTE_HOSTNAMES} names (the hostnames of one Gateway API route)"
+)
+
+
 class BlogSiteSpec(Model):
     """A blog and its domains. The first domain is the primary one."""
 
@@ -985,6 +1022,13 @@ class BlogSiteSpec(Model):
                 f" <= {MAX_NAMES}",
                 f"domains and redirectDomains together may hold at most {MAX_NAMES} names "
                 "(the limit of one certificate)",
+                field_path=".domains",
+            ),
+            cel(
+                "!has(self.frontend) || !has(self.frontend.gateway) || size(self.domains) + "
+                "(has(self.redirectDomains) ? size(self.redirectDomains) : 0) <= "
+                f"{MAX_ROUTE_HOSTNAMES}",
+                GATEWAY_NAMES_MESSAGE,
                 field_path=".domains",
             ),
             cel(
@@ -1033,6 +1077,8 @@ class BlogSiteSpec(Model):
         duplicates = sorted({n for n in all_names if all_names.count(n) > 1})
         if duplicates:
             raise ValueError(f"names listed more than once: {', '.join(duplicates)}")
+        if self.frontend.gateway is not None and len(all_names) > MAX_ROUTE_HOSTNAMES:
+            raise ValueError(GATEWAY_NAMES_MESSAGE)
         if self.frontend.http == HttpPolicy.REDIRECT and self.tls is None:
             raise ValueError("frontend.http 'redirect' needs tls")
         if self.frontend.hsts is not None and self.tls is None:
@@ -1213,6 +1259,28 @@ class CanaryStatus(Model):
     message: str | None = Field(default=None, description="The step, in words.")
 
 
+class RouteStatus(Model):
+    """One route, as the Gateway's implementation judged it."""
+
+    kind: str = Field(description="HTTPRoute or TLSRoute.")
+    name: str = Field(description="The route's name (in the BlogSite's namespace).")
+    accepted: str = Field(description="The Gateway's Accepted condition: True, False, Unknown.")
+    resolved_refs: str = Field(description="The Gateway's ResolvedRefs condition.")
+    message: str | None = Field(
+        default=None, description="The Gateway's reason and message when not True."
+    )
+
+
+class GatewayStatus(Model):
+    """The Gateway the site shares and how it took the site's routes."""
+
+    name: str = Field(description="The Gateway's name.")
+    namespace: str = Field(description="The Gateway's namespace.")
+    routes: list[RouteStatus] = Field(
+        default_factory=list, description="The site's routes and the Gateway's verdicts."
+    )
+
+
 class BlogSiteStatus(Model):
     """Written only by the operator."""
 
@@ -1223,7 +1291,8 @@ class BlogSiteStatus(Model):
     url: str | None = Field(default=None, description="The site's URL.")
     external_addresses: list[str] = Field(
         default_factory=list,
-        description="Addresses of the frontend Service outside the cluster (load balancer).",
+        description="Where the site is reached from outside: the Gateway's addresses behind "
+        "a gateway, then the frontend Service's (load balancer ingress, external IPs).",
     )
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -1246,6 +1315,10 @@ class BlogSiteStatus(Model):
     )
     canary: CanaryStatus | None = Field(
         default=None, description="The canary rollout under way, if any."
+    )
+    gateway: GatewayStatus | None = Field(
+        default=None,
+        description="Behind a gateway: the Gateway and its verdict on each of the site's routes.",
     )
 
 

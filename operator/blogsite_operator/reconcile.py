@@ -35,6 +35,7 @@ from blogsite_operator.policies.certificate import (
     needs_placeholder,
     served_by_frontend,
 )
+from blogsite_operator.policies.gateway import GatewayFindings, GatewayJudgement, judge_gateway
 from blogsite_operator.policies.ledger import LEDGER_ANNOTATION, Ledger
 from blogsite_operator.policies.readiness import (
     CONDITION_FALSE,
@@ -55,6 +56,12 @@ from blogsite_operator.render import (
     child_name,
     render_site,
     selector_labels,
+)
+from blogsite_operator.render.routes import (
+    ROUTE_API_VERSIONS,
+    ROUTE_KINDS,
+    ROUTE_PLURALS,
+    route_kinds,
 )
 from blogsite_operator.render.site import (
     COPIED_FROM_ANNOTATION,
@@ -113,6 +120,7 @@ class ClusterApi(Protocol):
     def merge_patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any]
     ) -> dict[str, Any]: ...
+    def serves(self, api_version: str, plural: str) -> bool: ...
     def patch_blogsite_status(
         self, namespace: str, name: str, resource_version: str, status: dict[str, Any]
     ) -> None: ...
@@ -228,12 +236,16 @@ def next_status(
     now: str,
     extra_conditions: dict[str, Verdict] | None = None,
     certificate: dict[str, Any] | None = None,
-    frontend_service: dict[str, Any] | None = None,
+    exposure: Exposure | None = None,
     rollout_memory: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The whole status the BlogSite should show, keeping unchanged timestamps."""
     old_conditions = {c.get("type", ""): c for c in previous.get("conditions") or []}
     ready = site_verdict(verdicts)
+    routed = (extra_conditions or {}).get("GatewayAccepted")
+    if ready.status == CONDITION_TRUE and routed is not None and routed.status != CONDITION_TRUE:
+        # Pods that serve behind a Gateway that does not route to them serve no one.
+        ready = Verdict(CONDITION_FALSE, routed.reason, routed.message)
     if reconciled.status != CONDITION_TRUE:
         ready = Verdict(CONDITION_FALSE, reconciled.reason, reconciled.message)
     progressing = (
@@ -273,7 +285,8 @@ def next_status(
         scheme = "https" if spec.tls is not None else "http"
         status["primaryDomain"] = spec.primary_domain
         status["url"] = f"{scheme}://{spec.primary_domain}/"
-        status["externalAddresses"] = external_addresses(frontend_service)
+        status["externalAddresses"] = list(exposure.addresses if exposure else ())
+        status["gateway"] = exposure.gateway if exposure else None
     status["components"] = _components(deployments, previous, rollout_memory)
     status["certificate"] = certificate
     return status
@@ -387,6 +400,7 @@ def reconcile_site(
     spec, reconciled = _parse(site)
 
     extra_conditions: dict[str, Verdict] = {}
+    exposure = Exposure()
     # Memory (status.certificate, rollout memory) stays as it is unless a
     # branch of this pass decides it: an invalid spec decides nothing.
     certificate_status: dict[str, Any] | None = previous_status.get("certificate")
@@ -435,18 +449,40 @@ def reconcile_site(
             "rolloutCommand": gate.command_consumed or rollout_fields["rolloutCommand"],
             "canary": gate.canary_status,
         }
+        routes_served = _routes_served(api, spec, previous_status)
         applied_first = {(o["kind"], o["metadata"]["name"]) for o in services}
-        rest = [o for o in desired if (o["kind"], o["metadata"]["name"]) not in applied_first]
+        rest = [
+            o
+            for o in desired
+            if (o["kind"], o["metadata"]["name"]) not in applied_first
+            # A cluster without the Gateway API has no routes to apply (status says so).
+            and (routes_served or o["kind"] not in ROUTE_KINDS)
+        ]
         _apply_with_canary_share(api, ref, rest, gate, outcome)
         outcome.events.extend(_apply_events(outcome))
-        _prune(api, ref, desired, outcome)
+        _prune(api, ref, desired, outcome, routes_served=routes_served)
+        exposure = _exposure(api, ref, spec, routes_served, extra_conditions)
         # After the apply: a first order can start in this very pass, its
         # answers ConfigMap now exists.
         certificate_status, certificate_requeue = _certificate_conditions(
-            api, ref, spec, served, site, issuer, probe, outcome, extra_conditions, now
+            api,
+            ref,
+            spec,
+            served,
+            site,
+            issuer,
+            probe,
+            outcome,
+            extra_conditions,
+            now,
+            exposure.addresses,
         )
         outcome.requeue_after = min(
-            (t for t in (gate.requeue_after, certificate_requeue) if t is not None),
+            (
+                t
+                for t in (gate.requeue_after, certificate_requeue, exposure.recheck_after)
+                if t is not None
+            ),
             default=None,
         )
         reconciled = _reconciled(outcome, reconciled)
@@ -459,9 +495,6 @@ def reconcile_site(
         if spec is not None
         else {}
     )
-    frontend_service = (
-        api.get_child("Service", namespace, child_name(name, Component.FRONTEND)) if spec else None
-    )
     status = next_status(
         spec=spec,
         generation=generation,
@@ -472,7 +505,7 @@ def reconcile_site(
         now=format_time(now),
         extra_conditions=extra_conditions,
         certificate=certificate_status,
-        frontend_service=frontend_service,
+        exposure=exposure,
         rollout_memory=rollout_memory,
     )
     status.update({k: v for k, v in rollout_fields.items() if v is not None or k == "canary"})
@@ -583,6 +616,7 @@ def _certificate_conditions(  # noqa: PLR0917 - one pass's facts, passed on
     outcome: Outcome,
     conditions: dict[str, Verdict],
     now: datetime.datetime,
+    public_addresses: tuple[str, ...],
 ) -> tuple[dict[str, Any] | None, float | None]:
     """CertificateReady and CertificateServed into `conditions`;
     status.certificate, and when to look again (ACME, the probe)."""
@@ -600,6 +634,7 @@ def _certificate_conditions(  # noqa: PLR0917 - one pass's facts, passed on
             outcome=outcome,
             now=now,
             ready_pods=ready_pods,
+            public_addresses=public_addresses,
         )
         requeues.append(acme_requeue)
     if probe is not None:
@@ -623,6 +658,7 @@ def _certificate(
     outcome: Outcome,
     now: datetime.datetime,
     ready_pods: list[dict[str, Any]],
+    public_addresses: tuple[str, ...],
 ) -> tuple[Verdict, dict[str, Any] | None, float | None]:
     """CertificateReady, status.certificate and when to look again (ACME).
 
@@ -660,11 +696,7 @@ def _certificate(
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
         proxy_protocol=spec.frontend.proxy_protocol,
         ledger=lambda account: _ledger_of(api, ref.namespace, account),
-        expected_addresses=tuple(
-            external_addresses(
-                api.get_child("Service", ref.namespace, child_name(ref.name, Component.FRONTEND))
-            )
-        ),
+        expected_addresses=public_addresses,
     )
     outcome.events.extend(Event(*event) for event in driven.events)
     if driven.folded is not None:
@@ -913,7 +945,90 @@ def _ensure_upstreams(
     return services, ",".join(addresses)
 
 
-def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome: Outcome) -> None:
+def _routes_served(
+    api: ClusterApi, spec: models.BlogSiteSpec, previous_status: dict[str, Any]
+) -> bool:
+    """Whether this site's routes can exist: asked only of sites behind a
+    gateway, or just leaving one, so a cluster without the Gateway API is
+    never asked about it."""
+    if spec.frontend.gateway is None and not previous_status.get("gateway"):
+        return False
+    return all(api.serves(ROUTE_API_VERSIONS[k], ROUTE_PLURALS[k]) for k in ROUTE_KINDS)
+
+
+def _prune_routes(
+    api: ClusterApi, ref: SiteRef, wanted: set[tuple[str, str]], outcome: Outcome
+) -> None:
+    """Delete the routes of a site that left its gateway (or stopped serving HTTPS)."""
+    for kind in ROUTE_KINDS:
+        route = api.get_child(kind, ref.namespace, child_name(ref.name, Component.FRONTEND))
+        if route is not None and (kind, route["metadata"]["name"]) not in wanted:
+            _delete_owned(api, ref, {**route, "kind": kind}, outcome)
+
+
+def _judge_gateway(
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    attachment: models.GatewayAttachment,
+    routes_served: bool,
+) -> GatewayJudgement:
+    """From what the Gateway's implementation wrote."""
+    kinds = route_kinds(spec)
+    findings = GatewayFindings(False, None)
+    if routes_served:
+        gateway = api.get("Gateway", attachment.namespace or ref.namespace, attachment.name)
+        name = child_name(ref.name, Component.FRONTEND)
+        routes = {kind: api.get_child(kind, ref.namespace, name) for kind in kinds}
+        findings = GatewayFindings(True, gateway, routes)
+    return judge_gateway(attachment, ref.namespace, kinds, findings)
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """How the site is reached from outside, for status and the preflight."""
+
+    addresses: tuple[str, ...] = ()  # the Gateway's, then the frontend Service's own
+    gateway: dict[str, Any] | None = None  # status.gateway
+    recheck_after: float | None = None  # routes and Gateways are read, not watched
+
+
+def _exposure(
+    api: ClusterApi,
+    ref: SiteRef,
+    spec: models.BlogSiteSpec,
+    routes_served: bool,
+    conditions: dict[str, Verdict],
+) -> Exposure:
+    """The site's external addresses and, behind a gateway, GatewayAccepted
+    (into `conditions`) and status.gateway. A site moving onto a gateway
+    has both the Gateway's addresses and its own Service's."""
+    service = api.get_child("Service", ref.namespace, child_name(ref.name, Component.FRONTEND))
+    own = tuple(external_addresses(service))
+    attachment = spec.frontend.gateway
+    if attachment is None:
+        return Exposure(own)
+    judgement = _judge_gateway(api, ref, spec, attachment, routes_served)
+    conditions["GatewayAccepted"] = judgement.verdict
+    return Exposure(
+        tuple(dict.fromkeys((*judgement.addresses, *own))),
+        {
+            "name": attachment.name,
+            "namespace": attachment.namespace or ref.namespace,
+            "routes": list(judgement.routes),
+        },
+        judgement.recheck_after,
+    )
+
+
+def _prune(
+    api: ClusterApi,
+    ref: SiteRef,
+    desired: list[dict[str, Any]],
+    outcome: Outcome,
+    *,
+    routes_served: bool = False,
+) -> None:
     """Delete what this site no longer needs.
 
     PodDisruptionBudgets go when a component drops to one replica. nginx
@@ -922,6 +1037,8 @@ def _prune(api: ClusterApi, ref: SiteRef, desired: list[dict[str, Any]], outcome
     configuration.
     """
     wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+    if routes_served:
+        _prune_routes(api, ref, wanted, outcome)
     instance = f"app.kubernetes.io/instance={ref.name}"
     for pdb in api.list_objects("PodDisruptionBudget", ref.namespace, instance):
         if ("PodDisruptionBudget", pdb["metadata"]["name"]) not in wanted:

@@ -50,6 +50,11 @@ def with_frontend(**changes: Any) -> dict[str, Any]:
     return site
 
 
+def with_domains(site: dict[str, Any], count: int) -> dict[str, Any]:
+    site["spec"]["domains"] = [f"n{i}.example.com" for i in range(count)]
+    return site
+
+
 def with_tls(tls: Any) -> dict[str, Any]:
     return with_spec(tls=tls)
 
@@ -239,6 +244,16 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         "gateway-listener-not-a-name",
         with_frontend(gateway={"name": "shared", "tlsListener": "TLS_443"}),
         ["spec.frontend.gateway.tlsListener", "DNS subdomain"],
+    ),
+    (
+        "gateway-with-local-traffic-policy-and-no-type",
+        with_frontend(gateway={"name": "shared"}, service={"externalTrafficPolicy": "Local"}),
+        ["spec.frontend.service", "need service.type"],
+    ),
+    (
+        "gateway-with-seventeen-names",
+        with_domains(with_frontend(gateway={"name": "shared"}), 17),
+        ["spec.domains", "at most 16 names"],
     ),
     (
         "gateway-with-proxy-protocol",

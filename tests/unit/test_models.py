@@ -30,7 +30,7 @@ class TestDefaults:
         assert parsed.daedalus.replicas == 2
         assert parsed.daedalus.health_check.path == "/"
         assert parsed.frontend.http == "serve"
-        assert parsed.frontend.service.type == "LoadBalancer"
+        assert parsed.frontend.service_type == "LoadBalancer"
         assert parsed.tls is None
         assert parsed.rollout.auto_revert is True
 
@@ -179,6 +179,15 @@ class TestTls:
         for bad in ({"name": "Shared"}, {"name": "shared", "namespace": "a.b"}, {}):
             with pytest.raises(pydantic.ValidationError, match="gateway"):
                 models.parse_spec(spec(frontend={"gateway": bad}))
+        assert parsed.frontend.service_type == "ClusterIP"
+        moving = {"gateway": {"name": "shared"}, "service": {"type": "NodePort"}}
+        assert models.parse_spec(spec(frontend=moving)).frontend.service_type == "NodePort"
+        local = {"gateway": {"name": "shared"}, "service": {"externalTrafficPolicy": "Local"}}
+        with pytest.raises(pydantic.ValidationError, match=r"need service\.type"):
+            models.parse_spec(spec(frontend=local))
+        many = [f"n{i}.example.com" for i in range(17)]
+        with pytest.raises(pydantic.ValidationError, match="at most 16 names"):
+            models.parse_spec({**spec(frontend={"gateway": {"name": "shared"}}), "domains": many})
         both = {"gateway": {"name": "shared"}, "trustedProxies": ["198.18.0.0/15"]}
         with pytest.raises(pydantic.ValidationError, match="cannot be used with gateway"):
             models.parse_spec(spec(frontend={**both, "proxyProtocol": True}))

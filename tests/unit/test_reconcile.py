@@ -49,6 +49,11 @@ class MemoryApi:
         # When set, the BlogSite's current resourceVersion: a status patch
         # from another one is refused, as the API server does.
         self.site_version: str | None = None
+        # The API groups served beyond the built-in ones (installed CRDs).
+        self.served: set[tuple[str, str]] = set()
+
+    def serves(self, api_version: str, plural: str) -> bool:
+        return (api_version, plural) in self.served
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((kind, namespace, name))
@@ -1089,3 +1094,144 @@ def test_a_certificate_of_a_test_ca_is_told_once_per_certificate() -> None:
     assert [e.reason for e in _transition_events(first, renewed)] == ["TestCertificate"]
     production = {"conditions": [], "certificate": {"issuer": "R12", "testIssuer": False}}
     assert _transition_events(renewed, production) == []
+
+
+class GatewayApi(MemoryApi):
+    """A cluster with the Gateway API and a Gateway whose implementation
+    accepts every route (unless told to refuse one)."""
+
+    GATEWAY: ClassVar[dict[str, Any]] = {
+        "metadata": {"name": "shared", "namespace": "gateways"},
+        "spec": {
+            "listeners": [
+                {"name": "web", "protocol": "HTTP", "port": 80},
+                {"name": "tls", "protocol": "TLS", "port": 443, "tls": {"mode": "Passthrough"}},
+            ]
+        },
+        "status": {"addresses": [{"type": "IPAddress", "value": "198.18.0.80"}]},
+    }
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.served = {
+            ("gateway.networking.k8s.io/v1", "httproutes"),
+            ("gateway.networking.k8s.io/v1alpha2", "tlsroutes"),
+        }
+        self.objects[("Gateway", "gateways", "shared")] = copy.deepcopy(self.GATEWAY)
+        self.refused: dict[str, tuple[str, str]] = {}  # kind: (reason, message)
+
+    def judge_routes(self) -> None:
+        """What the Gateway's controller does: a verdict per route."""
+        for (kind, _, _), route in self.objects.items():
+            if kind not in ("HTTPRoute", "TLSRoute"):
+                continue
+            reason, message = self.refused.get(kind, ("Accepted", ""))
+            accepted = "True" if reason == "Accepted" else "False"
+            route["status"] = {
+                "parents": [
+                    {
+                        "parentRef": route["spec"]["parentRefs"][0],
+                        "conditions": [
+                            {
+                                "type": "Accepted",
+                                "status": accepted,
+                                "reason": reason,
+                                "message": message,
+                                "observedGeneration": 1,
+                            },
+                            {
+                                "type": "ResolvedRefs",
+                                "status": "True",
+                                "reason": "ResolvedRefs",
+                                "message": "",
+                                "observedGeneration": 1,
+                            },
+                        ],
+                    }
+                ]
+            }
+
+
+BEHIND_GATEWAY = {"gateway": {"name": "shared", "namespace": "gateways"}}
+SECRET_TLS = {"secretName": "mine"}
+
+
+class TestGateway:
+    def conditions(self, api: MemoryApi) -> dict[str, dict[str, Any]]:
+        assert api.status is not None
+        return {c["type"]: c for c in api.status["conditions"]}
+
+    def test_routes_are_created_and_the_gateway_verdict_makes_the_site_ready(self) -> None:
+        api = GatewayApi()
+        reconcile_site(api, site(frontend=BEHIND_GATEWAY), RenderSettings())
+        assert ("HTTPRoute", "ns", "blog-frontend") in api.objects
+        assert ("TLSRoute", "ns", "blog-frontend") not in api.objects  # no TLS
+        assert api.objects[("Service", "ns", "blog-frontend")]["spec"]["type"] == "ClusterIP"
+        pending = self.conditions(api)
+        assert pending["GatewayAccepted"]["status"] == "Unknown"
+        assert (pending["Ready"]["status"], pending["Ready"]["reason"]) == ("False", "RoutePending")
+
+        api.judge_routes()
+        outcome = reconcile_site(
+            api, site(status=api.status, frontend=BEHIND_GATEWAY), RenderSettings()
+        )
+        accepted = self.conditions(api)
+        assert accepted["GatewayAccepted"]["status"] == "True"
+        assert accepted["Ready"]["status"] == "True"
+        assert api.status is not None
+        assert api.status["externalAddresses"] == ["198.18.0.80"]
+        assert api.status["gateway"] == {
+            "name": "shared",
+            "namespace": "gateways",
+            "routes": [
+                {
+                    "kind": "HTTPRoute",
+                    "name": "blog-frontend",
+                    "accepted": "True",
+                    "resolvedRefs": "True",
+                }
+            ],
+        }
+        assert outcome.requeue_after is not None
+
+    def test_a_refused_route_is_shown_with_the_gateways_words(self) -> None:
+        api = GatewayApi()
+        api.refused["TLSRoute"] = ("NotAllowedByListeners", "hostname not allowed")
+        spec: dict[str, Any] = {"frontend": BEHIND_GATEWAY, "tls": SECRET_TLS}
+        reconcile_site(api, site(**spec), RenderSettings())
+        api.judge_routes()
+        reconcile_site(api, site(status=api.status, **spec), RenderSettings())
+        condition = self.conditions(api)["GatewayAccepted"]
+        assert (condition["status"], condition["reason"]) == ("False", "NotAllowedByListeners")
+        assert "hostname not allowed" in condition["message"]
+        assert self.conditions(api)["Ready"]["reason"] == "NotAllowedByListeners"
+
+    def test_without_the_gateway_api_nothing_is_applied_and_status_says_why(self) -> None:
+        api = GatewayApi()
+        api.served = set()
+        reconcile_site(api, site(frontend=BEHIND_GATEWAY), RenderSettings())
+        assert not [k for k in api.objects if k[0] in ("HTTPRoute", "TLSRoute")]
+        assert self.conditions(api)["GatewayAccepted"]["reason"] == "GatewayAPINotInstalled"
+
+    def test_leaving_the_gateway_deletes_the_routes_and_forgets_it(self) -> None:
+        api = GatewayApi()
+        spec: dict[str, Any] = {"frontend": BEHIND_GATEWAY, "tls": SECRET_TLS}
+        reconcile_site(api, site(**spec), RenderSettings())
+        assert ("TLSRoute", "ns", "blog-frontend") in api.objects
+        own: dict[str, Any] = {"frontend": {"service": {"type": "NodePort"}}, "tls": SECRET_TLS}
+        outcome = reconcile_site(api, site(status=api.status, **own), RenderSettings())
+        assert sorted(d for d in outcome.deleted if "Route" in d) == [
+            "HTTPRoute blog-frontend",
+            "TLSRoute blog-frontend",
+        ]
+        assert api.objects[("Service", "ns", "blog-frontend")]["spec"]["type"] == "NodePort"
+        assert api.status is not None
+        assert "gateway" not in api.status
+        assert "GatewayAccepted" not in self.conditions(api)
+
+    def test_a_site_never_behind_a_gateway_never_asks_about_routes(self) -> None:
+        class Asked(GatewayApi):
+            def serves(self, api_version: str, plural: str) -> bool:
+                raise AssertionError("asked")
+
+        reconcile_site(Asked(), site(), RenderSettings())

@@ -13,6 +13,7 @@ from typing import Any
 
 from blogsite_operator import models
 from blogsite_operator.render.nginx import CANARY_SPLIT_FILE, NginxFacts, render_nginx_conf
+from blogsite_operator.render.routes import render_routes
 
 MANAGED_BY = "blogsite-operator"
 FIELD_MANAGER = "blogsite-operator"
@@ -142,7 +143,7 @@ def _labels(site_name: str, component: Component) -> dict[str, str]:
     return {**selector_labels(site_name, component), "app.kubernetes.io/managed-by": MANAGED_BY}
 
 
-def _metadata(site: SiteRef, component: Component) -> dict[str, Any]:
+def child_metadata(site: SiteRef, component: Component) -> dict[str, Any]:
     return {
         "name": child_name(site.name, component),
         "namespace": site.namespace,
@@ -293,7 +294,7 @@ def _deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(site, component),
+        "metadata": child_metadata(site, component),
         "spec": {
             "replicas": replicas,
             # Enough history that the last known-good ReplicaSet is still there
@@ -319,7 +320,7 @@ def _service(
     source_ranges: list[str] | None = None,
     external_traffic_policy: str | None = None,
 ) -> dict[str, Any]:
-    metadata = _metadata(site, component)
+    metadata = child_metadata(site, component)
     if annotations:
         metadata["annotations"] = dict(annotations)
     spec: dict[str, Any] = {
@@ -450,7 +451,7 @@ def render_canary(site: SiteRef, daedalus: dict[str, Any]) -> list[dict[str, Any
     """The canary Deployment (the version of `daedalus`, a stamped daedalus
     Deployment; no replicas until a rollout gives it some) and its Service."""
     deployment = copy.deepcopy(daedalus)
-    deployment["metadata"] = _metadata(site, Component.CANARY)
+    deployment["metadata"] = child_metadata(site, Component.CANARY)
     deployment["spec"]["replicas"] = 0
     deployment["spec"]["selector"] = {"matchLabels": selector_labels(site.name, Component.CANARY)}
     deployment["spec"]["template"] = canary_template(daedalus["spec"]["template"])
@@ -503,7 +504,7 @@ def render_nginx_config_map(site: SiteRef, spec: models.BlogSiteSpec) -> dict[st
     """Immutable and named by its content: a new config is a new pod template."""
     conf = render_nginx_conf(spec, cluster_nginx_facts(site, spec))
     digest = hashlib.sha256(conf.encode()).hexdigest()[:10]
-    metadata = _metadata(site, Component.FRONTEND)
+    metadata = child_metadata(site, Component.FRONTEND)
     metadata["name"] = f"{site.name}-nginx-{digest}"
     metadata["labels"] = {**metadata["labels"], NGINX_CONFIG_LABEL: site.name}
     return {
@@ -532,7 +533,7 @@ def render_tls_copy(
     """The certificate of the Secret `source` under `name`, with what says
     where it came from; owned by the BlogSite, or (NAME-tls) by no one, as an
     issued NAME-tls."""
-    metadata = _metadata(site, Component.FRONTEND)
+    metadata = child_metadata(site, Component.FRONTEND)
     metadata["name"] = name
     if not owned:
         _unowned(metadata, site.name)
@@ -563,7 +564,7 @@ def render_tls_secret(
     """The operator's own TLS Secret (ACME mode): a placeholder, or the issued
     chain with the job that ordered it and its server (`issued_by`), so a
     result lost to a restart is found again here instead of ordered again."""
-    metadata = _metadata(site, Component.FRONTEND)
+    metadata = child_metadata(site, Component.FRONTEND)
     metadata["name"] = tls_secret_name_for(site.name)
     if placeholder:
         metadata["annotations"] = {PLACEHOLDER_ANNOTATION: "true"}
@@ -714,7 +715,7 @@ def render_frontend(
             site,
             Component.FRONTEND,
             ports=ports,
-            service_type=str(service.type),
+            service_type=str(spec.frontend.service_type),
             annotations=service.annotations,
             source_ranges=service.load_balancer_source_ranges,
             external_traffic_policy=(
@@ -753,7 +754,7 @@ def render_disruption_budget(
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": _metadata(site, component),
+            "metadata": child_metadata(site, component),
             "spec": {
                 "maxUnavailable": 1,
                 "selector": {"matchLabels": selector_labels(site.name, component)},
@@ -804,7 +805,7 @@ def render_challenges_config_map(site: SiteRef) -> dict[str, Any]:
     The operator patches only `data`, so applying this again never drops
     answers in flight (an empty desired `data` is a subset of any).
     """
-    metadata = _metadata(site, Component.CERT_REFRESH)
+    metadata = child_metadata(site, Component.CERT_REFRESH)
     metadata["name"] = challenges_config_map_name(site.name)
     metadata["labels"] = {**metadata["labels"], CHALLENGES_LABEL: site.name}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
@@ -816,13 +817,13 @@ def render_cert_refresh_access(site: SiteRef) -> list[dict[str, Any]]:
     account = {
         "apiVersion": "v1",
         "kind": "ServiceAccount",
-        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "metadata": child_metadata(site, Component.CERT_REFRESH),
         "automountServiceAccountToken": False,
     }
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
-        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "metadata": child_metadata(site, Component.CERT_REFRESH),
         "rules": [
             {
                 "apiGroups": [""],
@@ -837,7 +838,7 @@ def render_cert_refresh_access(site: SiteRef) -> list[dict[str, Any]]:
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
-        "metadata": _metadata(site, Component.CERT_REFRESH),
+        "metadata": child_metadata(site, Component.CERT_REFRESH),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": site.namespace}],
     }
@@ -965,5 +966,6 @@ def render_site(
         *render_cert_refresh(site, settings),
         *render_frontend(site, spec, settings, facts),
         *render_disruption_budget(site, Component.FRONTEND, spec.frontend.replicas),
+        *render_routes(child_metadata(site, Component.FRONTEND), spec),
     ]
     return [o if o["kind"] != "Deployment" or version_of(o) else stamp_version(o) for o in objects]
