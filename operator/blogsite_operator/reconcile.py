@@ -475,7 +475,7 @@ def reconcile_site(
             outcome,
             extra_conditions,
             now,
-            exposure.addresses,
+            exposure,
         )
         outcome.requeue_after = min(
             (
@@ -616,7 +616,7 @@ def _certificate_conditions(  # noqa: PLR0917 - one pass's facts, passed on
     outcome: Outcome,
     conditions: dict[str, Verdict],
     now: datetime.datetime,
-    public_addresses: tuple[str, ...],
+    exposure: Exposure,
 ) -> tuple[dict[str, Any] | None, float | None]:
     """CertificateReady and CertificateServed into `conditions`;
     status.certificate, and when to look again (ACME, the probe)."""
@@ -634,7 +634,7 @@ def _certificate_conditions(  # noqa: PLR0917 - one pass's facts, passed on
             outcome=outcome,
             now=now,
             ready_pods=ready_pods,
-            public_addresses=public_addresses,
+            exposure=exposure,
         )
         requeues.append(acme_requeue)
     if probe is not None:
@@ -658,7 +658,7 @@ def _certificate(
     outcome: Outcome,
     now: datetime.datetime,
     ready_pods: list[dict[str, Any]],
-    public_addresses: tuple[str, ...],
+    exposure: Exposure,
 ) -> tuple[Verdict, dict[str, Any] | None, float | None]:
     """CertificateReady, status.certificate and when to look again (ACME).
 
@@ -696,7 +696,8 @@ def _certificate(
         can_publish=is_owned_by(answers, ref.uid) if answers is not None else False,
         proxy_protocol=spec.frontend.proxy_protocol,
         ledger=lambda account: _ledger_of(api, ref.namespace, account),
-        expected_addresses=public_addresses,
+        expected_addresses=exposure.addresses,
+        gateway_address=exposure.gateway_address,
     )
     outcome.events.extend(Event(*event) for event in driven.events)
     if driven.folded is not None:
@@ -991,6 +992,7 @@ class Exposure:
     addresses: tuple[str, ...] = ()  # the Gateway's, then the frontend Service's own
     gateway: dict[str, Any] | None = None  # status.gateway
     recheck_after: float | None = None  # routes and Gateways are read, not watched
+    gateway_address: str | None = None  # where the self-check goes, behind a Gateway
 
 
 def _exposure(
@@ -1018,6 +1020,7 @@ def _exposure(
             "routes": list(judgement.routes),
         },
         judgement.recheck_after,
+        judgement.addresses[0] if judgement.addresses else None,
     )
 
 

@@ -72,12 +72,14 @@ def drive_acme(
     proxy_protocol: bool = False,
     ledger: Callable[[models.Acme], Ledger | None] | None = None,
     expected_addresses: tuple[str, ...] = (),
+    gateway_address: str | None = None,
 ) -> AcmeOutcome:
     """`can_publish`: the answers ConfigMap exists (the first pass creates it);
     `proxy_protocol`: the frontend's port 80 expects it (the self-check too);
     `ledger`: what an ACME account (of these settings) ordered lately (None:
     not known); `expected_addresses`: where the names must resolve (the
-    preflight)."""
+    preflight); `gateway_address`: the shared Gateway the site is behind,
+    through which the self-check goes."""
     key = (site.namespace, site.name)
     state = _State.from_status(previous)
     events: list[tuple[str, str, str]] = []
@@ -146,6 +148,7 @@ def drive_acme(
                     replaces=target.replaces,
                     renewal=target.renewal,
                     expected_addresses=expected_addresses,
+                    gateway_address=gateway_address,
                 )
             )
             busy = True

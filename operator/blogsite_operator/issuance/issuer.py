@@ -101,6 +101,9 @@ class IssueJob:
     # Where the names must resolve for the preflight (the frontend Service's
     # external addresses); empty: anywhere, as long as the fetch gets here.
     expected_addresses: tuple[str, ...] = field(default=(), compare=False)
+    # Behind a shared Gateway: its address, through which the self-check
+    # fetches the answers (the way the CA comes), instead of the Service.
+    gateway_address: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,9 @@ class CertificateIssuer:
                         replaces=job.replaces,
                     ),
                     publish=lambda answers: self._publish(site, answers),
-                    self_check=self._self_checker(site, proxy_protocol=job.proxy_protocol),
+                    self_check=self._self_checker(
+                        site, proxy_protocol=job.proxy_protocol, gateway=job.gateway_address
+                    ),
                 )
             except IssuanceError as error:
                 error.message = f"{error.message} ({session.counter.requests} ACME requests)"
@@ -431,12 +436,15 @@ class CertificateIssuer:
             ) from None
 
     def _self_checker(
-        self, site: SiteRef, *, proxy_protocol: bool = False
+        self, site: SiteRef, *, proxy_protocol: bool = False, gateway: str | None = None
     ) -> Callable[[list[tuple[str, str, str]]], None] | None:
         target = self.settings.self_check
         if target is None:
             return None
-        if target == "frontend":
+        if target == "frontend" and gateway is not None:
+            # Through the Gateway's HTTP listener: its route, not only nginx.
+            target = f"[{gateway}]:80" if ":" in gateway else f"{gateway}:80"
+        elif target == "frontend":
             target = f"{child_name(site.name, Component.FRONTEND)}.{site.namespace}.svc:80"
         address = target
 
