@@ -24,9 +24,8 @@ from typing import Any
 
 import yaml
 
-from tests.support import wait_for
+from tests.support import built_tool, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 CONTROLLER = "traefik.io/gateway-controller"
 GATEWAY_CLASS = "blogsite-test-traefik"
 GATEWAY = "shared"
@@ -37,14 +36,7 @@ RESTRICTED_HOSTNAME = "only.gateway.example.test"
 
 def traefik_paths() -> tuple[Path, Path]:
     """The traefik binary and the directory of the Gateway API CRDs (built if missing)."""
-    built = subprocess.run(
-        [str(ROOT / "hack" / "build-tools.sh"), "traefik"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    paths = dict(line.split("=", 1) for line in built.stdout.splitlines() if "=" in line)
-    directory = Path(paths["TRAEFIK_BIN"])
+    directory = built_tool("traefik", "TRAEFIK_BIN")
     return directory / "traefik", directory / "gateway-api-crds"
 
 

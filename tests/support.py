@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,23 @@ def worker_port(port: int) -> int:
     (every fixed base port differs from the others by less than that)."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
     return port + 300 * int(worker.removeprefix("gw") or 0)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def built_tool(name: str, variable: str) -> Path:
+    """The bin directory `hack/build-tools.sh NAME` prints as VARIABLE=PATH:
+    the tool at the version hack/versions.env pins, built if missing (a
+    build that fails fails the test)."""
+    result = subprocess.run(
+        [str(ROOT / "hack" / "build-tools.sh"), name],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    paths = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
+    return Path(paths[variable])
 
 
 def free_port() -> int:

@@ -9,20 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support import built_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "blogsite-operator"
 
 
 def helm_binary() -> str:
     """helm at the pinned version, built if missing (a missing one fails)."""
-    result = subprocess.run(
-        [str(ROOT / "hack" / "build-tools.sh"), "helm"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    paths = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    return str(Path(paths["HELM_BIN"]) / "helm")
+    return str(built_tool("helm", "HELM_BIN") / "helm")
 
 
 class Helm:
