@@ -34,6 +34,8 @@ CRD_CASES = "tests/integration/test_crd_validation.py::test_invalid_blogsite_is_
 CANARY_STEPS = "tests/unit/test_canary_policy.py::TestSteps::"
 CANARY_GATE = "tests/unit/test_canary_gate.py::"
 CANARY_SPLIT = "tests/nginx/test_canary_split.py::"
+GATEWAY = "tests/integration/test_gateway.py::"
+GATEWAY_UNIT = "tests/unit/test_gateway.py::"
 
 
 @dataclass(frozen=True)
@@ -615,6 +617,54 @@ MUTANTS = [
                 "test_a_canary_with_no_counts_to_read_passes_on_health_alone_and_says_so"
             ),
         ),
+    ),
+    Mutant(
+        "gateway-without-tls-route",
+        "a site behind a Gateway gets no TLSRoute: HTTPS never reaches its nginx",
+        "operator/blogsite_operator/render/routes.py",
+        "    return ROUTE_KINDS if spec.tls is not None else (HTTP_ROUTE,)",
+        "    return (HTTP_ROUTE,)",
+        (
+            GATEWAY_UNIT + "TestRoutes::test_every_name_goes_to_the_frontend_by_http_and_by_sni",
+            GATEWAY + "test_three_sites_share_one_gateway_address_each_with_its_own_certificate",
+        ),
+    ),
+    Mutant(
+        "gateway-verdict-not-read",
+        "a route the Gateway refused is reported accepted: status says served, no one is",
+        "operator/blogsite_operator/policies/gateway.py",
+        "        if status != CONDITION_TRUE:\n            said",
+        "        if False:\n            said",
+        (
+            GATEWAY_UNIT
+            + "TestJudgeGateway::test_a_refused_route_carries_the_gateways_reason_and_message",
+            GATEWAY
+            + "test_a_route_the_gateway_cannot_take_is_shown_with_its_reason_until_fixed"
+            + "[refused-by-the-gateway]",
+        ),
+    ),
+    Mutant(
+        "gateway-overrides-the-service-type",
+        "behind a Gateway the Service is ClusterIP whatever its type: a site cannot move "
+        "onto the Gateway (or off it) with its own Service still serving",
+        "operator/blogsite_operator/models.py",
+        "        if self.service.type is not None:",
+        "        if self.service.type is not None and self.gateway is None:",
+        (
+            "tests/unit/test_models.py::TestTls::"
+            "test_a_gateway_is_named_and_excludes_the_proxy_protocol",
+            GATEWAY + "test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_"
+            "failed_request",
+        ),
+    ),
+    Mutant(
+        "self-check-past-the-gateway",
+        "behind a Gateway the ACME self-check still asks the frontend Service, not the way "
+        "the CA comes (from outside the cluster it cannot even reach it)",
+        "operator/blogsite_operator/issuance/issuer.py",
+        '        if target == "frontend" and gateway is not None:',
+        "        if False:",
+        (GATEWAY + "test_three_sites_share_one_gateway_address_each_with_its_own_certificate",),
     ),
 ]
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tests.gateway import Gateway, running_gateway
+from tests.gateway import RESTRICTED_HOSTNAME, RESTRICTED_LISTENER, Gateway, running_gateway
 from tests.integration.conftest import OperatorProcess
 from tests.integration.test_real_node import (
     PAGE,
@@ -338,3 +338,204 @@ def test_what_the_gateway_adds_to_latency_and_what_it_carries(
         f"connection each): {sent / took:.0f} requests/s over {took:.1f}s, {failed} failed"
     )
     assert failed == 0, [c.summary() for c in clients if c.failures]
+
+
+def gateway_condition(shared: Shared, site: str, *, pending_ok: bool = False) -> dict[str, Any]:
+    found = condition(shared.status(site), "GatewayAccepted")
+    if not found or (found["reason"] == "RoutePending" and not pending_ok):
+        return {}
+    return found
+
+
+@pytest.mark.parametrize(
+    ("site", "listeners", "reason", "words"),
+    [
+        # Traefik's own verdict (with no message) on a TLSRoute whose names
+        # the listener does not allow.
+        (
+            "delta",
+            {"tlsListener": RESTRICTED_LISTENER},
+            "NoMatchingListenerHostname",
+            "TLSRoute delta-frontend: Accepted False by",
+        ),
+        # The operator's finding, from the Gateway's spec: no route could attach.
+        (
+            "epsilon",
+            {"httpListener": "tls"},
+            "NoHTTPListener",
+            "listener 'tls' is not protocol HTTP",
+        ),
+    ],
+    ids=["refused-by-the-gateway", "no-listener-for-the-protocol"],
+)
+def test_a_route_the_gateway_cannot_take_is_shown_with_its_reason_until_fixed(
+    shared: Shared, site: str, listeners: dict[str, str], reason: str, words: str
+) -> None:
+    shape = SiteShape(site, (f"{site}.{ZONE}",), (), "serve")
+    assert RESTRICTED_HOSTNAME not in shape.domains
+    shared.pebble.resolve(shape.domains[0], shared.gateway.address)
+    spec = site_spec(shared, shape)
+    spec["spec"]["frontend"]["gateway"].update(listeners)
+    shared.kubectl.apply(spec, shared.namespace)
+    refused = wait_for(
+        lambda: found if (found := gateway_condition(shared, site)) else None,
+        timeout=120,
+        what=f"GatewayAccepted decided for {site}",
+    )
+    assert (refused["status"], refused["reason"]) == ("False", reason), refused
+    assert words in refused["message"], refused
+    assert f"Gateway {shared.gateway.namespace}/shared" in refused["message"], refused
+    # Once its pods are available, Ready says why no one is served.
+    ready = wait_for(
+        lambda: (
+            found
+            if (found := condition(shared.status(site), "Ready")).get("reason")
+            != ("ComponentsNotAvailable")
+            else None
+        ),
+        timeout=180,
+        what=f"{site}'s pods available",
+    )
+    assert (ready["status"], ready["reason"]) == ("False", reason), ready
+    # Fixed: the same site on the Gateway's open listeners is accepted.
+    shared.kubectl.apply(site_spec(shared, shape), shared.namespace)
+    wait_for(
+        lambda: gateway_condition(shared, site).get("status") == "True",
+        timeout=120,
+        what=f"{site} accepted once it names no listener",
+    )
+    shared.kubectl.run("delete", "blogsite", site, "-n", shared.namespace)
+
+
+def test_a_frontend_rollout_behind_the_gateway_fails_no_request(
+    shared: Shared, sites: dict[str, dict[str, Any]]
+) -> None:
+    alpha, gamma = SITES[0], SITES[2]
+    tls = tls_context(shared.root_pem)
+    address = shared.gateway.address
+    before = shared.kubectl.json("get", "deployment", "alpha-frontend", "-n", shared.namespace)
+    with (
+        Traffic(address, 443, alpha.domains[0], tls, PAGE) as secure,
+        Traffic(address, 80, alpha.domains[1], None, PAGE) as plain,
+        Traffic(address, 443, gamma.domains[0], tls, PAGE) as neighbour,
+    ):
+        # A new nginx configuration: the frontend rolls, pod by pod.
+        shared.kubectl.apply(site_spec(shared, alpha, hsts={"maxAgeSeconds": 60}), shared.namespace)
+        wait_for(
+            lambda: (
+                shared.kubectl.json("get", "deployment", "alpha-frontend", "-n", shared.namespace)[
+                    "metadata"
+                ]["generation"]
+                > before["metadata"]["generation"]
+            ),
+            timeout=60,
+            what="the frontend Deployment changed",
+        )
+        wait_for(
+            lambda: frontend_settled(shared, "alpha"),
+            timeout=180,
+            what="the frontend rolled out, no old pod left",
+        )
+    for client in (secure, plain, neighbour):
+        assert client.sent > 100, client.summary()
+        assert not client.failures, client.summary()
+    FIGURES.append(
+        "gateway: a frontend rollout behind the Gateway: "
+        + "; ".join(c.summary() for c in (secure, plain, neighbour))
+    )
+    response = through_gateway(shared, alpha.domains[0])
+    assert response.headers.get("Strict-Transport-Security") == "max-age=60"
+
+
+def routes_of(shared: Shared, site: str) -> list[str]:
+    found = shared.kubectl.run(
+        "get", "httproutes,tlsroutes", "-n", shared.namespace,
+        "-l", f"app.kubernetes.io/instance={site}", "-o", "name",
+    )  # fmt: skip
+    return sorted(found.stdout.split())
+
+
+def frontend_service(shared: Shared, site: str) -> dict[str, Any]:
+    found: dict[str, Any] = shared.kubectl.json(
+        "get", "service", f"{site}-frontend", "-n", shared.namespace
+    )
+    return found
+
+
+def test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_failed_request(
+    shared: Shared, sites: dict[str, dict[str, Any]]
+) -> None:
+    gamma = SITES[2]
+    name = gamma.domains[0]
+    tls = tls_context(shared.root_pem)
+    address = shared.gateway.address
+    services = f"app.kubernetes.io/instance={gamma.name}"
+    without_gateway = site_spec(shared, gamma, service={"type": "NodePort"})
+    del without_gateway["spec"]["frontend"]["gateway"]
+
+    def node_port() -> int:
+        ports = frontend_service(shared, gamma.name)["spec"]["ports"]
+        return int(next(p["nodePort"] for p in ports if p["port"] == 443))
+
+    # Leaving: first the site's own Service (a NodePort) beside the routes,
+    # clients move to it, then the Gateway goes.
+    with Traffic(address, 443, name, tls, PAGE) as on_gateway:
+        shared.kubectl.apply(
+            site_spec(shared, gamma, service={"type": "NodePort"}), shared.namespace
+        )
+        wait_for(
+            lambda: frontend_service(shared, gamma.name)["spec"]["type"] == "NodePort",
+            what="gamma's own NodePort Service",
+        )
+        with Traffic(shared.node.ip, node_port(), name, tls, PAGE) as on_node_port:
+            wait_for(lambda: len(on_node_port.completed) > 20, what="clients on the NodePort")
+            on_gateway.stop()
+            shared.kubectl.apply(without_gateway, shared.namespace)
+            wait_for(lambda: not routes_of(shared, gamma.name), what="gamma's routes deleted")
+            wait_for(
+                lambda: (
+                    "gateway" not in shared.status(gamma.name)
+                    and not condition(shared.status(gamma.name), "GatewayAccepted")
+                ),
+                what="status without the Gateway",
+            )
+            # Coming back: routes beside the NodePort, clients move, then
+            # the type is left to the default behind a gateway, ClusterIP.
+            shared.kubectl.apply(
+                site_spec(shared, gamma, service={"type": "NodePort"}), shared.namespace
+            )
+            wait_for(
+                lambda: gateway_condition(shared, gamma.name).get("status") == "True",
+                timeout=120,
+                what="gamma's routes accepted again",
+            )
+            with Traffic(address, 443, name, tls, PAGE) as back_on_gateway:
+                wait_for(lambda: len(back_on_gateway.completed) > 20, what="clients on the Gateway")
+                on_node_port.stop()
+                shared.kubectl.apply(site_spec(shared, gamma), shared.namespace)
+                wait_for(
+                    lambda: frontend_service(shared, gamma.name)["spec"]["type"] == "ClusterIP",
+                    what="gamma's Service back to ClusterIP",
+                )
+                closed_at = len(back_on_gateway.completed)
+                wait_for(
+                    lambda: len(back_on_gateway.completed) > closed_at + 50,
+                    what="requests through the Gateway after the NodePort closed",
+                )
+    for client in (on_gateway, on_node_port, back_on_gateway):
+        assert client.sent > 20, client.summary()
+        assert not client.failures, client.summary()
+    FIGURES.append(
+        "gateway: gamma off the Gateway onto its NodePort and back: "
+        + "; ".join(c.summary() for c in (on_gateway, on_node_port, back_on_gateway))
+    )
+    assert routes_of(shared, gamma.name) == [
+        "httproute.gateway.networking.k8s.io/gamma-frontend",
+        "tlsroute.gateway.networking.k8s.io/gamma-frontend",
+    ]
+    frontend_services = shared.kubectl.run(
+        "get", "services", "-n", shared.namespace, "-l",
+        f"{services},app.kubernetes.io/component=frontend", "-o", "name",
+    )  # fmt: skip
+    assert frontend_services.stdout.split() == ["service/gamma-frontend"]
+    assert "nodePort" not in str(frontend_service(shared, gamma.name)["spec"]["ports"])
