@@ -651,8 +651,7 @@ MUTANTS = [
         "        if self.service.type is not None:",
         "        if self.service.type is not None and self.gateway is None:",
         (
-            "tests/unit/test_models.py::TestTls::"
-            "test_a_gateway_is_named_and_excludes_the_proxy_protocol",
+            "tests/unit/test_models.py::TestTls::test_a_gateway_is_named_and_excludes_the_proxy_protocol",
             GATEWAY + "test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_"
             "failed_request",
         ),
