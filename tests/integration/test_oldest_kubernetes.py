@@ -14,12 +14,23 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import yaml
 
 from tests.chart.conftest import CHART, Helm, helm_binary
 from tests.integration import test_crd_validation, test_operator
-from tests.integration.conftest import HACK, ROOT, TEST_CLUSTER_ENV, Kubectl, cluster_env
+from tests.integration.conftest import (
+    HACK,
+    ROOT,
+    TEST_CLUSTER_ENV,
+    Kubectl,
+    OperatorProcess,
+    cluster_env,
+)
+from tests.integration.test_operator import EXAMPLE, condition
+from tests.support import wait_for
 
 OLDEST_ENV = {
     **TEST_CLUSTER_ENV,
@@ -75,6 +86,32 @@ test_defaults_are_applied_by_the_api_server = (
 test_blogsite_becomes_ready_with_owned_children = (
     test_operator.test_blogsite_becomes_ready_with_owned_children
 )
+
+
+def test_a_site_behind_a_gateway_without_the_gateway_api_is_refused_in_words(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """This cluster has no Gateway API (the other one gets it from the Gateway
+    tests): the operator starts, reconciles the rest of such a site, and
+    says why it cannot be reached."""
+    absent = kubectl.run("get", "crd", "httproutes.gateway.networking.k8s.io", check=False)
+    assert absent.returncode != 0, absent.stdout
+    site = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    site["spec"].setdefault("frontend", {})["gateway"] = {"name": "shared", "namespace": "gw"}
+    kubectl.apply(site, namespace)
+    name = site["metadata"]["name"]
+
+    def refused() -> dict[str, Any] | None:
+        found = kubectl.json("get", "blogsite", name, "-n", namespace)
+        ready = condition(found, "Ready")
+        return found if ready.get("reason") == "GatewayAPINotInstalled" else None
+
+    found = wait_for(refused, timeout=120, what="Ready False for want of the Gateway API")
+    accepted = condition(found, "GatewayAccepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "GatewayAPINotInstalled")
+    assert "install its CRDs" in accepted["message"]
+    assert condition(found, "FrontendAvailable")["status"] == "True"
+    assert condition(found, "Reconciled")["status"] == "True"
 
 
 def test_helm_installs_the_chart(kubectl: Kubectl, namespace: str) -> None:
