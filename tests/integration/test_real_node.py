@@ -592,6 +592,11 @@ MUST = [
     ("create", "roles.rbac.authorization.k8s.io", "WATCHED"),
     ("create", "events", "WATCHED"),
     ("list", "pods", "WATCHED"),
+    # A site behind a Gateway: its routes, by name; Gateways read only.
+    ("create", "httproutes.gateway.networking.k8s.io", "WATCHED"),
+    ("patch", "tlsroutes.gateway.networking.k8s.io", "WATCHED"),
+    ("delete", "httproutes.gateway.networking.k8s.io", "WATCHED"),
+    ("get", "gateways.gateway.networking.k8s.io", "WATCHED"),
 ]
 MUST_NOT = [
     ("delete", "blogsites.blog.daedalus.dev", "WATCHED"),
@@ -608,6 +613,11 @@ MUST_NOT = [
     ("escalate", "roles.rbac.authorization.k8s.io", "WATCHED"),
     ("bind", "roles.rbac.authorization.k8s.io", "WATCHED"),
     ("impersonate", "serviceaccounts", "WATCHED"),
+    ("list", "httproutes.gateway.networking.k8s.io", "WATCHED"),
+    ("patch", "gateways.gateway.networking.k8s.io", "WATCHED"),
+    ("create", "gateways.gateway.networking.k8s.io", "WATCHED"),
+    ("delete", "gateways.gateway.networking.k8s.io", "*"),
+    ("create", "gatewayclasses.gateway.networking.k8s.io", "*"),
 ]
 NAMESPACED_MUST_NOT = [
     ("get", "secrets", "kube-system"),
@@ -616,11 +626,14 @@ NAMESPACED_MUST_NOT = [
     ("watch", "blogsites.blog.daedalus.dev", "*"),
     ("list", "blogsites.blog.daedalus.dev", "default"),
     ("create", "deployments.apps", "default"),
+    ("create", "httproutes.gateway.networking.k8s.io", "default"),
+    ("get", "gateways.gateway.networking.k8s.io", "default"),
 ]
 CLUSTER_WIDE_MUST = [
     ("list", "secrets", "*"),
     ("watch", "blogsites.blog.daedalus.dev", "*"),
     ("create", "deployments.apps", "default"),
+    ("get", "gateways.gateway.networking.k8s.io", "default"),
 ]
 
 
