@@ -77,6 +77,22 @@ def _canary_lines(canary: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _reached_lines(status: dict[str, Any]) -> list[str]:
+    """Where the site is reached: its addresses, and the Gateway's routes."""
+    addresses = ", ".join(status.get("externalAddresses") or []) or "none outside the cluster"
+    gateway = status.get("gateway")
+    lines = ["", "Reached at:", f"  {addresses}"]
+    if gateway:
+        lines.append(f"  through Gateway {gateway.get('namespace')}/{gateway.get('name')}")
+        for route in gateway.get("routes") or []:
+            said = f"  {route['message']}" if route.get("message") else ""
+            lines.append(
+                f"    {route.get('kind')} {route.get('name')}: accepted "
+                f"{route.get('accepted')}, refs resolved {route.get('resolvedRefs')}{said}"
+            )
+    return lines
+
+
 def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
     """One screen about a site: pure, for tests."""
     metadata, spec = site["metadata"], site.get("spec") or {}
@@ -99,6 +115,7 @@ def status_screen(site: dict[str, Any], events: list[dict[str, Any]]) -> str:
             f"  {condition['type']:<{width}} {condition.get('status', '?'):<7} "
             f"{condition.get('reason', ''):<22} {condition.get('message', '')}"
         )
+    lines += _reached_lines(status)
     certificate = status.get("certificate")
     lines += ["", "Certificate:"]
     if not certificate:

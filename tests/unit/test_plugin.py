@@ -79,3 +79,38 @@ def test_a_canary_under_way_shows_its_step_share_and_figures() -> None:
     screen = status_screen({**SITE, "status": status}, [])
     assert "canary        d:3: Step 2/3, 25% of requests, paused" in screen
     assert "1 of 120 canary requests failed (stable 0.50%)" in screen
+
+
+def test_a_site_behind_a_gateway_shows_its_address_and_the_gateways_verdicts() -> None:
+    gateway = {
+        "name": "shared",
+        "namespace": "gateways",
+        "routes": [
+            {
+                "kind": "HTTPRoute",
+                "name": "notes-frontend",
+                "accepted": "True",
+                "resolvedRefs": "True",
+            },
+            {
+                "kind": "TLSRoute",
+                "name": "notes-frontend",
+                "accepted": "False",
+                "resolvedRefs": "True",
+                "message": "NotAllowedByListeners: namespace not allowed",
+            },
+        ],
+    }
+    status: dict[str, Any] = {
+        **SITE["status"],  # type: ignore[dict-item]
+        "externalAddresses": ["198.18.0.80"],
+        "gateway": gateway,
+    }
+    screen = status_screen({**SITE, "status": status}, [])
+    assert "Reached at:\n  198.18.0.80\n  through Gateway gateways/shared" in screen
+    assert "HTTPRoute notes-frontend: accepted True, refs resolved True\n" in screen
+    assert (
+        "TLSRoute notes-frontend: accepted False, refs resolved True  "
+        "NotAllowedByListeners: namespace not allowed"
+    ) in screen
+    assert "Reached at:\n  none outside the cluster" in status_screen(SITE, [])
