@@ -1235,3 +1235,20 @@ class TestGateway:
                 raise AssertionError("asked")
 
         reconcile_site(Asked(), site(), RenderSettings())
+
+    def test_someone_elses_route_of_the_same_name_is_reported_never_written(self) -> None:
+        api = GatewayApi()
+        theirs = {
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "blog-frontend", "namespace": "ns", "uid": "theirs"},
+            "spec": {"hostnames": ["other.example.com"]},
+        }
+        api.objects[("HTTPRoute", "ns", "blog-frontend")] = copy.deepcopy(theirs)
+        outcome = reconcile_site(api, site(frontend=BEHIND_GATEWAY), RenderSettings())
+        assert "HTTPRoute blog-frontend" in outcome.conflicts
+        assert api.objects[("HTTPRoute", "ns", "blog-frontend")] == theirs
+        assert self.conditions(api)["Reconciled"]["reason"] == "NameConflict"
+        leaving = reconcile_site(api, site(status=api.status), RenderSettings())
+        assert "HTTPRoute blog-frontend" not in " ".join(leaving.deleted)
+        assert api.objects[("HTTPRoute", "ns", "blog-frontend")] == theirs
