@@ -40,6 +40,18 @@ def traefik_paths() -> tuple[Path, Path]:
     return directory / "traefik", directory / "gateway-api-crds"
 
 
+def install_gateway_api(kubectl: Any) -> None:
+    """The Gateway API CRDs, Established; they stay (other tests may use them)."""
+    _, crds = traefik_paths()
+    kubectl.install_crds(
+        str(crds),
+        *[
+            f"{plural}.gateway.networking.k8s.io"
+            for plural in ("gateways", "httproutes", "tlsroutes")
+        ],
+    )
+
+
 def gateway_manifests(namespace: str) -> list[dict[str, Any]]:
     """The GatewayClass Traefik takes and one Gateway: HTTP on 80, TLS
     passthrough on 443 for any name, and a passthrough listener for one
@@ -101,15 +113,10 @@ class Gateway:
 def running_gateway(
     kubectl: Any, address: str, namespace: str, watched: list[str], state_dir: Path
 ) -> Iterator[Gateway]:
-    """The Gateway API CRDs installed (they stay: other tests may be using
-    them), a Gateway in `namespace`, and Traefik serving it on `address`
+    """The Gateway API CRDs installed, a Gateway in `namespace`, and Traefik serving it on `address`
     ports 80 and 443 for routes in `watched` namespaces, until the block ends."""
-    traefik, crds = traefik_paths()
-    kubectl.run("apply", "--server-side", "--force-conflicts", "-f", str(crds))
-    kubectl.run(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        *[f"crd/{p}.gateway.networking.k8s.io" for p in ("gateways", "httproutes", "tlsroutes")],
-    )  # fmt: skip
+    traefik, _ = traefik_paths()
+    install_gateway_api(kubectl)
     manifests = yaml.safe_dump_all(gateway_manifests(namespace))
     kubectl.run("apply", "-f", "-", stdin=manifests)
     gateway = Gateway(

@@ -99,6 +99,26 @@ class Kubectl:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
         self.run("apply", "-n", namespace, "-f", "-", stdin=text)
 
+    def install_crds(self, path: str, *names: str) -> None:
+        """Server-side apply the CRDs at `path` and wait until `names` are
+        Established. Polled, not `kubectl wait`: right after the apply a CRD
+        can have no conditions yet, and `kubectl wait` then fails at once
+        (".status.conditions accessor error") instead of waiting."""
+        self.run("apply", "--server-side", "--force-conflicts", "-f", path)
+
+        def established() -> bool:
+            for name in names:
+                found = self.run(
+                    "get", "crd", name, "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                    check=False,
+                )  # fmt: skip
+                if found.stdout.strip() != "True":
+                    return False
+            return True
+
+        wait_for(established, timeout=60, what=f"{', '.join(names)} Established")
+
     def exists(self, kind: str, name: str, namespace: str) -> bool:
         result = self.run("get", kind, name, "-n", namespace, "-o", "name", check=False)
         return result.returncode == 0
@@ -227,12 +247,7 @@ def kubectl(request: pytest.FixtureRequest) -> Kubectl:
         client = _kind_cluster(request)
     else:
         client = _kwok_cluster(request)
-    client.run(
-        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "blogsite.yaml")
-    )
-    client.run(
-        "wait", "--for=condition=Established", "crd/blogsites.blog.daedalus.dev", "--timeout=60s"
-    )
+    client.install_crds(str(ROOT / "crds" / "blogsite.yaml"), "blogsites.blog.daedalus.dev")
     return client
 
 

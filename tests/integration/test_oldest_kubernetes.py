@@ -52,19 +52,7 @@ def kubectl() -> Iterator[Kubectl]:
     try:
         env = cluster_env(env=OLDEST_ENV)
         client = Kubectl(binary=env["KUBECTL"], kubeconfig=env["KUBECONFIG"])
-        client.run(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            str(ROOT / "crds" / "blogsite.yaml"),
-        )
-        client.run(
-            "wait",
-            "--for=condition=Established",
-            "crd/blogsites.blog.daedalus.dev",
-            "--timeout=60s",
-        )
+        client.install_crds(str(ROOT / "crds" / "blogsite.yaml"), "blogsites.blog.daedalus.dev")
         yield client
     finally:
         if os.environ.get("BLOGSITE_TEST_KEEP_CLUSTER") != "1":
