@@ -51,6 +51,7 @@ from tests.acme_faults import (
     orders_naming_what_they_replace,
 )
 from tests.chart.conftest import CHART, Helm, helm_binary
+from tests.gateway import install_gateway_api
 from tests.integration.conftest import (
     Kubectl,
     Watch,
@@ -655,6 +656,7 @@ def test_the_namespaced_release_has_the_rights_it_needs_and_no_others(
     kubectl: Kubectl, release: Release, operator_pod: dict[str, Any]
 ) -> None:
     assert operator_pod["spec"]["serviceAccountName"] == RELEASE
+    install_gateway_api(kubectl)  # `kubectl auth can-i` knows only served resources
     check_rights(kubectl, OPERATOR_USER, release.watched, MUST, expected=True)
     check_rights(kubectl, OPERATOR_USER, release.watched, MUST_NOT, expected=False)
     check_rights(kubectl, OPERATOR_USER, release.watched, NAMESPACED_MUST_NOT, expected=False)
@@ -681,6 +683,7 @@ def test_the_cluster_wide_rules_allow_every_namespace_and_nothing_more(
         "templates/rbac.yaml",
     )
     kubectl.run("apply", "-f", "-", stdin=rendered)
+    install_gateway_api(kubectl)
     try:
         user = f"system:serviceaccount:{namespace}:probe-blogsite-operator"
         check_rights(kubectl, user, "default", MUST + CLUSTER_WIDE_MUST, expected=True)
