@@ -447,6 +447,15 @@ def test_a_frontend_rollout_behind_the_gateway_fails_no_request(
     assert response.headers.get("Strict-Transport-Security") == "max-age=60"
 
 
+def answers(address: str, port: int, name: str, tls: Any) -> bool:
+    """One request to the site at address:port comes back with the page."""
+    try:
+        response = request(address, port, name, tls=tls)
+    except OSError:
+        return False
+    return response.status == 200 and PAGE in response.body
+
+
 def routes_of(shared: Shared, site: str) -> list[str]:
     found = shared.kubectl.run(
         "get", "httproutes,tlsroutes", "-n", shared.namespace,
@@ -487,7 +496,11 @@ def test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_failed
             lambda: frontend_service(shared, gamma.name)["spec"]["type"] == "NodePort",
             what="gamma's own NodePort Service",
         )
-        with Traffic(shared.node.ip, node_port(), name, tls, PAGE) as on_node_port:
+        # As a user would before moving DNS: the new path answers (kube-proxy
+        # opens a new NodePort a moment after the Service has it).
+        port = node_port()
+        wait_for(lambda: answers(shared.node.ip, port, name, tls), what="the NodePort answering")
+        with Traffic(shared.node.ip, port, name, tls, PAGE) as on_node_port:
             wait_for(lambda: len(on_node_port.completed) > 20, what="clients on the NodePort")
             on_gateway.stop()
             shared.kubectl.apply(without_gateway, shared.namespace)
@@ -509,6 +522,7 @@ def test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_failed
                 timeout=120,
                 what="gamma's routes accepted again",
             )
+            wait_for(lambda: answers(address, 443, name, tls), what="the Gateway answering")
             with Traffic(address, 443, name, tls, PAGE) as back_on_gateway:
                 wait_for(lambda: len(back_on_gateway.completed) > 20, what="clients on the Gateway")
                 on_node_port.stop()
