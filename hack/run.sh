@@ -23,7 +23,15 @@ else
 fi
 
 "${kubectl_bin}" apply --server-side --force-conflicts -f "${root}/crds/blogsite.yaml" >/dev/null
-"${kubectl_bin}" wait --for=condition=Established crd/blogsites.blog.daedalus.dev --timeout=60s >/dev/null
+# Polled: right after the apply the CRD may have no conditions yet, and
+# `kubectl wait` then fails at once instead of waiting.
+for _ in $(seq 120); do
+  established="$("${kubectl_bin}" get crd blogsites.blog.daedalus.dev \
+    -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')"
+  [[ "${established}" == True ]] && break
+  sleep 0.5
+done
+[[ "${established}" == True ]] || { echo "the BlogSite CRD is not Established" >&2; exit 1; }
 
 # A local ACME server, so a certificate can be issued on a laptop: Pebble with
 # real HTTP-01 validation (its DNS sends every name to 127.0.0.1), and the
