@@ -44,6 +44,7 @@ def _is_xdist_worker(config: pytest.Config) -> bool:
 CHAINED_MODULES = (
     "tests/integration/test_real_node.py",
     "tests/integration/test_oldest_kubernetes.py",
+    "tests/integration/test_gateway.py",
 )
 
 
