@@ -291,6 +291,14 @@ def assert_page(response: Response) -> None:
     assert PAGE in response.body, response
 
 
+def none_failed(what: str, clients: tuple[Traffic, ...], at_least: int) -> None:
+    """Each client sent more than `at_least` requests and none failed; the counts go to FIGURES."""
+    for client in clients:
+        assert client.sent > at_least, client.summary()
+        assert not client.failures, client.summary()
+    FIGURES.append(f"gateway: {what}: " + "; ".join(c.summary() for c in clients))
+
+
 def latencies(address: str, port: int, name: str, tls: Any, count: int) -> list[float]:
     taken = []
     for _ in range(count):
@@ -436,13 +444,7 @@ def test_a_frontend_rollout_behind_the_gateway_fails_no_request(
             timeout=180,
             what="the frontend rolled out, no old pod left",
         )
-    for client in (secure, plain, neighbour):
-        assert client.sent > 100, client.summary()
-        assert not client.failures, client.summary()
-    FIGURES.append(
-        "gateway: a frontend rollout behind the Gateway: "
-        + "; ".join(c.summary() for c in (secure, plain, neighbour))
-    )
+    none_failed("a frontend rollout behind the Gateway", (secure, plain, neighbour), 100)
     response = through_gateway(shared, alpha.domains[0])
     assert response.headers.get("Strict-Transport-Security") == "max-age=60"
 
@@ -536,12 +538,10 @@ def test_a_site_leaves_the_gateway_and_comes_back_under_traffic_without_a_failed
                     lambda: len(back_on_gateway.completed) > closed_at + 50,
                     what="requests through the Gateway after the NodePort closed",
                 )
-    for client in (on_gateway, on_node_port, back_on_gateway):
-        assert client.sent > 20, client.summary()
-        assert not client.failures, client.summary()
-    FIGURES.append(
-        "gateway: gamma off the Gateway onto its NodePort and back: "
-        + "; ".join(c.summary() for c in (on_gateway, on_node_port, back_on_gateway))
+    none_failed(
+        "gamma off the Gateway onto its NodePort and back",
+        (on_gateway, on_node_port, back_on_gateway),
+        20,
     )
     assert routes_of(shared, gamma.name) == [
         "httproute.gateway.networking.k8s.io/gamma-frontend",
