@@ -761,13 +761,17 @@ class ServedSite:
         return Traffic(self.frontend_ip, 80, DOMAINS[1], None, PAGE)
 
 
-def deployment(kubectl: Kubectl, namespace: str, component: str) -> dict[str, Any]:
-    body: dict[str, Any] = kubectl.json("get", "deployment", f"{SITE}-{component}", "-n", namespace)
+def deployment(
+    kubectl: Kubectl, namespace: str, component: str, site: str = SITE
+) -> dict[str, Any]:
+    body: dict[str, Any] = kubectl.json("get", "deployment", f"{site}-{component}", "-n", namespace)
     return body
 
 
-def rolled_out(kubectl: Kubectl, namespace: str, component: str, image: str | None = None) -> bool:
-    body = deployment(kubectl, namespace, component)
+def rolled_out(
+    kubectl: Kubectl, namespace: str, component: str, image: str | None = None, site: str = SITE
+) -> bool:
+    body = deployment(kubectl, namespace, component, site)
     spec, status = body["spec"], body.get("status") or {}
     replicas = spec["replicas"]
     current = spec["template"]["spec"]["containers"][0]["image"]
@@ -1313,6 +1317,18 @@ def soak_run(
         interval=1,
         what="the soak site's first certificate served",
     )
+    # Served by every Ready pod is not yet every pod: those started with the
+    # placeholder drain for 5 s, and a proxy that has not yet heard they are
+    # leaving can still send a new connection there.
+    wait_for(
+        lambda: frontend_replaced(
+            kubectl,
+            namespace,
+            deployment(kubectl, namespace, "frontend", SOAK_SITE)["spec"]["template"],
+            SOAK_SITE,
+        ),
+        what="the soak site's placeholder pods gone",
+    )
     client = HandshakeChecker(frontend_ip, SOAK_DOMAINS, tls_context(soak_pebble.root_pem()))
     with client, Watch(kubectl, namespace, f"blogsite/{SOAK_SITE}", "{.status}") as watch:
         serials, outage = renewals_through_an_outage(
@@ -1402,6 +1418,7 @@ class HandshakeChecker:
         self._thread = threading.Thread(target=self._run, name="handshakes", daemon=True)
 
     def __enter__(self) -> HandshakeChecker:
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
@@ -1419,7 +1436,8 @@ class HandshakeChecker:
                     ):
                         self.handshakes += 1
                 except ssl.SSLCertVerificationError as error:
-                    self.refused.append(f"{name}: {error.verify_message}")
+                    after = time.monotonic() - self._started
+                    self.refused.append(f"{name}: {error.verify_message} after {after:.1f}s")
                 except OSError as error:
                     self.other_errors.append(f"{name}: {error}")
 
@@ -1491,16 +1509,17 @@ def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
     return frontend_replaced(kubectl, namespace, template)
 
 
-def frontend_replaced(kubectl: Kubectl, namespace: str, template: dict[str, Any]) -> bool:
+def frontend_replaced(
+    kubectl: Kubectl, namespace: str, template: dict[str, Any], site: str = SITE
+) -> bool:
     """The frontend rolled out to this template and no older pod is left:
     every pod carries the template's labels and annotations (a renewal
     changes an annotation, not the version label)."""
-    if not rolled_out(kubectl, namespace, "frontend"):
+    if not rolled_out(kubectl, namespace, "frontend", site=site):
         return False
     wanted = {**template["metadata"]["labels"], **(template["metadata"].get("annotations") or {})}
-    pods = kubectl.json(
-        "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=frontend"
-    )["items"]
+    selector = f"app.kubernetes.io/component=frontend,app.kubernetes.io/instance={site}"
+    pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
     return all(
         wanted.items()
         <= {**p["metadata"]["labels"], **(p["metadata"].get("annotations") or {})}.items()
