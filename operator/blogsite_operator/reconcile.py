@@ -967,6 +967,10 @@ def _prune_routes(
             _delete_owned(api, ref, {**route, "kind": kind}, outcome)
 
 
+def _own(obj: dict[str, Any] | None, ref: SiteRef) -> dict[str, Any] | None:
+    return obj if obj is not None and is_owned_by(obj, ref.uid) else None
+
+
 def _judge_gateway(
     api: ClusterApi,
     ref: SiteRef,
@@ -980,7 +984,9 @@ def _judge_gateway(
     if routes_served:
         gateway = api.get("Gateway", attachment.namespace or ref.namespace, attachment.name)
         name = child_name(ref.name, Component.FRONTEND)
-        routes = {kind: api.get_child(kind, ref.namespace, name) for kind in kinds}
+        # Only our own: a route of that name someone else owns is a NameConflict,
+        # never judged as the site's.
+        routes = {kind: _own(api.get_child(kind, ref.namespace, name), ref) for kind in kinds}
         findings = GatewayFindings(True, gateway, routes)
     return judge_gateway(attachment, ref.namespace, kinds, findings)
 

@@ -1236,12 +1236,26 @@ class TestGateway:
 
         reconcile_site(Asked(), site(), RenderSettings())
 
-    def test_someone_elses_route_of_the_same_name_is_reported_never_written(self) -> None:
+    @pytest.mark.parametrize(
+        "metadata",
+        [
+            {},
+            # Labelled as this site's (copied from ours), owned by something else.
+            {
+                "labels": {"app.kubernetes.io/managed-by": MANAGED_BY, SITE_LABEL: "blog"},
+                "ownerReferences": [{"kind": "Application", "name": "blog", "uid": "argo"}],
+            },
+        ],
+        ids=["unlabelled", "labelled-as-ours"],
+    )
+    def test_someone_elses_route_of_the_same_name_is_reported_never_written(
+        self, metadata: dict[str, Any]
+    ) -> None:
         api = GatewayApi()
         theirs = {
             "apiVersion": "gateway.networking.k8s.io/v1",
             "kind": "HTTPRoute",
-            "metadata": {"name": "blog-frontend", "namespace": "ns", "uid": "theirs"},
+            "metadata": {"name": "blog-frontend", "namespace": "ns", "uid": "theirs", **metadata},
             "spec": {"hostnames": ["other.example.com"]},
         }
         api.objects[("HTTPRoute", "ns", "blog-frontend")] = copy.deepcopy(theirs)
@@ -1249,6 +1263,7 @@ class TestGateway:
         assert "HTTPRoute blog-frontend" in outcome.conflicts
         assert api.objects[("HTTPRoute", "ns", "blog-frontend")] == theirs
         assert self.conditions(api)["Reconciled"]["reason"] == "NameConflict"
+        assert self.conditions(api)["GatewayAccepted"]["status"] == "Unknown"
         leaving = reconcile_site(api, site(status=api.status), RenderSettings())
         assert "HTTPRoute blog-frontend" not in " ".join(leaving.deleted)
         assert api.objects[("HTTPRoute", "ns", "blog-frontend")] == theirs

@@ -106,7 +106,7 @@ def _route_verdict(
     summary = {"kind": kind, "name": name, "accepted": "Unknown", "resolvedRefs": "Unknown"}
     if route is None:
         return Verdict(CONDITION_UNKNOWN, "RoutePending", f"{kind} not created yet"), summary
-    parent = route["spec"]["parentRefs"][0]
+    parent = ((route.get("spec") or {}).get("parentRefs") or [{}])[0]
     entry = _parent_status(route, parent)
     if entry is None:
         message = f"waiting for {gateway} to accept {kind} {name}"
