@@ -31,6 +31,8 @@ from tests.integration.test_real_node import (
     PAGE,
     RealNode,
     create_real_namespace,
+    deployment,
+    frontend_replaced,
     real_node,  # noqa: F401 - a fixture
 )
 from tests.pebble import Pebble, running_pebble
@@ -172,24 +174,8 @@ def shared(
 def frontend_settled(shared: Shared, site: str) -> bool:
     """The frontend rolled out and no older pod is left: while one drains
     (5 s) it still answers connections the Gateway sent before it learned."""
-    deployment = shared.kubectl.json(
-        "get", "deployment", f"{site}-frontend", "-n", shared.namespace
-    )
-    spec, status = deployment["spec"], deployment.get("status") or {}
-    replicas = spec["replicas"]
-    if status.get("observedGeneration", 0) < deployment["metadata"]["generation"] or any(
-        status.get(k, 0) != replicas for k in ("replicas", "updatedReplicas", "availableReplicas")
-    ):
-        return False
-    template = spec["template"]["metadata"]
-    wanted = {**template["labels"], **(template.get("annotations") or {})}
-    selector = f"app.kubernetes.io/instance={site},app.kubernetes.io/component=frontend"
-    pods = shared.kubectl.json("get", "pods", "-n", shared.namespace, "-l", selector)["items"]
-    return len(pods) == replicas and all(
-        wanted.items()
-        <= {**p["metadata"]["labels"], **(p["metadata"].get("annotations") or {})}.items()
-        for p in pods
-    )
+    template = deployment(shared.kubectl, shared.namespace, "frontend", site)["spec"]["template"]
+    return frontend_replaced(shared.kubectl, shared.namespace, template, site)
 
 
 def served_and_accepted(shared: Shared, site: str) -> dict[str, Any] | None:

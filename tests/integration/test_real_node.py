@@ -1512,15 +1512,16 @@ def frontend_serves(kubectl: Kubectl, namespace: str, cert_pem: bytes) -> bool:
 def frontend_replaced(
     kubectl: Kubectl, namespace: str, template: dict[str, Any], site: str = SITE
 ) -> bool:
-    """The frontend rolled out to this template and no older pod is left:
-    every pod carries the template's labels and annotations (a renewal
-    changes an annotation, not the version label)."""
+    """The frontend rolled out to this template and no other pod is left (one
+    draining still answers): every pod carries the template's labels and
+    annotations (a renewal changes an annotation, not the version label)."""
+    replicas = deployment(kubectl, namespace, "frontend", site)["spec"]["replicas"]
     if not rolled_out(kubectl, namespace, "frontend", site=site):
         return False
     wanted = {**template["metadata"]["labels"], **(template["metadata"].get("annotations") or {})}
     selector = f"app.kubernetes.io/component=frontend,app.kubernetes.io/instance={site}"
     pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
-    return all(
+    return len(pods) == replicas and all(
         wanted.items()
         <= {**p["metadata"]["labels"], **(p["metadata"].get("annotations") or {})}.items()
         for p in pods
