@@ -784,6 +784,55 @@ def rolled_out(
     )
 
 
+def wait_rolled_out(  # noqa: PLR0917 - the wait, and what it is for
+    kubectl: Kubectl, namespace: str, component: str, image: str, what: str, timeout: float = 180
+) -> None:
+    """Wait for `rolled_out`; on timeout, say where the rollout stood: the
+    Deployment's conditions and each pod's phase and waiting reasons."""
+    try:
+        wait_for(
+            lambda: rolled_out(kubectl, namespace, component, image),
+            timeout=timeout,
+            interval=1,
+            what=what,
+        )
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{rollout_state(kubectl, namespace, component)}") from None
+
+
+def rollout_state(kubectl: Kubectl, namespace: str, component: str) -> str:
+    body = deployment(kubectl, namespace, component)
+    lines = [
+        f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message')}"
+        for c in (body.get("status") or {}).get("conditions") or []
+    ]
+    site = condition(site_status(kubectl, namespace), "RolloutHealthy")
+    lines.append(f"RolloutHealthy={site.get('status')} {site.get('reason')}: {site.get('message')}")
+    selector = f"app.kubernetes.io/component={component},app.kubernetes.io/instance={SITE}"
+    for pod in kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]:
+        status = pod.get("status") or {}
+        waiting = [
+            f"{c['name']}: {c['state']['waiting'].get('reason')} "
+            f"{c['state']['waiting'].get('message', '')}"
+            for c in [
+                *(status.get("initContainerStatuses") or []),
+                *(status.get("containerStatuses") or []),
+            ]
+            if "waiting" in (c.get("state") or {})
+        ]
+        conditions = {
+            c["type"]: c["status"]
+            if c["status"] == "True"
+            else f"{c.get('reason')}: {c.get('message')}"
+            for c in status.get("conditions") or []
+        }
+        lines.append(
+            f"pod {pod['metadata']['name']} {status.get('phase')} {conditions} "
+            f"deleting={bool(pod['metadata'].get('deletionTimestamp'))} {waiting}"
+        )
+    return "\n".join(lines)
+
+
 @pytest.fixture(scope="module")
 def served_site(
     kubectl: Kubectl,
@@ -1617,11 +1666,8 @@ def test_a_container_that_crashes_once_is_not_reverted(
     image = real_node.daedalus("crash-once")
     with site.traffic() as traffic:
         kubectl.apply(blogsite(real_node, pebble, image, rollout=ROLLING), site.namespace)
-        wait_for(
-            lambda: rolled_out(kubectl, site.namespace, "daedalus", image),
-            timeout=180,
-            interval=1,
-            what="the crash-once version rolled out",
+        wait_rolled_out(
+            kubectl, site.namespace, "daedalus", image, "the crash-once version rolled out"
         )
     FIGURES.append(f"real node: crash-once version rolled out; traffic: {traffic.summary()}")
     body = site_status(kubectl, site.namespace)
@@ -2145,11 +2191,8 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
         kubectl.apply(
             blogsite(real_node, pebble, image, daedalus=daedalus, rollout=ROLLING), site.namespace
         )
-        wait_for(
-            lambda: rolled_out(kubectl, site.namespace, "daedalus", image),
-            timeout=180,
-            interval=1,
-            what="the private blog image rolled out",
+        wait_rolled_out(
+            kubectl, site.namespace, "daedalus", image, "the private blog image rolled out"
         )
         # The old pods drain for a few seconds after the new ones are Ready.
         tls = tls_context(site.root_pem)
@@ -2160,11 +2203,8 @@ def test_a_real_blog_image_from_a_private_registry_runs_as_its_own_user(
         )
         # Back to the stand-in the other tests use (a change like any other).
         kubectl.apply(blogsite(real_node, pebble, site.good_image, rollout=ROLLING), site.namespace)
-        wait_for(
-            lambda: rolled_out(kubectl, site.namespace, "daedalus", site.good_image),
-            timeout=180,
-            interval=1,
-            what="the stand-in rolled back in",
+        wait_rolled_out(
+            kubectl, site.namespace, "daedalus", site.good_image, "the stand-in rolled back in"
         )
     FIGURES.append(f"real node: private blog image in and out; traffic: {traffic.summary()}")
     assert not traffic.failures, traffic.summary()
