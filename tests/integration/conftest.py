@@ -513,24 +513,23 @@ def renewals_through_an_outage(
     serial: str,
     renewed_from: Callable[[str], str],
     renewals: int,
-    down_before: float,
+    planned_ahead: float,
     down_at_most: float,
 ) -> tuple[list[str], float]:
     """At least `renewals` renewals in a row from certificate `serial`
     (`renewed_from` waits for the one after a serial), with the CA down across
-    one: from `down_before` seconds before a planned renewal until an order
-    failed against it (at most `down_at_most` seconds). Only from the third
-    certificate on, and only a renewal planned far enough ahead: a CA's window
-    may let one come right after issuance, and an operator that asks for
-    renewal info often picks its moment anew. The serials in the order
-    served, and how long the CA was down when an order met it."""
+    one: from when its renewal is planned until an order failed against it (at
+    most `down_at_most` seconds). Only from the third certificate on, and only
+    a renewal planned at least `planned_ahead` seconds ahead: a CA's window may
+    let one come right after issuance. The serials in the order served, and
+    how long the CA was down when an order met it."""
     serials = [serial]
     outage = 0.0
     while len(serials) <= renewals or not outage:
         assert len(serials) <= 2 * renewals + 2, "no outage met a renewal"
         if not outage and len(serials) >= 3:
             outage = outage_across_a_renewal(
-                kubectl, namespace, site, ca, serials[-1], down_before, down_at_most
+                kubectl, namespace, site, ca, serials[-1], planned_ahead, down_at_most
             )
         serials.append(renewed_from(serials[-1]))
     return serials, outage
@@ -542,18 +541,23 @@ def outage_across_a_renewal(  # noqa: PLR0917 - one scenario's settings
     site: str,
     ca: AcmeFaultProxy,
     serial: str,
-    down_before: float,
+    planned_ahead: float,
     down_at_most: float,
 ) -> float:
     """Seconds the CA was down until an order for certificate `serial`'s
     renewal failed against it; 0 when none did (planned too soon, or renewed
-    before the CA went down)."""
+    before the CA went down).
+
+    Down as soon as the renewal is planned, not just before the planned
+    moment: an operator picks a new moment in the CA's window each time it
+    asks for renewal information again, and the new one can be already past
+    (a renewal at once). With the CA down that question fails, and the
+    moment planned stands."""
     planned = planned_renewal(kubectl, namespace, site, serial)
     now = datetime.datetime.now(tz=datetime.UTC)
     ahead = (planned - now).total_seconds() if planned else 0.0
-    if ahead <= down_before:
+    if ahead <= planned_ahead:
         return 0.0
-    time.sleep(ahead - down_before)
 
     def met_or_missed() -> tuple[bool] | None:
         body = kubectl.json("get", "blogsite", site, "-n", namespace)

@@ -1386,7 +1386,7 @@ def test_a_compressed_soak_of_renewals_through_an_outage_and_a_refused_replaces(
                 serial=first["serialNumber"],
                 renewed_from=renewed_from,
                 renewals=4,
-                down_before=3,
+                planned_ahead=3,
                 down_at_most=0.75 * SOAK_LIFETIME_SECONDS,  # the latest planned renewal
             )
             samples = [

@@ -1388,7 +1388,7 @@ def soak_run(
             serial=first,
             renewed_from=renewed_from,
             renewals=3,
-            down_before=5,
+            planned_ahead=5,
             down_at_most=0.75 * SOAK_LIFETIME_SECONDS,  # the latest planned renewal
         )
     samples = [
